@@ -1,0 +1,1 @@
+//! Adversarial attacks (FGSM, PGD, targeted) on voc's classifier and segmenter.

@@ -1,0 +1,131 @@
+//! Choosing where tensors live, and setting up the CPU so candle runs at full speed.
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::Device;
+
+use crate::error::{Result, VocError};
+
+/// What the user asked for with `--device`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceSpec {
+    /// CUDA device 0 when built with `cuda` and a GPU is present, otherwise the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = VocError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim().to_ascii_lowercase();
+        match s.as_str() {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" | "gpu" => Ok(Self::Cuda(0)),
+            _ => {
+                let ordinal = s
+                    .strip_prefix("cuda:")
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .ok_or_else(|| VocError::BadDevice(format!("'{s}': expected cpu, cuda, cuda:N or auto")))?;
+                Ok(Self::Cuda(ordinal))
+            }
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Auto => write!(f, "auto"),
+            Self::Cpu => write!(f, "cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl DeviceSpec {
+    /// Opens the device. `Auto` falls back to the CPU; an explicit `cuda` that cannot be opened is an error.
+    pub fn open(self) -> Result<Device> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Auto => Ok(if cuda_available() { Device::new_cuda(0).unwrap_or(Device::Cpu) } else { Device::Cpu }),
+            Self::Cuda(ordinal) => {
+                if !cfg!(feature = "cuda") {
+                    return Err(VocError::BadDevice(format!(
+                        "cuda:{ordinal} requested but this build has no CUDA support; rebuild with `--features cuda`"
+                    )));
+                }
+                Device::new_cuda(ordinal)
+                    .map_err(|e| VocError::BadDevice(format!("cannot open cuda:{ordinal}: {e}")))
+            }
+        }
+    }
+}
+
+/// True when this build has CUDA support and a GPU can be opened.
+pub fn cuda_available() -> bool {
+    cfg!(feature = "cuda") && candle_core::utils::cuda_is_available()
+}
+
+/// Short human name of a device: `cpu` or `cuda:N`.
+pub fn device_name(device: &Device) -> String {
+    match device.location() {
+        candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+    }
+}
+
+/// Sets `RAYON_NUM_THREADS` to the available cores when the user has not set it.
+///
+/// candle asks for the thread count on every matmul and, without the variable, re-reads /proc/cpuinfo
+/// each time; on small convolutions that costs more than the arithmetic. Call this first thing in every
+/// binary, example, bench and test harness, before any thread pool starts. Returns the thread count.
+pub fn init_cpu_threads() -> usize {
+    if let Some(n) = std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&n| n > 0) {
+        return n;
+    }
+    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    // SAFETY: called at start-up before other threads read the environment.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_device_specs() {
+        assert_eq!("cpu".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cpu);
+        assert_eq!("CUDA".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(0));
+        assert_eq!("cuda:3".parse::<DeviceSpec>().unwrap(), DeviceSpec::Cuda(3));
+        assert_eq!("auto".parse::<DeviceSpec>().unwrap(), DeviceSpec::Auto);
+        let err = "cuda:x".parse::<DeviceSpec>().unwrap_err().to_string();
+        assert!(err.contains("cuda:N"), "{err}");
+        assert!("tpu".parse::<DeviceSpec>().is_err());
+    }
+
+    #[test]
+    fn auto_and_cpu_open_without_gpu() {
+        assert!(DeviceSpec::Cpu.open().unwrap().is_cpu());
+        let auto = DeviceSpec::Auto.open().unwrap();
+        assert_eq!(auto.is_cpu(), !cuda_available());
+    }
+
+    #[test]
+    fn cuda_without_feature_is_a_clear_error() {
+        if !cfg!(feature = "cuda") {
+            let err = DeviceSpec::Cuda(0).open().unwrap_err().to_string();
+            assert!(err.contains("--features cuda"), "{err}");
+        }
+    }
+
+    #[test]
+    fn thread_count_is_positive() {
+        assert!(init_cpu_threads() >= 1);
+    }
+}
