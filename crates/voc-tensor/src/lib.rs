@@ -9,6 +9,7 @@
 //! - [`checkpoint`]: one-file safetensors checkpoints with JSON metadata.
 pub mod device;
 pub mod error;
+pub mod testing;
 
 pub use candle_core::{DType, Device, Tensor, Var};
 pub use device::DeviceSpec;

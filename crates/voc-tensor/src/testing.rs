@@ -1,0 +1,55 @@
+//! Helpers for tests, examples and benches across the workspace: finding the shared reference data and
+//! comparing tensors against golden values.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use crate::error::{Result, VocError};
+
+/// The shared data folder (`../shared` next to the project checkout): `$VOC_SHARED` when set, otherwise
+/// the first ancestor of `start` that holds `shared/reference`.
+pub fn shared_dir_from(start: &Path) -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("VOC_SHARED").map(PathBuf::from) {
+        return dir.is_dir().then_some(dir);
+    }
+    start.ancestors().map(|a| a.join("shared")).find(|d| d.join("reference").is_dir())
+}
+
+/// [`shared_dir_from`] starting at the current directory (cargo runs tests in the crate's folder).
+pub fn shared_dir() -> Option<PathBuf> {
+    shared_dir_from(&std::env::current_dir().ok()?)
+}
+
+/// Returns the shared folder, or prints why the calling test is skipped and returns `None`.
+///
+/// Tests that need the reference data start with
+/// `let Some(shared) = voc_tensor::testing::shared_or_skip("name") else { return };`.
+pub fn shared_or_skip(test: &str) -> Option<PathBuf> {
+    let dir = shared_dir();
+    if dir.is_none() {
+        eprintln!("SKIPPED {test}: no shared/ folder with reference data above the checkout (set VOC_SHARED)");
+    }
+    dir
+}
+
+/// Loads every tensor of a safetensors file onto the CPU.
+pub fn load_golden(path: &Path) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| VocError::Msg(format!("{}: cannot read golden file: {e}", path.display())))
+}
+
+/// Largest absolute difference between two tensors of the same shape.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
+    if a.dims() != b.dims() {
+        return Err(VocError::BadArgument(format!("shapes differ: {:?} vs {:?}", a.dims(), b.dims())));
+    }
+    let d = (a.to_dtype(candle_core::DType::F32)? - b.to_dtype(candle_core::DType::F32)?)?;
+    Ok(d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
+}
+
+/// Relative error `max|a-b| / max(max|b|, tiny)`: the measure the golden tests bound.
+pub fn rel_err(actual: &Tensor, expected: &Tensor) -> Result<f32> {
+    let scale = expected.to_dtype(candle_core::DType::F32)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    Ok(max_abs_diff(actual, expected)? / scale.max(1e-12))
+}
