@@ -9,6 +9,8 @@
 //! - [`checkpoint`]: one-file safetensors checkpoints with JSON metadata.
 pub mod device;
 pub mod error;
+pub mod nn;
+pub mod ops;
 pub mod testing;
 
 pub use candle_core::{DType, Device, Tensor, Var};

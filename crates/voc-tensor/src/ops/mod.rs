@@ -1,0 +1,92 @@
+//! Differentiable ops that candle 0.11 lacks or gets wrong.
+//!
+//! Everything here is NCHW and f32, has a gradient with respect to every float input, and runs on the CPU
+//! and on CUDA. Where candle's own op has a gap (no gradient for bilinear upsampling or overlapping pools,
+//! a wrong conv backward when H and W have different remainders, NaN in BCE for large logits, no ignore
+//! index in cross-entropy, a slow per-group depthwise conv) the op here either composes differentiable
+//! candle primitives (so the same code serves CPU and CUDA) or, on the hot CPU paths, runs a hand-written
+//! kernel wrapped as a candle custom op whose backward is itself a fast kernel.
+mod conv;
+mod depthwise;
+mod loss;
+mod pool;
+mod resize;
+
+pub use conv::{conv2d, depthwise_conv2d, tf_same_padding, Padding};
+pub use loss::{bce_with_logits, cross_entropy_2d};
+pub use pool::{avg_pool2d, max_pool2d};
+pub use resize::{resize_bilinear, resize_nearest};
+
+use candle_core::{Tensor, D};
+
+use crate::error::{Result, VocError};
+
+/// ReLU capped at 6 (MobileNet, EfficientNet-Lite): `min(max(x, 0), 6)`.
+///
+/// The gradient is 1 strictly inside (0, 6) and 0 elsewhere, as PyTorch's `hardtanh_backward`; candle's
+/// `clamp` would instead hand half a gradient to inputs sitting exactly on a bound.
+pub fn relu6(x: &Tensor) -> Result<Tensor> {
+    let inside = x.gt(0.0)?.mul(&x.lt(6.0)?)?;
+    let clamped = x.clamp(0f32, 6f32)?.detach();
+    Ok(inside.where_cond(x, &clamped)?)
+}
+
+/// Takes `count` entries of `dim` starting at `start`, `stride` apart: a strided slice built from
+/// differentiable primitives (narrow, or index_select whose backward is index_add) so it works everywhere.
+pub(crate) fn take_strided(
+    x: &Tensor,
+    dim: usize,
+    start: usize,
+    count: usize,
+    stride: usize,
+) -> Result<Tensor> {
+    if stride == 1 || count <= 1 {
+        return Ok(x.narrow(dim, start, count)?);
+    }
+    let idx: Vec<u32> = (0..count).map(|i| (start + i * stride) as u32).collect();
+    let idx = Tensor::from_vec(idx, count, x.device())?;
+    Ok(x.index_select(&idx, dim)?)
+}
+
+/// Pads `dim` with a constant value (candle only pads with zeros or edge values).
+pub(crate) fn pad_with_value(
+    x: &Tensor,
+    dim: usize,
+    before: usize,
+    after: usize,
+    value: f64,
+) -> Result<Tensor> {
+    if before == 0 && after == 0 {
+        return Ok(x.clone());
+    }
+    let mut parts = Vec::with_capacity(3);
+    let block = |n: usize| -> Result<Tensor> {
+        let mut dims = x.dims().to_vec();
+        dims[dim] = n;
+        Ok(Tensor::full(value, dims, x.device())?.to_dtype(x.dtype())?)
+    };
+    if before > 0 {
+        parts.push(block(before)?);
+    }
+    parts.push(x.clone());
+    if after > 0 {
+        parts.push(block(after)?);
+    }
+    Ok(Tensor::cat(&parts, dim)?)
+}
+
+/// Checks that `x` is NCHW and returns its dims.
+pub(crate) fn dims4(x: &Tensor, op: &str) -> Result<(usize, usize, usize, usize)> {
+    x.dims4().map_err(|_| {
+        VocError::BadArgument(format!(
+            "{op}: expected an NCHW tensor, got shape {:?}",
+            x.dims()
+        ))
+    })
+}
+
+/// Mean over every element, returned as a 0-d tensor.
+pub(crate) fn mean_all(x: &Tensor) -> Result<Tensor> {
+    let n = x.elem_count().max(1);
+    Ok((x.flatten_all()?.sum(D::Minus1)? / n as f64)?)
+}
