@@ -7,8 +7,10 @@
 //! - [`optim`]: SGD with momentum/Nesterov, AdamW, parameter groups, LR schedules, early stopping;
 //! - [`hub`]: pretrained weights from the Hugging Face hub (cache first, offline-safe);
 //! - [`checkpoint`]: one-file safetensors checkpoints with JSON metadata.
+pub mod checkpoint;
 pub mod device;
 pub mod error;
+pub mod hub;
 pub mod nn;
 pub mod ops;
 pub mod testing;

@@ -1,0 +1,454 @@
+//! Pretrained weights from the Hugging Face hub: local cache first, offline-safe.
+//!
+//! Files are looked up in the standard hub cache layout
+//! (`CACHE/models--ORG--NAME/{refs/REVISION, snapshots/COMMIT/FILE}`) where `CACHE` is, as in the Python
+//! `huggingface_hub`, `$HF_HUB_CACHE`, else `$HF_HOME/hub`, else `~/.cache/huggingface/hub`. Only a file
+//! missing from the cache is downloaded (through the `hf-hub` crate), and never when `HF_HUB_OFFLINE` is
+//! set to a true value (`1`, `true`, `yes`, `on`): then a missing file is an error that says where it was
+//! looked for and which variable to set.
+//!
+//! ```no_run
+//! use voc_tensor::hub::{self, WeightsSource};
+//! # fn main() -> voc_tensor::Result<()> {
+//! let src = WeightsSource::hub("google/mobilenet_v2_1.0_224", None);
+//! let path = hub::resolve_weights(&src)?;
+//! let tensors = hub::load_tensors(&path, &voc_tensor::Device::Cpu)?;
+//! let config = hub::read_config("google/mobilenet_v2_1.0_224", None)?;
+//! # Ok(()) }
+//! ```
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+
+use crate::error::{Result, VocError};
+
+/// The weight files a model repo is searched for, in order of preference.
+pub const WEIGHT_FILES: [&str; 2] = ["model.safetensors", "pytorch_model.bin"];
+
+const DEFAULT_REVISION: &str = "main";
+
+/// Where hub files live on this machine and whether the network may be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubCache {
+    /// The hub cache folder: the one holding `models--ORG--NAME` folders.
+    pub dir: PathBuf,
+    /// Where `dir` came from (`HF_HUB_CACHE`, `HF_HOME` or the default), for error messages.
+    pub dir_origin: String,
+    /// No download is ever attempted when set.
+    pub offline: bool,
+}
+
+impl HubCache {
+    /// A cache at an explicit folder (the one holding `models--ORG--NAME`).
+    pub fn new(dir: impl Into<PathBuf>, offline: bool) -> Self {
+        Self {
+            dir: dir.into(),
+            dir_origin: "given explicitly".to_string(),
+            offline,
+        }
+    }
+
+    /// The cache the environment selects: `HF_HUB_CACHE`, else `HF_HOME/hub`, else
+    /// `~/.cache/huggingface/hub`; offline when `HF_HUB_OFFLINE` is true.
+    pub fn from_env() -> Self {
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        let (dir, dir_origin) = if let Some(dir) = var("HF_HUB_CACHE") {
+            (PathBuf::from(dir), "HF_HUB_CACHE".to_string())
+        } else if let Some(home) = var("HF_HOME") {
+            (PathBuf::from(home).join("hub"), "HF_HOME/hub".to_string())
+        } else {
+            let base = var("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache")))
+                .unwrap_or_else(|| PathBuf::from(".cache"));
+            (
+                base.join("huggingface").join("hub"),
+                "default, HF_HOME unset".to_string(),
+            )
+        };
+        let offline = std::env::var("HF_HUB_OFFLINE")
+            .map(|v| is_truthy(&v))
+            .unwrap_or(false);
+        Self {
+            dir,
+            dir_origin,
+            offline,
+        }
+    }
+
+    /// The cached copy of `filename`, if there is one. `revision` is a branch/tag name (looked up in
+    /// `refs/`) or a commit hash (a `snapshots/` folder).
+    pub fn cached(&self, repo_id: &str, revision: Option<&str>, filename: &str) -> Option<PathBuf> {
+        let revision = revision.unwrap_or(DEFAULT_REVISION);
+        let repo_dir = self.dir.join(repo_folder_name(repo_id));
+        let snapshot = match std::fs::read_to_string(repo_dir.join("refs").join(revision)) {
+            Ok(commit) => commit.trim().to_string(),
+            Err(_) => revision.to_string(),
+        };
+        let path = repo_dir.join("snapshots").join(snapshot).join(filename);
+        // `is_file` follows the snapshot symlink into blobs/, so a dangling link counts as missing.
+        path.is_file().then_some(path)
+    }
+
+    /// The local path of `filename` in `repo_id` at `revision` (default `main`): the cached copy, or a
+    /// fresh download into this cache when not offline.
+    pub fn resolve_file(
+        &self,
+        repo_id: &str,
+        revision: Option<&str>,
+        filename: &str,
+    ) -> Result<PathBuf> {
+        if let Some(path) = self.cached(repo_id, revision, filename) {
+            return Ok(path);
+        }
+        let rev = revision.unwrap_or(DEFAULT_REVISION);
+        let searched = self.dir.join(repo_folder_name(repo_id));
+        let error = |detail: String| VocError::HubFile {
+            repo_id: repo_id.to_string(),
+            revision: rev.to_string(),
+            filename: filename.to_string(),
+            detail,
+        };
+        if self.offline {
+            return Err(error(format!(
+                "not in the local hub cache {} (from {}; looked in {}/snapshots/) and HF_HUB_OFFLINE is set, \
+                 so nothing was downloaded. Set HF_HOME to a folder whose hub/ holds models--{}, or \
+                 HF_HUB_CACHE to that hub folder itself (e.g. HF_HOME=../shared/hf), or pass the weights \
+                 file with --weights FILE",
+                self.dir.display(),
+                self.dir_origin,
+                searched.display(),
+                repo_id.replace('/', "--"),
+            )));
+        }
+        self.download(repo_id, rev, filename).map_err(|e| {
+            error(format!(
+                "not in the local hub cache {} (from {}) and the download failed: {e}. Offline, set HF_HOME \
+                 to a folder whose hub/ holds models--{} (or HF_HUB_CACHE to that hub folder) and \
+                 HF_HUB_OFFLINE=1, or pass the weights file with --weights FILE",
+                self.dir.display(),
+                self.dir_origin,
+                repo_id.replace('/', "--"),
+            ))
+        })
+    }
+
+    fn download(
+        &self,
+        repo_id: &str,
+        revision: &str,
+        filename: &str,
+    ) -> std::result::Result<PathBuf, String> {
+        use hf_hub::api::sync::ApiBuilder;
+        let mut builder = ApiBuilder::from_cache(hf_hub::Cache::new(self.dir.clone()));
+        if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
+            builder = builder.with_endpoint(endpoint);
+        }
+        if let Ok(token) = std::env::var("HF_TOKEN") {
+            builder = builder.with_token(Some(token));
+        }
+        let api = builder.build().map_err(|e| e.to_string())?;
+        let repo = hf_hub::Repo::with_revision(
+            repo_id.to_string(),
+            hf_hub::RepoType::Model,
+            revision.to_string(),
+        );
+        api.repo(repo).get(filename).map_err(|e| e.to_string())
+    }
+}
+
+fn is_truthy(value: &str) -> bool {
+    matches!(
+        value.trim().to_ascii_lowercase().as_str(),
+        "1" | "true" | "yes" | "on"
+    )
+}
+
+fn repo_folder_name(repo_id: &str) -> String {
+    format!("models--{}", repo_id.replace('/', "--"))
+}
+
+/// [`HubCache::resolve_file`] on the cache the environment selects ([`HubCache::from_env`]).
+pub fn resolve_file(repo_id: &str, revision: Option<&str>, filename: &str) -> Result<PathBuf> {
+    HubCache::from_env().resolve_file(repo_id, revision, filename)
+}
+
+/// Where a model's weights come from: a hub repo, or a local file (`--weights FILE`) that overrides it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WeightsSource {
+    Hub {
+        repo_id: String,
+        revision: Option<String>,
+    },
+    File(PathBuf),
+}
+
+impl WeightsSource {
+    pub fn hub(repo_id: impl Into<String>, revision: Option<&str>) -> Self {
+        Self::Hub {
+            repo_id: repo_id.into(),
+            revision: revision.map(str::to_string),
+        }
+    }
+
+    /// The `--weights FILE` override when given, else the hub repo.
+    pub fn from_args(weights: Option<&Path>, repo_id: &str, revision: Option<&str>) -> Self {
+        match weights {
+            Some(file) => Self::File(file.to_path_buf()),
+            None => Self::hub(repo_id, revision),
+        }
+    }
+}
+
+impl fmt::Display for WeightsSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Hub {
+                repo_id,
+                revision: Some(rev),
+            } => write!(f, "hub:{repo_id}@{rev}"),
+            Self::Hub {
+                repo_id,
+                revision: None,
+            } => write!(f, "hub:{repo_id}"),
+            Self::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
+/// [`resolve_weights_in`] on the cache the environment selects.
+pub fn resolve_weights(src: &WeightsSource) -> Result<PathBuf> {
+    resolve_weights_in(&HubCache::from_env(), src)
+}
+
+/// The weights file of `src`: the given file (which must exist), or the repo's `model.safetensors`,
+/// falling back to `pytorch_model.bin`. The cache is searched for both before anything is downloaded.
+pub fn resolve_weights_in(cache: &HubCache, src: &WeightsSource) -> Result<PathBuf> {
+    match src {
+        WeightsSource::File(path) => {
+            if path.is_file() {
+                Ok(path.clone())
+            } else {
+                Err(VocError::bad_file(
+                    path,
+                    "weights file (--weights) does not exist or is not a file",
+                ))
+            }
+        }
+        WeightsSource::Hub { repo_id, revision } => {
+            let revision = revision.as_deref();
+            if let Some(path) = WEIGHT_FILES
+                .iter()
+                .find_map(|f| cache.cached(repo_id, revision, f))
+            {
+                return Ok(path);
+            }
+            let mut first_error = None;
+            for file in WEIGHT_FILES {
+                match cache.resolve_file(repo_id, revision, file) {
+                    Ok(path) => return Ok(path),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
+                if cache.offline {
+                    break;
+                }
+            }
+            Err(first_error.expect("WEIGHT_FILES is not empty"))
+        }
+    }
+}
+
+/// The file formats [`load_tensors`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightsFormat {
+    Safetensors,
+    /// A PyTorch `torch.save` zip archive (`pytorch_model.bin`, `.pt`, `.pth`).
+    PyTorchZip,
+}
+
+/// Tells the format from the file's first bytes: a zip archive is PyTorch, an 8-byte header length
+/// followed by `{` is safetensors.
+pub fn sniff_format(path: &Path) -> Result<WeightsFormat> {
+    let mut head = [0u8; 9];
+    let mut file = std::fs::File::open(path).map_err(|e| VocError::io(path, e))?;
+    let mut n = 0;
+    while n < head.len() {
+        match file.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) => return Err(VocError::io(path, e)),
+        }
+    }
+    if n >= 4 && head[..4] == *b"PK\x03\x04" {
+        return Ok(WeightsFormat::PyTorchZip);
+    }
+    if n == 9 && head[8] == b'{' {
+        return Ok(WeightsFormat::Safetensors);
+    }
+    if n >= 1 && head[0] == 0x80 {
+        return Err(VocError::bad_file(
+            path,
+            "a legacy (non-zip) PyTorch pickle, which cannot be read; re-save it with torch.save (zip \
+             format, the default since PyTorch 1.6) or convert it to safetensors",
+        ));
+    }
+    Err(VocError::bad_file(
+        path,
+        format!(
+            "not a weights file: expected safetensors or a PyTorch zip archive ({n} bytes read)"
+        ),
+    ))
+}
+
+/// Every tensor of a weights file (safetensors, or a PyTorch zip `.bin`/`.pt`), by name, on `device`,
+/// in the stored dtype.
+pub fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    match sniff_format(path)? {
+        WeightsFormat::Safetensors => {
+            let bytes = std::fs::read(path).map_err(|e| VocError::io(path, e))?;
+            candle_core::safetensors::load_buffer(&bytes, device).map_err(|e| {
+                VocError::bad_file(
+                    path,
+                    format!("not a valid safetensors file (truncated or corrupt?): {e}"),
+                )
+            })
+        }
+        WeightsFormat::PyTorchZip => {
+            let tensors = candle_core::pickle::read_all(path).map_err(|e| {
+                VocError::bad_file(path, format!("not a readable PyTorch weights archive: {e}"))
+            })?;
+            tensors
+                .into_iter()
+                .map(|(name, t)| Ok((name, t.to_device(device)?)))
+                .collect()
+        }
+    }
+}
+
+/// [`read_config_in`] on the cache the environment selects.
+pub fn read_config(repo_id: &str, revision: Option<&str>) -> Result<serde_json::Value> {
+    read_config_in(&HubCache::from_env(), repo_id, revision)
+}
+
+/// The repo's `config.json`, parsed.
+pub fn read_config_in(
+    cache: &HubCache,
+    repo_id: &str,
+    revision: Option<&str>,
+) -> Result<serde_json::Value> {
+    let path = cache.resolve_file(repo_id, revision, "config.json")?;
+    let text = std::fs::read_to_string(&path).map_err(|e| VocError::io(&path, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| VocError::bad_file(&path, format!("config.json is not valid JSON: {e}")))
+}
+
+/// How a set of loaded tensors differs from what a model expects, by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NameReport {
+    /// Expected by the model, absent from the file.
+    pub missing: Vec<String>,
+    /// In the file, not expected by the model.
+    pub unexpected: Vec<String>,
+    /// `(name, expected shape, loaded shape)`.
+    pub shape_mismatches: Vec<(String, Vec<usize>, Vec<usize>)>,
+}
+
+impl NameReport {
+    /// True when every expected tensor is present with its shape and nothing else is there.
+    pub fn is_clean(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.shape_mismatches.is_empty()
+    }
+
+    /// True when the model can be built: nothing missing and no shape mismatch (extra tensors are fine).
+    pub fn is_loadable(&self) -> bool {
+        self.missing.is_empty() && self.shape_mismatches.is_empty()
+    }
+
+    /// `Ok` when [`Self::is_loadable`], else an error naming `path` with this report.
+    pub fn ensure_loadable(&self, path: &Path) -> Result<()> {
+        if self.is_loadable() {
+            Ok(())
+        } else {
+            Err(VocError::bad_file(
+                path,
+                format!("weights do not fit the model: {self}"),
+            ))
+        }
+    }
+}
+
+impl fmt::Display for NameReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_clean() {
+            return write!(f, "all tensor names and shapes match");
+        }
+        const SHOWN: usize = 20;
+        let list = |f: &mut fmt::Formatter<'_>, what: &str, names: &[String]| -> fmt::Result {
+            if names.is_empty() {
+                return Ok(());
+            }
+            write!(f, "\n  {} {what}:", names.len())?;
+            for name in names.iter().take(SHOWN) {
+                write!(f, " {name}")?;
+            }
+            if names.len() > SHOWN {
+                write!(f, " ... ({} more)", names.len() - SHOWN)?;
+            }
+            Ok(())
+        };
+        write!(
+            f,
+            "{} missing, {} unexpected, {} shape mismatches",
+            self.missing.len(),
+            self.unexpected.len(),
+            self.shape_mismatches.len()
+        )?;
+        list(f, "missing", &self.missing)?;
+        list(f, "unexpected", &self.unexpected)?;
+        if !self.shape_mismatches.is_empty() {
+            write!(f, "\n  {} shape mismatches:", self.shape_mismatches.len())?;
+            for (name, expected, found) in self.shape_mismatches.iter().take(SHOWN) {
+                write!(f, " {name} (expected {expected:?}, found {found:?})")?;
+            }
+            if self.shape_mismatches.len() > SHOWN {
+                write!(f, " ... ({} more)", self.shape_mismatches.len() - SHOWN)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Compares the tensors a model expects, `(name, shape)`, with the ones loaded. Lists are sorted by name.
+pub fn check_names(
+    expected: &[(String, Vec<usize>)],
+    loaded: &HashMap<String, Tensor>,
+) -> NameReport {
+    let mut report = NameReport::default();
+    let mut expected_names = BTreeSet::new();
+    for (name, shape) in expected {
+        expected_names.insert(name.as_str());
+        match loaded.get(name) {
+            None => report.missing.push(name.clone()),
+            Some(t) if t.dims() != shape.as_slice() => {
+                report
+                    .shape_mismatches
+                    .push((name.clone(), shape.clone(), t.dims().to_vec()))
+            }
+            Some(_) => {}
+        }
+    }
+    report.unexpected = loaded
+        .keys()
+        .filter(|k| !expected_names.contains(k.as_str()))
+        .cloned()
+        .collect();
+    report.missing.sort();
+    report.unexpected.sort();
+    report.shape_mismatches.sort();
+    report
+}
