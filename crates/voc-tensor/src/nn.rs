@@ -176,3 +176,164 @@ impl BatchNorm2d {
         Ok((weight.detach(), bias.detach()))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use candle_core::Device;
+    use candle_nn::VarMap;
+
+    use super::*;
+    use crate::ops::{conv2d, Padding};
+    use crate::testing::max_abs_diff;
+
+    fn ramp(shape: (usize, usize, usize, usize), scale: f32) -> Tensor {
+        let n = shape.0 * shape.1 * shape.2 * shape.3;
+        let data: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * scale)
+            .collect();
+        Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+    }
+
+    #[test]
+    fn training_updates_running_stats_like_pytorch() {
+        let varmap = VarMap::new();
+        let bn = BatchNorm2d::new(
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+            3,
+            1e-5,
+            0.1,
+        )
+        .unwrap();
+        let x = ramp((2, 3, 4, 5), 0.5);
+        let y = bn.forward_t(&x, true).unwrap();
+
+        // Batch statistics by hand: 40 values per channel.
+        let per_channel = x
+            .transpose(0, 1)
+            .unwrap()
+            .flatten_from(1)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        for (ch, values) in per_channel.iter().enumerate() {
+            let n = values.len() as f64;
+            let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
+            let ss = values
+                .iter()
+                .map(|&v| (v as f64 - mean).powi(2))
+                .sum::<f64>();
+            let rm = bn.running_mean().as_tensor().to_vec1::<f32>().unwrap()[ch] as f64;
+            let rv = bn.running_var().as_tensor().to_vec1::<f32>().unwrap()[ch] as f64;
+            assert!(
+                (rm - 0.1 * mean).abs() < 1e-5,
+                "running mean {rm} vs {}",
+                0.1 * mean
+            );
+            assert!(
+                (rv - (0.9 + 0.1 * ss / (n - 1.0))).abs() < 1e-5,
+                "running var {rv}"
+            );
+            // The output of training mode is normalised with the biased variance.
+            let out = y
+                .transpose(0, 1)
+                .unwrap()
+                .flatten_from(1)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap();
+            let out_mean = out[ch].iter().sum::<f32>() / n as f32;
+            let out_var = out[ch].iter().map(|v| v * v).sum::<f32>() / n as f32;
+            assert!(
+                out_mean.abs() < 1e-5 && (out_var - (ss / n / (ss / n + 1e-5)) as f32).abs() < 1e-4
+            );
+        }
+        // The running stats are the VarMap's variables (so checkpoints see the update) ...
+        let stored = varmap.data().lock().unwrap()["running_mean"]
+            .as_tensor()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(
+            stored,
+            bn.running_mean().as_tensor().to_vec1::<f32>().unwrap()
+        );
+        // ... and eval mode uses them and changes nothing.
+        let before = bn.running_var().as_tensor().to_vec1::<f32>().unwrap();
+        let eval = bn.forward_t(&x, false).unwrap();
+        assert_eq!(
+            before,
+            bn.running_var().as_tensor().to_vec1::<f32>().unwrap()
+        );
+        let rm = bn.running_mean().as_tensor().reshape((1, 3, 1, 1)).unwrap();
+        let rs = (bn.running_var().as_tensor() + 1e-5)
+            .unwrap()
+            .sqrt()
+            .unwrap()
+            .reshape((1, 3, 1, 1))
+            .unwrap();
+        let want = x.broadcast_sub(&rm).unwrap().broadcast_div(&rs).unwrap();
+        assert!(max_abs_diff(&eval, &want).unwrap() < 1e-5);
+    }
+
+    #[test]
+    fn running_stats_get_no_gradient_in_eval() {
+        let varmap = VarMap::new();
+        let bn = BatchNorm2d::new(
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+            2,
+            1e-3,
+            0.1,
+        )
+        .unwrap();
+        let x = ramp((1, 2, 3, 3), 0.1);
+        let grads = bn
+            .forward_t(&x, false)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert!(grads.get(bn.running_mean().as_tensor()).is_none());
+        assert!(grads.get(bn.running_var().as_tensor()).is_none());
+        assert!(grads.get(bn.weight()).is_some());
+    }
+
+    #[test]
+    fn folding_into_the_conv_matches_conv_then_bn() {
+        let varmap = VarMap::new();
+        let bn = BatchNorm2d::new(
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+            4,
+            1e-3,
+            0.1,
+        )
+        .unwrap();
+        {
+            let data = varmap.data().lock().unwrap();
+            data["weight"]
+                .set(&Tensor::new(&[1.5f32, -0.5, 2.0, 0.25], &Device::Cpu).unwrap())
+                .unwrap();
+            data["bias"]
+                .set(&Tensor::new(&[0.1f32, 0.2, -0.3, 0.0], &Device::Cpu).unwrap())
+                .unwrap();
+            data["running_mean"]
+                .set(&Tensor::new(&[0.5f32, -1.0, 0.0, 2.0], &Device::Cpu).unwrap())
+                .unwrap();
+            data["running_var"]
+                .set(&Tensor::new(&[0.5f32, 2.0, 1.0, 4.0], &Device::Cpu).unwrap())
+                .unwrap();
+        }
+        let x = ramp((1, 3, 6, 5), 0.2);
+        let w = ramp((4, 3, 3, 3), 0.05);
+        let b = Tensor::new(&[0.3f32, 0.0, -0.2, 0.1], &Device::Cpu).unwrap();
+        let reference = bn
+            .forward_t(
+                &conv2d(&x, &w, Some(&b), 1, Padding::same(1), 1, 1).unwrap(),
+                false,
+            )
+            .unwrap();
+        let (fw, fb) = bn.fold_into(&w, Some(&b)).unwrap();
+        let folded = conv2d(&x, &fw, Some(&fb), 1, Padding::same(1), 1, 1).unwrap();
+        assert!(max_abs_diff(&reference, &folded).unwrap() < 1e-5);
+        assert!(bn.fold_into(&ramp((3, 3, 1, 1), 1.0), None).is_err());
+    }
+}

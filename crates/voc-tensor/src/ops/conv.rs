@@ -149,7 +149,7 @@ pub fn depthwise_conv2d(
 }
 
 /// Device-independent depthwise conv: `sum over taps of slice(x_padded) * w[:, tap]`.
-fn depthwise_by_taps(
+pub(crate) fn depthwise_by_taps(
     x: &Tensor,
     weight: &Tensor,
     stride: usize,
@@ -158,7 +158,7 @@ fn depthwise_by_taps(
     oh: usize,
     ow: usize,
 ) -> Result<Tensor> {
-    let (_, c, kh, kw) = weight.dims4()?;
+    let (c, _, kh, kw) = weight.dims4()?;
     let xp = x
         .pad_with_zeros(2, padding.top, padding.bottom)?
         .pad_with_zeros(3, padding.left, padding.right)?;

@@ -23,7 +23,13 @@ pub fn bce_with_logits(
         )));
     }
     let targets = targets.to_dtype(logits.dtype())?;
-    let softplus_neg = ((logits.abs()?.neg()?.exp()? + 1.0)?.log()? + logits.neg()?.relu()?)?; // log(1+e^{-x})
+    // softplus(-x) = log(1 + e^{-|x|}) + max(-x, 0), with |x| and max(-x, 0) written through one detached
+    // mask so that their kinks at 0 cancel: the gradient there is -1/2 (candle's abs and relu pick
+    // subgradients that would add up to -3/2).
+    let non_negative = logits.detach().ge(0.0)?.to_dtype(logits.dtype())?;
+    let abs = (logits * non_negative.affine(2.0, -1.0)?)?;
+    let negative_part = (logits * (non_negative - 1.0)?)?;
+    let softplus_neg = ((abs.neg()?.exp()? + 1.0)?.log()? + negative_part)?;
     let positive_scale = match pos_weight {
         None => None,
         Some(pw) => {

@@ -90,3 +90,6 @@ pub(crate) fn mean_all(x: &Tensor) -> Result<Tensor> {
     let n = x.elem_count().max(1);
     Ok((x.flatten_all()?.sum(D::Minus1)? / n as f64)?)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,287 @@
+//! Unit tests of the ops beyond the PyTorch goldens (tests/ops_golden.rs): numerical edge cases, the
+//! fast CPU depthwise kernel against independent implementations, masks, and error cases.
+use candle_core::{DType, Device, Tensor, Var};
+
+use super::*;
+use crate::testing::{max_abs_diff, rel_err};
+
+fn seeded(shape: &[usize], seed: u64) -> Tensor {
+    // A small LCG keeps the tests deterministic without pulling rand into the library's dependencies.
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn bce_is_finite_and_exact_at_large_logits() {
+    let logits = Var::new(&[[100f32, -100., 100., -100., 0.]], &Device::Cpu).unwrap();
+    let targets = Tensor::new(&[[0f32, 1., 1., 0., 1.]], &Device::Cpu).unwrap();
+    for pos_weight in [
+        None,
+        Some(Tensor::new(&[2f32, 3., 4., 5., 6.], &Device::Cpu).unwrap()),
+    ] {
+        let loss = bce_with_logits(logits.as_tensor(), &targets, pos_weight.as_ref()).unwrap();
+        let value = loss.to_scalar::<f32>().unwrap();
+        // Per element: 100, 100*pw, ~0, ~0, ln 2 * pw; mean over 5.
+        let (pw1, pw4) = pos_weight.as_ref().map_or((1.0, 1.0), |_| (3.0, 6.0));
+        let want = (100.0 + 100.0 * pw1 + std::f32::consts::LN_2 * pw4) / 5.0;
+        assert!((value - want).abs() < 1e-3, "loss {value} vs {want}");
+        let grad = loss
+            .backward()
+            .unwrap()
+            .get(logits.as_tensor())
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        let grad = grad.to_vec1::<f32>().unwrap();
+        assert!(grad.iter().all(|g| g.is_finite()), "{grad:?}");
+        // d/dx = (sigmoid(x) * (1 + (pw-1) t) - pw t) / n
+        let want_grad = [1.0 / 5.0, -pw1 / 5.0, 0.0, 0.0, (0.5 * pw4 - pw4) / 5.0];
+        for (g, w) in grad.iter().zip(want_grad) {
+            assert!((g - w).abs() < 1e-5, "{grad:?} vs {want_grad:?}");
+        }
+    }
+}
+
+#[test]
+fn cross_entropy_ignores_pixels_and_checks_targets() {
+    let logits = seeded(&[2, 4, 3, 3], 1);
+    let all_ignored = Tensor::full(255u32, (2, 3, 3), &Device::Cpu).unwrap();
+    let loss = cross_entropy_2d(&logits, &all_ignored, None, Some(255)).unwrap();
+    assert_eq!(loss.to_scalar::<f32>().unwrap(), 0.0);
+
+    let bad = Tensor::full(4u32, (2, 3, 3), &Device::Cpu).unwrap();
+    let err = cross_entropy_2d(&logits, &bad, None, Some(255))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("4 classes"), "{err}");
+
+    // N x C logits with N targets agree with candle's own cross-entropy when nothing is ignored.
+    let flat = seeded(&[6, 5], 2);
+    let targets = Tensor::new(&[0u32, 4, 2, 1, 3, 2], &Device::Cpu).unwrap();
+    let ours = cross_entropy_2d(&flat, &targets, None, None).unwrap();
+    let candle = candle_nn::loss::cross_entropy(&flat, &targets).unwrap();
+    assert!(max_abs_diff(&ours, &candle).unwrap() < 1e-6);
+}
+
+#[test]
+fn nearest_resizes_u8_masks_without_blending() {
+    let mask: Vec<u8> = (0..2 * 5 * 7).map(|i| (i % 21) as u8).collect();
+    let mask = Tensor::from_vec(mask, (2, 5, 7), &Device::Cpu).unwrap();
+    let up = resize_nearest(&mask, 11, 3).unwrap();
+    assert_eq!(up.dtype(), DType::U8);
+    assert_eq!(up.dims(), &[2, 11, 3]);
+    let src = mask.to_vec3::<u8>().unwrap();
+    let got = up.to_vec3::<u8>().unwrap();
+    for (n, plane) in got.iter().enumerate() {
+        for (y, row) in plane.iter().enumerate() {
+            for (x, &v) in row.iter().enumerate() {
+                // PyTorch nearest: floor(dst * in / out).
+                let sy = ((y as f32 * (5.0 / 11.0)).floor() as usize).min(4);
+                let sx = ((x as f32 * (7.0 / 3.0)).floor() as usize).min(6);
+                assert_eq!(v, src[n][sy][sx], "at {n},{y},{x}");
+            }
+        }
+    }
+    let mask4 = mask.to_dtype(DType::U32).unwrap().unsqueeze(1).unwrap();
+    let up4 = resize_nearest(&mask4, 11, 3).unwrap();
+    assert_eq!(up4.dims(), &[2, 1, 11, 3]);
+    assert_eq!(
+        up4.squeeze(1)
+            .unwrap()
+            .to_dtype(DType::U8)
+            .unwrap()
+            .to_vec3::<u8>()
+            .unwrap(),
+        got
+    );
+}
+
+#[test]
+fn bilinear_same_size_is_identity_and_rejects_empty() {
+    let x = seeded(&[1, 2, 5, 6], 3);
+    assert_eq!(
+        max_abs_diff(&resize_bilinear(&x, 5, 6, false).unwrap(), &x).unwrap(),
+        0.0
+    );
+    assert!(resize_bilinear(&x, 0, 6, true).is_err());
+    // align_corners keeps the corners exactly.
+    let up = resize_bilinear(&x, 9, 11, true).unwrap();
+    let corner = |t: &Tensor, y: usize, xx: usize| {
+        t.get(0)
+            .unwrap()
+            .get(1)
+            .unwrap()
+            .get(y)
+            .unwrap()
+            .get(xx)
+            .unwrap()
+    };
+    let d = (corner(&up, 8, 10) - corner(&x, 4, 5))
+        .unwrap()
+        .abs()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(d < 1e-6);
+}
+
+/// Forward and both gradients of a depthwise conv computed by `f`, for `sum(y * g)`.
+fn dw_with_grads(
+    f: impl Fn(&Tensor, &Tensor) -> Result<Tensor>,
+    x: &Tensor,
+    w: &Tensor,
+    g_seed: u64,
+) -> (Tensor, Tensor, Tensor) {
+    let xv = Var::from_tensor(x).unwrap();
+    let wv = Var::from_tensor(w).unwrap();
+    let y = f(xv.as_tensor(), wv.as_tensor()).unwrap();
+    let g = seeded(y.dims(), g_seed);
+    let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+    let dx = grads.get(xv.as_tensor()).unwrap().clone();
+    let dw = grads.get(wv.as_tensor()).unwrap().clone();
+    (y, dx, dw)
+}
+
+#[test]
+fn cpu_depthwise_kernel_matches_candle_and_the_tap_composition() {
+    // (n, c, h, w, k, stride, dilation, padding): odd sizes like a 375x500 photo scaled down, strides,
+    // dilations, asymmetric TF-SAME padding and a 5x5 kernel.
+    let cases = [
+        (2, 6, 11, 10, 3, 1, 1, Padding::same(1)),
+        (1, 5, 47, 63, 3, 2, 1, Padding::same(1)),
+        (1, 4, 47, 63, 3, 2, 2, Padding::same(2)),
+        (2, 3, 23, 31, 5, 2, 1, Padding::same(2)),
+        (1, 7, 19, 25, 3, 1, 2, Padding::same(2)),
+        (1, 3, 17, 20, 3, 3, 1, Padding::same(0)),
+        (1, 4, 9, 10, 3, 2, 1, tf_same_padding(9, 10, 3, 2, 1)),
+        (2, 3, 24, 24, 5, 2, 1, tf_same_padding(24, 24, 5, 2, 1)),
+    ];
+    for (seed, &(n, c, h, w, k, stride, dilation, padding)) in cases.iter().enumerate() {
+        let x = seeded(&[n, c, h, w], 10 + seed as u64);
+        let weight = seeded(&[c, 1, k, k], 20 + seed as u64);
+        let label = format!("{n}x{c}x{h}x{w} k{k} s{stride} d{dilation} {padding:?}");
+
+        let (y, dx, dw) = dw_with_grads(
+            |x, w| depthwise_conv2d(x, w, None, stride, padding, dilation),
+            &x,
+            &weight,
+            7,
+        );
+
+        // Forward against candle's grouped conv on the explicitly padded input.
+        let xp = x
+            .pad_with_zeros(2, padding.top, padding.bottom)
+            .unwrap()
+            .pad_with_zeros(3, padding.left, padding.right)
+            .unwrap();
+        let candle_y = xp.conv2d(&weight, 0, stride, dilation, c).unwrap();
+        assert_eq!(y.dims(), candle_y.dims(), "{label}");
+        assert!(rel_err(&y, &candle_y).unwrap() < 1e-5, "{label}: forward");
+
+        // Gradients against the device-independent tap composition (different code, same maths).
+        let (oh, ow) = (y.dim(2).unwrap(), y.dim(3).unwrap());
+        let (y2, dx2, dw2) = dw_with_grads(
+            |x, w| conv::depthwise_by_taps(x, w, stride, padding, dilation, oh, ow),
+            &x,
+            &weight,
+            7,
+        );
+        assert!(rel_err(&y, &y2).unwrap() < 1e-5, "{label}: forward vs taps");
+        assert!(
+            rel_err(&dx, &dx2).unwrap() < 1e-5,
+            "{label}: input gradient"
+        );
+        assert!(
+            rel_err(&dw, &dw2).unwrap() < 1e-5,
+            "{label}: weight gradient"
+        );
+    }
+}
+
+#[test]
+fn strided_conv_backward_works_on_photo_sized_inputs() {
+    // 375x500 at stride 2: H and W leave different remainders, where candle's own backward fails.
+    let x = Var::from_tensor(&seeded(&[1, 3, 375, 500], 5)).unwrap();
+    let w = Var::from_tensor(&seeded(&[4, 3, 3, 3], 6)).unwrap();
+    let y = conv2d(
+        x.as_tensor(),
+        w.as_tensor(),
+        None,
+        2,
+        Padding::same(1),
+        1,
+        1,
+    )
+    .unwrap();
+    assert_eq!(y.dims(), &[1, 4, 188, 250]);
+    let grads = y.sum_all().unwrap().backward().unwrap();
+    assert_eq!(grads.get(x.as_tensor()).unwrap().dims(), &[1, 3, 375, 500]);
+    assert_eq!(grads.get(w.as_tensor()).unwrap().dims(), &[4, 3, 3, 3]);
+}
+
+#[test]
+fn pointwise_conv_matmul_matches_candle_conv() {
+    let x = seeded(&[2, 8, 5, 7], 8);
+    let w = seeded(&[6, 8, 1, 1], 9);
+    let b = seeded(&[6], 10);
+    let ours = conv2d(&x, &w, Some(&b), 1, Padding::default(), 1, 1).unwrap();
+    let candle = x
+        .conv2d(&w, 0, 1, 1, 1)
+        .unwrap()
+        .broadcast_add(&b.reshape((1, 6, 1, 1)).unwrap())
+        .unwrap();
+    assert!(rel_err(&ours, &candle).unwrap() < 1e-5);
+}
+
+#[test]
+fn tf_same_padding_matches_tensorflow() {
+    // 224 at stride 2 with a 3x3 kernel: TF pads 0 before and 1 after.
+    assert_eq!(
+        tf_same_padding(224, 224, 3, 2, 1),
+        Padding {
+            top: 0,
+            bottom: 1,
+            left: 0,
+            right: 1
+        }
+    );
+    assert_eq!(tf_same_padding(7, 7, 3, 1, 1), Padding::same(1));
+    assert_eq!(tf_same_padding(33, 33, 3, 1, 2), Padding::same(2));
+    assert_eq!(
+        tf_same_padding(112, 112, 5, 2, 1),
+        Padding {
+            top: 1,
+            bottom: 2,
+            left: 1,
+            right: 2
+        }
+    );
+}
+
+#[test]
+fn relu6_clamps_and_gates_the_gradient() {
+    let x = Var::new(&[-1f32, 0.0, 3.0, 6.0, 7.0], &Device::Cpu).unwrap();
+    let y = relu6(x.as_tensor()).unwrap();
+    assert_eq!(y.to_vec1::<f32>().unwrap(), vec![0.0, 0.0, 3.0, 6.0, 6.0]);
+    let g = y
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap()
+        .get(x.as_tensor())
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert_eq!(g, vec![0.0, 0.0, 1.0, 0.0, 0.0]);
+}
