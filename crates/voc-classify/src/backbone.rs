@@ -1,0 +1,108 @@
+//! The common interface of the feature extractors: feature maps at four strides, for classifier and
+//! segmentation heads alike.
+use candle_core::Tensor;
+
+use crate::efficientnet::EfficientNetLite;
+use crate::error::Result;
+use crate::mobilenet_v2::MobileNetV2;
+
+/// Feature maps of one forward pass, named by their nominal stride (input size / feature size at output
+/// stride 32). With a smaller output stride the deeper maps stay at that stride: at output stride 16,
+/// `stride32` has stride 16; at 8, `stride16` and `stride32` have stride 8.
+#[derive(Debug, Clone)]
+pub struct BackboneFeatures {
+    /// The low-level features DeepLabV3+ decodes from (MobileNetV2: output of `layer.1`, 24 channels).
+    pub stride4: Tensor,
+    pub stride8: Tensor,
+    pub stride16: Tensor,
+    /// The last block's output, before the classifier's 1x1 widening convolution (320 channels).
+    pub stride32: Tensor,
+}
+
+/// Channel counts of [`BackboneFeatures`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeatureChannels {
+    pub stride4: usize,
+    pub stride8: usize,
+    pub stride16: usize,
+    pub stride32: usize,
+}
+
+/// Stride and dilation of each block for a target output stride, as transformers' MobileNetV2 and timm's
+/// EfficientNet builder compute them: once the running stride reaches `output_stride`, blocks keep stride 1
+/// and the blocks after a skipped stride dilate by the product of the skipped strides.
+/// `stem_stride` is the stride before the first block.
+pub(crate) fn stride_schedule(
+    stem_stride: usize,
+    nominal: &[usize],
+    output_stride: usize,
+) -> Vec<(usize, usize)> {
+    let mut current_stride = stem_stride;
+    let mut dilation = 1;
+    nominal
+        .iter()
+        .map(|&s| {
+            if current_stride == output_stride {
+                let d = dilation;
+                dilation *= s;
+                (1, d)
+            } else {
+                current_stride *= s;
+                (s, 1)
+            }
+        })
+        .collect()
+}
+
+/// A pretrained feature extractor.
+#[derive(Debug, Clone)]
+pub enum Backbone {
+    MobileNetV2(Box<MobileNetV2>),
+    EfficientNetLite(Box<EfficientNetLite>),
+}
+
+impl Backbone {
+    /// `train`: batch norms use batch statistics and update their running averages.
+    pub fn features_t(&self, x: &Tensor, train: bool) -> Result<BackboneFeatures> {
+        match self {
+            Self::MobileNetV2(m) => m.features_t(x, train),
+            Self::EfficientNetLite(m) => m.features_t(x, train),
+        }
+    }
+
+    pub fn feature_channels(&self) -> FeatureChannels {
+        match self {
+            Self::MobileNetV2(m) => m.feature_channels(),
+            Self::EfficientNetLite(m) => m.feature_channels(),
+        }
+    }
+
+    pub fn output_stride(&self) -> usize {
+        match self {
+            Self::MobileNetV2(m) => m.config().output_stride,
+            Self::EfficientNetLite(m) => m.config().output_stride,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_dilates_after_the_output_stride() {
+        let nominal = [2, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1];
+        let os32 = stride_schedule(2, &nominal, 32);
+        assert!(os32
+            .iter()
+            .zip(nominal)
+            .all(|(&(s, d), n)| s == n && d == 1));
+        let os16 = stride_schedule(2, &nominal, 16);
+        assert_eq!(os16[12], (1, 1));
+        assert!(os16[13..].iter().all(|&sd| sd == (1, 2)));
+        let os8 = stride_schedule(2, &nominal, 8);
+        assert_eq!(os8[5], (1, 1));
+        assert!(os8[6..=12].iter().all(|&sd| sd == (1, 2)));
+        assert!(os8[13..].iter().all(|&sd| sd == (1, 4)));
+    }
+}

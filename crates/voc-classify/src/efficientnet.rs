@@ -1,0 +1,246 @@
+//! EfficientNet-Lite0 in the timm layout (`timm/tf_efficientnet_lite0.in1k`).
+//!
+//! The Lite variants drop squeeze-and-excitation and swish for ReLU6 and keep a fixed 32-channel stem and
+//! 1280-channel head; the `tf_` weights want TF "SAME" padding and batch-norm eps 1e-3. The output stride
+//! is lowered by dilation exactly like [`crate::mobilenet_v2`].
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+use crate::backbone::{stride_schedule, BackboneFeatures, FeatureChannels};
+use crate::error::{ClassifyError, Result};
+use crate::layers::{Activation, ConvNormAct, ConvSpec, NormSpec};
+
+/// One stage of the network: `repeats` blocks, the first of which has the stage's stride.
+#[derive(Debug, Clone, Copy)]
+struct Stage {
+    repeats: usize,
+    kernel: usize,
+    stride: usize,
+    expand_ratio: usize,
+    out_channels: usize,
+}
+
+/// timm's `ds_r1_k3_s1_e1_c16, ir_r2_k3_s2_e6_c24, ir_r2_k5_s2_e6_c40, ir_r3_k3_s2_e6_c80,
+/// ir_r3_k5_s1_e6_c112, ir_r4_k5_s2_e6_c192, ir_r1_k3_s1_e6_c320` (stage 0 is depthwise-separable).
+const LITE0: [Stage; 7] = [
+    Stage {
+        repeats: 1,
+        kernel: 3,
+        stride: 1,
+        expand_ratio: 1,
+        out_channels: 16,
+    },
+    Stage {
+        repeats: 2,
+        kernel: 3,
+        stride: 2,
+        expand_ratio: 6,
+        out_channels: 24,
+    },
+    Stage {
+        repeats: 2,
+        kernel: 5,
+        stride: 2,
+        expand_ratio: 6,
+        out_channels: 40,
+    },
+    Stage {
+        repeats: 3,
+        kernel: 3,
+        stride: 2,
+        expand_ratio: 6,
+        out_channels: 80,
+    },
+    Stage {
+        repeats: 3,
+        kernel: 5,
+        stride: 1,
+        expand_ratio: 6,
+        out_channels: 112,
+    },
+    Stage {
+        repeats: 4,
+        kernel: 5,
+        stride: 2,
+        expand_ratio: 6,
+        out_channels: 192,
+    },
+    Stage {
+        repeats: 1,
+        kernel: 3,
+        stride: 1,
+        expand_ratio: 6,
+        out_channels: 320,
+    },
+];
+const STEM_CHANNELS: usize = 32;
+/// Width of `conv_head`, the 1x1 convolution of the classifier head.
+pub const LITE_HEAD_CHANNELS: usize = 1280;
+/// Stages whose last output is the feature map at nominal stride 4, 8, 16, 32.
+const TAPS: [usize; 4] = [1, 2, 4, 6];
+
+/// Architecture parameters of an EfficientNet-Lite0 backbone.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EfficientNetLiteConfig {
+    /// 8, 16 or 32: the stride of the last feature map.
+    pub output_stride: usize,
+    pub norm: NormSpec,
+}
+
+impl Default for EfficientNetLiteConfig {
+    fn default() -> Self {
+        Self {
+            output_stride: 32,
+            norm: NormSpec {
+                eps: 1e-3,
+                momentum: 0.1,
+            },
+        }
+    }
+}
+
+/// Depthwise-separable (stage 0: `conv_dw`, `bn1`, `conv_pw`, `bn2`) or inverted-residual block
+/// (`conv_pw`, `bn1`, `conv_dw`, `bn2`, `conv_pwl`, `bn3`).
+#[derive(Debug, Clone)]
+struct Block {
+    convs: Vec<ConvNormAct>,
+    residual: bool,
+}
+
+impl Block {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let mut h = x.clone();
+        for conv in &self.convs {
+            h = conv.forward_t(&h, train)?;
+        }
+        Ok(if self.residual { (h + x)? } else { h })
+    }
+}
+
+/// The EfficientNet-Lite0 feature extractor: `conv_stem`, `bn1`, `blocks.S.I` (no `conv_head`).
+#[derive(Debug, Clone)]
+pub struct EfficientNetLite {
+    stem: ConvNormAct,
+    stages: Vec<Vec<Block>>,
+    config: EfficientNetLiteConfig,
+}
+
+impl EfficientNetLite {
+    /// `vb` points at the root of the timm names.
+    pub fn new(vb: VarBuilder, config: EfficientNetLiteConfig) -> Result<Self> {
+        if ![8, 16, 32].contains(&config.output_stride) {
+            return Err(ClassifyError::BadArgument(format!(
+                "EfficientNet-Lite output stride {} is not one of 8, 16, 32",
+                config.output_stride
+            )));
+        }
+        let norm = config.norm;
+        let stem = ConvNormAct::new(
+            vb.pp("conv_stem"),
+            vb.pp("bn1"),
+            ConvSpec::conv_bn(3, STEM_CHANNELS, 3, norm, Activation::Relu6).stride(2),
+        )?;
+
+        let nominal: Vec<usize> = LITE0
+            .iter()
+            .flat_map(|s| (0..s.repeats).map(move |i| if i == 0 { s.stride } else { 1 }))
+            .collect();
+        let mut schedule = stride_schedule(2, &nominal, config.output_stride).into_iter();
+
+        let mut in_channels = STEM_CHANNELS;
+        let mut stages = Vec::with_capacity(LITE0.len());
+        for (si, stage) in LITE0.iter().enumerate() {
+            let mut blocks = Vec::with_capacity(stage.repeats);
+            for bi in 0..stage.repeats {
+                let (stride, dilation) = schedule.next().ok_or_else(|| {
+                    ClassifyError::BadArgument("stride schedule shorter than the network".into())
+                })?;
+                let bvb = vb.pp("blocks").pp(si).pp(bi);
+                let cout = stage.out_channels;
+                let depthwise = |cin: usize, bn: &str| {
+                    ConvNormAct::new(
+                        bvb.pp("conv_dw"),
+                        bvb.pp(bn),
+                        ConvSpec::conv_bn(cin, cin, stage.kernel, norm, Activation::Relu6)
+                            .depthwise()
+                            .stride(stride)
+                            .dilation(dilation),
+                    )
+                };
+                let convs = if stage.expand_ratio == 1 {
+                    vec![
+                        depthwise(in_channels, "bn1")?,
+                        ConvNormAct::new(
+                            bvb.pp("conv_pw"),
+                            bvb.pp("bn2"),
+                            ConvSpec::conv_bn(in_channels, cout, 1, norm, Activation::Identity),
+                        )?,
+                    ]
+                } else {
+                    let mid = in_channels * stage.expand_ratio;
+                    vec![
+                        ConvNormAct::new(
+                            bvb.pp("conv_pw"),
+                            bvb.pp("bn1"),
+                            ConvSpec::conv_bn(in_channels, mid, 1, norm, Activation::Relu6),
+                        )?,
+                        depthwise(mid, "bn2")?,
+                        ConvNormAct::new(
+                            bvb.pp("conv_pwl"),
+                            bvb.pp("bn3"),
+                            ConvSpec::conv_bn(mid, cout, 1, norm, Activation::Identity),
+                        )?,
+                    ]
+                };
+                blocks.push(Block {
+                    convs,
+                    residual: stride == 1 && in_channels == cout,
+                });
+                in_channels = cout;
+            }
+            stages.push(blocks);
+        }
+        Ok(Self {
+            stem,
+            stages,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &EfficientNetLiteConfig {
+        &self.config
+    }
+
+    pub fn feature_channels(&self) -> FeatureChannels {
+        let c = |i: usize| LITE0[TAPS[i]].out_channels;
+        FeatureChannels {
+            stride4: c(0),
+            stride8: c(1),
+            stride16: c(2),
+            stride32: c(3),
+        }
+    }
+
+    /// Features after stages 1, 2, 4 and 6; see [`BackboneFeatures`].
+    pub fn features_t(&self, x: &Tensor, train: bool) -> Result<BackboneFeatures> {
+        let mut h = self.stem.forward_t(x, train)?;
+        let mut taps = Vec::with_capacity(4);
+        for (si, stage) in self.stages.iter().enumerate() {
+            for block in stage {
+                h = block.forward_t(&h, train)?;
+            }
+            if TAPS.contains(&si) {
+                taps.push(h.clone());
+            }
+        }
+        let [stride4, stride8, stride16, stride32]: [Tensor; 4] = taps
+            .try_into()
+            .map_err(|_| ClassifyError::BadArgument("feature taps out of range".into()))?;
+        Ok(BackboneFeatures {
+            stride4,
+            stride8,
+            stride16,
+            stride32,
+        })
+    }
+}

@@ -1,0 +1,233 @@
+//! The convolution + batch norm + activation unit every network here is made of.
+//!
+//! Weights come from a [`VarBuilder`], so the same constructor reads pretrained tensors
+//! (`VarBuilder::from_tensors`, or [`crate::weights`]) or creates trainable variables (`VarBuilder::from_varmap`).
+use candle_core::{Module, Tensor};
+use candle_nn::{Init, VarBuilder};
+use voc_tensor::nn::BatchNorm2d;
+use voc_tensor::ops::{self, Padding};
+
+use crate::error::Result;
+
+/// Non-linearity after the (optional) batch norm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    Identity,
+    Relu,
+    Relu6,
+}
+
+impl Activation {
+    pub fn forward(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Self::Identity => x.clone(),
+            Self::Relu => x.relu()?,
+            Self::Relu6 => ops::relu6(x)?,
+        })
+    }
+}
+
+/// How a convolution pads its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvPadding {
+    /// TensorFlow "SAME": output size `ceil(in / stride)`, the odd pixel of padding at the bottom/right.
+    TfSame,
+    /// The same number of zeros on every side (PyTorch's `padding=`).
+    Symmetric(usize),
+}
+
+/// Batch-norm settings of one layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NormSpec {
+    pub eps: f64,
+    /// PyTorch convention: `running = (1 - momentum) * running + momentum * batch`.
+    pub momentum: f64,
+}
+
+/// Shape and behaviour of one [`ConvNormAct`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConvSpec {
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub dilation: usize,
+    /// 1 for a dense convolution, `in_channels` for a depthwise one.
+    pub groups: usize,
+    pub bias: bool,
+    pub padding: ConvPadding,
+    pub norm: Option<NormSpec>,
+    pub activation: Activation,
+}
+
+impl ConvSpec {
+    /// A bias-free `kernel`x`kernel` convolution followed by batch norm and `activation`.
+    pub fn conv_bn(
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        norm: NormSpec,
+        activation: Activation,
+    ) -> Self {
+        Self {
+            in_channels,
+            out_channels,
+            kernel,
+            stride: 1,
+            dilation: 1,
+            groups: 1,
+            bias: false,
+            padding: ConvPadding::TfSame,
+            norm: Some(norm),
+            activation,
+        }
+    }
+
+    pub fn stride(mut self, stride: usize) -> Self {
+        self.stride = stride;
+        self
+    }
+
+    pub fn dilation(mut self, dilation: usize) -> Self {
+        self.dilation = dilation;
+        self
+    }
+
+    pub fn depthwise(mut self) -> Self {
+        self.groups = self.in_channels;
+        self
+    }
+
+    pub fn padding(mut self, padding: ConvPadding) -> Self {
+        self.padding = padding;
+        self
+    }
+}
+
+/// Convolution, then batch norm, then an activation.
+#[derive(Debug, Clone)]
+pub struct ConvNormAct {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    norm: Option<BatchNorm2d>,
+    spec: ConvSpec,
+}
+
+impl ConvNormAct {
+    /// `conv_vb` holds `weight` (and `bias`), `norm_vb` the batch norm's `weight`, `bias`, `running_mean`
+    /// and `running_var` (the transformers layout nests them as `convolution.*`/`normalization.*`, timm
+    /// puts them side by side as `conv_pw.*`/`bn1.*`).
+    pub fn new(conv_vb: VarBuilder, norm_vb: VarBuilder, spec: ConvSpec) -> Result<Self> {
+        let fan_in = spec.in_channels / spec.groups * spec.kernel * spec.kernel;
+        let init = Init::Randn {
+            mean: 0.0,
+            stdev: (2.0 / fan_in as f64).sqrt(),
+        };
+        let weight = conv_vb.get_with_hints(
+            (
+                spec.out_channels,
+                spec.in_channels / spec.groups,
+                spec.kernel,
+                spec.kernel,
+            ),
+            "weight",
+            init,
+        )?;
+        let bias = if spec.bias {
+            Some(conv_vb.get_with_hints(spec.out_channels, "bias", Init::Const(0.0))?)
+        } else {
+            None
+        };
+        let norm = match spec.norm {
+            Some(n) => Some(BatchNorm2d::new(
+                norm_vb,
+                spec.out_channels,
+                n.eps,
+                n.momentum,
+            )?),
+            None => None,
+        };
+        Ok(Self {
+            weight,
+            bias,
+            norm,
+            spec,
+        })
+    }
+
+    /// The transformers layout: `{prefix}.convolution.*` and `{prefix}.normalization.*`.
+    pub fn transformers(vb: VarBuilder, spec: ConvSpec) -> Result<Self> {
+        Self::new(vb.pp("convolution"), vb.pp("normalization"), spec)
+    }
+
+    pub fn spec(&self) -> &ConvSpec {
+        &self.spec
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// `train`: batch norm uses (and updates its running averages from) the batch statistics.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let s = &self.spec;
+        let padding = match s.padding {
+            // Recomputed per call: TF "SAME" depends on the input size (the odd pixel goes bottom/right).
+            ConvPadding::TfSame => {
+                let (_, _, h, w) = x.dims4()?;
+                ops::tf_same_padding(h, w, s.kernel, s.stride, s.dilation)
+            }
+            ConvPadding::Symmetric(p) => Padding::same(p),
+        };
+        let y = ops::conv2d(
+            x,
+            &self.weight,
+            self.bias.as_ref(),
+            s.stride,
+            padding,
+            s.dilation,
+            s.groups,
+        )?;
+        let y = match &self.norm {
+            Some(bn) => bn.forward_t(&y, train)?,
+            None => y,
+        };
+        s.activation.forward(&y)
+    }
+}
+
+/// Global average pooling over H and W, keeping them as 1x1: `N x C x H x W -> N x C x 1 x 1`.
+pub fn global_avg_pool(x: &Tensor) -> Result<Tensor> {
+    Ok(x.mean_keepdim(3)?.mean_keepdim(2)?)
+}
+
+/// A fully connected layer `weight` (`out x in`) and `bias` created through the var builder.
+pub fn linear(
+    vb: VarBuilder,
+    in_features: usize,
+    out_features: usize,
+) -> Result<candle_nn::Linear> {
+    let bound = 1.0 / (in_features as f64).sqrt();
+    let weight = vb.get_with_hints(
+        (out_features, in_features),
+        "weight",
+        Init::Uniform {
+            lo: -bound,
+            up: bound,
+        },
+    )?;
+    let bias = vb.get_with_hints(
+        out_features,
+        "bias",
+        Init::Uniform {
+            lo: -bound,
+            up: bound,
+        },
+    )?;
+    Ok(candle_nn::Linear::new(weight, Some(bias)))
+}
+
+/// Applies a linear layer to `N x C` features.
+pub fn linear_forward(layer: &candle_nn::Linear, x: &Tensor) -> Result<Tensor> {
+    Ok(layer.forward(x)?)
+}

@@ -1,0 +1,246 @@
+//! MobileNetV2 in the Hugging Face transformers layout (`google/mobilenet_v2_1.0_224`,
+//! `google/deeplabv3_mobilenet_v2_1.0_513`).
+//!
+//! As in the TensorFlow original the transformers port follows: TF "SAME" padding, ReLU6, and a stem whose
+//! first block has no 1x1 expansion (the 3x3 stem convolution already produces its 32 channels). An output
+//! stride below 32 is reached as transformers does it: once the running stride equals the target, later
+//! blocks keep stride 1 and the blocks after a skipped stride-2 block dilate their depthwise convolution by
+//! the product of the skipped strides.
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+use crate::backbone::{stride_schedule, BackboneFeatures, FeatureChannels};
+use crate::error::{ClassifyError, Result};
+use crate::layers::{Activation, ConvNormAct, ConvSpec, NormSpec};
+
+/// Output channels of the stem and of the 16 inverted-residual blocks, before the depth multiplier.
+const CHANNELS: [usize; 17] = [
+    16, 24, 24, 32, 32, 32, 64, 64, 64, 64, 96, 96, 96, 160, 160, 160, 320,
+];
+/// Depthwise stride of each block at output stride 32.
+const STRIDES: [usize; 16] = [2, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1];
+const EXPAND_RATIO: f64 = 6.0;
+/// Index of the last block at each nominal stride 4, 8, 16, 32 (the feature taps).
+const TAPS: [usize; 4] = [1, 4, 11, 15];
+
+/// Architecture parameters of a MobileNetV2 backbone.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MobileNetV2Config {
+    /// Width multiplier applied to every layer (1.0 for the pretrained models).
+    pub depth_multiplier: f64,
+    /// 8, 16 or 32: the stride of the last feature map.
+    pub output_stride: usize,
+    pub norm: NormSpec,
+}
+
+impl Default for MobileNetV2Config {
+    fn default() -> Self {
+        Self {
+            depth_multiplier: 1.0,
+            output_stride: 32,
+            norm: NormSpec {
+                eps: 1e-3,
+                momentum: 0.1,
+            },
+        }
+    }
+}
+
+impl MobileNetV2Config {
+    pub fn with_output_stride(mut self, output_stride: usize) -> Self {
+        self.output_stride = output_stride;
+        self
+    }
+
+    /// Channel count after the width multiplier, rounded as the TensorFlow original does.
+    pub fn channels(&self, base: usize) -> usize {
+        make_divisible((base as f64 * self.depth_multiplier).round(), 8, 8)
+    }
+
+    /// Channels of the 1x1 convolution that closes the classifier (`conv_1x1`): 1280 is only ever widened.
+    pub fn head_channels(&self) -> usize {
+        if self.depth_multiplier < 1.0 {
+            1280
+        } else {
+            self.channels(1280)
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if ![8, 16, 32].contains(&self.output_stride) {
+            return Err(ClassifyError::BadArgument(format!(
+                "MobileNetV2 output stride {} is not one of 8, 16, 32",
+                self.output_stride
+            )));
+        }
+        if !(self.depth_multiplier > 0.0 && self.depth_multiplier.is_finite()) {
+            return Err(ClassifyError::BadArgument(format!(
+                "MobileNetV2 depth multiplier {} must be positive",
+                self.depth_multiplier
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Rounds `value` to the nearest multiple of `divisor` (at least `min_value`), never more than 10% down.
+pub fn make_divisible(value: f64, divisor: usize, min_value: usize) -> usize {
+    let d = divisor as f64;
+    let mut rounded = (min_value as f64).max(((value + d / 2.0) / d).floor() * d);
+    if rounded < 0.9 * value {
+        rounded += d;
+    }
+    rounded as usize
+}
+
+/// Expand 1x1 (skipped in the stem), depthwise 3x3, linear projection 1x1, residual when shapes allow.
+#[derive(Debug, Clone)]
+struct InvertedResidual {
+    expand: Option<ConvNormAct>,
+    depthwise: ConvNormAct,
+    project: ConvNormAct,
+    residual: bool,
+}
+
+impl InvertedResidual {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let h = match &self.expand {
+            Some(e) => e.forward_t(x, train)?,
+            None => x.clone(),
+        };
+        let h = self.depthwise.forward_t(&h, train)?;
+        let h = self.project.forward_t(&h, train)?;
+        Ok(if self.residual { (h + x)? } else { h })
+    }
+}
+
+/// The MobileNetV2 feature extractor: `conv_stem` and `layer.0..15` (no `conv_1x1`, which belongs to the
+/// classification head).
+#[derive(Debug, Clone)]
+pub struct MobileNetV2 {
+    first_conv: ConvNormAct,
+    stem_block: InvertedResidual,
+    blocks: Vec<InvertedResidual>,
+    config: MobileNetV2Config,
+}
+
+impl MobileNetV2 {
+    /// `vb` points at the backbone's prefix (`mobilenet_v2` in the hub files).
+    pub fn new(vb: VarBuilder, config: MobileNetV2Config) -> Result<Self> {
+        config.validate()?;
+        let norm = config.norm;
+        let channels: Vec<usize> = CHANNELS.iter().map(|&c| config.channels(c)).collect();
+        let stem_channels = config.channels(32);
+
+        let stem = vb.pp("conv_stem");
+        let first_conv = ConvNormAct::transformers(
+            stem.pp("first_conv"),
+            ConvSpec::conv_bn(3, stem_channels, 3, norm, Activation::Relu6).stride(2),
+        )?;
+        let stem_block = InvertedResidual {
+            expand: None,
+            depthwise: ConvNormAct::transformers(
+                stem.pp("conv_3x3"),
+                ConvSpec::conv_bn(stem_channels, stem_channels, 3, norm, Activation::Relu6)
+                    .depthwise(),
+            )?,
+            project: ConvNormAct::transformers(
+                stem.pp("reduce_1x1"),
+                ConvSpec::conv_bn(stem_channels, channels[0], 1, norm, Activation::Identity),
+            )?,
+            residual: false,
+        };
+
+        let schedule = stride_schedule(2, &STRIDES, config.output_stride);
+        let mut blocks = Vec::with_capacity(STRIDES.len());
+        for (i, &(stride, block_dilation)) in schedule.iter().enumerate() {
+            let (cin, cout) = (channels[i], channels[i + 1]);
+            let expanded = make_divisible((cin as f64 * EXPAND_RATIO).round(), 8, 8);
+            let lvb = vb.pp("layer").pp(i);
+            blocks.push(InvertedResidual {
+                expand: Some(ConvNormAct::transformers(
+                    lvb.pp("expand_1x1"),
+                    ConvSpec::conv_bn(cin, expanded, 1, norm, Activation::Relu6),
+                )?),
+                depthwise: ConvNormAct::transformers(
+                    lvb.pp("conv_3x3"),
+                    ConvSpec::conv_bn(expanded, expanded, 3, norm, Activation::Relu6)
+                        .depthwise()
+                        .stride(stride)
+                        .dilation(block_dilation),
+                )?,
+                project: ConvNormAct::transformers(
+                    lvb.pp("reduce_1x1"),
+                    ConvSpec::conv_bn(expanded, cout, 1, norm, Activation::Identity),
+                )?,
+                residual: stride == 1 && cin == cout,
+            });
+        }
+        Ok(Self {
+            first_conv,
+            stem_block,
+            blocks,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &MobileNetV2Config {
+        &self.config
+    }
+
+    pub fn feature_channels(&self) -> FeatureChannels {
+        let c = |i: usize| self.config.channels(CHANNELS[i + 1]);
+        FeatureChannels {
+            stride4: c(TAPS[0]),
+            stride8: c(TAPS[1]),
+            stride16: c(TAPS[2]),
+            stride32: c(TAPS[3]),
+        }
+    }
+
+    /// Features after `layer.1`, `layer.4`, `layer.11` and `layer.15`; see [`BackboneFeatures`].
+    pub fn features_t(&self, x: &Tensor, train: bool) -> Result<BackboneFeatures> {
+        let mut h = self.first_conv.forward_t(x, train)?;
+        h = self.stem_block.forward_t(&h, train)?;
+        let mut taps = Vec::with_capacity(4);
+        for (i, block) in self.blocks.iter().enumerate() {
+            h = block.forward_t(&h, train)?;
+            if TAPS.contains(&i) {
+                taps.push(h.clone());
+            }
+        }
+        let [stride4, stride8, stride16, stride32]: [Tensor; 4] = taps
+            .try_into()
+            .map_err(|_| ClassifyError::BadArgument("feature taps out of range".into()))?;
+        Ok(BackboneFeatures {
+            stride4,
+            stride8,
+            stride16,
+            stride32,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn make_divisible_matches_tensorflow_rounding() {
+        assert_eq!(make_divisible(32.0, 8, 8), 32);
+        assert_eq!(make_divisible(96.0, 8, 8), 96);
+        assert_eq!(make_divisible(3.0, 8, 8), 8);
+        // 0.35 x 24 = 8.4 -> 8; 0.35 x 320 = 112; 0.75 x 24 = 18 -> 16 would lose > 10%? 16 >= 16.2 fails -> 24
+        assert_eq!(make_divisible((24.0f64 * 0.35).round(), 8, 8), 8);
+        assert_eq!(make_divisible(18.0, 8, 8), 24);
+        assert_eq!(make_divisible(20.0, 8, 8), 24);
+    }
+
+    #[test]
+    fn output_stride_is_validated() {
+        let cfg = MobileNetV2Config::default().with_output_stride(4);
+        let vb = VarBuilder::zeros(candle_core::DType::F32, &candle_core::Device::Cpu);
+        let err = MobileNetV2::new(vb, cfg).unwrap_err().to_string();
+        assert!(err.contains("output stride 4"), "{err}");
+    }
+}
