@@ -1,10 +1,14 @@
 //! Dataset loading and augmentation for PASCAL VOC: the competition layout, VOCdevkit, statistics,
 //! splits, joint image+mask augmentation, batches.
+pub mod augment;
+pub mod batch;
 pub mod competition;
 pub mod error;
 pub mod io;
 pub mod npy;
 
+pub use augment::{AugmentConfig, AugmentParams, Normalize, ResizeMode};
+pub use batch::{Batch, BatchConfig, BatchLoader, EpochIter};
 pub use competition::{
     CompetitionDir, Dataset, LabelMismatch, Labels, LoadMode, Sample, SplitIndex,
 };

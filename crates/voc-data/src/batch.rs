@@ -1,0 +1,344 @@
+//! Batches as candle tensors, prepared by worker threads ahead of the consumer.
+//!
+//! Each epoch shuffles the sample order from `(seed, epoch)`, and each sample's augmentation is seeded from
+//! `(seed, epoch, sample index)`, so batches are bit-identical for the same seed whatever the thread timing.
+//! Worker `w` prepares batches `w, w + workers, ...` into its own bounded queue
+//! (`std::sync::mpsc::sync_channel(prefetch)`), and the iterator takes them round-robin: order is fixed and
+//! at most `workers * prefetch` batches wait in memory.
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::thread::JoinHandle;
+
+use candle_core::{Device, Tensor};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use crate::augment::{AugmentConfig, Normalize};
+use crate::competition::Dataset;
+use crate::error::{DataError, Result};
+use crate::{NUM_CLASSES, VOID};
+
+/// How batches are made.
+#[derive(Debug, Clone)]
+pub struct BatchConfig {
+    pub batch_size: usize,
+    /// Shuffle the order every epoch (from `seed` and the epoch number).
+    pub shuffle: bool,
+    /// Drop a last batch smaller than `batch_size`.
+    pub drop_last: bool,
+    pub seed: u64,
+    /// Worker threads (at least 1).
+    pub workers: usize,
+    /// Batches each worker may have ready ahead of the consumer.
+    pub prefetch: usize,
+    /// Pad H and W of every batch up to a multiple of this (e.g. 32 for stride-32 networks); padding is
+    /// image 0 (after normalisation) and mask 255, and [`Batch::sizes`] records each sample's real size.
+    pub pad_multiple: Option<usize>,
+    pub augment: AugmentConfig,
+    pub normalize: Normalize,
+    /// Include masks (as u32) when the dataset has them.
+    pub masks: bool,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: 16,
+            shuffle: true,
+            drop_last: false,
+            seed: 0,
+            workers: 2,
+            prefetch: 2,
+            pad_multiple: None,
+            augment: AugmentConfig::default(),
+            normalize: Normalize::ImageNet,
+            masks: true,
+        }
+    }
+}
+
+/// One batch.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// [N, 3, H, W] f32, normalised.
+    pub images: Tensor,
+    /// [N, 20] f32 0/1, when the dataset is labelled.
+    pub labels: Option<Tensor>,
+    /// [N, H, W] u32 with 0..=20 and 255 (void), when the dataset has masks and masks were asked for.
+    pub masks: Option<Tensor>,
+    /// Sample positions in the dataset (CSV order).
+    pub indices: Vec<usize>,
+    pub ids: Vec<String>,
+    /// Each sample's (height, width) before padding: crop predictions with `[..h, ..w]`.
+    pub sizes: Vec<(usize, usize)>,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.indices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.indices.is_empty()
+    }
+
+    /// (H, W) of the batch tensors, padding included.
+    pub fn padded_size(&self) -> Result<(usize, usize)> {
+        let (_, _, h, w) = self.images.dims4()?;
+        Ok((h, w))
+    }
+}
+
+/// Makes batches of a [`Dataset`].
+#[derive(Debug, Clone)]
+pub struct BatchLoader {
+    dataset: Dataset,
+    config: BatchConfig,
+    device: Device,
+}
+
+/// A 64-bit mix (splitmix64) so nearby (seed, epoch, index) triples give unrelated streams.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// The augmentation seed of sample `index` in `epoch`.
+pub fn sample_seed(seed: u64, epoch: usize, index: usize) -> u64 {
+    mix(mix(mix(seed) ^ epoch as u64) ^ index as u64)
+}
+
+impl BatchLoader {
+    pub fn new(dataset: Dataset, config: BatchConfig, device: Device) -> Result<Self> {
+        if config.batch_size == 0 {
+            return Err(DataError::BadArgument(
+                "batch size must be at least 1".into(),
+            ));
+        }
+        if config.pad_multiple == Some(0) {
+            return Err(DataError::BadArgument(
+                "pad multiple must be at least 1".into(),
+            ));
+        }
+        Ok(Self {
+            dataset,
+            config,
+            device,
+        })
+    }
+
+    pub fn dataset(&self) -> &Dataset {
+        &self.dataset
+    }
+
+    pub fn config(&self) -> &BatchConfig {
+        &self.config
+    }
+
+    /// Batches per epoch.
+    pub fn num_batches(&self) -> usize {
+        let n = self.dataset.len();
+        if self.config.drop_last {
+            n / self.config.batch_size
+        } else {
+            n.div_ceil(self.config.batch_size)
+        }
+    }
+
+    /// Sample order of `epoch`.
+    pub fn order(&self, epoch: usize) -> Vec<usize> {
+        let mut order: Vec<usize> = (0..self.dataset.len()).collect();
+        if self.config.shuffle {
+            order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+                mix(self.config.seed) ^ mix(epoch as u64 + 1),
+            ));
+        }
+        order
+    }
+
+    /// Builds the batch of these sample positions on the calling thread.
+    pub fn make_batch(&self, epoch: usize, indices: &[usize]) -> Result<Batch> {
+        make_batch(&self.dataset, &self.config, &self.device, epoch, indices)
+    }
+
+    /// Iterates over the batches of `epoch`, prepared by `workers` threads.
+    pub fn epoch(&self, epoch: usize) -> EpochIter {
+        let order = self.order(epoch);
+        let bs = self.config.batch_size;
+        let chunks: Vec<Vec<usize>> = order
+            .chunks(bs)
+            .filter(|c| !self.config.drop_last || c.len() == bs)
+            .map(|c| c.to_vec())
+            .collect();
+        let total = chunks.len();
+        let workers = self.config.workers.max(1).min(total.max(1));
+        let mut receivers = Vec::with_capacity(workers);
+        let mut handles = Vec::with_capacity(workers);
+        let chunks = std::sync::Arc::new(chunks);
+        for w in 0..workers {
+            let (tx, rx) = sync_channel::<Result<Batch>>(self.config.prefetch.max(1));
+            receivers.push(rx);
+            let (dataset, config, device, chunks) = (
+                self.dataset.clone(),
+                self.config.clone(),
+                self.device.clone(),
+                chunks.clone(),
+            );
+            let handle = std::thread::Builder::new()
+                .name(format!("voc-data-worker-{w}"))
+                .spawn(move || {
+                    for b in (w..chunks.len()).step_by(workers) {
+                        let batch = make_batch(&dataset, &config, &device, epoch, &chunks[b]);
+                        let failed = batch.is_err();
+                        // The consumer has gone (dropped the iterator): stop quietly.
+                        if tx.send(batch).is_err() || failed {
+                            return;
+                        }
+                    }
+                })
+                .expect("spawning a worker thread");
+            handles.push(handle);
+        }
+        EpochIter {
+            receivers,
+            handles,
+            next: 0,
+            total,
+        }
+    }
+}
+
+/// The batches of one epoch, in order. Dropping it stops the workers.
+pub struct EpochIter {
+    receivers: Vec<Receiver<Result<Batch>>>,
+    handles: Vec<JoinHandle<()>>,
+    next: usize,
+    total: usize,
+}
+
+impl EpochIter {
+    /// Batches still to come.
+    pub fn remaining(&self) -> usize {
+        self.total - self.next
+    }
+}
+
+impl Iterator for EpochIter {
+    type Item = Result<Batch>;
+
+    fn next(&mut self) -> Option<Result<Batch>> {
+        if self.next >= self.total {
+            return None;
+        }
+        let rx = &self.receivers[self.next % self.receivers.len()];
+        self.next += 1;
+        match rx.recv() {
+            Ok(batch) => {
+                if batch.is_err() {
+                    self.next = self.total;
+                }
+                Some(batch)
+            }
+            Err(_) => {
+                self.next = self.total;
+                Some(Err(DataError::BadArgument(
+                    "a batch worker thread stopped unexpectedly".into(),
+                )))
+            }
+        }
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining(), Some(self.remaining()))
+    }
+}
+
+impl Drop for EpochIter {
+    fn drop(&mut self) {
+        self.receivers.clear();
+        for h in self.handles.drain(..) {
+            let _ = h.join();
+        }
+    }
+}
+
+fn make_batch(
+    dataset: &Dataset,
+    config: &BatchConfig,
+    device: &Device,
+    epoch: usize,
+    indices: &[usize],
+) -> Result<Batch> {
+    let with_masks = config.masks && dataset.index().has_masks;
+    let mut images = Vec::with_capacity(indices.len());
+    let mut masks = Vec::with_capacity(indices.len());
+    let mut labels = Vec::with_capacity(indices.len() * NUM_CLASSES);
+    let mut ids = Vec::with_capacity(indices.len());
+    let mut has_labels = true;
+    for &i in indices {
+        let sample = dataset.get(i)?;
+        let mask = if with_masks {
+            sample.mask.as_ref().map(|m| m.view())
+        } else {
+            None
+        };
+        let (image, mask) = config.augment.augment(
+            sample.image.view(),
+            mask,
+            sample_seed(config.seed, epoch, i),
+        );
+        images.push(image);
+        masks.push(mask);
+        match sample.labels {
+            Some(l) => labels.extend(l.iter().map(|&v| v as f32)),
+            None => has_labels = false,
+        }
+        ids.push(sample.id.clone());
+    }
+    let sizes: Vec<(usize, usize)> = images
+        .iter()
+        .map(|im| (im.shape()[0], im.shape()[1]))
+        .collect();
+    let round = |x: usize| config.pad_multiple.map_or(x, |m| x.div_ceil(m) * m);
+    let ph = round(sizes.iter().map(|s| s.0).max().unwrap_or(0));
+    let pw = round(sizes.iter().map(|s| s.1).max().unwrap_or(0));
+    let n = indices.len();
+    let mut pixels = vec![0f32; n * 3 * ph * pw];
+    for (im, out) in images.iter().zip(pixels.chunks_exact_mut(3 * ph * pw)) {
+        config.normalize.write_chw(im.view(), out, ph, pw);
+    }
+    let images_t = Tensor::from_vec(pixels, (n, 3, ph, pw), &Device::Cpu)?.to_device(device)?;
+    let masks_t = if with_masks {
+        let mut all = vec![VOID as u32; n * ph * pw];
+        for (m, out) in masks.iter().zip(all.chunks_exact_mut(ph * pw)) {
+            let m = m
+                .as_ref()
+                .expect("every sample of a masked split has a mask");
+            let (h, w) = m.dim();
+            for (y, row) in m.outer_iter().enumerate() {
+                for (d, &v) in out[y * pw..y * pw + w].iter_mut().zip(row.iter()) {
+                    *d = v as u32;
+                }
+            }
+            debug_assert!(h <= ph);
+        }
+        Some(Tensor::from_vec(all, (n, ph, pw), &Device::Cpu)?.to_device(device)?)
+    } else {
+        None
+    };
+    let labels_t = if has_labels && n > 0 {
+        Some(Tensor::from_vec(labels, (n, NUM_CLASSES), &Device::Cpu)?.to_device(device)?)
+    } else {
+        None
+    };
+    Ok(Batch {
+        images: images_t,
+        labels: labels_t,
+        masks: masks_t,
+        indices: indices.to_vec(),
+        ids,
+        sizes,
+    })
+}
