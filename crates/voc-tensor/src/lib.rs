@@ -13,6 +13,7 @@ pub mod error;
 pub mod hub;
 pub mod nn;
 pub mod ops;
+pub mod optim;
 pub mod testing;
 
 pub use candle_core::{DType, Device, Tensor, Var};

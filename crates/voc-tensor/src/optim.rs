@@ -1,0 +1,624 @@
+//! Optimisers, parameter groups, learning-rate schedules and early stopping, with PyTorch semantics.
+//!
+//! - [`Sgd`]: momentum, dampening, Nesterov, weight decay added to the gradient (`torch.optim.SGD`).
+//! - [`AdamW`]: decoupled weight decay (`torch.optim.AdamW`), or L2 added to the gradient
+//!   (`torch.optim.Adam`) with [`AdamWConfig::decoupled_weight_decay`] off.
+//! - [`param_groups`]: splits a `VarMap` into a decayed and a non-decayed group (biases and norms get
+//!   no decay), leaves out batch-norm running statistics (state, not parameters) and frozen variables.
+//! - [`LrSchedule`]: constant, step, cosine, polynomial, with an optional linear warm-up, evaluated per
+//!   step; [`ReduceLrOnPlateau`] and [`EarlyStopping`] watch a metric per epoch.
+//!
+//! ```no_run
+//! use voc_tensor::optim::{self, AdamW, AdamWConfig, LrSchedule, Optimizer};
+//! # fn main() -> voc_tensor::Result<()> {
+//! # let varmap = candle_nn::VarMap::new();
+//! # let loss_of = |_step: usize| -> voc_tensor::Result<voc_tensor::Tensor> { unimplemented!() };
+//! let frozen = |name: &str| name.starts_with("mobilenet_v2.");
+//! let groups = optim::param_groups(&varmap, 0.01, &frozen);
+//! let mut opt = AdamW::new(groups, AdamWConfig { lr: 1e-3, ..Default::default() })?;
+//! let schedule = LrSchedule::Cosine { total: 1000, min_lr: 1e-6 }.with_warmup(50);
+//! for step in 0..1050 {
+//!     opt.set_learning_rate(schedule.lr_at(1e-3, step));
+//!     let loss = loss_of(step)?;
+//!     opt.step(&loss.backward()?)?;
+//! }
+//! # Ok(()) }
+//! ```
+use candle_core::backprop::GradStore;
+use candle_core::{Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Result, VocError};
+
+/// Updates variables from their gradients.
+pub trait Optimizer {
+    /// One update of every variable that has a gradient in `grads`; variables without one are left
+    /// untouched, their optimiser state included (as PyTorch does for `grad is None`).
+    fn step(&mut self, grads: &GradStore) -> Result<()>;
+    /// The base learning rate (each group uses `base * lr_scale`).
+    fn learning_rate(&self) -> f64;
+    fn set_learning_rate(&mut self, lr: f64);
+
+    /// `loss.backward()` then [`Optimizer::step`].
+    fn backward_step(&mut self, loss: &Tensor) -> Result<()> {
+        let grads = loss.backward()?;
+        self.step(&grads)
+    }
+}
+
+/// Variables that share a weight decay and a learning-rate multiplier.
+#[derive(Debug, Clone)]
+pub struct ParamGroup {
+    /// `(name, variable)`; the names are for reports and tests.
+    pub vars: Vec<(String, Var)>,
+    pub weight_decay: f64,
+    /// The group's learning rate is the optimiser's times this (e.g. 0.1 for a pretrained backbone).
+    pub lr_scale: f64,
+}
+
+impl ParamGroup {
+    pub fn new(vars: Vec<(String, Var)>, weight_decay: f64) -> Self {
+        Self {
+            vars,
+            weight_decay,
+            lr_scale: 1.0,
+        }
+    }
+
+    pub fn with_lr_scale(mut self, lr_scale: f64) -> Self {
+        self.lr_scale = lr_scale;
+        self
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.vars.iter().map(|(n, _)| n.as_str()).collect()
+    }
+}
+
+/// Batch-norm running statistics and counters: updated by the forward pass, never by an optimiser.
+pub fn is_state_var(name: &str) -> bool {
+    let last = name.rsplit('.').next().unwrap_or(name);
+    matches!(last, "running_mean" | "running_var" | "num_batches_tracked")
+}
+
+/// Whether weight decay should skip a parameter: biases, normalisation parameters and any tensor of
+/// rank 0 or 1 (scales and offsets, whose decay only hurts).
+pub fn skips_weight_decay(name: &str, dims: &[usize]) -> bool {
+    if dims.len() <= 1 {
+        return true;
+    }
+    let segments: Vec<&str> = name.split('.').collect();
+    let last = segments.last().copied().unwrap_or(name);
+    last == "bias"
+        || last.ends_with("_bias")
+        || segments.iter().any(|s| {
+            let s = s.to_ascii_lowercase();
+            s.contains("norm")
+                || s == "running"
+                || (s.starts_with("bn") && s[2..].chars().all(|c| c.is_ascii_digit()))
+                || (s.starts_with("ln") && s[2..].chars().all(|c| c.is_ascii_digit()))
+        })
+}
+
+/// The trainable variables of `varmap` in two groups, each sorted by name: first those that get
+/// `weight_decay`, then those that get none ([`skips_weight_decay`]). State variables
+/// ([`is_state_var`]) and those for which `frozen(name)` is true are in neither. Both groups are
+/// always returned, possibly empty.
+pub fn param_groups(
+    varmap: &candle_nn::VarMap,
+    weight_decay: f64,
+    frozen: &dyn Fn(&str) -> bool,
+) -> Vec<ParamGroup> {
+    let mut vars: Vec<(String, Var)> = match varmap.data().lock() {
+        Ok(map) => map.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        Err(poisoned) => poisoned
+            .into_inner()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    };
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let (mut decayed, mut plain) = (Vec::new(), Vec::new());
+    for (name, var) in vars {
+        if is_state_var(&name) || frozen(&name) {
+            continue;
+        }
+        if skips_weight_decay(&name, var.dims()) {
+            plain.push((name, var));
+        } else {
+            decayed.push((name, var));
+        }
+    }
+    vec![
+        ParamGroup::new(decayed, weight_decay),
+        ParamGroup::new(plain, 0.0),
+    ]
+}
+
+fn finite_non_negative(x: f64) -> bool {
+    x.is_finite() && x >= 0.0
+}
+
+fn check_groups(groups: &[ParamGroup], lr: f64) -> Result<()> {
+    if !finite_non_negative(lr) {
+        return Err(VocError::BadArgument(format!(
+            "learning rate must be finite and >= 0, got {lr}"
+        )));
+    }
+    for g in groups {
+        if !finite_non_negative(g.weight_decay) || !finite_non_negative(g.lr_scale) {
+            return Err(VocError::BadArgument(format!(
+                "parameter group {:?}: weight_decay and lr_scale must be finite and >= 0, got {} and {}",
+                g.names().into_iter().take(3).collect::<Vec<_>>(),
+                g.weight_decay,
+                g.lr_scale
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// [`Sgd`] hyper-parameters (weight decay is per [`ParamGroup`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SgdConfig {
+    pub lr: f64,
+    pub momentum: f64,
+    pub dampening: f64,
+    pub nesterov: bool,
+}
+
+impl Default for SgdConfig {
+    fn default() -> Self {
+        Self {
+            lr: 0.01,
+            momentum: 0.0,
+            dampening: 0.0,
+            nesterov: false,
+        }
+    }
+}
+
+/// Stochastic gradient descent as `torch.optim.SGD`: `g = grad + wd·p`; with momentum
+/// `buf = g` on the first step, then `buf = momentum·buf + (1 - dampening)·g`; the step direction is
+/// `g + momentum·buf` (Nesterov) or `buf`; `p -= lr·direction`.
+pub struct Sgd {
+    groups: Vec<ParamGroup>,
+    config: SgdConfig,
+    momentum_buffers: Vec<Vec<Option<Tensor>>>,
+}
+
+impl Sgd {
+    pub fn new(groups: Vec<ParamGroup>, config: SgdConfig) -> Result<Self> {
+        check_groups(&groups, config.lr)?;
+        if !finite_non_negative(config.momentum) || !(0.0..=1.0).contains(&config.dampening) {
+            return Err(VocError::BadArgument(format!(
+                "SGD: momentum must be >= 0 and dampening in [0, 1], got {} and {}",
+                config.momentum, config.dampening
+            )));
+        }
+        if config.nesterov && (config.momentum <= 0.0 || config.dampening != 0.0) {
+            return Err(VocError::BadArgument(
+                "SGD: Nesterov momentum needs momentum > 0 and dampening 0".into(),
+            ));
+        }
+        let momentum_buffers = groups.iter().map(|g| vec![None; g.vars.len()]).collect();
+        Ok(Self {
+            groups,
+            config,
+            momentum_buffers,
+        })
+    }
+
+    pub fn groups(&self) -> &[ParamGroup] {
+        &self.groups
+    }
+
+    pub fn config(&self) -> &SgdConfig {
+        &self.config
+    }
+}
+
+impl Optimizer for Sgd {
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        let c = self.config;
+        for (group, buffers) in self.groups.iter().zip(self.momentum_buffers.iter_mut()) {
+            let lr = c.lr * group.lr_scale;
+            for ((_, var), buffer) in group.vars.iter().zip(buffers.iter_mut()) {
+                let Some(grad) = grads.get(var.as_tensor()) else {
+                    continue;
+                };
+                let param = var.as_tensor().detach();
+                let mut g = grad.detach();
+                if group.weight_decay != 0.0 {
+                    g = (g + param.affine(group.weight_decay, 0.0)?)?;
+                }
+                if c.momentum != 0.0 {
+                    let buf = match buffer.take() {
+                        None => g.clone(),
+                        Some(buf) => {
+                            (buf.affine(c.momentum, 0.0)? + g.affine(1.0 - c.dampening, 0.0)?)?
+                        }
+                    };
+                    g = if c.nesterov {
+                        (g + buf.affine(c.momentum, 0.0)?)?
+                    } else {
+                        buf.clone()
+                    };
+                    *buffer = Some(buf);
+                }
+                var.set(&(param - g.affine(lr, 0.0)?)?)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.config.lr
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.config.lr = lr;
+    }
+}
+
+/// [`AdamW`] hyper-parameters (weight decay is per [`ParamGroup`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct AdamWConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// `true`: AdamW, `p *= 1 - lr·wd` before the Adam step. `false`: Adam with L2, `grad += wd·p`.
+    pub decoupled_weight_decay: bool,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            decoupled_weight_decay: true,
+        }
+    }
+}
+
+struct AdamState {
+    step: u64,
+    exp_avg: Tensor,
+    exp_avg_sq: Tensor,
+}
+
+/// Adam with decoupled weight decay as `torch.optim.AdamW` (per-parameter step counts, bias
+/// correction, `eps` added after the square root).
+pub struct AdamW {
+    groups: Vec<ParamGroup>,
+    config: AdamWConfig,
+    state: Vec<Vec<Option<AdamState>>>,
+}
+
+impl AdamW {
+    pub fn new(groups: Vec<ParamGroup>, config: AdamWConfig) -> Result<Self> {
+        check_groups(&groups, config.lr)?;
+        let beta_ok = |b: f64| (0.0..1.0).contains(&b);
+        if !beta_ok(config.beta1) || !beta_ok(config.beta2) || !finite_non_negative(config.eps) {
+            return Err(VocError::BadArgument(format!(
+                "AdamW: betas must be in [0, 1) and eps >= 0, got betas ({}, {}) and eps {}",
+                config.beta1, config.beta2, config.eps
+            )));
+        }
+        let state = groups
+            .iter()
+            .map(|g| g.vars.iter().map(|_| None).collect())
+            .collect();
+        Ok(Self {
+            groups,
+            config,
+            state,
+        })
+    }
+
+    pub fn groups(&self) -> &[ParamGroup] {
+        &self.groups
+    }
+
+    pub fn config(&self) -> &AdamWConfig {
+        &self.config
+    }
+}
+
+impl Optimizer for AdamW {
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        let c = self.config;
+        for (group, states) in self.groups.iter().zip(self.state.iter_mut()) {
+            let lr = c.lr * group.lr_scale;
+            let wd = group.weight_decay;
+            for ((_, var), state) in group.vars.iter().zip(states.iter_mut()) {
+                let Some(grad) = grads.get(var.as_tensor()) else {
+                    continue;
+                };
+                let mut param = var.as_tensor().detach();
+                let mut grad = grad.detach();
+                if wd != 0.0 {
+                    if c.decoupled_weight_decay {
+                        param = param.affine(1.0 - lr * wd, 0.0)?;
+                    } else {
+                        grad = (grad + param.affine(wd, 0.0)?)?;
+                    }
+                }
+                let s = match state.take() {
+                    Some(s) => s,
+                    None => AdamState {
+                        step: 0,
+                        exp_avg: grad.zeros_like()?,
+                        exp_avg_sq: grad.zeros_like()?,
+                    },
+                };
+                let step = s.step + 1;
+                let exp_avg =
+                    (s.exp_avg.affine(c.beta1, 0.0)? + grad.affine(1.0 - c.beta1, 0.0)?)?;
+                let exp_avg_sq = (s.exp_avg_sq.affine(c.beta2, 0.0)?
+                    + grad.sqr()?.affine(1.0 - c.beta2, 0.0)?)?;
+                let bias_correction1 = 1.0 - c.beta1.powf(step as f64);
+                let bias_correction2 = 1.0 - c.beta2.powf(step as f64);
+                let step_size = lr / bias_correction1;
+                let denom = exp_avg_sq
+                    .sqrt()?
+                    .affine(1.0 / bias_correction2.sqrt(), c.eps)?;
+                let update = (exp_avg.affine(step_size, 0.0)? / denom)?;
+                var.set(&(param - update)?)?;
+                *state = Some(AdamState {
+                    step,
+                    exp_avg,
+                    exp_avg_sq,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.config.lr
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.config.lr = lr;
+    }
+}
+
+/// A learning rate as a function of the step (or epoch) count, from a base rate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    Constant,
+    /// `base · gamma^(t / step_size)` (integer division), as `torch.optim.lr_scheduler.StepLR`.
+    Step {
+        step_size: usize,
+        gamma: f64,
+    },
+    /// `min_lr + (base - min_lr)·(1 + cos(π·t/total))/2`, then `min_lr` from `total` on.
+    Cosine {
+        total: usize,
+        min_lr: f64,
+    },
+    /// `base · (1 - t/total)^power` (DeepLab's "poly" uses power 0.9), then 0 from `total` on.
+    Poly {
+        total: usize,
+        power: f64,
+    },
+    /// Linear warm-up: `base · (t + 1)/steps` for `t < steps`, then `then` evaluated at `t - steps`.
+    Warmup {
+        steps: usize,
+        then: Box<LrSchedule>,
+    },
+}
+
+impl LrSchedule {
+    /// This schedule preceded by `steps` steps of linear warm-up (none when `steps == 0`).
+    pub fn with_warmup(self, steps: usize) -> Self {
+        if steps == 0 {
+            self
+        } else {
+            Self::Warmup {
+                steps,
+                then: Box::new(self),
+            }
+        }
+    }
+
+    /// The learning rate at step `t` (0-based) for base rate `base_lr`.
+    pub fn lr_at(&self, base_lr: f64, t: usize) -> f64 {
+        let progress = |total: usize| {
+            if total == 0 {
+                1.0
+            } else {
+                t.min(total) as f64 / total as f64
+            }
+        };
+        match self {
+            Self::Constant => base_lr,
+            Self::Step { step_size, gamma } => {
+                base_lr * gamma.powi((t / (*step_size).max(1)) as i32)
+            }
+            Self::Cosine { total, min_lr } => {
+                min_lr
+                    + (base_lr - min_lr) * (1.0 + (std::f64::consts::PI * progress(*total)).cos())
+                        / 2.0
+            }
+            Self::Poly { total, power } => base_lr * (1.0 - progress(*total)).powf(*power),
+            Self::Warmup { steps, then } => {
+                if t < *steps {
+                    base_lr * (t + 1) as f64 / *steps as f64
+                } else {
+                    then.lr_at(base_lr, t - steps)
+                }
+            }
+        }
+    }
+
+    /// Sets `optimizer`'s learning rate for step `t`.
+    pub fn apply(&self, optimizer: &mut dyn Optimizer, base_lr: f64, t: usize) {
+        optimizer.set_learning_rate(self.lr_at(base_lr, t));
+    }
+}
+
+/// Whether a smaller or a larger metric is better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    Min,
+    Max,
+}
+
+/// Cuts the learning rate by `factor` when the metric has not improved for more than `patience`
+/// epochs, as `torch.optim.lr_scheduler.ReduceLROnPlateau` with `threshold_mode="rel"`: an epoch
+/// improves when `metric < best·(1 - threshold)` (min) or `metric > best·(1 + threshold)` (max).
+/// After a cut, `cooldown` epochs pass before bad epochs count again; the rate never goes below `min_lr`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReduceLrOnPlateau {
+    pub mode: Mode,
+    pub factor: f64,
+    pub patience: usize,
+    pub threshold: f64,
+    pub cooldown: usize,
+    pub min_lr: f64,
+    best: Option<f64>,
+    bad_epochs: usize,
+    cooldown_left: usize,
+}
+
+impl ReduceLrOnPlateau {
+    /// PyTorch's defaults for the rest: `threshold = 1e-4`, `cooldown = 0`, `min_lr = 0`.
+    pub fn new(mode: Mode, factor: f64, patience: usize) -> Result<Self> {
+        if !(factor > 0.0 && factor < 1.0) {
+            return Err(VocError::BadArgument(format!(
+                "ReduceLrOnPlateau: factor must be in (0, 1), got {factor}"
+            )));
+        }
+        Ok(Self {
+            mode,
+            factor,
+            patience,
+            threshold: 1e-4,
+            cooldown: 0,
+            min_lr: 0.0,
+            best: None,
+            bad_epochs: 0,
+            cooldown_left: 0,
+        })
+    }
+
+    pub fn with_min_lr(mut self, min_lr: f64) -> Self {
+        self.min_lr = min_lr;
+        self
+    }
+
+    pub fn with_threshold(mut self, threshold: f64) -> Self {
+        self.threshold = threshold;
+        self
+    }
+
+    pub fn with_cooldown(mut self, cooldown: usize) -> Self {
+        self.cooldown = cooldown;
+        self
+    }
+
+    /// Records one epoch's `metric` and returns the learning rate for the next epoch given the
+    /// current one.
+    pub fn step(&mut self, metric: f64, lr: f64) -> f64 {
+        let improved = match (self.best, self.mode) {
+            (None, _) => !metric.is_nan(),
+            (Some(best), Mode::Min) => metric < best * (1.0 - self.threshold),
+            (Some(best), Mode::Max) => metric > best * (1.0 + self.threshold),
+        };
+        if improved {
+            self.best = Some(metric);
+            self.bad_epochs = 0;
+        } else {
+            self.bad_epochs += 1;
+        }
+        if self.cooldown_left > 0 {
+            self.cooldown_left -= 1;
+            self.bad_epochs = 0;
+        }
+        if self.bad_epochs > self.patience {
+            self.cooldown_left = self.cooldown;
+            self.bad_epochs = 0;
+            let reduced = (lr * self.factor).max(self.min_lr);
+            // As PyTorch: changes below 1e-8 are not worth making.
+            if lr - reduced > 1e-8 {
+                return reduced;
+            }
+        }
+        lr
+    }
+
+    /// [`Self::step`] on `optimizer`'s learning rate; true when it was reduced.
+    pub fn step_optimizer(&mut self, metric: f64, optimizer: &mut dyn Optimizer) -> bool {
+        let lr = optimizer.learning_rate();
+        let next = self.step(metric, lr);
+        optimizer.set_learning_rate(next);
+        next < lr
+    }
+
+    pub fn best(&self) -> Option<f64> {
+        self.best
+    }
+}
+
+/// Stops training when the monitored metric has not improved by more than `min_delta` for `patience`
+/// epochs in a row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EarlyStopping {
+    pub mode: Mode,
+    pub patience: usize,
+    pub min_delta: f64,
+    best: Option<f64>,
+    bad_epochs: usize,
+    improved: bool,
+}
+
+impl EarlyStopping {
+    pub fn new(mode: Mode, patience: usize, min_delta: f64) -> Self {
+        Self {
+            mode,
+            patience,
+            min_delta: min_delta.abs(),
+            best: None,
+            bad_epochs: 0,
+            improved: false,
+        }
+    }
+
+    /// Records one epoch's `metric`; true when training should stop now (with `patience` 0: at the
+    /// first epoch that does not improve).
+    pub fn should_stop(&mut self, metric: f64) -> bool {
+        self.improved = match (self.best, self.mode) {
+            (None, _) => !metric.is_nan(),
+            (Some(best), Mode::Min) => metric < best - self.min_delta,
+            (Some(best), Mode::Max) => metric > best + self.min_delta,
+        };
+        if self.improved {
+            self.best = Some(metric);
+            self.bad_epochs = 0;
+        } else {
+            self.bad_epochs += 1;
+        }
+        self.bad_epochs > 0 && self.bad_epochs >= self.patience
+    }
+
+    /// Whether the last recorded metric was a new best (the moment to save the best checkpoint).
+    pub fn improved(&self) -> bool {
+        self.improved
+    }
+
+    pub fn best(&self) -> Option<f64> {
+        self.best
+    }
+
+    /// Epochs since the last improvement.
+    pub fn bad_epochs(&self) -> usize {
+        self.bad_epochs
+    }
+}
