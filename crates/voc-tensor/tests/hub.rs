@@ -159,9 +159,8 @@ fn a_weights_file_overrides_the_hub() {
 }
 
 #[test]
-fn pytorch_bin_is_the_fallback_and_loads() {
-    // A hand-made torch.save zip archive is not available offline without torch, so the fallback is
-    // exercised on the resolution side: a cache holding only pytorch_model.bin resolves to it.
+fn a_corrupt_pytorch_bin_is_the_fallback_and_a_clear_error() {
+    // Found through the fallback (no model.safetensors in the snapshot), then refused by the reader.
     let dir = tempfile::tempdir().unwrap();
     let snapshot = dir.path().join("models--org--only-bin/snapshots/abc");
     std::fs::create_dir_all(&snapshot).unwrap();
@@ -309,5 +308,57 @@ fn name_report_on_real_weights_with_a_wrong_expectation() {
     assert_eq!(
         report.shape_mismatches,
         vec![("classifier.weight".into(), vec![20, 1280], vec![1001, 1280])]
+    );
+}
+
+/// `tests/data/tiny_pytorch_model.bin` was written by `torch.save` (PyTorch 2.15, zip format) from
+/// `{"linear.weight": arange(6).reshape(2, 3), "linear.bias": [0.5, -0.5], "bn.running_var": full(4, 2.0),
+/// "bn.num_batches_tracked": tensor(3)}`.
+#[test]
+fn a_real_pytorch_bin_loads_from_a_cache_without_safetensors() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny_pytorch_model.bin");
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = dir
+        .path()
+        .join("models--org--torch-only/snapshots/0123abcd");
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::copy(&fixture, snapshot.join("pytorch_model.bin")).unwrap();
+    let cache = HubCache::new(dir.path(), true);
+    // No refs/ at all: a commit-hash revision finds the snapshot directly.
+    let src = WeightsSource::hub("org/torch-only", Some("0123abcd"));
+    let path = hub::resolve_weights_in(&cache, &src).unwrap();
+    assert_eq!(path, snapshot.join("pytorch_model.bin"));
+
+    let tensors = hub::load_tensors(&path, &Device::Cpu).unwrap();
+    let mut names: Vec<_> = tensors.keys().cloned().collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "bn.num_batches_tracked",
+            "bn.running_var",
+            "linear.bias",
+            "linear.weight"
+        ]
+    );
+    assert_eq!(
+        tensors["linear.weight"].to_vec2::<f32>().unwrap(),
+        vec![vec![0., 1., 2.], vec![3., 4., 5.]]
+    );
+    assert_eq!(
+        tensors["linear.bias"].to_vec1::<f32>().unwrap(),
+        vec![0.5, -0.5]
+    );
+    assert_eq!(
+        tensors["bn.running_var"].to_vec1::<f32>().unwrap(),
+        vec![2.0; 4]
+    );
+    assert_eq!(
+        tensors["bn.num_batches_tracked"]
+            .to_dtype(candle_core::DType::F64)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap(),
+        3.0
     );
 }
