@@ -170,6 +170,26 @@ impl SplitIndex {
         self.ids.iter().position(|i| i == id)
     }
 
+    /// The split restricted to these positions (in the given order), e.g. one side of
+    /// [`stratified_split`](crate::stratified_split).
+    pub fn subset(&self, positions: &[usize]) -> Result<SplitIndex> {
+        if let Some(&bad) = positions.iter().find(|&&i| i >= self.len()) {
+            return Err(DataError::BadArgument(format!(
+                "position {bad} out of range: split '{}' has {} ids",
+                self.name,
+                self.len()
+            )));
+        }
+        Ok(SplitIndex {
+            ids: positions.iter().map(|&i| self.ids[i].clone()).collect(),
+            labels: self
+                .labels
+                .as_ref()
+                .map(|l| positions.iter().map(|&i| l[i]).collect()),
+            ..self.clone()
+        })
+    }
+
     /// The CSV labels of `id`, when the split is labelled.
     pub fn labels_of(&self, id: &str) -> Option<Labels> {
         let i = self.position(id)?;
@@ -484,6 +504,16 @@ impl Dataset {
             }),
             None => self.index.read_sample(i).map(Arc::new),
         }
+    }
+
+    /// The dataset restricted to these positions (shares the loaded pixels).
+    pub fn subset(&self, positions: &[usize]) -> Result<Dataset> {
+        let index = self.index.subset(positions)?;
+        let samples = self
+            .samples
+            .as_ref()
+            .map(|s| Arc::new(positions.iter().map(|&i| s[i].clone()).collect()));
+        Ok(Dataset { index, samples })
     }
 
     /// Compares CSV labels with mask contents for every sample.

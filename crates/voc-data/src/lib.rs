@@ -6,6 +6,9 @@ pub mod competition;
 pub mod error;
 pub mod io;
 pub mod npy;
+pub mod split;
+pub mod stats;
+pub mod vocdevkit;
 
 pub use augment::{AugmentConfig, AugmentParams, Normalize, ResizeMode};
 pub use batch::{Batch, BatchConfig, BatchLoader, EpochIter};
@@ -13,6 +16,9 @@ pub use competition::{
     CompetitionDir, Dataset, LabelMismatch, Labels, LoadMode, Sample, SplitIndex,
 };
 pub use error::{DataError, Result};
+pub use split::stratified_split;
+pub use stats::{ClassStats, SplitStats};
+pub use vocdevkit::{convert, ConvertOptions, ConvertReport, VocDevkit};
 
 /// Number of object classes (background excluded).
 pub const NUM_CLASSES: usize = 20;

@@ -43,7 +43,10 @@ fn trained_varmap(dev: &Device) -> VarMap {
     vb.get_with_hints(20, "head.bias", Init::Const(0.25))
         .unwrap();
     let bn = BatchNorm2d::new(vb.pp("bn"), 4, 1e-5, 0.1).unwrap();
-    let x = Tensor::randn(0f32, 1., (2, 4, 5, 5), dev).unwrap().affine(3.0, 1.5).unwrap();
+    let x = Tensor::randn(0f32, 1., (2, 4, 5, 5), dev)
+        .unwrap()
+        .affine(3.0, 1.5)
+        .unwrap();
     bn.forward_t(&x, true).unwrap();
     varmap
 }

@@ -1,0 +1,159 @@
+//! Per-class statistics of a split and the class weights derived from them.
+use rayon::prelude::*;
+
+use crate::competition::{mask_labels, Labels, SplitIndex};
+use crate::error::Result;
+use crate::{NUM_CLASSES, VOC_CLASSES, VOID};
+
+/// Statistics of one class.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ClassStats {
+    pub name: &'static str,
+    /// Images containing the class.
+    pub images: usize,
+    /// The class's share of all non-void mask pixels (`None` without masks).
+    pub pixel_share: Option<f64>,
+    /// scikit-learn's 'balanced' weight `n / (k * count)`, k = 20 (`None` when the class never occurs).
+    pub weight: Option<f64>,
+    /// Multi-label BCE `pos_weight` = negatives / positives (`None` when the class never occurs).
+    pub pos_weight: Option<f64>,
+}
+
+/// Statistics of a split, serialised as `voc data stats --json` prints them.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SplitStats {
+    pub split: String,
+    pub images: usize,
+    pub classes: Vec<ClassStats>,
+    /// Background's share of the non-void mask pixels.
+    pub background_pixel_share: Option<f64>,
+    /// Segmentation cross-entropy weights for the 21 mask classes (background first), balanced on pixel
+    /// counts: `total / (21 * pixels_c)`; a class without pixels gets 0.
+    pub seg_weights: Option<Vec<f64>>,
+    /// Where the per-image labels came from: "csv" or "masks".
+    pub labels_from: &'static str,
+}
+
+impl SplitStats {
+    /// Counts labels (from the CSV, or from the masks when the CSV is unlabelled) and mask pixels.
+    pub fn compute(index: &SplitIndex) -> Result<Self> {
+        let pixel_counts: Option<Vec<([u64; 21], Labels)>> = if index.has_masks {
+            Some(
+                index
+                    .ids
+                    .par_iter()
+                    .map(|id| {
+                        let mask = index.read_mask(id)?;
+                        let mut counts = [0u64; 21];
+                        for &v in mask.iter() {
+                            if v != VOID {
+                                counts[v as usize] += 1;
+                            }
+                        }
+                        Ok((counts, mask_labels(&mask)))
+                    })
+                    .collect::<Result<_>>()?,
+            )
+        } else {
+            None
+        };
+        let (labels, labels_from): (Vec<Labels>, _) = match (&index.labels, &pixel_counts) {
+            (Some(l), _) => (l.clone(), "csv"),
+            (None, Some(p)) => (p.iter().map(|(_, l)| *l).collect(), "masks"),
+            (None, None) => (Vec::new(), "none"),
+        };
+        let totals: Option<[u64; 21]> = pixel_counts.as_ref().map(|p| {
+            let mut t = [0u64; 21];
+            for (c, _) in p {
+                for k in 0..21 {
+                    t[k] += c[k];
+                }
+            }
+            t
+        });
+        let all_pixels = totals.map(|t| t.iter().sum::<u64>().max(1) as f64);
+        Ok(Self::from_counts(
+            &index.name,
+            index.len(),
+            &labels,
+            labels_from,
+            totals,
+            all_pixels,
+        ))
+    }
+
+    /// Statistics from per-image labels alone (no pixel shares).
+    pub fn from_labels(split: &str, labels: &[Labels]) -> Self {
+        Self::from_counts(split, labels.len(), labels, "csv", None, None)
+    }
+
+    fn from_counts(
+        split: &str,
+        n: usize,
+        labels: &[Labels],
+        labels_from: &'static str,
+        totals: Option<[u64; 21]>,
+        all_pixels: Option<f64>,
+    ) -> Self {
+        let classes = (0..NUM_CLASSES)
+            .map(|c| {
+                let count = labels.iter().filter(|l| l[c] == 1).count();
+                let present = count > 0 && !labels.is_empty();
+                ClassStats {
+                    name: VOC_CLASSES[c],
+                    images: count,
+                    pixel_share: totals.zip(all_pixels).map(|(t, all)| t[c + 1] as f64 / all),
+                    weight: present
+                        .then(|| labels.len() as f64 / (NUM_CLASSES as f64 * count as f64)),
+                    pos_weight: present.then(|| (labels.len() - count) as f64 / count as f64),
+                }
+            })
+            .collect();
+        let seg_weights = totals.zip(all_pixels).map(|(t, all)| {
+            t.iter()
+                .map(|&p| if p == 0 { 0.0 } else { all / (21.0 * p as f64) })
+                .collect()
+        });
+        Self {
+            split: split.to_string(),
+            images: n,
+            classes,
+            background_pixel_share: totals.zip(all_pixels).map(|(t, all)| t[0] as f64 / all),
+            seg_weights,
+            labels_from,
+        }
+    }
+
+    /// `pos_weight` per class with absent classes set to 1 (neutral), for a BCE loss.
+    pub fn pos_weights(&self) -> [f32; NUM_CLASSES] {
+        std::array::from_fn(|c| self.classes[c].pos_weight.unwrap_or(1.0) as f32)
+    }
+
+    /// A plain-text table.
+    pub fn table(&self) -> String {
+        let fmt =
+            |x: Option<f64>, prec: usize| x.map_or("-".to_string(), |v| format!("{v:.prec$}"));
+        let mut s = format!(
+            "split {}: {} images (labels from {})\n",
+            self.split, self.images, self.labels_from
+        );
+        s += &format!(
+            "{:<12} {:>7} {:>12} {:>9} {:>11}\n",
+            "class", "images", "pixel_share", "weight", "pos_weight"
+        );
+        for c in &self.classes {
+            s += &format!(
+                "{:<12} {:>7} {:>12} {:>9} {:>11}\n",
+                c.name,
+                c.images,
+                fmt(c.pixel_share, 4),
+                fmt(c.weight, 3),
+                fmt(c.pos_weight, 3)
+            );
+        }
+        if let Some(b) = self.background_pixel_share {
+            s += &format!("background pixel share {b:.4}\n");
+        }
+        s
+    }
+}
