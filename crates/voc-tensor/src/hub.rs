@@ -246,19 +246,39 @@ pub fn resolve_weights_in(cache: &HubCache, src: &WeightsSource) -> Result<PathB
             {
                 return Ok(path);
             }
+            // Offline, the cache check above already covered every candidate: one error suffices.
+            let candidates = if cache.offline {
+                &WEIGHT_FILES[..1]
+            } else {
+                &WEIGHT_FILES[..]
+            };
             let mut first_error = None;
-            for file in WEIGHT_FILES {
+            for file in candidates {
                 match cache.resolve_file(repo_id, revision, file) {
                     Ok(path) => return Ok(path),
                     Err(e) => {
                         first_error.get_or_insert(e);
                     }
                 }
-                if cache.offline {
-                    break;
-                }
             }
-            Err(first_error.expect("WEIGHT_FILES is not empty"))
+            Err(match first_error {
+                Some(VocError::HubFile {
+                    repo_id,
+                    revision,
+                    filename,
+                    detail,
+                }) => VocError::HubFile {
+                    repo_id,
+                    revision,
+                    filename,
+                    detail: format!(
+                        "{detail} (the fallback {} is not available either)",
+                        WEIGHT_FILES[1..].join(", ")
+                    ),
+                },
+                Some(other) => other,
+                None => VocError::Msg("no weight file names to try".into()),
+            })
         }
     }
 }

@@ -114,12 +114,14 @@ fn an_empty_cache_gives_an_error_naming_repo_file_cache_and_variable() {
         assert!(message.contains(needle), "`{needle}` not in: {message}");
     }
 
-    // The weights fallback reports the first file it wanted, and nothing appeared in the cache.
+    // The weights fallback names both files it wanted, and nothing appeared in the cache.
     let err = hub::resolve_weights_in(&cache, &WeightsSource::hub(MOBILENET, None))
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("model.safetensors") && err.contains("--weights"),
+        err.contains("model.safetensors")
+            && err.contains("pytorch_model.bin")
+            && err.contains("--weights"),
         "{err}"
     );
     assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
