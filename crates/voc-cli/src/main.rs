@@ -15,8 +15,15 @@ struct Cli {
 enum Command {
     /// Print the device voc would run on and the thread count it uses.
     Info(voc_cli_info::InfoArgs),
+    /// Write the submission of a labelled split's ground truth (the encoder round-trip check).
+    Encode(cmd_submit::EncodeArgs),
+    /// Check a submission file against a split's Ids, order and image sizes; lists every problem.
+    Validate(cmd_submit::ValidateArgs),
+    /// Score a submission locally against a labelled split: mean Dice and per-class IoU.
+    Score(cmd_submit::ScoreArgs),
 }
 
+mod cmd_submit;
 mod voc_cli_info;
 
 fn main() -> anyhow::Result<()> {
@@ -24,5 +31,8 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Info(args) => voc_cli_info::run(args),
+        Command::Encode(args) => cmd_submit::encode(args),
+        Command::Validate(args) => cmd_submit::validate(args),
+        Command::Score(args) => cmd_submit::score(args),
     }
 }
