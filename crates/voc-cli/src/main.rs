@@ -21,8 +21,11 @@ enum Command {
     Validate(cmd_submit::ValidateArgs),
     /// Score a submission locally against a labelled split: mean Dice and per-class IoU.
     Score(cmd_submit::ScoreArgs),
+    /// Dataset tools: convert a VOCdevkit, statistics, stratified splits, checks, a preview grid.
+    Data(cmd_data::DataArgs),
 }
 
+mod cmd_data;
 mod cmd_submit;
 mod voc_cli_info;
 
@@ -34,5 +37,6 @@ fn main() -> anyhow::Result<()> {
         Command::Encode(args) => cmd_submit::encode(args),
         Command::Validate(args) => cmd_submit::validate(args),
         Command::Score(args) => cmd_submit::score(args),
+        Command::Data(args) => cmd_data::run(args),
     }
 }

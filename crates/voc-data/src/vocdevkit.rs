@@ -183,6 +183,9 @@ pub struct ConvertOptions {
     pub train_set: Option<String>,
     /// Image set for the test split (default `val`).
     pub test_set: Option<String>,
+    /// Write the test labels as -1, exactly like the competition's `test_set.csv`. By default they are
+    /// written (from the masks) so the converted test split can be scored locally.
+    pub hide_test_labels: bool,
 }
 
 /// What [`convert`] wrote.
@@ -196,8 +199,8 @@ pub struct ConvertReport {
 }
 
 /// Writes the competition layout for a VOCdevkit folder: `train` from the train image set, `test` from
-/// the val set, Ids 0.. in list order, labels from the masks; `test_set.csv` has all labels -1 as in the
-/// competition, and `test/seg/` is written too so the test split can be scored locally.
+/// the val set, Ids 0.. in list order, labels from the masks. `test/seg/` and the test labels are written
+/// too so the test split can be scored locally (`hide_test_labels` writes -1 labels as the competition).
 /// `{split}/voc_names.csv` maps each Id to its VOC image name. `progress(done, total)` is called per image.
 pub fn convert(
     devkit: &VocDevkit,

@@ -1,0 +1,193 @@
+//! Pictures of the data: masks in the VOC palette, and a grid with one example per class.
+use std::path::Path;
+
+use image::RgbImage;
+use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
+
+use crate::augment::{
+    warp_image, warp_mask, AugmentConfig, AugmentParams, Interpolation, ResizeMode,
+};
+use crate::competition::{mask_labels, SplitIndex};
+use crate::error::{DataError, Result};
+use crate::font;
+use crate::{io, NUM_CLASSES, VOC_CLASSES, VOID};
+
+/// The PASCAL VOC colour map: colour of mask value `i` (255, void, is cream).
+pub fn voc_palette() -> [[u8; 3]; 256] {
+    let mut palette = [[0u8; 3]; 256];
+    for (i, colour) in palette.iter_mut().enumerate() {
+        let mut c = i;
+        for bit in 0..8 {
+            for (ch, value) in colour.iter_mut().enumerate() {
+                *value |= (((c >> ch) & 1) as u8) << (7 - bit);
+            }
+            c >>= 3;
+        }
+    }
+    palette
+}
+
+/// A mask as an HxWx3 image in the VOC palette.
+pub fn colorize_mask(mask: ArrayView2<u8>) -> Array3<u8> {
+    let palette = voc_palette();
+    let (h, w) = mask.dim();
+    Array3::from_shape_fn((h, w, 3), |(y, x, c)| palette[mask[[y, x]] as usize][c])
+}
+
+/// An HxWx3 array as an image-crate RGB image.
+pub fn to_rgb_image(image: ArrayView3<u8>) -> RgbImage {
+    let (h, w) = (image.shape()[0], image.shape()[1]);
+    let data = image
+        .as_standard_layout()
+        .into_owned()
+        .into_raw_vec_and_offset()
+        .0;
+    RgbImage::from_raw(w as u32, h as u32, data).expect("length is h*w*3")
+}
+
+/// Writes an RGB image as PNG, atomically.
+pub fn write_png(path: &Path, image: &RgbImage) -> Result<()> {
+    let mut bytes = Vec::new();
+    image
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .map_err(|e| DataError::BadImage {
+            path: path.to_path_buf(),
+            msg: format!("cannot encode PNG: {e}"),
+        })?;
+    io::write_atomic(path, |f| std::io::Write::write_all(f, &bytes))
+}
+
+/// Fits an image (bilinear) and its mask (nearest) into `size` x `size`, outside white.
+fn fit(
+    image: ArrayView3<u8>,
+    mask: Option<ArrayView2<u8>>,
+    size: usize,
+) -> (Array3<u8>, Option<Array3<u8>>) {
+    let (h, w) = (image.shape()[0], image.shape()[1]);
+    let config = AugmentConfig::eval(ResizeMode::Letterbox {
+        height: size,
+        width: size,
+    });
+    let forward = config.affine(h, w, &AugmentParams::identity());
+    let img = warp_image(
+        image,
+        &forward,
+        size,
+        size,
+        Interpolation::Bilinear,
+        [255; 3],
+    );
+    let mask = mask.map(|m| {
+        let warped = warp_mask(m, &forward, size, size);
+        let inside = warp_mask(Array2::<u8>::zeros((h, w)).view(), &forward, size, size);
+        let mut coloured = colorize_mask(warped.view());
+        for ((y, x), &v) in inside.indexed_iter() {
+            if v == VOID {
+                for c in 0..3 {
+                    coloured[[y, x, c]] = 255;
+                }
+            }
+        }
+        coloured
+    });
+    (img, mask)
+}
+
+fn blit(canvas: &mut RgbImage, tile: &Array3<u8>, x0: usize, y0: usize) {
+    for ((y, x, c), &v) in tile.indexed_iter() {
+        let p = canvas.get_pixel_mut((x0 + x) as u32, (y0 + y) as u32);
+        p.0[c] = v;
+    }
+}
+
+/// The example chosen for each class shown in a preview.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PreviewEntry {
+    pub class: &'static str,
+    pub id: String,
+}
+
+/// A grid with, for every class present in the split, the first image (CSV order) that contains it:
+/// the class name as title, the image, and below it the mask in the VOC palette (when the split has
+/// masks). Each tile is `cell` x `cell` pixels.
+pub fn class_grid(
+    index: &SplitIndex,
+    cell: usize,
+    columns: usize,
+) -> Result<(RgbImage, Vec<PreviewEntry>)> {
+    let cell = cell.max(32);
+    let mut chosen: Vec<Option<usize>> = vec![None; NUM_CLASSES];
+    for (i, id) in index.ids.iter().enumerate() {
+        if chosen.iter().all(Option::is_some) {
+            break;
+        }
+        let labels = match (&index.labels, index.has_masks) {
+            (_, true) => mask_labels(&index.read_mask(id)?),
+            (Some(l), false) => l[i],
+            (None, false) => {
+                return Err(DataError::BadArgument(format!(
+                    "split '{}' has neither labels nor masks to preview",
+                    index.name
+                )))
+            }
+        };
+        for c in 0..NUM_CLASSES {
+            if labels[c] == 1 && chosen[c].is_none() {
+                chosen[c] = Some(i);
+            }
+        }
+    }
+    let entries: Vec<(usize, usize)> = chosen
+        .iter()
+        .enumerate()
+        .filter_map(|(c, i)| i.map(|i| (c, i)))
+        .collect();
+    if entries.is_empty() {
+        return Err(DataError::BadArgument(format!(
+            "split '{}' has no labelled objects to preview",
+            index.name
+        )));
+    }
+    let scale = if cell >= 200 { 3 } else { 2 };
+    let (margin, title_h) = (8, font::text_height(scale) + 8);
+    let rows_per_tile = if index.has_masks { 2 } else { 1 };
+    let tile_w = cell + margin;
+    let tile_h = title_h + rows_per_tile * cell + (rows_per_tile - 1) * 4 + margin;
+    let columns = columns.clamp(1, entries.len());
+    let grid_rows = entries.len().div_ceil(columns);
+    let mut canvas = RgbImage::from_pixel(
+        (columns * tile_w + margin) as u32,
+        (grid_rows * tile_h + margin) as u32,
+        image::Rgb([255, 255, 255]),
+    );
+    let mut shown = Vec::new();
+    for (k, &(class, i)) in entries.iter().enumerate() {
+        let id = &index.ids[i];
+        let image = index.read_image(id)?;
+        let mask = if index.has_masks {
+            Some(index.read_mask(id)?)
+        } else {
+            None
+        };
+        let (img, coloured) = fit(image.view(), mask.as_ref().map(|m| m.view()), cell);
+        let (x0, y0) = (
+            margin + (k % columns) * tile_w,
+            margin + (k / columns) * tile_h,
+        );
+        let title = VOC_CLASSES[class];
+        let tx = x0 + cell.saturating_sub(font::text_width(title, scale)) / 2;
+        font::draw_text(&mut canvas, tx, y0, title, scale, [0, 0, 0]);
+        blit(&mut canvas, &img, x0, y0 + title_h);
+        if let Some(coloured) = coloured {
+            blit(&mut canvas, &coloured, x0, y0 + title_h + cell + 4);
+        }
+        shown.push(PreviewEntry {
+            class: title,
+            id: id.clone(),
+        });
+    }
+    Ok((canvas, shown))
+}
