@@ -77,6 +77,14 @@ impl Backbone {
         }
     }
 
+    /// Switches the output stride (8, 16 or 32) of the built network; the weights stay the same.
+    pub fn set_output_stride(&mut self, output_stride: usize) -> Result<()> {
+        match self {
+            Self::MobileNetV2(m) => m.set_output_stride(output_stride),
+            Self::EfficientNetLite(m) => m.set_output_stride(output_stride),
+        }
+    }
+
     pub fn output_stride(&self) -> usize {
         match self {
             Self::MobileNetV2(m) => m.config().output_stride,

@@ -8,7 +8,7 @@ use candle_nn::VarBuilder;
 
 use crate::backbone::{stride_schedule, BackboneFeatures, FeatureChannels};
 use crate::error::{ClassifyError, Result};
-use crate::layers::{Activation, ConvNormAct, ConvSpec, NormSpec};
+use crate::layers::{Activation, ConvNormAct, ConvPadding, ConvSpec, NormSpec};
 
 /// One stage of the network: `repeats` blocks, the first of which has the stage's stride.
 #[derive(Debug, Clone, Copy)]
@@ -99,6 +99,24 @@ impl Default for EfficientNetLiteConfig {
     }
 }
 
+fn check_output_stride(output_stride: usize) -> Result<()> {
+    if [8, 16, 32].contains(&output_stride) {
+        Ok(())
+    } else {
+        Err(ClassifyError::BadArgument(format!(
+            "EfficientNet-Lite output stride {output_stride} is not one of 8, 16, 32"
+        )))
+    }
+}
+
+/// Stride of every block at output stride 32: the stage's stride for its first block, 1 after.
+fn nominal_strides() -> Vec<usize> {
+    LITE0
+        .iter()
+        .flat_map(|s| (0..s.repeats).map(move |i| if i == 0 { s.stride } else { 1 }))
+        .collect()
+}
+
 /// Depthwise-separable (stage 0: `conv_dw`, `bn1`, `conv_pw`, `bn2`) or inverted-residual block
 /// (`conv_pw`, `bn1`, `conv_dw`, `bn2`, `conv_pwl`, `bn3`).
 #[derive(Debug, Clone)]
@@ -128,12 +146,7 @@ pub struct EfficientNetLite {
 impl EfficientNetLite {
     /// `vb` points at the root of the timm names.
     pub fn new(vb: VarBuilder, config: EfficientNetLiteConfig) -> Result<Self> {
-        if ![8, 16, 32].contains(&config.output_stride) {
-            return Err(ClassifyError::BadArgument(format!(
-                "EfficientNet-Lite output stride {} is not one of 8, 16, 32",
-                config.output_stride
-            )));
-        }
+        check_output_stride(config.output_stride)?;
         let norm = config.norm;
         let stem = ConvNormAct::new(
             vb.pp("conv_stem"),
@@ -209,6 +222,26 @@ impl EfficientNetLite {
 
     pub fn config(&self) -> &EfficientNetLiteConfig {
         &self.config
+    }
+
+    /// Switches the output stride (8, 16 or 32) of the built network; the weights stay the same.
+    pub fn set_output_stride(&mut self, output_stride: usize) -> Result<()> {
+        check_output_stride(output_stride)?;
+        let mut schedule = stride_schedule(2, &nominal_strides(), output_stride).into_iter();
+        let mut in_channels = STEM_CHANNELS;
+        for (stage, blocks) in LITE0.iter().zip(self.stages.iter_mut()) {
+            for block in blocks.iter_mut() {
+                let (stride, dilation) = schedule.next().ok_or_else(|| {
+                    ClassifyError::BadArgument("stride schedule shorter than the network".into())
+                })?;
+                let dw = if stage.expand_ratio == 1 { 0 } else { 1 };
+                block.convs[dw].set_geometry(stride, dilation, ConvPadding::TfSame);
+                block.residual = stride == 1 && in_channels == stage.out_channels;
+                in_channels = stage.out_channels;
+            }
+        }
+        self.config.output_stride = output_stride;
+        Ok(())
     }
 
     pub fn feature_channels(&self) -> FeatureChannels {

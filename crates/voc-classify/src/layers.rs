@@ -168,6 +168,14 @@ impl ConvNormAct {
         &self.weight
     }
 
+    /// Changes where the kernel is applied (not its weights): used to switch the output stride of a
+    /// built network, where a stride-2 layer becomes stride 1 and later layers dilate.
+    pub fn set_geometry(&mut self, stride: usize, dilation: usize, padding: ConvPadding) {
+        self.spec.stride = stride;
+        self.spec.dilation = dilation;
+        self.spec.padding = padding;
+    }
+
     /// `train`: batch norm uses (and updates its running averages from) the batch statistics.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let s = &self.spec;

@@ -1,5 +1,6 @@
 //! Multi-label VOC classification on pretrained MobileNetV2 and EfficientNet-Lite0 backbones.
 pub mod backbone;
+pub mod checkpoint;
 pub mod classifier;
 pub mod efficientnet;
 pub mod error;
@@ -10,6 +11,7 @@ pub mod preset;
 pub mod weights;
 
 pub use backbone::{Backbone, BackboneFeatures, FeatureChannels};
+pub use checkpoint::CheckpointClassifier;
 pub use classifier::{top_k, ClassifierArch, ClassifierConfig, ImageClassifier, Prediction};
 pub use efficientnet::{EfficientNetLite, EfficientNetLiteConfig};
 pub use error::{ClassifyError, Result};

@@ -11,7 +11,7 @@ use candle_nn::VarBuilder;
 
 use crate::backbone::{stride_schedule, BackboneFeatures, FeatureChannels};
 use crate::error::{ClassifyError, Result};
-use crate::layers::{Activation, ConvNormAct, ConvSpec, NormSpec};
+use crate::layers::{Activation, ConvNormAct, ConvPadding, ConvSpec, NormSpec};
 
 /// Output channels of the stem and of the 16 inverted-residual blocks, before the depth multiplier.
 const CHANNELS: [usize; 17] = [
@@ -186,6 +186,28 @@ impl MobileNetV2 {
 
     pub fn config(&self) -> &MobileNetV2Config {
         &self.config
+    }
+
+    /// Switches the output stride (8, 16 or 32) of the built network; the weights stay the same.
+    pub fn set_output_stride(&mut self, output_stride: usize) -> Result<()> {
+        let config = MobileNetV2Config {
+            output_stride,
+            ..self.config
+        };
+        config.validate()?;
+        let schedule = stride_schedule(2, &STRIDES, output_stride);
+        for (i, (block, &(stride, dilation))) in self.blocks.iter_mut().zip(&schedule).enumerate() {
+            block
+                .depthwise
+                .set_geometry(stride, dilation, ConvPadding::TfSame);
+            let (cin, cout) = (
+                config.channels(CHANNELS[i]),
+                config.channels(CHANNELS[i + 1]),
+            );
+            block.residual = stride == 1 && cin == cout;
+        }
+        self.config = config;
+        Ok(())
     }
 
     pub fn feature_channels(&self) -> FeatureChannels {

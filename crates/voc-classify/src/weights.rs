@@ -150,6 +150,57 @@ pub fn load_trainable<M>(
     build(VarBuilder::from_varmap(varmap, DType::F32, device))
 }
 
+/// Builds the network on variables of `varmap` where only the tensors named `prefix*` (e.g.
+/// `mobilenet_v2.`) come from `tensors`, and the rest (a new head) keep their fresh initialisation.
+/// Under the prefix the names are checked strictly; tensors outside it are ignored.
+#[allow(clippy::too_many_arguments)]
+pub fn load_trainable_prefix<M>(
+    varmap: &VarMap,
+    tensors: HashMap<String, Tensor>,
+    prefix: &str,
+    source: &str,
+    architecture: &str,
+    device: &Device,
+    build: impl Fn(VarBuilder) -> Result<M>,
+) -> Result<M> {
+    let expected: Vec<(String, Vec<usize>)> = expected_tensors(device, &build)?
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(prefix))
+        .collect();
+    let mut under: HashMap<String, Tensor> = tensors
+        .into_iter()
+        .filter(|(name, _)| name.starts_with(prefix))
+        .collect();
+    let report = voc_tensor::hub::check_names(&expected, &under);
+    if expected.is_empty() || !report.is_clean() {
+        let report = if expected.is_empty() {
+            format!("the network has no tensors under '{prefix}'")
+        } else {
+            report.to_string()
+        };
+        return Err(ClassifyError::WeightsMismatch {
+            source_name: source.to_string(),
+            architecture: format!("{architecture} (tensors under '{prefix}')"),
+            report,
+        });
+    }
+    {
+        let mut data = varmap
+            .data()
+            .lock()
+            .map_err(|_| ClassifyError::BadArgument("the VarMap's lock is poisoned".into()))?;
+        for (name, _) in &expected {
+            if let Some(t) = under.remove(name) {
+                data.insert(
+                    name.clone(),
+                    Var::from_tensor(&t.to_dtype(DType::F32)?.to_device(device)?)?,
+                );
+            }
+        }
+    }
+    build(VarBuilder::from_varmap(varmap, DType::F32, device))
+}
+
 /// Reads a weights file (safetensors or PyTorch zip) onto `device`.
 pub fn read_weights(path: &std::path::Path, device: &Device) -> Result<HashMap<String, Tensor>> {
     Ok(voc_tensor::hub::load_tensors(path, device)?)
