@@ -244,7 +244,7 @@ pub fn convert(
             .collect::<Result<_>>()?;
         let mut csv = format!("Id,{}\n", VOC_CLASSES.join(","));
         for (i, l) in labels.iter().enumerate() {
-            let values: Vec<String> = if split == "train" {
+            let values: Vec<String> = if split == "train" || !options.hide_test_labels {
                 l.iter().map(|v| v.to_string()).collect()
             } else {
                 vec!["-1".into(); 20]

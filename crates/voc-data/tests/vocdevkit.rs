@@ -69,8 +69,26 @@ fn convert_reproduces_competition_layout() {
         theirs.split("test").unwrap(),
     );
     assert!(
-        our_test.labels.is_none() && our_test.has_masks,
-        "test labels hidden as -1, masks kept for scoring"
+        our_test.labels.is_some() && our_test.has_masks,
+        "test labels and masks kept for local scoring"
+    );
+    for id in &our_test.ids {
+        let from_mask = voc_data::competition::mask_labels(&our_test.read_mask(id).unwrap());
+        assert_eq!(our_test.labels_of(id), Some(from_mask));
+    }
+    let hidden = tempfile::tempdir().unwrap();
+    let options = ConvertOptions {
+        hide_test_labels: true,
+        ..ConvertOptions::default()
+    };
+    convert(&devkit, hidden.path(), &options, &|_, _| {}).unwrap();
+    let hidden_test = CompetitionDir::open(hidden.path())
+        .unwrap()
+        .split("test")
+        .unwrap();
+    assert!(
+        hidden_test.labels.is_none() && hidden_test.has_masks,
+        "labels -1 as in the competition"
     );
 
     assert_eq!(our_train.ids, their_train.ids);
