@@ -161,7 +161,7 @@ impl Segmenter {
     ) -> Result<Self> {
         let net = preset.load_in(cache, source, output_stride, device)?;
         Ok(Self::new(
-            SegmentationNet::DeepLabV3(net),
+            SegmentationNet::DeepLabV3(Box::new(net)),
             preset.normalization,
             strategy,
         ))
