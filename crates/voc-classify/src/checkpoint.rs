@@ -116,12 +116,8 @@ impl CheckpointClassifier {
             num_classes,
             dropout: 0.0,
         };
-        let model = ImageClassifier::from_tensors(
-            tensors,
-            &path.display().to_string(),
-            config,
-            device,
-        )?;
+        let model =
+            ImageClassifier::from_tensors(tensors, &path.display().to_string(), config, device)?;
         Ok(Self {
             model,
             normalization: normalization_from_checkpoint(&meta.normalization),

@@ -23,9 +23,15 @@ enum Command {
     Score(cmd_submit::ScoreArgs),
     /// Dataset tools: convert a VOCdevkit, statistics, stratified splits, checks, a preview grid.
     Data(cmd_data::DataArgs),
+    /// Segment every image of a split and write the submission (validated, atomic); labels from the
+    /// masks or a classifier checkpoint.
+    Predict(cmd_predict::PredictArgs),
+    /// Segment one photo: a VOC-coloured mask PNG and, with --overlay, the mask blended over the photo.
+    Segment(cmd_predict::SegmentArgs),
 }
 
 mod cmd_data;
+mod cmd_predict;
 mod cmd_submit;
 mod voc_cli_info;
 
@@ -38,5 +44,7 @@ fn main() -> anyhow::Result<()> {
         Command::Validate(args) => cmd_submit::validate(args),
         Command::Score(args) => cmd_submit::score(args),
         Command::Data(args) => cmd_data::run(args),
+        Command::Predict(args) => cmd_predict::predict(args),
+        Command::Segment(args) => cmd_predict::segment(args),
     }
 }
