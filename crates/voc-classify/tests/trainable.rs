@@ -1,0 +1,121 @@
+//! Fresh (VarMap) networks: shapes at every output stride, run-time output-stride switching, and
+//! gradients reaching every trainable weight in training mode.
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use voc_classify::{
+    ClassifierArch, ClassifierConfig, EfficientNetLiteConfig, ImageClassifier, MobileNetV2Config,
+};
+
+fn archs(output_stride: usize) -> [ClassifierArch; 2] {
+    [
+        ClassifierArch::MobileNetV2(MobileNetV2Config::default().with_output_stride(output_stride)),
+        ClassifierArch::EfficientNetLite0(EfficientNetLiteConfig {
+            output_stride,
+            ..Default::default()
+        }),
+    ]
+}
+
+#[test]
+fn feature_maps_have_the_documented_strides() -> anyhow::Result<()> {
+    let x = Tensor::randn(0f32, 1.0, (1, 3, 64, 64), &Device::Cpu)?;
+    for os in [32, 16, 8] {
+        for arch in archs(os) {
+            let varmap = VarMap::new();
+            let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+            let model = ImageClassifier::new(
+                vb,
+                ClassifierConfig {
+                    arch,
+                    num_classes: 20,
+                    dropout: 0.0,
+                },
+            )?;
+            let f = model.backbone().features_t(&x, false)?;
+            let ch = model.backbone().feature_channels();
+            let side = |stride: usize| 64 / stride.min(os);
+            for (t, stride, c) in [
+                (&f.stride4, 4, ch.stride4),
+                (&f.stride8, 8, ch.stride8),
+                (&f.stride16, 16, ch.stride16),
+                (&f.stride32, 32, ch.stride32),
+            ] {
+                assert_eq!(
+                    t.dims(),
+                    &[1, c, side(stride), side(stride)],
+                    "{} os{os} stride {stride}",
+                    arch.name()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn switching_the_output_stride_equals_building_with_it() -> anyhow::Result<()> {
+    let x = Tensor::randn(0f32, 1.0, (1, 3, 48, 40), &Device::Cpu)?;
+    for (built32, built8) in archs(32).into_iter().zip(archs(8)) {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let cfg = ClassifierConfig {
+            arch: built32,
+            num_classes: 5,
+            dropout: 0.0,
+        };
+        let mut switched = ImageClassifier::new(vb.clone(), cfg)?.backbone().clone();
+        let direct = ImageClassifier::new(
+            vb,
+            ClassifierConfig {
+                arch: built8,
+                ..cfg
+            },
+        )?;
+        switched.set_output_stride(8)?;
+        let a = switched.features_t(&x, false)?.stride32;
+        let b = direct.backbone().features_t(&x, false)?.stride32;
+        assert_eq!(a.dims(), b.dims());
+        assert_eq!(
+            voc_tensor::testing::max_abs_diff(&a, &b)?,
+            0.0,
+            "{}",
+            built32.name()
+        );
+        assert!(switched.set_output_stride(4).is_err());
+    }
+    Ok(())
+}
+
+#[test]
+fn every_weight_gets_a_gradient_in_training_mode() -> anyhow::Result<()> {
+    let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu)?;
+    for arch in archs(32) {
+        let varmap = VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let model = ImageClassifier::new(
+            vb,
+            ClassifierConfig {
+                arch,
+                num_classes: 3,
+                dropout: 0.2,
+            },
+        )?;
+        let logits = model.forward_t(&x, true)?;
+        assert_eq!(logits.dims(), &[2, 3]);
+        let grads = logits.sqr()?.sum_all()?.backward()?;
+        let vars = varmap.data().lock().unwrap().clone();
+        let mut without = Vec::new();
+        for (name, var) in &vars {
+            let is_state = name.ends_with("running_mean") || name.ends_with("running_var");
+            if is_state == grads.get(var.as_tensor()).is_some() {
+                without.push(name.clone());
+            }
+        }
+        assert!(
+            without.is_empty(),
+            "{}: wrong gradient presence for {without:?}",
+            arch.name()
+        );
+    }
+    Ok(())
+}
