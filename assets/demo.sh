@@ -1,8 +1,45 @@
 #!/usr/bin/env bash
-# `make demo`: the main job of voc on the sample bundled in assets/.
+# `make demo`: the main job of voc on the sample bundled in assets/voc-sample (3 real PASCAL VOC images:
+# 2 labelled train images with their masks, 1 test image).
+#
+# 1. `voc predict` segments the labelled train split and writes its submission (so it can be scored),
+# 2. `voc validate` and `voc score` check and grade it against the true labels and masks,
+# 3. `voc predict` writes the submission for the test split, with the masks and overlays of every image.
+#
+# The segmenter's weights come from the Hugging Face hub cache: `make` sets HF_HOME=../shared/hf and
+# HF_HUB_OFFLINE=1 when that folder exists; otherwise they are downloaded into ~/.cache/huggingface.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VOC=target/release/voc
-echo "voc demo: the sample in assets/voc-sample, outputs in out/demo" >&2
-mkdir -p out/demo
+VOC=${VOC:-target/release/voc}
+DATA=assets/voc-sample
+OUT=${OUT:-out/demo}
+if [[ ! -x "$VOC" ]]; then
+  echo "demo: $VOC not found; build it with \`cargo build --release -p voc-cli\` (make demo does)" >&2
+  exit 1
+fi
+mkdir -p "$OUT"
+echo "voc demo: the sample in $DATA, outputs in $OUT" >&2
 "$VOC" info
+
+echo
+echo "== 1. predict the labelled train split"
+"$VOC" predict --data "$DATA" --split train --out "$OUT/train_submission.csv" \
+  --save-masks "$OUT/train_masks" --save-overlays "$OUT/train_overlays"
+
+echo
+echo "== 2. validate and score it against the ground truth"
+"$VOC" validate --data "$DATA" --split train --submission "$OUT/train_submission.csv"
+"$VOC" score --data "$DATA" --split train --submission "$OUT/train_submission.csv" | tee "$OUT/train_score.txt"
+
+echo
+echo "== 3. predict the test split (the file to upload)"
+"$VOC" predict --data "$DATA" --split test --out "$OUT/submission.csv" \
+  --save-masks "$OUT/test_masks" --save-overlays "$OUT/test_overlays"
+"$VOC" validate --data "$DATA" --split test --submission "$OUT/submission.csv"
+
+echo
+echo "demo done. Where everything went:"
+echo "  $OUT/submission.csv            submission for the test split"
+echo "  $OUT/train_submission.csv      submission for the labelled train split, scored in $OUT/train_score.txt"
+echo "  $OUT/{train,test}_masks/       predicted masks: {split}_{Id}.npy (HxW uint8) and .png (VOC colours)"
+echo "  $OUT/{train,test}_overlays/    each photo with its predicted mask blended over it"

@@ -212,7 +212,12 @@ fn load_segmenter(args: &SegmenterArgs, device: &Device) -> anyhow::Result<Loade
                 args.output_stride,
                 device,
             )
-            .with_context(|| format!("loading the segmenter '{repo_id}'"))?;
+            .with_context(|| {
+                format!(
+                    "loading the segmenter '{repo_id}' from the hub (a local checkpoint or weights \
+                     file can be given as --segmenter FILE)"
+                )
+            })?;
         let config = cache.resolve_file(&repo_id, None, "config.json")?;
         let names = class_names_from_config(&config)?;
         check_class_names(&names, &classes, &config.display().to_string())?;
@@ -286,7 +291,7 @@ fn load_segmenter_file(
                 )
                 .map_err(|e| {
                     anyhow!(
-                        "{name}: neither a voc segmenter checkpoint ({not_checkpoint}) nor DeepLabV3 weights ({e})"
+                        "{name} cannot be used as the segmenter.\nAs a voc checkpoint: {not_checkpoint}\nAs DeepLabV3 weights: {e}"
                     )
                 })?;
             Ok((
@@ -348,6 +353,15 @@ fn expected_images(index: &SplitIndex) -> anyhow::Result<Vec<ExpectedImage>> {
         .iter()
         .map(|id| {
             let (height, width) = index.image_size(id)?;
+            let path = index.image_path(id);
+            let header = voc_data::npy::read_header(&path)?;
+            if header.dtype != voc_data::npy::NpyDtype::U8 {
+                bail!(
+                    "{}: image dtype is '{}'; expected uint8 ('|u1') of shape (H, W, 3)",
+                    path.display(),
+                    header.descr
+                );
+            }
             Ok(ExpectedImage {
                 id: id.clone(),
                 height,
