@@ -26,7 +26,7 @@ impl BatchNorm2d {
     /// Reads or creates `weight` (init 1), `bias` (0), `running_mean` (0) and `running_var` (1), each of
     /// `channels` values, under `vb`. PyTorch's defaults are `eps = 1e-5`, `momentum = 0.1`.
     pub fn new(vb: VarBuilder, channels: usize, eps: f64, momentum: f64) -> Result<Self> {
-        if !(eps > 0.0) || !(0.0..=1.0).contains(&momentum) {
+        if eps.is_nan() || eps <= 0.0 || !(0.0..=1.0).contains(&momentum) {
             return Err(VocError::BadArgument(format!(
                 "BatchNorm2d at '{}': eps must be > 0 and momentum in [0, 1], got eps {eps}, momentum {momentum}",
                 vb.prefix()

@@ -132,7 +132,19 @@ pub fn depthwise_conv2d(
         stride,
         dilation,
     )?;
-    let y = if x.device().is_cpu() && x.dtype() == DType::F32 && weight.dtype() == DType::F32 {
+    if let Some(b) = bias {
+        if b.elem_count() != c {
+            return Err(VocError::BadArgument(format!(
+                "depthwise_conv2d: bias has shape {:?}, expected ({c})",
+                b.dims()
+            )));
+        }
+    }
+    let on_cpu_kernel = x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && weight.dtype() == DType::F32
+        && bias.iter().all(|b| b.dtype() == DType::F32);
+    if on_cpu_kernel {
         let params = depthwise::DwParams {
             stride,
             dilation,
@@ -141,11 +153,11 @@ pub fn depthwise_conv2d(
             oh,
             ow,
         };
-        depthwise::forward(x, weight, params)?
+        Ok(depthwise::forward(x, weight, bias, params)?)
     } else {
-        depthwise_by_taps(x, weight, stride, padding, dilation, oh, ow)?
-    };
-    add_bias(y, bias, "depthwise_conv2d")
+        let y = depthwise_by_taps(x, weight, stride, padding, dilation, oh, ow)?;
+        add_bias(y, bias, "depthwise_conv2d")
+    }
 }
 
 /// Device-independent depthwise conv: `sum over taps of slice(x_padded) * w[:, tap]`.

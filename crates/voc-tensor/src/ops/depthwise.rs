@@ -1,10 +1,13 @@
-//! Fast CPU depthwise convolution: forward, input gradient and weight gradient as candle custom ops.
+//! Fast CPU depthwise convolution: forward and one fused backward as candle custom ops.
 //!
-//! Each (image, channel) plane is independent, so rayon splits the work over the N*C planes (the weight
-//! gradient over channels). Inside a plane the loops run output row by output row with the kernel taps
-//! innermost-but-one, so a row of the output stays in L1 while the nine taps stream over it, and at
-//! stride 1 the innermost loop is a contiguous `y += w * x` that the compiler vectorises.
-use candle_core::{CpuStorage, CustomOp2, Layout, Shape, Tensor};
+//! Each (image, channel) plane is independent, so rayon splits the work over the N*C planes. Inside a
+//! plane the loops run output row by output row with the kernel taps inside, so a row of the output stays
+//! in L1 while the taps stream over it, and the innermost loop is always a contiguous `y += w * x`
+//! (or a dot product) that the compiler vectorises: at stride `s > 1` the input plane is first split into
+//! its `s` column phases (`x[.., p + j*s]` for each `p`), which makes the strided reads contiguous.
+//! The backward pass reads the upstream gradient and the input once and produces the input, weight and
+//! bias gradients together (per-plane partial weight and bias sums, reduced over the batch at the end).
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 #[derive(Debug, Clone, Copy)]
@@ -17,7 +20,7 @@ pub(crate) struct DwParams {
     pub ow: usize,
 }
 
-/// Sizes shared by the three kernels.
+/// Sizes shared by the kernels.
 #[derive(Debug, Clone, Copy)]
 struct Geometry {
     n: usize,
@@ -29,7 +32,22 @@ struct Geometry {
     p: DwParams,
 }
 
+/// One kernel tap column: output columns `lo..hi` read input columns `ix0, ix0 + s, ...`, found in the
+/// phased layout at phase `ix0 % s`, position `ix0 / s`.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    lo: usize,
+    hi: usize,
+    phase: usize,
+    first: usize,
+}
+
 impl Geometry {
+    /// Length of one column phase of an input row.
+    fn phase_len(&self) -> usize {
+        self.w.div_ceil(self.p.stride)
+    }
+
     /// Output row `oy` reads input row `oy*stride + ki*dilation - pad_top`; `None` when that is padding.
     #[inline]
     fn input_row(&self, oy: usize, ki: usize) -> Option<usize> {
@@ -37,26 +55,226 @@ impl Geometry {
         (iy >= 0 && (iy as usize) < self.h).then_some(iy as usize)
     }
 
-    /// For tap column `kj`: the range of output columns whose input column lies inside the image, and
-    /// the input column of the first of them.
-    #[inline]
-    fn column_span(&self, kj: usize) -> (usize, usize, usize) {
+    /// The output columns of tap column `kj` whose input column lies inside the image.
+    fn span(&self, kj: usize) -> Span {
         let s = self.p.stride as isize;
         let offset = (kj * self.p.dilation) as isize - self.p.pad_left as isize; // ix = ox*s + offset
         let lo = if offset >= 0 {
             0
         } else {
-            ((-offset) + s - 1) / s
+            (-offset + s - 1) / s
         };
-        let hi_excl = if (self.w as isize) - offset <= 0 {
+        let hi = if self.w as isize - offset <= 0 {
             0
         } else {
             ((self.w as isize - offset - 1) / s + 1).min(self.p.ow as isize)
         };
-        let lo = lo.min(hi_excl.max(0));
-        let hi = hi_excl.max(lo);
-        (lo as usize, hi as usize, (lo * s + offset).max(0) as usize)
+        if lo >= hi {
+            return Span {
+                lo: 0,
+                hi: 0,
+                phase: 0,
+                first: 0,
+            };
+        }
+        let ix0 = (lo * s + offset) as usize;
+        Span {
+            lo: lo as usize,
+            hi: hi as usize,
+            phase: ix0 % self.p.stride,
+            first: ix0 / self.p.stride,
+        }
     }
+
+    /// Start of input row `iy`, phase `phase` in the phased layout (the plain layout when stride is 1).
+    #[inline]
+    fn row_start(&self, iy: usize, span: &Span) -> usize {
+        (iy * self.p.stride + span.phase) * self.phase_len() + span.first
+    }
+}
+
+/// Copies a plane into the phased layout: row `iy`, phase `p`, position `j` holds `x[iy, p + j*s]`.
+fn to_phased(g: &Geometry, plane: &[f32], out: &mut [f32]) {
+    let (s, wp) = (g.p.stride, g.phase_len());
+    for (row, phased) in plane.chunks_exact(g.w).zip(out.chunks_exact_mut(s * wp)) {
+        for (p, dst) in phased.chunks_exact_mut(wp).enumerate() {
+            for (d, v) in dst.iter_mut().zip(row.iter().skip(p).step_by(s)) {
+                *d = *v;
+            }
+        }
+    }
+}
+
+/// The inverse of [`to_phased`].
+fn from_phased(g: &Geometry, phased_plane: &[f32], plane: &mut [f32]) {
+    let (s, wp) = (g.p.stride, g.phase_len());
+    for (row, phased) in plane
+        .chunks_exact_mut(g.w)
+        .zip(phased_plane.chunks_exact(s * wp))
+    {
+        for (p, src) in phased.chunks_exact(wp).enumerate() {
+            for (d, v) in row.iter_mut().skip(p).step_by(s).zip(src) {
+                *d = *v;
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn axpy(dst: &mut [f32], src: &[f32], a: f32) {
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d += a * s;
+    }
+}
+
+/// Dot product with eight independent accumulators, so it vectorises (a single f32 accumulator
+/// would force the compiler to keep the sequential order).
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [0f32; 8];
+    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (a8.remainder(), b8.remainder());
+    for (x, y) in a8.zip(b8) {
+        for k in 0..8 {
+            acc[k] += x[k] * y[k];
+        }
+    }
+    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+    acc.iter().sum::<f32>() + tail
+}
+
+#[inline(always)]
+fn sum(a: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let a8 = a.chunks_exact(8);
+    let tail: f32 = a8.remainder().iter().sum();
+    for x in a8 {
+        for k in 0..8 {
+            acc[k] += x[k];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+fn forward_planes(g: Geometry, x: &[f32], wt: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let (h, w, kh, kw, oh, ow, s) = (g.h, g.w, g.kh, g.kw, g.p.oh, g.p.ow, g.p.stride);
+    let spans: Vec<Span> = (0..kw).map(|kj| g.span(kj)).collect();
+    let phased_len = h * s * g.phase_len();
+    let mut out = vec![0f32; g.n * g.c * oh * ow];
+    out.par_chunks_mut(oh * ow).enumerate().for_each_init(
+        || vec![0f32; if s > 1 { phased_len } else { 0 }],
+        |buf, (plane, out)| {
+            let ch = plane % g.c;
+            let xs = &x[plane * h * w..(plane + 1) * h * w];
+            let xs: &[f32] = if s > 1 {
+                to_phased(&g, xs, buf);
+                buf
+            } else {
+                xs
+            };
+            let ws = &wt[ch * kh * kw..(ch + 1) * kh * kw];
+            if let Some(b) = bias {
+                out.fill(b[ch]);
+            }
+            for (oy, orow) in out.chunks_exact_mut(ow).enumerate() {
+                for ki in 0..kh {
+                    let Some(iy) = g.input_row(oy, ki) else {
+                        continue;
+                    };
+                    for (kj, sp) in spans.iter().enumerate() {
+                        if sp.lo < sp.hi {
+                            let start = g.row_start(iy, sp);
+                            axpy(
+                                &mut orow[sp.lo..sp.hi],
+                                &xs[start..start + sp.hi - sp.lo],
+                                ws[ki * kw + kj],
+                            );
+                        }
+                    }
+                }
+            }
+        },
+    );
+    out
+}
+
+/// Returns `[dx (N*C*H*W) | dw (C*kh*kw) | db (C)]` for upstream gradient `grad`.
+fn backward_planes(g: Geometry, grad: &[f32], x: &[f32], wt: &[f32]) -> Vec<f32> {
+    let (n, c, h, w, kh, kw, oh, ow, s) =
+        (g.n, g.c, g.h, g.w, g.kh, g.kw, g.p.oh, g.p.ow, g.p.stride);
+    let taps = kh * kw;
+    let spans: Vec<Span> = (0..kw).map(|kj| g.span(kj)).collect();
+    let phased_len = h * s * g.phase_len();
+    let mut out = vec![0f32; n * c * h * w + c * taps + c];
+    // Per plane: `taps` weight-gradient partials, then the bias-gradient partial, in f64.
+    let mut partials = vec![0f64; n * c * (taps + 1)];
+    let (dx, tail) = out.split_at_mut(n * c * h * w);
+    dx.par_chunks_mut(h * w)
+        .zip(partials.par_chunks_mut(taps + 1))
+        .enumerate()
+        .for_each_init(
+            || {
+                (
+                    vec![0f32; if s > 1 { phased_len } else { 0 }],
+                    vec![0f32; if s > 1 { phased_len } else { 0 }],
+                )
+            },
+            |(xbuf, dbuf), (plane, (dx, part))| {
+                let ch = plane % c;
+                let gs = &grad[plane * oh * ow..(plane + 1) * oh * ow];
+                let xs = &x[plane * h * w..(plane + 1) * h * w];
+                let ws = &wt[ch * taps..(ch + 1) * taps];
+                let xs: &[f32] = if s > 1 {
+                    to_phased(&g, xs, xbuf);
+                    xbuf
+                } else {
+                    xs
+                };
+                let dacc: &mut [f32] = if s > 1 {
+                    dbuf.fill(0.0);
+                    dbuf
+                } else {
+                    dx
+                };
+                for (oy, grow) in gs.chunks_exact(ow).enumerate() {
+                    part[taps] += sum(grow) as f64;
+                    for ki in 0..kh {
+                        let Some(iy) = g.input_row(oy, ki) else {
+                            continue;
+                        };
+                        for (kj, sp) in spans.iter().enumerate() {
+                            if sp.lo < sp.hi {
+                                let start = g.row_start(iy, sp);
+                                let len = sp.hi - sp.lo;
+                                let gv = &grow[sp.lo..sp.hi];
+                                axpy(&mut dacc[start..start + len], gv, ws[ki * kw + kj]);
+                                part[ki * kw + kj] += dot(gv, &xs[start..start + len]) as f64;
+                            }
+                        }
+                    }
+                }
+                if s > 1 {
+                    from_phased(&g, dbuf, dx);
+                }
+            },
+        );
+    let (dw, db) = tail.split_at_mut(c * taps);
+    for (ch, (dw, db)) in dw.chunks_exact_mut(taps).zip(db.iter_mut()).enumerate() {
+        let mut acc = vec![0f64; taps + 1];
+        for img in 0..n {
+            let part = &partials[(img * c + ch) * (taps + 1)..(img * c + ch + 1) * (taps + 1)];
+            for (a, p) in acc.iter_mut().zip(part) {
+                *a += p;
+            }
+        }
+        for (d, a) in dw.iter_mut().zip(&acc) {
+            *d = *a as f32;
+        }
+        *db = acc[taps] as f32;
+    }
+    out
 }
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
@@ -70,145 +288,43 @@ fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Resu
     }
 }
 
-/// `out[oy, lo..hi] += wv * inp[ix0 + k*stride]` for one output row and one tap.
-#[inline(always)]
-fn axpy_row(out: &mut [f32], inp: &[f32], wv: f32, stride: usize, ix0: usize) {
-    if out.is_empty() {
-        return;
-    }
-    if stride == 1 {
-        let len = out.len();
-        for (o, i) in out.iter_mut().zip(&inp[ix0..ix0 + len]) {
-            *o += wv * i;
-        }
-    } else {
-        for (o, i) in out.iter_mut().zip(inp[ix0..].iter().step_by(stride)) {
-            *o += wv * i;
-        }
-    }
+fn geometry(p: DwParams, x: &Layout, w: &Layout) -> candle_core::Result<Geometry> {
+    let (n, c, h, wd) = x.shape().dims4()?;
+    let (_, _, kh, kw) = w.shape().dims4()?;
+    Ok(Geometry {
+        n,
+        c,
+        h,
+        w: wd,
+        kh,
+        kw,
+        p,
+    })
 }
 
-/// `acc[ix0 + k*stride] += wv * g[k]`: the transpose of [`axpy_row`].
-#[inline(always)]
-fn axpy_row_transposed(acc: &mut [f32], g: &[f32], wv: f32, stride: usize, ix0: usize) {
-    if g.is_empty() {
-        return;
-    }
-    if stride == 1 {
-        for (a, gv) in acc[ix0..ix0 + g.len()].iter_mut().zip(g) {
-            *a += wv * gv;
-        }
-    } else {
-        for (a, gv) in acc[ix0..].iter_mut().step_by(stride).zip(g) {
-            *a += wv * gv;
-        }
-    }
-}
-
-#[inline(always)]
-fn dot_row(g: &[f32], inp: &[f32], stride: usize, ix0: usize) -> f32 {
-    if g.is_empty() {
-        return 0.0;
-    }
-    if stride == 1 {
-        g.iter()
-            .zip(&inp[ix0..ix0 + g.len()])
-            .map(|(a, b)| a * b)
-            .sum()
-    } else {
-        g.iter()
-            .zip(inp[ix0..].iter().step_by(stride))
-            .map(|(a, b)| a * b)
-            .sum()
-    }
-}
-
-fn fwd_planes(g: Geometry, x: &[f32], wt: &[f32]) -> Vec<f32> {
-    let (h, w, kh, kw, oh, ow) = (g.h, g.w, g.kh, g.kw, g.p.oh, g.p.ow);
-    let spans: Vec<_> = (0..kw).map(|kj| g.column_span(kj)).collect();
-    let mut out = vec![0f32; g.n * g.c * oh * ow];
-    out.par_chunks_mut(oh * ow)
-        .enumerate()
-        .for_each(|(plane, out)| {
-            let ch = plane % g.c;
-            let xs = &x[plane * h * w..(plane + 1) * h * w];
-            let ws = &wt[ch * kh * kw..(ch + 1) * kh * kw];
-            for (oy, orow) in out.chunks_mut(ow).enumerate() {
-                for ki in 0..kh {
-                    let Some(iy) = g.input_row(oy, ki) else {
-                        continue;
-                    };
-                    let irow = &xs[iy * w..(iy + 1) * w];
-                    for (kj, &(lo, hi, ix0)) in spans.iter().enumerate() {
-                        axpy_row(&mut orow[lo..hi], irow, ws[ki * kw + kj], g.p.stride, ix0);
-                    }
-                }
-            }
-        });
-    out
-}
-
-fn bwd_input_planes(g: Geometry, grad: &[f32], wt: &[f32]) -> Vec<f32> {
-    let (h, w, kh, kw, oh, ow) = (g.h, g.w, g.kh, g.kw, g.p.oh, g.p.ow);
-    let spans: Vec<_> = (0..kw).map(|kj| g.column_span(kj)).collect();
-    let mut dx = vec![0f32; g.n * g.c * h * w];
-    dx.par_chunks_mut(h * w)
-        .enumerate()
-        .for_each(|(plane, dx)| {
-            let ch = plane % g.c;
-            let gs = &grad[plane * oh * ow..(plane + 1) * oh * ow];
-            let ws = &wt[ch * kh * kw..(ch + 1) * kh * kw];
-            for (oy, grow) in gs.chunks(ow).enumerate() {
-                for ki in 0..kh {
-                    let Some(iy) = g.input_row(oy, ki) else {
-                        continue;
-                    };
-                    let drow = &mut dx[iy * w..(iy + 1) * w];
-                    for (kj, &(lo, hi, ix0)) in spans.iter().enumerate() {
-                        axpy_row_transposed(drow, &grow[lo..hi], ws[ki * kw + kj], g.p.stride, ix0);
-                    }
-                }
-            }
-        });
-    dx
-}
-
-fn bwd_weight(g: Geometry, grad: &[f32], x: &[f32]) -> Vec<f32> {
-    let (h, w, kh, kw, oh, ow) = (g.h, g.w, g.kh, g.kw, g.p.oh, g.p.ow);
-    let spans: Vec<_> = (0..kw).map(|kj| g.column_span(kj)).collect();
-    let mut dw = vec![0f32; g.c * kh * kw];
-    dw.par_chunks_mut(kh * kw).enumerate().for_each(|(ch, dw)| {
-        // Row dot products are short; accumulate the plane sums in f64 so large images lose nothing.
-        let mut acc = vec![0f64; kh * kw];
-        for n in 0..g.n {
-            let plane = n * g.c + ch;
-            let xs = &x[plane * h * w..(plane + 1) * h * w];
-            let gs = &grad[plane * oh * ow..(plane + 1) * oh * ow];
-            for (oy, grow) in gs.chunks(ow).enumerate() {
-                for ki in 0..kh {
-                    let Some(iy) = g.input_row(oy, ki) else {
-                        continue;
-                    };
-                    let irow = &xs[iy * w..(iy + 1) * w];
-                    for (kj, &(lo, hi, ix0)) in spans.iter().enumerate() {
-                        acc[ki * kw + kj] += dot_row(&grow[lo..hi], irow, g.p.stride, ix0) as f64;
-                    }
-                }
-            }
-        }
-        for (d, a) in dw.iter_mut().zip(acc) {
-            *d = a as f32;
-        }
-    });
-    dw
-}
-
-/// The forward op: `(x, weight) -> y`. Its backward runs the two gradient kernels below.
+/// `(x, weight) -> y`, no bias.
 struct DepthwiseFwd(DwParams);
-/// `(grad_y, weight) -> grad_x`.
-struct DepthwiseBwdInput(DwParams, [usize; 4]);
-/// `(grad_y, x) -> grad_weight`.
-struct DepthwiseBwdWeight(DwParams, [usize; 4]);
+/// `(x, weight, bias) -> y`.
+struct DepthwiseBiasFwd(DwParams);
+/// `(grad_y, x, weight) -> [dx | dw | db]`, flat.
+struct DepthwiseBwd(DwParams);
+
+/// Splits the fused backward output into `(dx, dw, db)` shaped like `x`, `weight` and `(C)`.
+fn backward(
+    p: DwParams,
+    x: &Tensor,
+    weight: &Tensor,
+    grad: &Tensor,
+) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+    let flat = grad
+        .contiguous()?
+        .apply_op3_no_bwd(x, weight, &DepthwiseBwd(p))?;
+    let (nx, nw) = (x.elem_count(), weight.elem_count());
+    let dx = flat.narrow(0, 0, nx)?.reshape(x.shape())?;
+    let dw = flat.narrow(0, nx, nw)?.reshape(weight.shape())?;
+    let db = flat.narrow(0, nx + nw, weight.dim(0)?)?;
+    Ok((dx, dw, db))
+}
 
 impl CustomOp2 for DepthwiseFwd {
     fn name(&self) -> &'static str {
@@ -222,21 +338,16 @@ impl CustomOp2 for DepthwiseFwd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = l1.shape().dims4()?;
-        let (_, _, kh, kw) = l2.shape().dims4()?;
-        let g = Geometry {
-            n,
-            c,
-            h,
-            w,
-            kh,
-            kw,
-            p: self.0,
-        };
-        let out = fwd_planes(g, f32_slice(s1, l1, "input")?, f32_slice(s2, l2, "weight")?);
+        let g = geometry(self.0, l1, l2)?;
+        let out = forward_planes(
+            g,
+            f32_slice(s1, l1, "input")?,
+            f32_slice(s2, l2, "weight")?,
+            None,
+        );
         Ok((
             CpuStorage::F32(out),
-            Shape::from((n, c, self.0.oh, self.0.ow)),
+            Shape::from((g.n, g.c, g.p.oh, g.p.ow)),
         ))
     }
 
@@ -247,18 +358,14 @@ impl CustomOp2 for DepthwiseFwd {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let x_dims: [usize; 4] = x.dims4()?.into();
-        let w_dims: [usize; 4] = weight.dims4()?.into();
-        let dx = grad.apply_op2_no_bwd(weight, &DepthwiseBwdInput(self.0, x_dims))?;
-        let dw = grad.apply_op2_no_bwd(x, &DepthwiseBwdWeight(self.0, w_dims))?;
+        let (dx, dw, _) = backward(self.0, x, weight, grad)?;
         Ok((Some(dx), Some(dw)))
     }
 }
 
-impl CustomOp2 for DepthwiseBwdInput {
+impl CustomOp3 for DepthwiseBiasFwd {
     fn name(&self) -> &'static str {
-        "voc-depthwise-conv2d-bwd-input"
+        "voc-depthwise-conv2d-bias"
     }
 
     fn cpu_fwd(
@@ -267,30 +374,39 @@ impl CustomOp2 for DepthwiseBwdInput {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let [n, c, h, w] = self.1;
-        let (_, _, kh, kw) = l2.shape().dims4()?;
-        let g = Geometry {
-            n,
-            c,
-            h,
-            w,
-            kh,
-            kw,
-            p: self.0,
-        };
-        let dx = bwd_input_planes(
+        let g = geometry(self.0, l1, l2)?;
+        let bias = f32_slice(s3, l3, "bias")?;
+        let out = forward_planes(
             g,
-            f32_slice(s1, l1, "gradient")?,
+            f32_slice(s1, l1, "input")?,
             f32_slice(s2, l2, "weight")?,
+            Some(bias),
         );
-        Ok((CpuStorage::F32(dx), Shape::from((n, c, h, w))))
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((g.n, g.c, g.p.oh, g.p.ow)),
+        ))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, db) = backward(self.0, x, weight, grad)?;
+        Ok((Some(dx), Some(dw), Some(db.reshape(bias.shape())?)))
     }
 }
 
-impl CustomOp2 for DepthwiseBwdWeight {
+impl CustomOp3 for DepthwiseBwd {
     fn name(&self) -> &'static str {
-        "voc-depthwise-conv2d-bwd-weight"
+        "voc-depthwise-conv2d-bwd"
     }
 
     fn cpu_fwd(
@@ -299,24 +415,25 @@ impl CustomOp2 for DepthwiseBwdWeight {
         l1: &Layout,
         s2: &CpuStorage,
         l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let (n, c, h, w) = l2.shape().dims4()?;
-        let [_, _, kh, kw] = self.1;
-        let g = Geometry {
-            n,
-            c,
-            h,
-            w,
-            kh,
-            kw,
-            p: self.0,
-        };
-        let dw = bwd_weight(
+        let g = geometry(self.0, l2, l3)?;
+        if l1.shape().dims() != [g.n, g.c, g.p.oh, g.p.ow] {
+            candle_core::bail!(
+                "depthwise_conv2d backward: gradient shape {:?} does not match",
+                l1.shape()
+            );
+        }
+        let grad = f32_slice(s1, l1, "gradient")?;
+        let out = backward_planes(
             g,
-            f32_slice(s1, l1, "gradient")?,
+            grad,
             f32_slice(s2, l2, "input")?,
+            f32_slice(s3, l3, "weight")?,
         );
-        Ok((CpuStorage::F32(dw), Shape::from(&self.1)))
+        let len = out.len();
+        Ok((CpuStorage::F32(out), Shape::from(len)))
     }
 }
 
@@ -324,8 +441,16 @@ impl CustomOp2 for DepthwiseBwdWeight {
 pub(crate) fn forward(
     x: &Tensor,
     weight: &Tensor,
+    bias: Option<&Tensor>,
     params: DwParams,
 ) -> candle_core::Result<Tensor> {
-    x.contiguous()?
-        .apply_op2(&weight.contiguous()?, DepthwiseFwd(params))
+    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+    match bias {
+        None => x.apply_op2(&weight, DepthwiseFwd(params)),
+        Some(b) => x.apply_op3(
+            &weight,
+            &b.flatten_all()?.contiguous()?,
+            DepthwiseBiasFwd(params),
+        ),
+    }
 }

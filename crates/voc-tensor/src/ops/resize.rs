@@ -1,5 +1,6 @@
 //! Bilinear and nearest resizing with PyTorch's `F.interpolate` index arithmetic.
-use candle_core::Tensor;
+use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
 
 use super::dims4;
 use crate::error::{Result, VocError};
@@ -51,7 +52,8 @@ fn bilinear_matrix(in_size: usize, out_size: usize, align_corners: bool) -> Vec<
 /// Bilinear resize of an NCHW tensor to `out_h x out_w`, up or down, with PyTorch's
 /// `F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=...)` semantics (no antialiasing).
 ///
-/// candle's `upsample_bilinear2d` has no gradient; this one is two interpolation-matrix matmuls,
+/// candle's `upsample_bilinear2d` has no gradient. On the CPU in f32 this runs a separable two-tap
+/// kernel (and its transpose for the gradient); elsewhere it is two interpolation-matrix matmuls,
 /// `A_h · X · A_wᵀ`, whose gradients are matmuls too, on any device.
 pub fn resize_bilinear(
     x: &Tensor,
@@ -59,7 +61,7 @@ pub fn resize_bilinear(
     out_w: usize,
     align_corners: bool,
 ) -> Result<Tensor> {
-    let (n, c, h, w) = dims4(x, "resize_bilinear")?;
+    let (_, _, h, w) = dims4(x, "resize_bilinear")?;
     if out_h == 0 || out_w == 0 || h == 0 || w == 0 {
         return Err(VocError::BadArgument(format!(
             "resize_bilinear: cannot resize {h}x{w} to {out_h}x{out_w}: sizes must be positive"
@@ -68,6 +70,23 @@ pub fn resize_bilinear(
     if (h, w) == (out_h, out_w) {
         return Ok(x.clone());
     }
+    if x.device().is_cpu() && x.dtype() == DType::F32 {
+        let plan = BilinearPlan::new(h, w, out_h, out_w, align_corners);
+        return Ok(x
+            .contiguous()?
+            .apply_op1(BilinearFwd(std::sync::Arc::new(plan)))?);
+    }
+    bilinear_by_matmul(x, out_h, out_w, align_corners)
+}
+
+/// Device-independent bilinear resize as `A_h · X · A_wᵀ`.
+pub(crate) fn bilinear_by_matmul(
+    x: &Tensor,
+    out_h: usize,
+    out_w: usize,
+    align_corners: bool,
+) -> Result<Tensor> {
+    let (n, c, h, w) = dims4(x, "resize_bilinear")?;
     let dev = x.device();
     let a_w_t = Tensor::from_vec(bilinear_matrix(w, out_w, align_corners), (out_w, w), dev)?
         .to_dtype(x.dtype())?
@@ -127,4 +146,149 @@ pub fn resize_nearest(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> 
         y = y.index_select(&idx, rank - 1)?;
     }
     Ok(y)
+}
+
+/// The taps of both axes in f32, shared by the CPU bilinear kernels.
+#[derive(Debug, Clone)]
+struct BilinearPlan {
+    h: usize,
+    w: usize,
+    out_h: usize,
+    out_w: usize,
+    rows: Vec<(usize, usize, f32, f32)>,
+    cols: Vec<(usize, usize, f32, f32)>,
+}
+
+impl BilinearPlan {
+    fn new(h: usize, w: usize, out_h: usize, out_w: usize, align_corners: bool) -> Self {
+        let f32_taps = |taps: Vec<(usize, usize, f64, f64)>| {
+            taps.into_iter()
+                .map(|(a, b, la, lb)| (a, b, la as f32, lb as f32))
+                .collect::<Vec<_>>()
+        };
+        Self {
+            h,
+            w,
+            out_h,
+            out_w,
+            rows: f32_taps(bilinear_taps(h, out_h, align_corners)),
+            cols: f32_taps(bilinear_taps(w, out_w, align_corners)),
+        }
+    }
+
+    /// One plane: first along W (gathers, on the small input), then along H, where every output row is a
+    /// blend of two contiguous rows and vectorises.
+    fn forward_plane(&self, x: &[f32], tmp: &mut [f32], out: &mut [f32]) {
+        for (row, t) in x.chunks_exact(self.w).zip(tmp.chunks_exact_mut(self.out_w)) {
+            for (t, &(i0, i1, l0, l1)) in t.iter_mut().zip(&self.cols) {
+                *t = l0 * row[i0] + l1 * row[i1];
+            }
+        }
+        for (orow, &(i0, i1, l0, l1)) in out.chunks_exact_mut(self.out_w).zip(&self.rows) {
+            let (r0, r1) = (
+                &tmp[i0 * self.out_w..(i0 + 1) * self.out_w],
+                &tmp[i1 * self.out_w..(i1 + 1) * self.out_w],
+            );
+            for ((o, a), b) in orow.iter_mut().zip(r0).zip(r1) {
+                *o = l0 * a + l1 * b;
+            }
+        }
+    }
+
+    /// The transpose of [`Self::forward_plane`].
+    fn backward_plane(&self, g: &[f32], tmp: &mut [f32], dx: &mut [f32]) {
+        tmp.fill(0.0);
+        for (grow, &(i0, i1, l0, l1)) in g.chunks_exact(self.out_w).zip(&self.rows) {
+            for (t, gv) in tmp[i0 * self.out_w..(i0 + 1) * self.out_w]
+                .iter_mut()
+                .zip(grow)
+            {
+                *t += l0 * gv;
+            }
+            for (t, gv) in tmp[i1 * self.out_w..(i1 + 1) * self.out_w]
+                .iter_mut()
+                .zip(grow)
+            {
+                *t += l1 * gv;
+            }
+        }
+        for (drow, t) in dx
+            .chunks_exact_mut(self.w)
+            .zip(tmp.chunks_exact(self.out_w))
+        {
+            drow.fill(0.0);
+            for (tv, &(i0, i1, l0, l1)) in t.iter().zip(&self.cols) {
+                drow[i0] += l0 * tv;
+                drow[i1] += l1 * tv;
+            }
+        }
+    }
+}
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_slice(),
+        _ => candle_core::bail!("resize_bilinear: the CPU kernel takes f32"),
+    };
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("resize_bilinear: the CPU kernel takes a contiguous tensor"),
+    }
+}
+
+/// CPU bilinear resize `x -> y` whose backward is [`BilinearBwd`].
+struct BilinearFwd(std::sync::Arc<BilinearPlan>);
+/// `grad_y -> grad_x`.
+struct BilinearBwd(std::sync::Arc<BilinearPlan>);
+
+impl CustomOp1 for BilinearFwd {
+    fn name(&self) -> &'static str {
+        "voc-resize-bilinear"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let p = &self.0;
+        let (n, c, _, _) = l.shape().dims4()?;
+        let x = contiguous_f32(s, l)?;
+        let mut out = vec![0f32; n * c * p.out_h * p.out_w];
+        out.par_chunks_mut(p.out_h * p.out_w)
+            .zip(x.par_chunks(p.h * p.w))
+            .for_each_init(
+                || vec![0f32; p.h * p.out_w],
+                |tmp, (out, x)| p.forward_plane(x, tmp, out),
+            );
+        Ok((CpuStorage::F32(out), Shape::from((n, c, p.out_h, p.out_w))))
+    }
+
+    fn bwd(
+        &self,
+        _arg: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        Ok(Some(
+            grad.contiguous()?
+                .apply_op1_no_bwd(&BilinearBwd(self.0.clone()))?,
+        ))
+    }
+}
+
+impl CustomOp1 for BilinearBwd {
+    fn name(&self) -> &'static str {
+        "voc-resize-bilinear-bwd"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let p = &self.0;
+        let (n, c, _, _) = l.shape().dims4()?;
+        let g = contiguous_f32(s, l)?;
+        let mut dx = vec![0f32; n * c * p.h * p.w];
+        dx.par_chunks_mut(p.h * p.w)
+            .zip(g.par_chunks(p.out_h * p.out_w))
+            .for_each_init(
+                || vec![0f32; p.h * p.out_w],
+                |tmp, (dx, g)| p.backward_plane(g, tmp, dx),
+            );
+        Ok((CpuStorage::F32(dx), Shape::from((n, c, p.h, p.w))))
+    }
 }

@@ -285,3 +285,39 @@ fn relu6_clamps_and_gates_the_gradient() {
         .unwrap();
     assert_eq!(g, vec![0.0, 0.0, 1.0, 0.0, 0.0]);
 }
+
+#[test]
+fn cpu_bilinear_kernel_matches_the_matmul_path() {
+    for (seed, &(h, w, oh, ow, align)) in [
+        (7, 9, 13, 20, false),
+        (7, 9, 4, 5, false),
+        (65, 65, 513, 513, true),
+        (5, 8, 1, 3, true),
+        (6, 6, 17, 2, false),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let x = seeded(&[2, 3, h, w], 30 + seed as u64);
+        let fwd_bwd = |f: &dyn Fn(&Tensor) -> Result<Tensor>| {
+            let xv = Var::from_tensor(&x).unwrap();
+            let y = f(xv.as_tensor()).unwrap();
+            let g = seeded(y.dims(), 40 + seed as u64);
+            let dx = (&y * &g)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap()
+                .get(xv.as_tensor())
+                .unwrap()
+                .clone();
+            (y, dx)
+        };
+        let (y1, dx1) = fwd_bwd(&|x| resize_bilinear(x, oh, ow, align));
+        let (y2, dx2) = fwd_bwd(&|x| resize::bilinear_by_matmul(x, oh, ow, align));
+        let label = format!("{h}x{w} -> {oh}x{ow} align_corners={align}");
+        assert!(rel_err(&y1, &y2).unwrap() < 1e-5, "{label}: forward");
+        assert!(rel_err(&dx1, &dx2).unwrap() < 1e-5, "{label}: gradient");
+    }
+}
