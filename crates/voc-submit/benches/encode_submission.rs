@@ -1,10 +1,16 @@
 //! Encoding 750 masks of 500x375 (HxW 375x500) into a submission, as `benches/submit_numpy.py` does with
 //! the competition's numpy encoder. Both build the same synthetic masks (see `synthetic_mask`), so
 //! their outputs can be compared byte for byte: set `VOC_SUBMIT_BENCH_CSV=PATH` to write this one.
+//!
+//! After criterion, `cargo bench` runs the numpy script in the same run (with `$VOC_BENCH_PYTHON`, else
+//! `$TORCH_PYTHON`, else `python3`; `VOC_BENCH_NUMPY=0` skips it), checks its submission is identical to
+//! ours, and prints both speeds and their ratio.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use std::time::Instant;
+
+use criterion::{criterion_group, Criterion, Throughput};
 use voc_submit::{MaskView, SubmissionWriter, NUM_CLASSES};
 
 const IMAGES: usize = 750;
@@ -64,7 +70,7 @@ fn labels_of(mask: &[u8]) -> [u8; NUM_CLASSES] {
     labels
 }
 
-fn encode_all(out: &mut Vec<u8>, images: &[(String, [u8; NUM_CLASSES], Vec<u8>)]) {
+fn encode_all(out: &mut Vec<u8>, images: &[Image]) {
     out.clear();
     let mut writer = SubmissionWriter::new(out).expect("writing to a Vec");
     for (id, labels, mask) in images {
@@ -76,13 +82,19 @@ fn encode_all(out: &mut Vec<u8>, images: &[(String, [u8; NUM_CLASSES], Vec<u8>)]
     writer.into_inner().expect("writing to a Vec");
 }
 
-fn bench_encode(c: &mut Criterion) {
-    let images: Vec<(String, [u8; NUM_CLASSES], Vec<u8>)> = (0..IMAGES)
+type Image = (String, [u8; NUM_CLASSES], Vec<u8>);
+
+fn synthetic_images() -> Vec<Image> {
+    (0..IMAGES)
         .map(|i| {
             let mask = synthetic_mask(i as u64);
             (i.to_string(), labels_of(&mask), mask)
         })
-        .collect();
+        .collect()
+}
+
+fn bench_encode(c: &mut Criterion) {
+    let images = synthetic_images();
     let mut out = Vec::with_capacity(16 << 20);
     encode_all(&mut out, &images);
     if let Some(path) = std::env::var_os("VOC_SUBMIT_BENCH_CSV") {
@@ -100,5 +112,72 @@ fn bench_encode(c: &mut Criterion) {
     group.finish();
 }
 
+/// Runs submit_numpy.py on the same masks and prints both speeds, best of five runs each.
+fn compare_with_numpy() {
+    let python = ["VOC_BENCH_PYTHON", "TORCH_PYTHON"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|p| !p.is_empty()))
+        .unwrap_or_else(|| "python3".to_string());
+    let images = synthetic_images();
+    let mut ours = Vec::new();
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let start = Instant::now();
+        encode_all(&mut ours, &images);
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    let rust_rate = IMAGES as f64 / best;
+    println!(
+        "\nvoc-submit: {IMAGES} masks in {:.1} ms (best of 5) = {rust_rate:.0} images/s",
+        best * 1e3
+    );
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/submit_numpy.py");
+    let numpy_csv =
+        std::env::temp_dir().join(format!("voc_submit_numpy_{}.csv", std::process::id()));
+    let result = std::process::Command::new(&python)
+        .args([script, "--repeat", "5", "--out"])
+        .arg(&numpy_csv)
+        .output();
+    let output = match result {
+        Ok(output) if output.status.success() => output,
+        Ok(output) => {
+            println!(
+                "numpy comparison skipped: {python} failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            );
+            return;
+        }
+        Err(e) => {
+            println!("numpy comparison skipped: cannot run {python}: {e} (set VOC_BENCH_PYTHON)");
+            return;
+        }
+    };
+    let text = String::from_utf8_lossy(&output.stdout);
+    print!("{text}");
+    let theirs = std::fs::read(&numpy_csv).unwrap_or_default();
+    let _ = std::fs::remove_file(&numpy_csv);
+    println!("outputs identical: {}", theirs == ours);
+    let numpy_rate = text
+        .split(" images/s")
+        .next()
+        .and_then(|s| s.rsplit(' ').next())
+        .and_then(|s| s.parse::<f64>().ok());
+    if let Some(numpy_rate) = numpy_rate {
+        println!(
+            "voc-submit is {:.0}x faster than numpy",
+            rust_rate / numpy_rate
+        );
+    }
+}
+
 criterion_group!(benches, bench_encode);
-criterion_main!(benches);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+    let benchmarking = std::env::args().any(|a| a == "--bench");
+    if benchmarking && std::env::var("VOC_BENCH_NUMPY").as_deref() != Ok("0") {
+        compare_with_numpy();
+    }
+}

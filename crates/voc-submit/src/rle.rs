@@ -355,11 +355,11 @@ impl ClassRuns {
     /// The class-index mask these runs describe (0 where no class is set). A pixel set in two channels
     /// has no class-index form and is an error naming it.
     pub fn to_mask(&self, height: usize, width: usize) -> Result<Vec<u8>> {
-        if (height * width) as u64 != self.plane {
+        if height.checked_mul(width).map(|p| p as u64) != Some(self.plane) {
             return Err(SubmitError::SizeMismatch {
-                what: format!("mask of {height}x{width} for runs of planes"),
+                what: format!("a {height}x{width} mask from runs of planes of this many pixels"),
                 expected: self.plane as usize,
-                actual: height * width,
+                actual: height.saturating_mul(width),
             });
         }
         let mut mask = vec![0u8; height * width];
@@ -481,7 +481,11 @@ pub fn decode_labels(rle: &str) -> std::result::Result<[u8; NUM_CLASSES], RleErr
 
 /// Decodes a segmentation RLE into an HxW class-index mask (void comes back as background).
 pub fn decode_mask(rle: &str, height: usize, width: usize) -> Result<Vec<u8>> {
-    let plane = (height * width) as u64;
+    let plane = height
+        .checked_mul(width)
+        .filter(|p| p.checked_mul(NUM_CLASSES).is_some())
+        .ok_or_else(|| SubmitError::Invalid(format!("mask size {height}x{width} overflows")))?
+        as u64;
     let runs = parse_runs(rle, NUM_CLASSES as u64 * plane).map_err(|source| SubmitError::Rle {
         context: format!("segmentation RLE of a {height}x{width} mask"),
         source,

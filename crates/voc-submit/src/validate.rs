@@ -82,7 +82,9 @@ pub fn validate(bytes: &[u8], expected: &[ExpectedImage]) -> ValidationReport {
         let image = &expected[index];
         let size = match row.kind {
             RowKind::Classification => NUM_CLASSES as u64,
-            RowKind::Segmentation => NUM_CLASSES as u64 * image.height as u64 * image.width as u64,
+            RowKind::Segmentation => (NUM_CLASSES as u64)
+                .saturating_mul(image.height as u64)
+                .saturating_mul(image.width as u64),
         };
         if let Err(e) = parse_runs(&row.rle, size) {
             let mut message = format!("{}: {e}", row.row_id());
