@@ -259,6 +259,42 @@ mod tests {
     }
 
     #[test]
+    fn depth_multiplier_scales_every_layer() {
+        // mobilenet_v2_0.35_96: stem 16, taps 8/16/32/112 channels, head kept at 1280.
+        let cfg = MobileNetV2Config {
+            depth_multiplier: 0.35,
+            ..Default::default()
+        };
+        let vb = VarBuilder::zeros(candle_core::DType::F32, &candle_core::Device::Cpu);
+        let net = MobileNetV2::new(vb, cfg).unwrap();
+        assert_eq!(cfg.channels(32), 16);
+        let ch = net.feature_channels();
+        assert_eq!(
+            (ch.stride4, ch.stride8, ch.stride16, ch.stride32),
+            (8, 16, 32, 112)
+        );
+        assert_eq!(cfg.head_channels(), 1280);
+        let wide = MobileNetV2Config {
+            depth_multiplier: 1.4,
+            ..Default::default()
+        };
+        assert_eq!(
+            (wide.channels(32), wide.channels(320), wide.head_channels()),
+            (48, 448, 1792)
+        );
+        let x = candle_core::Tensor::zeros(
+            (1, 3, 32, 32),
+            candle_core::DType::F32,
+            &candle_core::Device::Cpu,
+        )
+        .unwrap();
+        assert_eq!(
+            net.features_t(&x, false).unwrap().stride32.dims(),
+            &[1, 112, 1, 1]
+        );
+    }
+
+    #[test]
     fn output_stride_is_validated() {
         let cfg = MobileNetV2Config::default().with_output_stride(4);
         let vb = VarBuilder::zeros(candle_core::DType::F32, &candle_core::Device::Cpu);
