@@ -318,3 +318,9 @@ fn bad_data_gives_clear_errors() {
         stderr(&out)
     );
 }
+
+#[test]
+fn submission_class_order_is_the_dataset_class_order() {
+    // voc-submit keeps its own copy of the class order (it has no voc-data dependency); they must agree.
+    assert_eq!(voc_submit::CLASS_NAMES, voc_data::VOC_CLASSES);
+}
