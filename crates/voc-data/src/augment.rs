@@ -416,25 +416,34 @@ pub fn warp_image(
     let k = k.clamp(1, h.min(w).max(1));
     let standard = image.as_standard_layout();
     let view = standard.view();
+    // The inside test uses exactly the mask's inverse map, so image and mask agree on every border pixel.
+    let inv_full = forward.inverse();
     if k >= 2 {
         let small = box_downsample(view, k);
+        // Small-image coordinates are full-resolution coordinates divided by k.
         let to_small = Affine {
-            m: [k as f64, 0.0, 0.0, 0.0, k as f64, 0.0],
+            m: [1.0 / k as f64, 0.0, 0.0, 0.0, 1.0 / k as f64, 0.0],
         };
-        // Output of the small image = forward applied to (k * small coords).
-        let forward_small = forward.compose(&to_small);
+        let inv_small = to_small.compose(&inv_full);
         return warp_image_direct(
             small.view(),
-            &forward_small,
-            oh,
-            ow,
+            &inv_small,
+            &inv_full,
+            (oh, ow),
             interpolation,
             fill,
             (h, w),
-            k,
         );
     }
-    warp_image_direct(view, forward, oh, ow, interpolation, fill, (h, w), 1)
+    warp_image_direct(
+        view,
+        &inv_full,
+        &inv_full,
+        (oh, ow),
+        interpolation,
+        fill,
+        (h, w),
+    )
 }
 
 /// Averages k x k blocks; a partial block at the right/bottom edge averages what it has.
@@ -450,11 +459,12 @@ fn box_downsample(image: ArrayView3<u8>, k: usize) -> Array3<u8> {
         let nrows = rows.len();
         for y in rows {
             let row = &src[y * w * 3..(y + 1) * w * 3];
-            for (x, px) in row.chunks_exact(3).enumerate() {
-                let o = (x / k) * 3;
-                acc[o] += px[0] as u32;
-                acc[o + 1] += px[1] as u32;
-                acc[o + 2] += px[2] as u32;
+            for (block, a) in row.chunks(3 * k).zip(acc.chunks_exact_mut(3)) {
+                for px in block.chunks_exact(3) {
+                    a[0] += px[0] as u32;
+                    a[1] += px[1] as u32;
+                    a[2] += px[2] as u32;
+                }
             }
         }
         for sx in 0..sw {
@@ -467,32 +477,25 @@ fn box_downsample(image: ArrayView3<u8>, k: usize) -> Array3<u8> {
     Array3::from_shape_vec((sh, sw, 3), out).expect("sizes match")
 }
 
-#[allow(clippy::too_many_arguments)]
+/// `inv` maps output to `image` coordinates, `inv_full` output to full-resolution source coordinates
+/// (`full_size`), where the inside test happens.
 fn warp_image_direct(
     image: ArrayView3<u8>,
-    forward: &Affine,
-    oh: usize,
-    ow: usize,
+    inv: &Affine,
+    inv_full: &Affine,
+    (oh, ow): (usize, usize),
     interpolation: Interpolation,
     fill: [u8; 3],
     full_size: (usize, usize),
-    k: usize,
 ) -> Array3<u8> {
     let (h, w) = (image.shape()[0], image.shape()[1]);
     let src = image.as_slice().expect("standard layout");
-    let inv = forward.inverse();
-    // Inside test in full-resolution coordinates, identical to the mask's.
-    let inv_full = forward
-        .compose(&Affine {
-            m: [1.0 / k as f64, 0.0, 0.0, 0.0, 1.0 / k as f64, 0.0],
-        })
-        .inverse();
     let (fh, fw) = (full_size.0 as f32, full_size.1 as f32);
     let mut out = vec![0u8; oh * ow * 3];
     let (wmax, hmax) = (w as i32 - 1, h as i32 - 1);
     for oy in 0..oh {
-        let (mut u, mut v, du, dv) = source_row_start(&inv, oy);
-        let (mut fu, mut fv, dfu, dfv) = source_row_start(&inv_full, oy);
+        let (mut u, mut v, du, dv) = source_row_start(inv, oy);
+        let (mut fu, mut fv, dfu, dfv) = source_row_start(inv_full, oy);
         let row = &mut out[oy * ow * 3..(oy + 1) * ow * 3];
         for px in row.chunks_exact_mut(3) {
             let inside = fu >= -0.5 && fu < fw - 0.5 && fv >= -0.5 && fv < fh - 0.5;
@@ -503,22 +506,36 @@ fn warp_image_direct(
                 let y = ((v + 0.5).floor() as i32).clamp(0, hmax) as usize;
                 px.copy_from_slice(&src[(y * w + x) * 3..(y * w + x) * 3 + 3]);
             } else {
+                // Fixed-point weights (8 fractional bits): the four weights sum to exactly 1 << 16, so a
+                // uniform neighbourhood reproduces its value exactly.
                 let (x0f, y0f) = (u.floor(), v.floor());
-                let (fx, fy) = (u - x0f, v - y0f);
+                let wx = ((u - x0f) * 256.0) as u32;
+                let wy = ((v - y0f) * 256.0) as u32;
                 let (x0, y0) = (x0f as i32, y0f as i32);
-                let xa = x0.clamp(0, wmax) as usize;
-                let xb = (x0 + 1).clamp(0, wmax) as usize;
-                let ya = y0.clamp(0, hmax) as usize;
-                let yb = (y0 + 1).clamp(0, hmax) as usize;
-                let (ra, rb) = (ya * w, yb * w);
+                let (xa, xb, ya, yb) = if x0 >= 0 && y0 >= 0 && x0 < wmax && y0 < hmax {
+                    (x0 as usize, x0 as usize + 1, y0 as usize, y0 as usize + 1)
+                } else {
+                    (
+                        x0.clamp(0, wmax) as usize,
+                        (x0 + 1).clamp(0, wmax) as usize,
+                        y0.clamp(0, hmax) as usize,
+                        (y0 + 1).clamp(0, hmax) as usize,
+                    )
+                };
+                let (w00, w01) = ((256 - wx) * (256 - wy), wx * (256 - wy));
+                let (w10, w11) = ((256 - wx) * wy, wx * wy);
+                let (i00, i01, i10, i11) = (
+                    (ya * w + xa) * 3,
+                    (ya * w + xb) * 3,
+                    (yb * w + xa) * 3,
+                    (yb * w + xb) * 3,
+                );
                 for ch in 0..3 {
-                    let p00 = src[(ra + xa) * 3 + ch] as f32;
-                    let p01 = src[(ra + xb) * 3 + ch] as f32;
-                    let p10 = src[(rb + xa) * 3 + ch] as f32;
-                    let p11 = src[(rb + xb) * 3 + ch] as f32;
-                    let top = p00 + (p01 - p00) * fx;
-                    let bottom = p10 + (p11 - p10) * fx;
-                    px[ch] = (top + (bottom - top) * fy + 0.5) as u8;
+                    let acc = src[i00 + ch] as u32 * w00
+                        + src[i01 + ch] as u32 * w01
+                        + src[i10 + ch] as u32 * w10
+                        + src[i11 + ch] as u32 * w11;
+                    px[ch] = ((acc + (1 << 15)) >> 16) as u8;
                 }
             }
             u += du;
@@ -561,41 +578,48 @@ pub fn color_jitter(image: &mut Array3<u8>, brightness: f32, contrast: f32, satu
         return;
     }
     let data = image.as_slice_mut().expect("owned standard layout");
-    let gray = |r: f32, g: f32, b: f32| 0.299 * r + 0.587 * g + 0.114 * b;
     let clamp = |x: f32| x.clamp(0.0, 255.0);
+    // Brightness then contrast map each channel value independently: one 256-entry table. Contrast needs
+    // the mean grey level after brightness, which per-channel histograms give without a float pass.
+    let bright: [f32; 256] = std::array::from_fn(|v| clamp(v as f32 * brightness));
     let mean = if contrast != 1.0 {
+        let mut hist = [[0u32; 256]; 3];
+        for p in data.chunks_exact(3) {
+            hist[0][p[0] as usize] += 1;
+            hist[1][p[1] as usize] += 1;
+            hist[2][p[2] as usize] += 1;
+        }
         let n = (data.len() / 3).max(1) as f64;
-        let sum: f64 = data
-            .chunks_exact(3)
-            .map(|p| {
-                gray(
-                    clamp(p[0] as f32 * brightness),
-                    clamp(p[1] as f32 * brightness),
-                    clamp(p[2] as f32 * brightness),
-                ) as f64
-            })
-            .sum();
-        (sum / n) as f32
+        let channel_mean = |c: usize| {
+            hist[c]
+                .iter()
+                .zip(&bright)
+                .map(|(&k, &v)| k as f64 * v as f64)
+                .sum::<f64>()
+                / n
+        };
+        (0.299 * channel_mean(0) + 0.587 * channel_mean(1) + 0.114 * channel_mean(2)) as f32
     } else {
         0.0
     };
+    let stage1: [f32; 256] =
+        std::array::from_fn(|v| clamp(contrast * bright[v] + (1.0 - contrast) * mean));
+    if saturation == 1.0 {
+        let lut: [u8; 256] = std::array::from_fn(|v| (stage1[v] + 0.5) as u8);
+        data.iter_mut().for_each(|v| *v = lut[*v as usize]);
+        return;
+    }
+    let keep = 1.0 - saturation;
     for p in data.chunks_exact_mut(3) {
-        let mut rgb = [p[0] as f32, p[1] as f32, p[2] as f32];
-        if brightness != 1.0 {
-            rgb.iter_mut().for_each(|c| *c = clamp(*c * brightness));
-        }
-        if contrast != 1.0 {
-            rgb.iter_mut()
-                .for_each(|c| *c = clamp(contrast * *c + (1.0 - contrast) * mean));
-        }
-        if saturation != 1.0 {
-            let g = gray(rgb[0], rgb[1], rgb[2]);
-            rgb.iter_mut()
-                .for_each(|c| *c = clamp(saturation * *c + (1.0 - saturation) * g));
-        }
-        for (dst, c) in p.iter_mut().zip(rgb) {
-            *dst = (c + 0.5) as u8;
-        }
+        let (r, g, b) = (
+            stage1[p[0] as usize],
+            stage1[p[1] as usize],
+            stage1[p[2] as usize],
+        );
+        let grey = keep * (0.299 * r + 0.587 * g + 0.114 * b);
+        p[0] = (clamp(saturation * r + grey) + 0.5) as u8;
+        p[1] = (clamp(saturation * g + grey) + 0.5) as u8;
+        p[2] = (clamp(saturation * b + grey) + 0.5) as u8;
     }
 }
 

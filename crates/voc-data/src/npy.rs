@@ -239,6 +239,20 @@ pub fn read_mask(path: &Path) -> Result<Array2<u8>> {
             format!("mask shape is {:?}; expected (H, W)", header.shape),
         ));
     }
+    let (h, w) = (header.shape[0], header.shape[1]);
+    if header.dtype == NpyDtype::U8 && !header.fortran_order {
+        // The common case: validate in place, no conversion.
+        if let Some(i) = data.iter().position(|&v| v > 20 && v != 255) {
+            return Err(DataError::BadMaskValue {
+                path: path.to_path_buf(),
+                value: data[i] as i64,
+                row: i / w.max(1),
+                col: i % w.max(1),
+            });
+        }
+        return Array2::from_shape_vec((h, w), data)
+            .map_err(|e| DataError::bad_array(path, e.to_string()));
+    }
     let size = header.dtype.size();
     let values: Vec<i64> = data
         .chunks_exact(size)
@@ -267,7 +281,6 @@ pub fn read_mask(path: &Path) -> Result<Array2<u8>> {
     } else {
         values
     };
-    let (h, w) = (header.shape[0], header.shape[1]);
     let mut out = Vec::with_capacity(values.len());
     for (i, &v) in values.iter().enumerate() {
         // int8 masks written from uint8 data store void 255 as -1.
