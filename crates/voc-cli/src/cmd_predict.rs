@@ -504,10 +504,11 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
             extra.push_str(&format!("; overlays in {}", dir.display()));
         }
         println!(
-            "wrote {} ({} rows, valid): {} images of split '{}' in {seconds:.1} s; {} at output stride {}, {}{}, labels from {labels_from}{extra}",
+            "wrote {} ({} rows, valid): {} image{} of split '{}' in {seconds:.1} s; {} at output stride {}, {}{}, labels from {labels_from}{extra}",
             args.out.display(),
             report.rows,
             index.len(),
+            if index.len() == 1 { "" } else { "s" },
             index.name,
             loaded.source,
             args.model.output_stride,
