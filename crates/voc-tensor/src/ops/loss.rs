@@ -22,7 +22,9 @@ pub fn bce_with_logits(
             targets.dims()
         )));
     }
-    let targets = targets.to_dtype(logits.dtype())?;
+    let targets = targets
+        .to_device(logits.device())?
+        .to_dtype(logits.dtype())?;
     // softplus(-x) = log(1 + e^{-|x|}) + max(-x, 0), with |x| and max(-x, 0) written through one detached
     // mask so that their kinks at 0 cancel: the gradient there is -1/2 (candle's abs and relu pick
     // subgradients that would add up to -3/2).
@@ -40,7 +42,10 @@ pub fn bce_with_logits(
                     pw.dims()
                 )));
             }
-            let pw = pw.to_dtype(logits.dtype())?.flatten_all()?;
+            let pw = pw
+                .to_device(logits.device())?
+                .to_dtype(logits.dtype())?
+                .flatten_all()?;
             let pw = if pw.elem_count() == 1 {
                 pw.broadcast_as(classes)?
             } else {
@@ -100,7 +105,7 @@ pub fn cross_entropy_2d(
             )))
         }
     };
-    let targets = targets.flatten_all()?;
+    let targets = targets.flatten_all()?.to_device(logits.device())?;
     let targets = match targets.dtype() {
         DType::U8 | DType::U32 => targets.to_dtype(DType::U32)?,
         DType::I64 => {
@@ -142,6 +147,7 @@ pub fn cross_entropy_2d(
             )));
         }
         let per_pixel = cw
+            .to_device(logits.device())?
             .to_dtype(logits.dtype())?
             .flatten_all()?
             .index_select(&safe_targets, 0)?;
