@@ -502,16 +502,18 @@ fn warp_image_direct(
             if !inside {
                 px.copy_from_slice(&fill);
             } else if interpolation == Interpolation::Nearest {
-                let x = ((u + 0.5).floor() as i32).clamp(0, wmax) as usize;
-                let y = ((v + 0.5).floor() as i32).clamp(0, hmax) as usize;
+                // Inside the source u, v >= -0.5, so truncation is floor (f32::floor is a libm call on
+                // baseline x86-64; a cast is one instruction).
+                let x = ((u + 0.5) as i32).clamp(0, wmax) as usize;
+                let y = ((v + 0.5) as i32).clamp(0, hmax) as usize;
                 px.copy_from_slice(&src[(y * w + x) * 3..(y * w + x) * 3 + 3]);
             } else {
                 // Fixed-point weights (8 fractional bits): the four weights sum to exactly 1 << 16, so a
                 // uniform neighbourhood reproduces its value exactly.
-                let (x0f, y0f) = (u.floor(), v.floor());
-                let wx = ((u - x0f) * 256.0) as u32;
-                let wy = ((v - y0f) * 256.0) as u32;
-                let (x0, y0) = (x0f as i32, y0f as i32);
+                // u, v >= -1 here (the inside test), so floor(u) = trunc(u + 2) - 2.
+                let (x0, y0) = ((u + 2.0) as i32 - 2, (v + 2.0) as i32 - 2);
+                let wx = ((u - x0 as f32) * 256.0) as u32;
+                let wy = ((v - y0 as f32) * 256.0) as u32;
                 let (xa, xb, ya, yb) = if x0 >= 0 && y0 >= 0 && x0 < wmax && y0 < hmax {
                     (x0 as usize, x0 as usize + 1, y0 as usize, y0 as usize + 1)
                 } else {
@@ -560,8 +562,9 @@ pub fn warp_mask(mask: ArrayView2<u8>, forward: &Affine, oh: usize, ow: usize) -
         let (mut u, mut v, du, dv) = source_row_start(&inv, oy);
         for o in out[oy * ow..(oy + 1) * ow].iter_mut() {
             if u >= -0.5 && u < fw - 0.5 && v >= -0.5 && v < fh - 0.5 {
-                let x = ((u + 0.5).floor() as usize).min(w - 1);
-                let y = ((v + 0.5).floor() as usize).min(h - 1);
+                // u + 0.5 >= 0 inside: truncation is floor.
+                let x = ((u + 0.5) as usize).min(w - 1);
+                let y = ((v + 0.5) as usize).min(h - 1);
                 *o = src[y * w + x];
             }
             u += du;
