@@ -2,7 +2,7 @@
 //! input size, 1x1 convs as matmuls, and depthwise convs on a fast CPU kernel.
 use candle_core::{DType, Tensor};
 
-use super::{depthwise, dims4, take_strided};
+use super::{depthwise, dims4, im2col, take_strided};
 use crate::error::{Result, VocError};
 
 /// Zero padding of the four sides of an NCHW tensor's spatial axes.
@@ -244,6 +244,51 @@ pub fn conv2d(
             .matmul(&x.reshape((n, c_in, h * w))?)?;
         return add_bias(y.reshape((n, c_out, h, w))?, bias, "conv2d");
     }
+    let p = im2col::Im2ColParams {
+        n,
+        c: c_in,
+        h,
+        w,
+        kh,
+        kw,
+        stride,
+        dilation,
+        pad_top: padding.top,
+        pad_left: padding.left,
+        oh,
+        ow,
+    };
+    let y = if groups == 1
+        && x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && weight.dtype() == DType::F32
+        && p.cols_len() <= IM2COL_MAX_ELEMS
+    {
+        im2col::conv2d(x, weight, p)?
+    } else {
+        conv2d_by_candle(x, weight, stride, padding, dilation, groups, oh, ow)?
+    };
+    add_bias(y, bias, "conv2d")
+}
+
+/// Largest expanded input (f32 elements, 256 MiB) for which the CPU conv goes through im2col + gemm;
+/// above it candle's tiled conv keeps the memory down.
+const IM2COL_MAX_ELEMS: usize = 64 << 20;
+
+/// candle's conv on the explicitly padded input, cropped to the rows and columns the conv reads so that
+/// candle's backward (which assumes equal remainders in H and W) is exact.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn conv2d_by_candle(
+    x: &Tensor,
+    weight: &Tensor,
+    stride: usize,
+    padding: Padding,
+    dilation: usize,
+    groups: usize,
+    oh: usize,
+    ow: usize,
+) -> Result<Tensor> {
+    let (_, _, kh, kw) = weight.dims4()?;
     let xp = x
         .pad_with_zeros(2, padding.top, padding.bottom)?
         .pad_with_zeros(3, padding.left, padding.right)?;
@@ -254,6 +299,5 @@ pub fn conv2d(
     } else {
         xp
     };
-    let y = xp.conv2d(weight, 0, stride, dilation, groups)?;
-    add_bias(y, bias, "conv2d")
+    Ok(xp.conv2d(weight, 0, stride, dilation, groups)?)
 }

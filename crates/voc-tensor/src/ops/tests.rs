@@ -321,3 +321,57 @@ fn cpu_bilinear_kernel_matches_the_matmul_path() {
         assert!(rel_err(&dx1, &dx2).unwrap() < 1e-5, "{label}: gradient");
     }
 }
+
+#[test]
+fn cpu_im2col_conv_matches_candle_conv() {
+    // (n, c_in, c_out, h, w, k, stride, dilation, padding)
+    let cases = [
+        (2, 5, 8, 9, 10, 3, 2, 1, Padding::same(1)),
+        (1, 4, 6, 47, 63, 3, 2, 1, tf_same_padding(47, 63, 3, 2, 1)),
+        (2, 6, 4, 17, 15, 3, 1, 6, Padding::same(6)),
+        (
+            1,
+            3,
+            5,
+            20,
+            21,
+            5,
+            3,
+            1,
+            Padding {
+                top: 1,
+                bottom: 2,
+                left: 0,
+                right: 2,
+            },
+        ),
+        (2, 8, 3, 7, 7, 1, 2, 1, Padding::same(0)),
+    ];
+    for (seed, &(n, ci, co, h, w, k, stride, dilation, padding)) in cases.iter().enumerate() {
+        let label = format!("{n}x{ci}x{h}x{w} -> {co} k{k} s{stride} d{dilation} {padding:?}");
+        let x = seeded(&[n, ci, h, w], 50 + seed as u64);
+        let weight = seeded(&[co, ci, k, k], 60 + seed as u64);
+        let (y1, dx1, dw1) = dw_with_grads(
+            |x, w| conv2d(x, w, None, stride, padding, dilation, 1),
+            &x,
+            &weight,
+            70,
+        );
+        let (oh, ow) = (y1.dim(2).unwrap(), y1.dim(3).unwrap());
+        let (y2, dx2, dw2) = dw_with_grads(
+            |x, w| conv::conv2d_by_candle(x, w, stride, padding, dilation, 1, oh, ow),
+            &x,
+            &weight,
+            70,
+        );
+        assert!(rel_err(&y1, &y2).unwrap() < 1e-5, "{label}: forward");
+        assert!(
+            rel_err(&dx1, &dx2).unwrap() < 1e-5,
+            "{label}: input gradient"
+        );
+        assert!(
+            rel_err(&dw1, &dw2).unwrap() < 1e-5,
+            "{label}: weight gradient"
+        );
+    }
+}
