@@ -5,7 +5,7 @@
 //! source. Image and mask use the same map and the same inside/outside test, so a mask pixel can never
 //! drift from its image pixel; images are sampled bilinearly (with a box prefilter when shrinking by 2x or
 //! more, against aliasing), masks by nearest neighbour, and anything from outside the source becomes
-//! `fill` in the image and [`VOID`](crate::VOID) in the mask.
+//! `fill` in the image and [`VOID`] in the mask.
 use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
