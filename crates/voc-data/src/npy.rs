@@ -304,11 +304,12 @@ pub fn read_mask(path: &Path) -> Result<Array2<u8>> {
 
 /// Writes a uint8 array as `.npy` (format 1.0, C order), atomically: temporary name, then rename.
 pub fn write_u8(path: &Path, shape: &[usize], data: &[u8]) -> Result<()> {
-    assert_eq!(
-        shape.iter().product::<usize>(),
-        data.len(),
-        "write_u8: data length must match the shape"
-    );
+    if shape.iter().product::<usize>() != data.len() {
+        return Err(DataError::bad_array(
+            path,
+            format!("{} bytes do not fill shape {shape:?}", data.len()),
+        ));
+    }
     let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
     let shape_str = if dims.len() == 1 {
         format!("({},)", dims[0])
