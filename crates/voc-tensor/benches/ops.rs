@@ -1,4 +1,5 @@
-//! Forward+backward timings of the ops on the hot paths of MobileNetV2/DeepLabV3 training.
+//! Forward and forward+backward timings of the ops on the hot paths of MobileNetV2/DeepLab training:
+//! depthwise conv, bilinear upsampling of logits to 513x513, a dilated 3x3 conv.
 //! Compare with `benches/torch_ops.py` (PyTorch, same shapes, same thread count) run right after.
 use candle_core::{Device, Tensor, Var};
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -59,6 +60,29 @@ fn bilinear(c: &mut Criterion) {
     group.finish();
 }
 
+fn conv(c: &mut Criterion) {
+    let mut group = c.benchmark_group("conv2d 2x256x33x33 -> 256 3x3 dilation 6");
+    group.sample_size(10);
+    let x = Var::from_tensor(&randn(&[2, 256, 33, 33])).expect("var");
+    let w = Var::from_tensor(&(randn(&[256, 256, 3, 3]) * 0.02).expect("w")).expect("var");
+    let g = randn(&[2, 256, 33, 33]);
+    let run = || {
+        ops::conv2d(
+            x.as_tensor(),
+            w.as_tensor(),
+            None,
+            1,
+            Padding::same(6),
+            6,
+            1,
+        )
+        .expect("conv2d")
+    };
+    group.bench_function("fwd+bwd", |bench| bench.iter(|| fwd_bwd(run, &g)));
+    group.bench_function("fwd", |bench| bench.iter(|| criterion::black_box(run())));
+    group.finish();
+}
+
 fn setup() -> Criterion {
     voc_tensor::device::init_cpu_threads();
     Criterion::default()
@@ -66,5 +90,5 @@ fn setup() -> Criterion {
         .measurement_time(std::time::Duration::from_secs(4))
 }
 
-criterion_group! { name = benches; config = setup(); targets = depthwise, bilinear }
+criterion_group! { name = benches; config = setup(); targets = depthwise, bilinear, conv }
 criterion_main!(benches);

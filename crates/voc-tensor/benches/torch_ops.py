@@ -54,6 +54,14 @@ def main():
     with torch.no_grad():
         rows.append(("resize_bilinear 1x21x65x65 -> 513x513 align_corners fwd", median_ms(make_r)))
 
+    xc = torch.randn(2, 256, 33, 33, requires_grad=True)
+    wc = (torch.randn(256, 256, 3, 3) * 0.02).requires_grad_()
+    gc = torch.randn(2, 256, 33, 33)
+    make_c = lambda: F.conv2d(xc, wc, None, padding=6, dilation=6)
+    rows.append(("conv2d 2x256x33x33 -> 256 3x3 dilation 6 fwd+bwd", median_ms(fwd_bwd(make_c, [xc, wc], gc))))
+    with torch.no_grad():
+        rows.append(("conv2d 2x256x33x33 -> 256 3x3 dilation 6 fwd", median_ms(make_c)))
+
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     for name, ms in rows:
         print(f"{name:<66} {ms:8.2f} ms")
