@@ -2,8 +2,11 @@
 //!
 //! Weights come from a [`VarBuilder`], so the same constructor reads pretrained tensors
 //! (`VarBuilder::from_tensors`, or [`crate::weights`]) or creates trainable variables (`VarBuilder::from_varmap`).
+use std::sync::{Arc, Mutex};
+
 use candle_core::{Module, Tensor};
 use candle_nn::{Init, VarBuilder};
+use voc_tensor::fused::{self, Act};
 use voc_tensor::nn::BatchNorm2d;
 use voc_tensor::ops::{self, Padding};
 
@@ -24,6 +27,14 @@ impl Activation {
             Self::Relu => x.relu()?,
             Self::Relu6 => ops::relu6(x)?,
         })
+    }
+
+    fn fused(self) -> Act {
+        match self {
+            Self::Identity => Act::Identity,
+            Self::Relu => Act::Relu,
+            Self::Relu6 => Act::Relu6,
+        }
     }
 }
 
@@ -105,12 +116,19 @@ impl ConvSpec {
 }
 
 /// Convolution, then batch norm, then an activation.
+///
+/// In eval mode, when the weights are constants (a loaded pretrained model, not variables an optimiser
+/// may change), the batch norm is folded into the convolution once and the shift and activation run as
+/// one pass; a forward in training mode (which moves the running statistics) drops the folded copy. In
+/// training mode batch norm and activation run as one fused op.
 #[derive(Debug, Clone)]
 pub struct ConvNormAct {
     weight: Tensor,
     bias: Option<Tensor>,
     norm: Option<BatchNorm2d>,
     spec: ConvSpec,
+    /// `(weight, bias)` with the eval-mode batch norm folded in; shared by clones, as the weights are.
+    folded: Arc<Mutex<Option<(Tensor, Tensor)>>>,
 }
 
 impl ConvNormAct {
@@ -152,6 +170,7 @@ impl ConvNormAct {
             bias,
             norm,
             spec,
+            folded: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -187,20 +206,54 @@ impl ConvNormAct {
             }
             ConvPadding::Symmetric(p) => Padding::same(p),
         };
-        let y = ops::conv2d(
-            x,
-            &self.weight,
-            self.bias.as_ref(),
-            s.stride,
-            padding,
-            s.dilation,
-            s.groups,
-        )?;
+        let conv = |weight: &Tensor, bias: Option<&Tensor>| {
+            ops::conv2d(x, weight, bias, s.stride, padding, s.dilation, s.groups)
+        };
+        if let Some(bn) = &self.norm {
+            if train {
+                self.drop_folded();
+                let y = conv(&self.weight, self.bias.as_ref())?;
+                return Ok(fused::batch_norm_act_train(bn, &y, s.activation.fused())?);
+            }
+            if let Some((weight, shift)) = self.folded_weights(bn)? {
+                let y = conv(&weight, None)?;
+                return Ok(fused::bias_act(&y, Some(&shift), s.activation.fused())?);
+            }
+        }
+        let y = conv(&self.weight, self.bias.as_ref())?;
         let y = match &self.norm {
             Some(bn) => bn.forward_t(&y, train)?,
             None => y,
         };
         s.activation.forward(&y)
+    }
+
+    /// The conv weights with the eval-mode batch norm folded in, or `None` when any weight is a
+    /// variable (folding once would go stale after an optimiser step; folding per call costs more than
+    /// it saves).
+    fn folded_weights(&self, bn: &BatchNorm2d) -> Result<Option<(Tensor, Tensor)>> {
+        let variable = self.weight.track_op()
+            || self.bias.as_ref().is_some_and(|b| b.track_op())
+            || bn.weight().track_op()
+            || bn.bias().track_op();
+        if variable {
+            return Ok(None);
+        }
+        let mut cache = self
+            .folded
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if cache.is_none() {
+            *cache = Some(bn.fold_into(&self.weight, self.bias.as_ref())?);
+        }
+        Ok(cache.clone())
+    }
+
+    fn drop_folded(&self) {
+        *self
+            .folded
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
     }
 }
 

@@ -4,12 +4,14 @@
 //! - [`device`]: picking CPU or CUDA, `--device` parsing, CPU thread set-up;
 //! - [`ops`]: differentiable ops that candle 0.11 lacks or gets wrong (bilinear resize with a gradient,
 //!   pooling, fast depthwise conv, odd-size strided conv, TF "SAME" padding, batch norm, stable losses);
+//! - [`fused`]: one-pass CPU kernels for batch norm (training) + activation and bias + activation;
 //! - [`optim`]: SGD with momentum/Nesterov, AdamW, parameter groups, LR schedules, early stopping;
 //! - [`hub`]: pretrained weights from the Hugging Face hub (cache first, offline-safe);
 //! - [`checkpoint`]: one-file safetensors checkpoints with JSON metadata.
 pub mod checkpoint;
 pub mod device;
 pub mod error;
+pub mod fused;
 pub mod hub;
 pub mod nn;
 pub mod ops;

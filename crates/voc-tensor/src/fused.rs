@@ -1,0 +1,608 @@
+//! Fused CPU kernels for the convolution epilogues of MobileNet-style networks.
+//!
+//! Every convolution of these networks is followed by batch norm and a cheap activation. Composed from
+//! candle primitives, batch norm in training mode is about ten full passes over the activation forward and
+//! twenty backward (each with its own temporary), and ReLU6 five; at 2 threads those passes, not the
+//! convolutions, dominate a training step. Here each is one custom op with a hand-written backward:
+//!
+//! - [`batch_norm_act_train`]: batch norm with batch statistics (PyTorch semantics: biased variance
+//!   for normalising, unbiased for the running variance, gradient through the statistics) followed by
+//!   the activation, in three passes forward and three backward, and the running-statistics update;
+//! - [`bias_act`]: per-channel bias then the activation in one pass (the epilogue of a convolution
+//!   whose eval-mode batch norm was folded into its weights), whose backward is one pass too.
+//!
+//! Both run on f32 CPU tensors; on other devices or dtypes they compose the same maths from candle
+//! primitives, so callers need no second path.
+use std::mem::MaybeUninit;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::error::{Result, VocError};
+use crate::nn::BatchNorm2d;
+
+/// The activation closing a fused epilogue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    Identity,
+    Relu,
+    /// `min(max(x, 0), 6)`, gradient 1 strictly inside (0, 6), as PyTorch's `hardtanh_backward`.
+    Relu6,
+}
+
+impl Act {
+    /// The same activation from candle primitives (other devices and dtypes).
+    fn compose(self, x: &Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Self::Identity => x.clone(),
+            Self::Relu => x.relu()?,
+            Self::Relu6 => crate::ops::relu6(x)?,
+        })
+    }
+}
+
+/// Planes are handed to rayon in groups of at least this many elements.
+const MIN_PARALLEL_ELEMS: usize = 1 << 14;
+
+/// Runs `$body` with the activation `$f` and its output-side gradient gate `$pass` as concrete closures,
+/// so the per-element loops are compiled (and vectorised) once per activation.
+macro_rules! with_act {
+    ($act:expr, |$f:ident, $pass:ident| $body:expr) => {
+        match $act {
+            Act::Identity => {
+                let $f = |v: f32| v;
+                let $pass = |_: f32| true;
+                $body
+            }
+            Act::Relu => {
+                let $f = |v: f32| v.max(0.0);
+                let $pass = |o: f32| o > 0.0;
+                $body
+            }
+            Act::Relu6 => {
+                let $f = |v: f32| v.clamp(0.0, 6.0);
+                let $pass = |o: f32| o > 0.0 && o < 6.0;
+                $body
+            }
+        }
+    };
+}
+
+fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(d) => d,
+        _ => candle_core::bail!("{what}: expected f32"),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("{what}: expected a contiguous tensor"),
+    }
+}
+
+fn on_cpu_f32(ts: &[&Tensor]) -> bool {
+    ts.iter()
+        .all(|t| t.device().is_cpu() && t.dtype() == DType::F32)
+}
+
+/// A new buffer of `len` values written plane by plane in parallel: `fill(plane_index, plane)` must
+/// write every element of its plane. Skips zeroing memory that is overwritten anyway.
+fn write_planes(
+    len: usize,
+    plane: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
+    let plane = plane.max(1);
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(plane)
+        .with_min_len((MIN_PARALLEL_ELEMS / plane).max(1))
+        .enumerate()
+        .for_each(|(p, o)| fill(p, o));
+    // SAFETY: `fill` wrote each of the `len` elements (every caller writes its whole plane).
+    unsafe { out.set_len(len) };
+    out
+}
+
+/// `(Σ v, Σ v²)` in f64 (eight lanes, so it vectorises): with f64 the variance as `E[v²] - E[v]²` loses
+/// nothing that matters to cancellation.
+#[inline]
+fn sum_and_squares(xs: &[f32]) -> (f64, f64) {
+    let (mut a, mut b) = ([0f64; 8], [0f64; 8]);
+    let chunks = xs.chunks_exact(8);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for j in 0..8 {
+            let v = chunk[j] as f64;
+            a[j] += v;
+            b[j] += v * v;
+        }
+    }
+    let (mut s, mut q) = (a.iter().sum::<f64>(), b.iter().sum::<f64>());
+    for &v in rest {
+        let v = v as f64;
+        s += v;
+        q += v * v;
+    }
+    (s, q)
+}
+
+/// `(Σ g, Σ g·x)` with `g = grad` where the activation passes its gradient (judged at `out`), else 0.
+#[inline]
+fn gated_sums(xs: &[f32], outs: &[f32], grads: &[f32], pass: impl Fn(f32) -> bool) -> (f64, f64) {
+    let (mut a, mut b) = ([0f64; 8], [0f64; 8]);
+    let n = xs.len().min(outs.len()).min(grads.len());
+    let full = n / 8 * 8;
+    for i in (0..full).step_by(8) {
+        for j in 0..8 {
+            let g = if pass(outs[i + j]) { grads[i + j] } else { 0.0 } as f64;
+            a[j] += g;
+            b[j] += g * xs[i + j] as f64;
+        }
+    }
+    let (mut s, mut q) = (a.iter().sum::<f64>(), b.iter().sum::<f64>());
+    for i in full..n {
+        let g = if pass(outs[i]) { grads[i] } else { 0.0 } as f64;
+        s += g;
+        q += g * xs[i] as f64;
+    }
+    (s, q)
+}
+
+/// `act(x + bias[c])` over an `N x C x H x W` tensor in one pass; `bias` (length C) may be absent.
+///
+/// The gradient flows to `x` (one pass, from the output); the bias must be a constant here (it is the
+/// folded shift of an eval-mode batch norm): a bias that needs a gradient takes the composed path.
+pub fn bias_act(x: &Tensor, bias: Option<&Tensor>, act: Act) -> Result<Tensor> {
+    let (_, c, _, _) = crate::ops::dims4(x, "bias_act")?;
+    if let Some(b) = bias {
+        if b.elem_count() != c {
+            return Err(VocError::BadArgument(format!(
+                "bias_act: bias has shape {:?}, expected ({c})",
+                b.dims()
+            )));
+        }
+    }
+    let fused = on_cpu_f32(&[x]) && bias.map_or(true, |b| on_cpu_f32(&[b]) && !b.track_op());
+    if !fused {
+        let y = match bias {
+            Some(b) => x.broadcast_add(&b.reshape((1, c, 1, 1))?)?,
+            None => x.clone(),
+        };
+        return act.compose(&y);
+    }
+    let bias = match bias {
+        Some(b) => Some(b.flatten_all()?.to_vec1::<f32>()?),
+        None => None,
+    };
+    Ok(x.contiguous()?.apply_op1(BiasAct { bias, act })?)
+}
+
+struct BiasAct {
+    bias: Option<Vec<f32>>,
+    act: Act,
+}
+
+impl CustomOp1 for BiasAct {
+    fn name(&self) -> &'static str {
+        "voc-bias-act"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, "bias_act")?;
+        let (_, c, h, w) = l.shape().dims4()?;
+        let plane = (h * w).max(1);
+        let out = with_act!(self.act, |f, _pass| write_planes(x.len(), plane, |p, o| {
+            let b = self.bias.as_ref().map_or(0.0, |b| b[p % c]);
+            for (o, &v) in o.iter_mut().zip(&x[p * plane..]) {
+                o.write(f(v + b));
+            }
+        }));
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        if self.act == Act::Identity {
+            return Ok(Some(grad.clone()));
+        }
+        Ok(Some(res.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &ActBwd(self.act),
+        )?))
+    }
+}
+
+/// `grad * [act passes at out]`, one pass.
+struct ActBwd(Act);
+
+impl CustomOp2 for ActBwd {
+    fn name(&self) -> &'static str {
+        "voc-act-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let out = contiguous_f32(s1, l1, "act backward (output)")?;
+        let grad = contiguous_f32(s2, l2, "act backward (gradient)")?;
+        let chunk = MIN_PARALLEL_ELEMS;
+        let dx = with_act!(self.0, |_f, pass| write_planes(out.len(), chunk, |p, d| {
+            let range = p * chunk..out.len().min((p + 1) * chunk);
+            for ((d, &o), &g) in d.iter_mut().zip(&out[range.clone()]).zip(&grad[range]) {
+                d.write(if pass(o) { g } else { 0.0 });
+            }
+        }));
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// Batch norm of `x` (`N x C x H x W`) with the batch's statistics, then `act`; updates `bn`'s running
+/// statistics as [`BatchNorm2d::forward_t`] in training mode does (PyTorch's rule, unbiased variance).
+/// The gradient flows to `x`, `bn.weight()` and `bn.bias()`, through the batch statistics.
+pub fn batch_norm_act_train(bn: &BatchNorm2d, x: &Tensor, act: Act) -> Result<Tensor> {
+    let (n, c, h, w) = crate::ops::dims4(x, "batch_norm_act_train")?;
+    if !on_cpu_f32(&[x, bn.weight(), bn.bias()]) || bn.running_mean().dtype() != DType::F32 {
+        return act.compose(&bn.forward_t(x, true)?);
+    }
+    if c != bn.weight().elem_count() {
+        return Err(VocError::BadArgument(format!(
+            "batch_norm_act_train: input has {c} channels, the batch norm normalises {}",
+            bn.weight().elem_count()
+        )));
+    }
+    let count = n * h * w;
+    if count < 2 {
+        return Err(VocError::BadArgument(format!(
+            "BatchNorm2d: training needs more than one value per channel, got input {:?}",
+            x.dims()
+        )));
+    }
+    let stats = Arc::new(Mutex::new(None));
+    let op = BnActTrain {
+        eps: bn.eps() as f32,
+        act,
+        stats: stats.clone(),
+    };
+    let y = x
+        .contiguous()?
+        .apply_op3(&bn.weight().contiguous()?, &bn.bias().contiguous()?, op)?;
+    let Some(BatchStats { mean, var, .. }) = stats.lock().ok().and_then(|s| s.clone()) else {
+        return Err(VocError::BadArgument(
+            "batch_norm_act_train: the kernel left no statistics".into(),
+        ));
+    };
+    let m = bn.momentum() as f32;
+    let unbias = count as f32 / (count - 1) as f32;
+    let running_mean = bn
+        .running_mean()
+        .as_tensor()
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let running_var = bn
+        .running_var()
+        .as_tensor()
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let new_mean: Vec<f32> = running_mean
+        .iter()
+        .zip(&mean)
+        .map(|(&r, &b)| (1.0 - m) * r + m * b)
+        .collect();
+    let new_var: Vec<f32> = running_var
+        .iter()
+        .zip(&var)
+        .map(|(&r, &b)| (1.0 - m) * r + m * b * unbias)
+        .collect();
+    let device = x.device();
+    bn.running_mean()
+        .set(&Tensor::from_vec(new_mean, c, device)?)?;
+    bn.running_var()
+        .set(&Tensor::from_vec(new_var, c, device)?)?;
+    Ok(y)
+}
+
+#[derive(Clone)]
+struct BatchStats {
+    mean: Vec<f32>,
+    /// Biased (population) variance.
+    var: Vec<f32>,
+    inv_std: Vec<f32>,
+}
+
+struct BnActTrain {
+    eps: f32,
+    act: Act,
+    /// Filled by the forward kernel; read by the running-stats update and the backward.
+    stats: Arc<Mutex<Option<BatchStats>>>,
+}
+
+impl CustomOp3 for BnActTrain {
+    fn name(&self) -> &'static str {
+        "voc-batch-norm-act-train"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "batch norm input")?;
+        let weight = contiguous_f32(s2, l2, "batch norm weight")?;
+        let bias = contiguous_f32(s3, l3, "batch norm bias")?;
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let plane = h * w;
+        let count = (n * plane) as f64;
+        let per_channel: Vec<(f32, f32)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let (mut sum, mut sum_sq) = (0f64, 0f64);
+                for b in 0..n {
+                    let start = (b * c + ch) * plane;
+                    let (s, q) = sum_and_squares(&x[start..start + plane]);
+                    sum += s;
+                    sum_sq += q;
+                }
+                let mean = sum / count;
+                let var = (sum_sq / count - mean * mean).max(0.0);
+                (mean as f32, var as f32)
+            })
+            .collect();
+        let mean: Vec<f32> = per_channel.iter().map(|p| p.0).collect();
+        let var: Vec<f32> = per_channel.iter().map(|p| p.1).collect();
+        let inv_std: Vec<f32> = var.iter().map(|&v| 1.0 / (v + self.eps).sqrt()).collect();
+        let out = with_act!(self.act, |f, _pass| write_planes(x.len(), plane, |p, o| {
+            let ch = p % c;
+            let scale = inv_std[ch] * weight[ch];
+            let shift = bias[ch] - mean[ch] * scale;
+            for (o, &v) in o.iter_mut().zip(&x[p * plane..]) {
+                o.write(f(v * scale + shift));
+            }
+        }));
+        if let Ok(mut s) = self.stats.lock() {
+            *s = Some(BatchStats { mean, var, inv_std });
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let stats = self
+            .stats
+            .lock()
+            .ok()
+            .and_then(|s| s.clone())
+            .ok_or_else(|| {
+                candle_core::Error::Msg("batch norm backward before its forward".into())
+            })?;
+        let (n, c, h, w) = x.dims4()?;
+        let total = n * c * h * w;
+        let op = BnActBwd {
+            stats,
+            weight: weight.flatten_all()?.to_vec1::<f32>()?,
+            act: self.act,
+        };
+        let packed = x.apply_op3_no_bwd(res, &grad.contiguous()?, &op)?;
+        let dx = packed.narrow(0, 0, total)?.reshape((n, c, h, w))?;
+        let dweight = packed.narrow(0, total, c)?;
+        let dbias = packed.narrow(0, total + c, c)?;
+        Ok((Some(dx), Some(dweight), Some(dbias)))
+    }
+}
+
+/// Backward of [`BnActTrain`]: with `g = grad * [act passes]` and `x̂ = (x - mean) * inv_std`,
+/// `dbias = Σg`, `dweight = Σ g·x̂`, `dx = weight·inv_std·(g - dbias/M - x̂·dweight/M)` per channel;
+/// the three results are packed into one flat tensor `[dx (N·C·H·W), dweight (C), dbias (C)]`.
+struct BnActBwd {
+    stats: BatchStats,
+    weight: Vec<f32>,
+    act: Act,
+}
+
+impl CustomOp3 for BnActBwd {
+    fn name(&self) -> &'static str {
+        "voc-batch-norm-act-train-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "batch norm backward (input)")?;
+        let out = contiguous_f32(s2, l2, "batch norm backward (output)")?;
+        let grad = contiguous_f32(s3, l3, "batch norm backward (gradient)")?;
+        let (n, c, h, w) = l1.shape().dims4()?;
+        let plane = h * w;
+        let count = (n * plane) as f32;
+        let BatchStats { mean, inv_std, .. } = &self.stats;
+        let total = x.len();
+        let packed = with_act!(self.act, |_f, pass| {
+            let sums: Vec<(f32, f32)> = (0..c)
+                .into_par_iter()
+                .map(|ch| {
+                    let (mut sum_g, mut sum_gx) = (0f64, 0f64);
+                    for b in 0..n {
+                        let r = (b * c + ch) * plane..(b * c + ch + 1) * plane;
+                        let (s, q) = gated_sums(&x[r.clone()], &out[r.clone()], &grad[r], pass);
+                        sum_g += s;
+                        sum_gx += q;
+                    }
+                    // Σ g·(x - mean) = Σ g·x - mean·Σ g
+                    let sum_g_centred = sum_gx - mean[ch] as f64 * sum_g;
+                    (sum_g as f32, (sum_g_centred * inv_std[ch] as f64) as f32)
+                })
+                .collect();
+            let mut packed = write_planes(total, plane, |p, d| {
+                let ch = p % c;
+                let (sum_g, sum_gxhat) = sums[ch];
+                let k = self.weight[ch] * inv_std[ch];
+                let (mean_g, mean_gxhat) = (sum_g / count, sum_gxhat / count);
+                // dx = k·(g - mean_g - (x - mean)·inv_std·mean_gxhat) = k·g + (a·x + b)
+                let a = -k * inv_std[ch] * mean_gxhat;
+                let b0 = -k * mean_g - a * mean[ch];
+                let r = p * plane..(p + 1) * plane;
+                for (((d, &xv), &o), &g) in d
+                    .iter_mut()
+                    .zip(&x[r.clone()])
+                    .zip(&out[r.clone()])
+                    .zip(&grad[r])
+                {
+                    let g = if pass(o) { g } else { 0.0 };
+                    d.write(k * g + a * xv + b0);
+                }
+            });
+            packed.reserve_exact(2 * c);
+            packed.extend(sums.iter().map(|s| s.1));
+            packed.extend(sums.iter().map(|s| s.0));
+            packed
+        });
+        Ok((CpuStorage::F32(packed), Shape::from(total + 2 * c)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+    use candle_nn::{VarBuilder, VarMap};
+
+    use super::*;
+    use crate::testing::max_abs_diff;
+
+    fn ramp(shape: (usize, usize, usize, usize), scale: f32, offset: f32) -> Tensor {
+        let n = shape.0 * shape.1 * shape.2 * shape.3;
+        let data: Vec<f32> = (0..n)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * scale + offset)
+            .collect();
+        Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
+    }
+
+    fn batch_norm(channels: usize) -> (VarMap, BatchNorm2d) {
+        let varmap = VarMap::new();
+        let bn = BatchNorm2d::new(
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+            channels,
+            1e-3,
+            0.1,
+        )
+        .unwrap();
+        let data = varmap.data().lock().unwrap();
+        let values = |v: &[f32]| Tensor::new(v, &Device::Cpu).unwrap();
+        data["weight"].set(&values(&[1.5, -0.5, 2.0])).unwrap();
+        data["bias"].set(&values(&[0.5, 0.2, 3.0])).unwrap();
+        drop(data);
+        (varmap, bn)
+    }
+
+    /// The fused op against the composed one: outputs, running statistics and every gradient.
+    #[test]
+    fn fused_train_batch_norm_matches_the_composed_one() {
+        for act in [Act::Identity, Act::Relu, Act::Relu6] {
+            let (_, fused_bn) = batch_norm(3);
+            let (_, plain_bn) = batch_norm(3);
+            let x = Var::from_tensor(&ramp((2, 3, 5, 7), 0.7, 0.3)).unwrap();
+            // A weighting of the outputs so the gradient is not the same everywhere.
+            let mix = ramp((2, 3, 5, 7), 0.05, 0.4);
+            let fused = batch_norm_act_train(&fused_bn, x.as_tensor(), act).unwrap();
+            let plain = act
+                .compose(&plain_bn.forward_t(x.as_tensor(), true).unwrap())
+                .unwrap();
+            assert!(
+                max_abs_diff(&fused, &plain).unwrap() < 1e-5,
+                "{act:?} forward"
+            );
+            for (a, b) in [
+                (
+                    fused_bn.running_mean().as_tensor(),
+                    plain_bn.running_mean().as_tensor(),
+                ),
+                (
+                    fused_bn.running_var().as_tensor(),
+                    plain_bn.running_var().as_tensor(),
+                ),
+            ] {
+                assert!(max_abs_diff(a, b).unwrap() < 1e-6, "{act:?} running stats");
+            }
+            let g_fused = (fused * &mix)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let g_plain = (plain * &mix)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            for (what, fused_t, plain_t) in [
+                ("x", x.as_tensor(), x.as_tensor()),
+                ("weight", fused_bn.weight(), plain_bn.weight()),
+                ("bias", fused_bn.bias(), plain_bn.bias()),
+            ] {
+                let a = g_fused.get(fused_t).unwrap();
+                let b = g_plain.get(plain_t).unwrap();
+                assert!(
+                    max_abs_diff(a, b).unwrap() < 1e-5,
+                    "{act:?} gradient of {what}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn fused_train_batch_norm_needs_two_values() {
+        let (_, bn) = batch_norm(3);
+        assert!(batch_norm_act_train(&bn, &ramp((1, 3, 1, 1), 1.0, 0.0), Act::Relu).is_err());
+    }
+
+    #[test]
+    fn bias_act_matches_composed_ops_and_passes_gradients() {
+        let bias = Tensor::new(&[0.5f32, -2.0, 5.5], &Device::Cpu).unwrap();
+        for act in [Act::Identity, Act::Relu, Act::Relu6] {
+            let x = Var::from_tensor(&ramp((2, 3, 4, 3), 0.9, 0.0)).unwrap();
+            let fused = bias_act(x.as_tensor(), Some(&bias), act).unwrap();
+            let plain = act
+                .compose(
+                    &x.as_tensor()
+                        .broadcast_add(&bias.reshape((1, 3, 1, 1)).unwrap())
+                        .unwrap(),
+                )
+                .unwrap();
+            assert_eq!(max_abs_diff(&fused, &plain).unwrap(), 0.0, "{act:?}");
+            let mix = ramp((2, 3, 4, 3), 0.1, 0.2);
+            let a = (fused * &mix)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let b = (plain * &mix)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let (a, b) = (a.get(x.as_tensor()).unwrap(), b.get(x.as_tensor()).unwrap());
+            assert_eq!(max_abs_diff(a, b).unwrap(), 0.0, "{act:?} gradient");
+        }
+        assert!(bias_act(&ramp((1, 2, 2, 2), 1.0, 0.0), Some(&bias), Act::Relu).is_err());
+    }
+}
