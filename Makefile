@@ -27,6 +27,15 @@ demo: release
 bench:
 	$(CARGO) bench --workspace
 
+# voc bench (release) and the same workloads in PyTorch, interleaved, 2 threads: a table of voc/PyTorch ratios.
+# `make bench-compare TORCH_PYTHON=/work/torch-venv/bin/python ROUNDS=5 BENCH_ONLY="b16 b1"`
+ROUNDS ?= 3
+BENCH_ITERS ?= 10
+bench-compare:
+	$(CARGO) build --release -p voc-cli
+	$(TORCH_PYTHON) benches/torch_compare.py compare --voc target/release/voc --torch-python $(TORCH_PYTHON) \
+	  --rounds $(ROUNDS) --iters $(BENCH_ITERS) $(if $(BENCH_ONLY),--only $(BENCH_ONLY)) $(if $(BENCH_OUT),--out $(BENCH_OUT))
+
 fmt:
 	$(CARGO) fmt --all
 

@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""The `voc bench` workloads in PyTorch, and an interleaved side-by-side comparison.
+
+Two modes:
+
+  python benches/torch_compare.py bench --model mobilenet_v2 --batch 16 --size 224 [--train] --json
+      Times one workload in PyTorch and prints the same fields as `voc bench` (one JSON line with --json):
+      model, device, batch, size, train, median_ms, min_ms, max_ms, images_per_s, peak_rss_mb.
+
+  python benches/torch_compare.py compare --voc target/release/voc [--rounds 3]
+      Runs `voc bench` and the PyTorch version of each workload alternately (the order flips every round,
+      so neither side always runs on a warmer or quieter machine), several rounds, and prints a table of
+      the medians of the per-run medians and the ratios voc / PyTorch against the targets.
+
+The networks: torchvision's mobilenet_v2 (20 outputs, dropout 0.2) for the classifier, and for DeepLabV3
+the "mobile" head of voc's DeepLabV3 (image pooling + 1x1 branch, projection, 1x1 classifier) on
+torchvision's mobilenet_v2 features (without the final 1280-channel conv) at output stride 16, the logits
+upsampled to the input size with align_corners=True. Weights are random: speed does not depend on them.
+Training steps use SGD (momentum 0.9, weight decay 4e-5), BCE-with-logits for the classifier and
+cross-entropy with ignore index 255 for the segmenter, batch norm in training mode.
+PyTorch runs eagerly in NCHW with `torch.set_num_threads(2)`: PyTorch as it is usually run on a CPU.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+SEGMENTERS = {"deeplabv3"}
+
+
+def peak_rss_mb():
+    """VmHWM of this process in MiB, as `voc bench` reads it."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def build_model(name, torch, nn, F, torchvision):
+    if name == "mobilenet_v2":
+        return torchvision.models.mobilenet_v2(weights=None, num_classes=20, dropout=0.2)
+    if name == "deeplabv3":
+        return MobileDeepLabV3(torch, nn, F, torchvision)
+    raise SystemExit(f"torch_compare.py: no PyTorch version of '{name}' (have mobilenet_v2, deeplabv3)")
+
+
+def MobileDeepLabV3(torch, nn, F, torchvision):
+    """voc's DeepLabV3 (transformers' deeplabv3_mobilenet_v2 layout) on torchvision's MobileNetV2."""
+
+    def conv_bn_relu(c_in, c_out):
+        return nn.Sequential(nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            features = torchvision.models.mobilenet_v2(weights=None).features[:-1]
+            # Output stride 16: the stride-2 block of the 160-channel stage keeps stride 1, and the blocks
+            # after it dilate their depthwise 3x3 by 2 (as voc's and transformers' schedule does).
+            for index, block in enumerate(features):
+                if index < 14:
+                    continue
+                for m in block.modules():
+                    if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3):
+                        if index == 14:
+                            m.stride = (1, 1)
+                        else:
+                            m.dilation, m.padding = (2, 2), (2, 2)
+            self.backbone = features
+            self.conv_pool = conv_bn_relu(320, 256)
+            self.conv_aspp = conv_bn_relu(320, 256)
+            self.conv_projection = conv_bn_relu(512, 256)
+            self.classifier = nn.Conv2d(256, 21, 1)
+
+        def forward(self, x):
+            h, w = x.shape[-2:]
+            f = self.backbone(x)
+            pooled = self.conv_pool(F.adaptive_avg_pool2d(f, 1)).expand(-1, -1, f.shape[2], f.shape[3])
+            y = self.conv_projection(torch.cat([pooled, self.conv_aspp(f)], 1))
+            return F.interpolate(self.classifier(y), size=(h, w), mode="bilinear", align_corners=True)
+
+    return Net()
+
+
+def run_bench(args):
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+    import torchvision
+
+    torch.set_num_threads(args.threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:
+        pass
+    torch.manual_seed(args.seed)
+    size = args.size or (513 if args.model in SEGMENTERS else 224)
+    device = torch.device(args.device)
+    model = build_model(args.model, torch, nn, F, torchvision).to(device)
+    x = torch.randn(args.batch, 3, size, size, device=device)
+    if args.model in SEGMENTERS:
+        u = torch.rand(args.batch, size, size, device=device)
+        target = torch.where(u >= 0.95, torch.full_like(u, 255), (u / 0.95 * 21).floor().clamp(max=20)).long()
+        loss_fn = lambda logits: F.cross_entropy(logits, target, ignore_index=255)
+    else:
+        target = (torch.rand(args.batch, 20, device=device) < 0.1).float()
+        loss_fn = lambda logits: F.binary_cross_entropy_with_logits(logits, target)
+
+    if args.train:
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=4e-5)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x))
+            loss.backward()
+            opt.step()
+    else:
+        model.eval()
+
+        def step():
+            with torch.inference_mode():
+                model(x)
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(args.warmup):
+        step()
+    samples = []
+    for _ in range(args.iters):
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        samples.append((time.perf_counter() - start) * 1e3)
+    median = statistics.median(samples)
+    report = {
+        "model": args.model,
+        "device": "cpu" if device.type == "cpu" else f"cuda:{device.index or 0}",
+        "batch": args.batch,
+        "size": size,
+        "train": bool(args.train),
+        "median_ms": median,
+        "min_ms": min(samples),
+        "max_ms": max(samples),
+        "images_per_s": args.batch * 1e3 / median,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        what = "training step" if args.train else "inference"
+        print(
+            f"torch {args.model} {what}, batch {args.batch} at {size}x{size} ({args.threads} threads): "
+            f"median {median:.2f} ms/batch (min {min(samples):.2f}, max {max(samples):.2f} over "
+            f"{args.iters} iterations), {report['images_per_s']:.1f} images/s, "
+            f"peak RSS {report['peak_rss_mb']:.0f} MiB"
+        )
+
+
+# (name, voc bench arguments, time target, memory target): the acceptance workloads of issue 6.
+WORKLOADS = [
+    ("mobilenet_v2 224 inference b16", ["--model", "mobilenet_v2", "--size", "224", "--batch", "16"], 1.0, None),
+    ("mobilenet_v2 224 inference b1", ["--model", "mobilenet_v2", "--size", "224", "--batch", "1"], 1.2, None),
+    ("deeplabv3 513 inference b1", ["--model", "deeplabv3", "--size", "513", "--batch", "1"], 1.0, None),
+    ("mobilenet_v2 224 train step b8", ["--model", "mobilenet_v2", "--size", "224", "--batch", "8", "--train"], 1.5, 1.5),
+]
+
+
+def run_json(cmd, env):
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr}")
+    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    if len(lines) != 1:
+        raise SystemExit(f"{' '.join(cmd)}: expected one JSON line, got:\n{out.stdout}")
+    return json.loads(lines[0])
+
+
+def run_compare(args):
+    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+    selected = [w for w in WORKLOADS if not args.only or any(s in w[0] for s in args.only)]
+    if not selected:
+        raise SystemExit(f"--only {args.only}: matches none of {[w[0] for w in WORKLOADS]}")
+    rows = []
+    for name, voc_args, time_target, mem_target in selected:
+        iters = ["--iters", str(args.iters), "--warmup", str(args.warmup), "--json"]
+        voc_cmd = [args.voc, "bench", "--device", "cpu", *voc_args, *iters]
+        torch_cmd = [args.torch_python, os.path.abspath(__file__), "bench", "--threads", str(args.threads),
+                     *voc_args, *iters]
+        runs = {"voc": [], "torch": []}
+        for r in range(args.rounds):
+            order = [("voc", voc_cmd), ("torch", torch_cmd)]
+            if r % 2 == 1:
+                order.reverse()
+            for side, cmd in order:
+                result = run_json(cmd, env)
+                runs[side].append(result)
+                print(f"  {name} round {r + 1} {side}: {result['median_ms']:.1f} ms, "
+                      f"{result['peak_rss_mb']:.0f} MiB", file=sys.stderr, flush=True)
+        voc_ms = statistics.median(x["median_ms"] for x in runs["voc"])
+        torch_ms = statistics.median(x["median_ms"] for x in runs["torch"])
+        voc_mb = statistics.median(x["peak_rss_mb"] for x in runs["voc"])
+        torch_mb = statistics.median(x["peak_rss_mb"] for x in runs["torch"])
+        rows.append({
+            "workload": name, "voc_ms": voc_ms, "torch_ms": torch_ms, "time_ratio": voc_ms / torch_ms,
+            "time_target": time_target, "voc_peak_rss_mb": voc_mb, "torch_peak_rss_mb": torch_mb,
+            "memory_ratio": voc_mb / torch_mb, "memory_target": mem_target,
+            "voc_runs_ms": [x["median_ms"] for x in runs["voc"]],
+            "torch_runs_ms": [x["median_ms"] for x in runs["torch"]],
+        })
+
+    def verdict(ratio, target):
+        if target is None:
+            return ""
+        return f"<= {target:.1f}x {'met' if ratio <= target else 'MISSED'}"
+
+    print(f"{args.rounds} interleaved rounds, {args.iters} timed iterations each after {args.warmup} warm-up, "
+          f"{args.threads} threads; medians of the per-run medians")
+    print("| workload | voc ms | PyTorch ms | voc/PyTorch | time target | voc peak MiB | PyTorch peak MiB "
+          "| memory ratio | memory target |")
+    print("|---|---:|---:|---:|---|---:|---:|---:|---|")
+    for row in rows:
+        print(f"| {row['workload']} | {row['voc_ms']:.1f} | {row['torch_ms']:.1f} | {row['time_ratio']:.2f}x "
+              f"| {verdict(row['time_ratio'], row['time_target'])} | {row['voc_peak_rss_mb']:.0f} "
+              f"| {row['torch_peak_rss_mb']:.0f} | {row['memory_ratio']:.2f}x "
+              f"| {verdict(row['memory_ratio'], row['memory_target'])} |")
+    if args.out:
+        tmp = f"{args.out}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump({"rounds": args.rounds, "iters": args.iters, "threads": args.threads, "rows": rows}, f,
+                      indent=1)
+        os.replace(tmp, args.out)
+        print(f"wrote {args.out}", file=sys.stderr)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="mode", required=True)
+    b = sub.add_parser("bench", help="time one workload in PyTorch")
+    b.add_argument("--model", default="mobilenet_v2", choices=["mobilenet_v2", "deeplabv3"])
+    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--size", type=int, default=None)
+    b.add_argument("--train", action="store_true")
+    b.add_argument("--iters", type=int, default=10)
+    b.add_argument("--warmup", type=int, default=2)
+    b.add_argument("--device", default="cpu")
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--json", action="store_true")
+    c = sub.add_parser("compare", help="voc bench and PyTorch interleaved, table of ratios")
+    c.add_argument("--voc", default="target/release/voc", help="the voc binary (release build)")
+    c.add_argument("--torch-python", default=sys.executable, help="python with torch and torchvision")
+    c.add_argument("--rounds", type=int, default=3)
+    c.add_argument("--iters", type=int, default=10)
+    c.add_argument("--warmup", type=int, default=2)
+    c.add_argument("--threads", type=int, default=2)
+    c.add_argument("--only", nargs="*", help="run only workloads whose name contains one of these")
+    c.add_argument("--out", help="also write the rows as JSON here")
+    args = parser.parse_args()
+    if args.mode == "bench":
+        if args.batch < 1 or args.iters < 1:
+            raise SystemExit("--batch and --iters must be at least 1")
+        run_bench(args)
+    else:
+        run_compare(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+//! End-to-end tests of `voc bench`: the built `voc` binary is run on tiny inputs and its JSON read back.
+//! Build it first (`cargo build -p voc-cli`; `make test` does).
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// `target/<profile>/voc`, next to the `deps/` folder this test binary lives in.
+fn voc_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the test binary");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary lives in target/<profile>/deps");
+    let voc = profile_dir.join(format!("voc{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        voc.exists(),
+        "{} does not exist: build it with `cargo build -p voc-cli` first",
+        voc.display()
+    );
+    voc
+}
+
+fn bench(args: &[&str]) -> Output {
+    Command::new(voc_binary())
+        .arg("bench")
+        .args(args)
+        .env("RAYON_NUM_THREADS", "2")
+        .output()
+        .expect("running voc bench")
+}
+
+fn bench_json(args: &[&str]) -> serde_json::Value {
+    let out = bench(args);
+    assert!(
+        out.status.success(),
+        "voc bench {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8 output");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "--json prints one line, got {stdout:?}");
+    serde_json::from_str(lines[0]).expect("the line is JSON")
+}
+
+fn check_report(v: &serde_json::Value, model: &str, batch: u64, size: u64, train: bool) {
+    assert_eq!(v["model"], model);
+    assert_eq!(v["device"], "cpu");
+    assert_eq!(v["batch"], batch);
+    assert_eq!(v["size"], size);
+    assert_eq!(v["train"], train);
+    let num = |k: &str| {
+        v[k].as_f64()
+            .unwrap_or_else(|| panic!("{k} is not a number in {v}"))
+    };
+    let (median, min, max) = (num("median_ms"), num("min_ms"), num("max_ms"));
+    assert!(min > 0.0 && min <= median && median <= max, "{v}");
+    let images_per_s = num("images_per_s");
+    assert!(
+        (images_per_s - batch as f64 * 1000.0 / median).abs() < 1e-6 * images_per_s,
+        "{v}"
+    );
+    // The weights alone of these networks take several MiB.
+    assert!(num("peak_rss_mb") > 10.0, "{v}");
+}
+
+#[test]
+fn classifier_inference_and_training_step() {
+    let common = [
+        "--device", "cpu", "--size", "64", "--iters", "3", "--warmup", "1", "--json",
+    ];
+    let v = bench_json(&[&["--model", "mobilenet_v2", "--batch", "2"], &common[..]].concat());
+    check_report(&v, "mobilenet_v2", 2, 64, false);
+    let v = bench_json(
+        &[
+            &["--model", "mobilenet_v2", "--batch", "2", "--train"],
+            &common[..],
+        ]
+        .concat(),
+    );
+    check_report(&v, "mobilenet_v2", 2, 64, true);
+    let v = bench_json(
+        &[
+            &["--model", "efficientnet_lite0", "--batch", "1"],
+            &common[..],
+        ]
+        .concat(),
+    );
+    check_report(&v, "efficientnet_lite0", 1, 64, false);
+}
+
+#[test]
+fn segmenter_inference_and_training_step() {
+    let common = [
+        "--device", "cpu", "--size", "65", "--iters", "2", "--warmup", "1", "--json",
+    ];
+    let v = bench_json(&[&["--model", "deeplabv3"], &common[..]].concat());
+    check_report(&v, "deeplabv3", 1, 65, false);
+    let v = bench_json(
+        &[
+            &["--model", "deeplabv3plus", "--batch", "2", "--train"],
+            &common[..],
+        ]
+        .concat(),
+    );
+    check_report(&v, "deeplabv3plus", 2, 65, true);
+}
+
+#[test]
+fn text_output_names_the_numbers() {
+    let out = bench(&[
+        "--device", "cpu", "--size", "32", "--iters", "1", "--warmup", "0",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    for needle in ["mobilenet_v2 inference", "median", "images/s", "peak RSS"] {
+        assert!(text.contains(needle), "{needle:?} missing from {text:?}");
+    }
+}
+
+#[test]
+fn bad_arguments_fail_with_a_message() {
+    for (args, needle) in [
+        (&["--batch", "0"][..], "--batch"),
+        (&["--size", "8"][..], "--size 8"),
+        (
+            &["--model", "deeplabv3", "--train", "--batch", "1"][..],
+            "--batch of at least 2",
+        ),
+        (&["--model", "resnet50"][..], "resnet50"),
+    ] {
+        let out = bench(&[args, &["--device", "cpu"][..]].concat());
+        assert!(!out.status.success(), "voc bench {args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(needle),
+            "voc bench {args:?}: {needle:?} not in {err:?}"
+        );
+    }
+}
