@@ -8,8 +8,9 @@
 //! ```
 //! Each workload is timed in voc (median of `VOC_BENCH_ITERS` forward passes after one warm-up), then,
 //! when `TORCH_PYTHON` names a Python with torch and torchvision, in PyTorch by `benches/torch_infer.py`
-//! with as many threads, before the next workload starts: both sides see the same machine load. Prints a
-//! Markdown table of images/s and the ratio voc / PyTorch.
+//! with as many threads (and `OMP_WAIT_POLICY=PASSIVE` unless set), before the next workload starts:
+//! both sides see the same machine load. Prints a Markdown table of images/s (median and best run) and
+//! the ratio voc / PyTorch.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -79,7 +80,14 @@ fn time_torch(
     threads: usize,
 ) -> anyhow::Result<Measurement> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/torch_infer.py");
-    let out = Command::new(python)
+    let mut cmd = Command::new(python);
+    // PyTorch's OpenMP workers spin while they wait; on a machine shared with other work that makes
+    // them several times slower (measured: MobileNetV2 batch 1 at 2 threads, load ~7 on 2 cores: 665 ms
+    // spinning, 90 ms passive). Passive waiting makes the comparison about the arithmetic.
+    if std::env::var_os("OMP_WAIT_POLICY").is_none() {
+        cmd.env("OMP_WAIT_POLICY", "PASSIVE");
+    }
+    let out = cmd
         .args([script, "--model", model])
         .args(["--batch", &batch.to_string(), "--size", &size.to_string()])
         .args([
