@@ -258,22 +258,47 @@ pub fn conv2d(
         oh,
         ow,
     };
-    let y = if groups == 1
-        && x.device().is_cpu()
-        && x.dtype() == DType::F32
-        && weight.dtype() == DType::F32
-        && p.cols_len() <= IM2COL_MAX_ELEMS
-    {
-        im2col::conv2d(x, weight, p)?
+    let cpu_f32 = x.device().is_cpu() && x.dtype() == DType::F32 && weight.dtype() == DType::F32;
+    let fast = if groups == 1 && cpu_f32 {
+        im2col_conv(x, weight, p, IM2COL_MAX_ELEMS)?
     } else {
-        conv2d_by_candle(x, weight, stride, padding, dilation, groups, oh, ow)?
+        None
+    };
+    let y = match fast {
+        Some(y) => y,
+        None => conv2d_by_candle(x, weight, stride, padding, dilation, groups, oh, ow)?,
     };
     add_bias(y, bias, "conv2d")
 }
 
-/// Largest expanded input (f32 elements, 256 MiB) for which the CPU conv goes through im2col + gemm;
-/// above it candle's tiled conv keeps the memory down.
+/// Largest im2col buffer (f32 elements, 256 MiB) of the CPU conv: bigger batches run in chunks of
+/// images, and an image whose own buffer is bigger goes to candle's tiled conv, which needs less memory.
 const IM2COL_MAX_ELEMS: usize = 64 << 20;
+
+/// The CPU im2col conv with its buffer bounded by `max_elems`: the batch runs in chunks of images, and
+/// `None` means one image alone would need more.
+pub(crate) fn im2col_conv(
+    x: &Tensor,
+    weight: &Tensor,
+    p: im2col::Im2ColParams,
+    max_elems: usize,
+) -> Result<Option<Tensor>> {
+    let per_image = p.cols_len() / p.n.max(1);
+    if per_image > max_elems || p.n == 0 {
+        return Ok(None);
+    }
+    let chunk = (max_elems / per_image.max(1)).clamp(1, p.n);
+    if chunk >= p.n {
+        return Ok(Some(im2col::conv2d(x, weight, p)?));
+    }
+    let mut parts = Vec::with_capacity(p.n.div_ceil(chunk));
+    for start in (0..p.n).step_by(chunk) {
+        let len = chunk.min(p.n - start);
+        let part = im2col::Im2ColParams { n: len, ..p };
+        parts.push(im2col::conv2d(&x.narrow(0, start, len)?, weight, part)?);
+    }
+    Ok(Some(Tensor::cat(&parts, 0)?))
+}
 
 /// candle's conv on the explicitly padded input, cropped to the rows and columns the conv reads so that
 /// candle's backward (which assumes equal remainders in H and W) is exact.

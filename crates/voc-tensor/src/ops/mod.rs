@@ -8,7 +8,7 @@
 //! kernel wrapped as a candle custom op whose backward is itself a fast kernel.
 mod conv;
 mod depthwise;
-mod im2col;
+pub(crate) mod im2col;
 mod loss;
 mod pool;
 mod resize;

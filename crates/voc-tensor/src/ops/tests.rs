@@ -375,3 +375,43 @@ fn cpu_im2col_conv_matches_candle_conv() {
         );
     }
 }
+
+#[test]
+fn im2col_conv_in_batch_chunks_matches_one_pass() {
+    let x = seeded(&[5, 3, 11, 9], 80);
+    let weight = seeded(&[4, 3, 3, 3], 81);
+    let p = im2col::Im2ColParams {
+        n: 5,
+        c: 3,
+        h: 11,
+        w: 9,
+        kh: 3,
+        kw: 3,
+        stride: 2,
+        dilation: 1,
+        pad_top: 1,
+        pad_left: 0,
+        oh: 6,
+        ow: 4,
+    };
+    let per_image = p.cols_len() / 5;
+    let (y, dx, dw) = dw_with_grads(
+        |x, w| Ok(conv::im2col_conv(x, w, p, usize::MAX)?.unwrap()),
+        &x,
+        &weight,
+        82,
+    );
+    // Two images per chunk: chunks of 2, 2 and 1.
+    let (y2, dx2, dw2) = dw_with_grads(
+        |x, w| Ok(conv::im2col_conv(x, w, p, 2 * per_image + 1)?.unwrap()),
+        &x,
+        &weight,
+        82,
+    );
+    assert!(max_abs_diff(&y, &y2).unwrap() < 1e-6);
+    assert!(max_abs_diff(&dx, &dx2).unwrap() < 1e-6);
+    assert!(rel_err(&dw, &dw2).unwrap() < 1e-6);
+    assert!(conv::im2col_conv(&x, &weight, p, per_image - 1)
+        .unwrap()
+        .is_none());
+}
