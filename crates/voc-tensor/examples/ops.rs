@@ -10,13 +10,22 @@ use voc_tensor::ops::{self, Padding};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Deterministic pseudo-random values (candle's CPU generator cannot be seeded), so runs are repeatable.
+fn values(shape: &[usize], seed: f32, scale: f32) -> voc_tensor::Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let data = (0..n)
+        .map(|i| ((i as f32 * 12.9898 + seed).sin() * 43758.547).fract() * 2.0 * scale)
+        .collect();
+    Ok(Tensor::from_vec(data, shape, &Device::Cpu)?)
+}
+
 fn main() -> voc_tensor::Result<()> {
     voc_tensor::device::init_cpu_threads();
     let dev = Device::Cpu;
     // A 9x10 "image": H and W leave different remainders at stride 2.
-    let x = Var::from_tensor(&Tensor::randn(0f32, 1., (2, 3, 9, 10), &dev)?)?;
-    let stem_w = Var::from_tensor(&(Tensor::randn(0f32, 1., (8, 3, 3, 3), &dev)? * 0.3)?)?;
-    let dw_w = Var::from_tensor(&(Tensor::randn(0f32, 1., (8, 1, 3, 3), &dev)? * 0.3)?)?;
+    let x = Var::from_tensor(&values(&[2, 3, 9, 10], 1.0, 1.0)?)?;
+    let stem_w = Var::from_tensor(&values(&[8, 3, 3, 3], 2.0, 0.3)?)?;
+    let dw_w = Var::from_tensor(&values(&[8, 1, 3, 3], 3.0, 0.3)?)?;
     let varmap = VarMap::new();
     let bn = BatchNorm2d::new(
         VarBuilder::from_varmap(&varmap, DType::F32, &dev).pp("bn"),
