@@ -2,34 +2,23 @@
 use std::fs::File;
 use std::path::Path;
 
+use voc_tensor::VocError;
+
 use crate::error::{DataError, Result};
 
-/// Writes `path` through `write`, into a temporary file in the same folder that is renamed on success.
+/// Writes `path` through `write`, into a temporary file in the same folder that is renamed on success
+/// (voc-tensor's [`voc_tensor::checkpoint::write_atomic_with`], with its errors as [`DataError`]s).
 pub fn write_atomic(
     path: &Path,
     write: impl FnOnce(&mut File) -> std::io::Result<()>,
 ) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| DataError::BadArgument(format!("{}: not a file path", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = File::create(&tmp).and_then(|mut f| {
-        write(&mut f)?;
-        f.sync_all()
-    });
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(DataError::io(path, e));
-    }
-    std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e))
+    voc_tensor::checkpoint::write_atomic_with(path, write).map_err(|e| match e {
+        VocError::Io { path, source } => DataError::io(path, source),
+        VocError::BadFile { path, .. } => {
+            DataError::BadArgument(format!("{}: not a file path", path.display()))
+        }
+        other => DataError::Tensor(other),
+    })
 }
 
 /// Creates a folder and its parents.

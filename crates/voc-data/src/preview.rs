@@ -12,19 +12,24 @@ use crate::error::{DataError, Result};
 use crate::font;
 use crate::{io, NUM_CLASSES, VOC_CLASSES, VOID};
 
-/// The PASCAL VOC colour map: colour of mask value `i` (255, void, is cream).
-pub fn voc_palette() -> [[u8; 3]; 256] {
-    let mut palette = [[0u8; 3]; 256];
-    for (i, colour) in palette.iter_mut().enumerate() {
-        let mut c = i;
-        for bit in 0..8 {
-            for (ch, value) in colour.iter_mut().enumerate() {
-                *value |= (((c >> ch) & 1) as u8) << (7 - bit);
-            }
-            c >>= 3;
+/// VOC's colour of mask value `c`: the VOCdevkit's bit-interleaving colour map (bit `k` of red, green,
+/// blue comes from bits `3j`, `3j+1`, `3j+2` of `c`, highest bits first), so 255, void, is cream
+/// (224, 224, 192).
+pub fn voc_color(c: u8) -> [u8; 3] {
+    let mut rgb = [0u8; 3];
+    let mut label = c;
+    for shift in (0..8).rev() {
+        for (channel, value) in rgb.iter_mut().enumerate() {
+            *value |= ((label >> channel) & 1) << shift;
         }
+        label >>= 3;
     }
-    palette
+    rgb
+}
+
+/// The PASCAL VOC colour map: entry `i` is [`voc_color`]`(i)`.
+pub fn voc_palette() -> [[u8; 3]; 256] {
+    std::array::from_fn(|i| voc_color(i as u8))
 }
 
 /// A mask as an HxWx3 image in the VOC palette.

@@ -2,47 +2,23 @@
 use std::path::Path;
 
 use voc_classify::Rgb8Image;
+use voc_tensor::VocError;
 
 use crate::error::{Result, SegmentError};
 
-/// The 21 class names, 0 = background.
-pub const VOC_CLASSES: [&str; 21] = [
-    "background",
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-];
+pub use voc_data::preview::voc_color;
 
-/// VOC's colour of class index `c` (the bit-interleaving colour map of the VOCdevkit; 255 = void is
-/// (224, 224, 192)).
-pub fn voc_color(c: u8) -> [u8; 3] {
-    let mut rgb = [0u8; 3];
-    let mut label = c;
-    for shift in (0..8).rev() {
-        for (channel, value) in rgb.iter_mut().enumerate() {
-            *value |= ((label >> channel) & 1) << shift;
-        }
-        label >>= 3;
+/// The 21 class names, 0 = background: "background", then [`voc_data::VOC_CLASSES`] (mask value `c`
+/// is class `c`).
+pub const VOC_CLASSES: [&str; 21] = {
+    let mut names = ["background"; 21];
+    let mut c = 0;
+    while c < voc_data::NUM_CLASSES {
+        names[c + 1] = voc_data::VOC_CLASSES[c];
+        c += 1;
     }
-    rgb
-}
+    names
+};
 
 /// A class-index mask (`height x width`, row-major) painted with the VOC palette.
 pub fn colorize(mask: &[u8], height: usize, width: usize) -> Result<Rgb8Image> {
@@ -52,8 +28,8 @@ pub fn colorize(mask: &[u8], height: usize, width: usize) -> Result<Rgb8Image> {
             mask.len()
         )));
     }
-    let lut: Vec<[u8; 3]> = (0..=255u8).map(voc_color).collect();
-    let data = mask.iter().flat_map(|&c| lut[c as usize]).collect();
+    let palette = voc_data::preview::voc_palette();
+    let data = mask.iter().flat_map(|&c| palette[c as usize]).collect();
     Ok(Rgb8Image::new(height, width, data)?)
 }
 
@@ -80,27 +56,17 @@ pub fn write_png(image: &Rgb8Image, path: &Path) -> Result<()> {
         path: path.to_path_buf(),
         message,
     };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| io_err("not a file path".into()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
     let buffer =
         image::RgbImage::from_raw(image.width as u32, image.height as u32, image.data.clone())
             .ok_or_else(|| io_err("image buffer does not match its size".into()))?;
+    let mut png = Vec::new();
     buffer
-        .save_with_format(&tmp, image::ImageFormat::Png)
-        .map_err(|e| io_err(format!("cannot write PNG: {e}")))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        io_err(format!("cannot move the written file into place: {e}"))
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| io_err(format!("cannot encode PNG: {e}")))?;
+    voc_tensor::checkpoint::write_atomic(path, &png).map_err(|e| match e {
+        VocError::Io { source, .. } => io_err(format!("cannot write PNG: {source}")),
+        VocError::BadFile { .. } => io_err("not a file path".into()),
+        other => other.into(),
     })
 }
 
@@ -116,5 +82,15 @@ mod tests {
         assert_eq!(voc_color(15), [192, 128, 128]);
         assert_eq!(voc_color(20), [0, 64, 128]);
         assert_eq!(voc_color(255), [224, 224, 192]);
+    }
+
+    #[test]
+    fn class_names_are_background_then_the_vocdevkit_order() {
+        assert_eq!(VOC_CLASSES[0], "background");
+        assert_eq!(VOC_CLASSES[1], "aeroplane");
+        assert_eq!(VOC_CLASSES[12], "dog");
+        assert_eq!(VOC_CLASSES[15], "person");
+        assert_eq!(VOC_CLASSES[20], "tvmonitor");
+        assert_eq!(VOC_CLASSES[1..], voc_data::VOC_CLASSES);
     }
 }

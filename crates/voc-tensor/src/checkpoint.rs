@@ -151,6 +151,17 @@ pub fn save_checkpoint_tensors(
 /// Writes `bytes` to a temporary file next to `path`, flushes it to disk and renames it over `path`, so
 /// that `path` is either the old file or the complete new one, never a partial write.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |file| file.write_all(bytes))
+}
+
+/// [`write_atomic`] for output produced while it is written: `write` fills the temporary file (wrap it
+/// in a `BufWriter` for many small writes), which is then flushed to disk and renamed over `path`. On
+/// any error the temporary file is removed and `path` is left as it was.
+pub fn write_atomic_with(
+    path: &Path,
+    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
+) -> Result<()> {
+    // A per-process counter keeps two writes of the same path from different threads apart.
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let file_name = path
         .file_name()
@@ -167,7 +178,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     ));
     let written = (|| {
         let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
+        write(&mut file)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)
     })();
