@@ -8,14 +8,12 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use voc_classify::layers::{
-    global_avg_pool, Activation, ConvNormAct, ConvPadding, ConvSpec, NormSpec,
-};
+use voc_classify::layers::{Activation, ConvNormAct, ConvSpec, NormSpec};
 use voc_classify::mobilenet_v2::{MobileNetV2, MobileNetV2Config};
-use voc_classify::weights::{self, Unexpected};
 use voc_tensor::ops::resize_bilinear;
 
 use crate::error::{Result, SegmentError};
+use crate::head;
 
 /// Architecture parameters of [`DeepLabV3`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -57,15 +55,6 @@ pub struct DeepLabV3 {
     config: DeepLabV3Config,
 }
 
-/// Channel-wise dropout (`Dropout2d`): whole feature maps are zeroed, the rest scaled by `1/(1-p)`.
-pub(crate) fn dropout2d(x: &Tensor, p: f32) -> Result<Tensor> {
-    let (n, c, _, _) = x.dims4()?;
-    let keep = Tensor::rand(0f32, 1f32, (n, c, 1, 1), x.device())?
-        .ge(p as f64)?
-        .to_dtype(x.dtype())?;
-    Ok(x.broadcast_mul(&(keep / (1.0 - p as f64))?)?)
-}
-
 impl DeepLabV3 {
     /// Builds the network; `vb` is the root of the weight names.
     pub fn new(vb: VarBuilder, config: DeepLabV3Config) -> Result<Self> {
@@ -87,15 +76,7 @@ impl DeepLabV3 {
         let conv_pool = conv_bn_relu("conv_pool", features)?;
         let conv_aspp = conv_bn_relu("conv_aspp", features)?;
         let conv_projection = conv_bn_relu("conv_projection", 2 * c)?;
-        let classifier = ConvNormAct::transformers(
-            head.pp("classifier"),
-            ConvSpec {
-                bias: true,
-                norm: None,
-                padding: ConvPadding::Symmetric(0),
-                ..ConvSpec::conv_bn(c, config.num_classes, 1, norm, Activation::Identity)
-            },
-        )?;
+        let classifier = head::classifier(head.pp("classifier"), c, config.num_classes, norm)?;
         Ok(Self {
             backbone,
             conv_pool,
@@ -114,14 +95,9 @@ impl DeepLabV3 {
         config: DeepLabV3Config,
         device: &Device,
     ) -> Result<Self> {
-        Ok(weights::load_frozen(
-            tensors,
-            source,
-            "deeplabv3_mobilenet_v2",
-            Unexpected::Error,
-            device,
-            |vb| Self::new(vb, config).map_err(into_classify),
-        )?)
+        head::load_frozen(tensors, source, "deeplabv3_mobilenet_v2", device, |vb| {
+            Self::new(vb, config)
+        })
     }
 
     /// Builds the network on trainable variables in `varmap`, initialised from named tensors.
@@ -132,15 +108,14 @@ impl DeepLabV3 {
         config: DeepLabV3Config,
         device: &Device,
     ) -> Result<Self> {
-        Ok(weights::load_trainable(
+        head::load_trainable(
             varmap,
             tensors,
             source,
             "deeplabv3_mobilenet_v2",
-            Unexpected::Error,
             device,
-            |vb| Self::new(vb, config).map_err(into_classify),
-        )?)
+            |vb| Self::new(vb, config),
+        )
     }
 
     pub fn config(&self) -> &DeepLabV3Config {
@@ -165,20 +140,14 @@ impl DeepLabV3 {
     /// Logits `N x classes x h x w` at the output stride: `h = ceil(H / output_stride)`.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let features = self.backbone.features_t(x, train)?.stride32;
-        let (n, _, h, w) = features.dims4()?;
-        let pooled = self
-            .conv_pool
-            .forward_t(&global_avg_pool(&features)?, train)?;
-        // Upsampling a 1x1 map (align_corners=True in the original) is a broadcast.
-        let pooled = pooled
-            .broadcast_as((n, self.config.head_channels, h, w))?
-            .contiguous()?;
+        let pooled =
+            head::image_pool(&self.conv_pool, &features, self.config.head_channels, train)?;
         let aspp = self.conv_aspp.forward_t(&features, train)?;
         let mut y = self
             .conv_projection
             .forward_t(&Tensor::cat(&[&pooled, &aspp], 1)?, train)?;
         if train && self.config.dropout > 0.0 {
-            y = dropout2d(&y, self.config.dropout)?;
+            y = head::dropout2d(&y, self.config.dropout)?;
         }
         Ok(self.classifier.forward_t(&y, train)?)
     }
@@ -187,15 +156,5 @@ impl DeepLabV3 {
     pub fn logits_at(&self, x: &Tensor, out_h: usize, out_w: usize, train: bool) -> Result<Tensor> {
         let logits = self.forward_t(x, train)?;
         Ok(resize_bilinear(&logits, out_h, out_w, true)?)
-    }
-}
-
-/// Carries a segmentation error through the classifier crate's loader (which owns the name check).
-pub(crate) fn into_classify(e: SegmentError) -> voc_classify::ClassifyError {
-    match e {
-        SegmentError::Classify(e) => e,
-        SegmentError::Tensor(e) => voc_classify::ClassifyError::Tensor(e),
-        SegmentError::Candle(e) => voc_classify::ClassifyError::Candle(e),
-        other => voc_classify::ClassifyError::BadArgument(other.to_string()),
     }
 }

@@ -8,15 +8,13 @@ use std::collections::HashMap;
 
 use candle_core::{Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
-use voc_classify::layers::{
-    global_avg_pool, Activation, ConvNormAct, ConvPadding, ConvSpec, NormSpec,
-};
+use voc_classify::layers::{Activation, ConvNormAct, ConvPadding, ConvSpec, NormSpec};
 use voc_classify::mobilenet_v2::{MobileNetV2, MobileNetV2Config};
-use voc_classify::weights::{self, Unexpected};
+use voc_classify::weights;
 use voc_tensor::ops::resize_bilinear;
 
-use crate::deeplabv3::{dropout2d, into_classify};
 use crate::error::{Result, SegmentError};
+use crate::head::{self, into_classify};
 
 /// Architecture parameters of [`DeepLabV3Plus`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -122,15 +120,7 @@ impl DeepLabV3Plus {
                 )?,
                 conv(head.pp("decoder").pp(1), c, c, 3, 1)?,
             ],
-            classifier: ConvNormAct::transformers(
-                head.pp("classifier"),
-                ConvSpec {
-                    bias: true,
-                    norm: None,
-                    padding: ConvPadding::Symmetric(0),
-                    ..ConvSpec::conv_bn(c, config.num_classes, 1, norm, Activation::Identity)
-                },
-            )?,
+            classifier: head::classifier(head.pp("classifier"), c, config.num_classes, norm)?,
             backbone,
             config,
         })
@@ -144,14 +134,13 @@ impl DeepLabV3Plus {
         config: DeepLabV3PlusConfig,
         device: &Device,
     ) -> Result<Self> {
-        Ok(weights::load_frozen(
+        head::load_frozen(
             tensors,
             source,
             "deeplabv3plus_mobilenet_v2",
-            Unexpected::Error,
             device,
-            |vb| Self::new(vb, config).map_err(into_classify),
-        )?)
+            |vb| Self::new(vb, config),
+        )
     }
 
     /// Builds the network on trainable variables in `varmap`, every one initialised from `tensors`.
@@ -162,15 +151,14 @@ impl DeepLabV3Plus {
         config: DeepLabV3PlusConfig,
         device: &Device,
     ) -> Result<Self> {
-        Ok(weights::load_trainable(
+        head::load_trainable(
             varmap,
             tensors,
             source,
             "deeplabv3plus_mobilenet_v2",
-            Unexpected::Error,
             device,
-            |vb| Self::new(vb, config).map_err(into_classify),
-        )?)
+            |vb| Self::new(vb, config),
+        )
     }
 
     /// Builds the network on trainable variables in `varmap` with a pretrained backbone: every
@@ -225,18 +213,16 @@ impl DeepLabV3Plus {
         let (_, _, in_h, in_w) = x.dims4()?;
         let features = self.backbone.features_t(x, train)?;
         let high = &features.stride32;
-        let (n, _, h, w) = high.dims4()?;
         let mut branches = vec![self.aspp_1x1.forward_t(high, train)?];
         for atrous in &self.aspp_atrous {
             branches.push(atrous.forward_t(high, train)?);
         }
-        let pooled = self.aspp_pool.forward_t(&global_avg_pool(high)?, train)?;
-        // Bilinear upsampling of a 1x1 map is a broadcast.
-        branches.push(
-            pooled
-                .broadcast_as((n, self.config.aspp_channels, h, w))?
-                .contiguous()?,
-        );
+        branches.push(head::image_pool(
+            &self.aspp_pool,
+            high,
+            self.config.aspp_channels,
+            train,
+        )?);
         let aspp = self
             .aspp_projection
             .forward_t(&Tensor::cat(&branches, 1)?, train)?;
@@ -249,7 +235,7 @@ impl DeepLabV3Plus {
             y = conv.forward_t(&y, train)?;
         }
         if train && self.config.dropout > 0.0 {
-            y = dropout2d(&y, self.config.dropout)?;
+            y = head::dropout2d(&y, self.config.dropout)?;
         }
         let logits = self.classifier.forward_t(&y, train)?;
         Ok(resize_bilinear(&logits, in_h, in_w, false)?)

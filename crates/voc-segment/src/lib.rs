@@ -2,6 +2,7 @@
 pub mod deeplabv3;
 pub mod deeplabv3plus;
 pub mod error;
+mod head;
 pub mod palette;
 pub mod preset;
 pub mod segmenter;
