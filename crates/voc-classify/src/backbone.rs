@@ -3,7 +3,7 @@
 use candle_core::Tensor;
 
 use crate::efficientnet::EfficientNetLite;
-use crate::error::Result;
+use crate::error::{ClassifyError, Result};
 use crate::mobilenet_v2::MobileNetV2;
 
 /// Feature maps of one forward pass, named by their nominal stride (input size / feature size at output
@@ -17,6 +17,21 @@ pub struct BackboneFeatures {
     pub stride16: Tensor,
     /// The last block's output, before the classifier's 1x1 widening convolution (320 channels).
     pub stride32: Tensor,
+}
+
+impl BackboneFeatures {
+    /// The four feature maps a backbone tapped on its way down, shallowest first.
+    pub(crate) fn from_taps(taps: Vec<Tensor>) -> Result<Self> {
+        let [stride4, stride8, stride16, stride32]: [Tensor; 4] = taps
+            .try_into()
+            .map_err(|_| ClassifyError::BadArgument("feature taps out of range".into()))?;
+        Ok(Self {
+            stride4,
+            stride8,
+            stride16,
+            stride32,
+        })
+    }
 }
 
 /// Channel counts of [`BackboneFeatures`].

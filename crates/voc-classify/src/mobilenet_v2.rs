@@ -231,15 +231,7 @@ impl MobileNetV2 {
                 taps.push(h.clone());
             }
         }
-        let [stride4, stride8, stride16, stride32]: [Tensor; 4] = taps
-            .try_into()
-            .map_err(|_| ClassifyError::BadArgument("feature taps out of range".into()))?;
-        Ok(BackboneFeatures {
-            stride4,
-            stride8,
-            stride16,
-            stride32,
-        })
+        BackboneFeatures::from_taps(taps)
     }
 }
 

@@ -133,20 +133,7 @@ pub fn load_trainable<M>(
 ) -> Result<M> {
     let expected = expected_tensors(device, &build)?;
     check_tensors(&tensors, source, architecture, unexpected, device, &build)?;
-    let mut tensors = to_f32(tensors, device)?;
-    {
-        let mut data = varmap
-            .data()
-            .lock()
-            .map_err(|_| ClassifyError::BadArgument("the VarMap's lock is poisoned".into()))?;
-        // The variables exist before the network is built so that layers which copy a value at
-        // construction (batch-norm running statistics) see the pretrained one.
-        for (name, _) in &expected {
-            if let Some(t) = tensors.remove(name) {
-                data.insert(name.clone(), Var::from_tensor(&t)?);
-            }
-        }
-    }
+    insert_vars(varmap, &expected, tensors, device)?;
     build(VarBuilder::from_varmap(varmap, DType::F32, device))
 }
 
@@ -167,7 +154,7 @@ pub fn load_trainable_prefix<M>(
         .into_iter()
         .filter(|(name, _)| name.starts_with(prefix))
         .collect();
-    let mut under: HashMap<String, Tensor> = tensors
+    let under: HashMap<String, Tensor> = tensors
         .into_iter()
         .filter(|(name, _)| name.starts_with(prefix))
         .collect();
@@ -184,21 +171,32 @@ pub fn load_trainable_prefix<M>(
             report,
         });
     }
-    {
-        let mut data = varmap
-            .data()
-            .lock()
-            .map_err(|_| ClassifyError::BadArgument("the VarMap's lock is poisoned".into()))?;
-        for (name, _) in &expected {
-            if let Some(t) = under.remove(name) {
-                data.insert(
-                    name.clone(),
-                    Var::from_tensor(&t.to_dtype(DType::F32)?.to_device(device)?)?,
-                );
-            }
+    insert_vars(varmap, &expected, under, device)?;
+    build(VarBuilder::from_varmap(varmap, DType::F32, device))
+}
+
+/// Puts a variable into `varmap` for every `expected` name that `tensors` holds (as f32 on `device`).
+/// The variables exist before the network is built so that layers which copy a value at construction
+/// (batch-norm running statistics) see the pretrained one.
+fn insert_vars(
+    varmap: &VarMap,
+    expected: &[(String, Vec<usize>)],
+    mut tensors: HashMap<String, Tensor>,
+    device: &Device,
+) -> Result<()> {
+    let mut data = varmap
+        .data()
+        .lock()
+        .map_err(|_| ClassifyError::BadArgument("the VarMap's lock is poisoned".into()))?;
+    for (name, _) in expected {
+        if let Some(t) = tensors.remove(name) {
+            data.insert(
+                name.clone(),
+                Var::from_tensor(&t.to_dtype(DType::F32)?.to_device(device)?)?,
+            );
         }
     }
-    build(VarBuilder::from_varmap(varmap, DType::F32, device))
+    Ok(())
 }
 
 /// Reads a weights file (safetensors or PyTorch zip) onto `device`.
