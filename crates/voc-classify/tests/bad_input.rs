@@ -3,18 +3,7 @@ use candle_core::Device;
 use candle_nn::VarMap;
 use voc_classify::{ClassifyError, ImageClassifier, ModelPreset, Rgb8Image};
 use voc_tensor::hub::{load_tensors, HubCache, WeightsSource};
-use voc_tensor::testing::shared_or_skip;
-
-fn snapshot_file(shared: &std::path::Path, repo_folder: &str) -> std::path::PathBuf {
-    let snapshots = shared.join("hf/hub").join(repo_folder).join("snapshots");
-    let rev = std::fs::read_dir(&snapshots)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    rev.join("model.safetensors")
-}
+use voc_tensor::testing::{shared_hub_file, shared_or_skip};
 
 #[test]
 fn efficientnet_weights_are_not_a_mobilenet() {
@@ -22,7 +11,12 @@ fn efficientnet_weights_are_not_a_mobilenet() {
         return;
     };
     let cache = HubCache::new(shared.join("hf/hub"), true);
-    let wrong = snapshot_file(&shared, "models--timm--tf_efficientnet_lite0.in1k");
+    let wrong = shared_hub_file(
+        &shared,
+        "timm/tf_efficientnet_lite0.in1k",
+        "model.safetensors",
+    )
+    .unwrap();
     let err = ModelPreset::MOBILENET_V2
         .load_in(&cache, &WeightsSource::File(wrong.clone()), &Device::Cpu)
         .unwrap_err();
@@ -56,7 +50,12 @@ fn segmenter_weights_are_not_an_imagenet_classifier() {
     let Some(shared) = shared_or_skip("segmenter_weights_are_not_an_imagenet_classifier") else {
         return;
     };
-    let path = snapshot_file(&shared, "models--google--deeplabv3_mobilenet_v2_1.0_513");
+    let path = shared_hub_file(
+        &shared,
+        "google/deeplabv3_mobilenet_v2_1.0_513",
+        "model.safetensors",
+    )
+    .unwrap();
     let tensors = load_tensors(&path, &Device::Cpu).unwrap();
     let config = ModelPreset::MOBILENET_V2.classifier_config();
     let msg = ImageClassifier::from_tensors(tensors, "deeplab file", config, &Device::Cpu)

@@ -8,18 +8,7 @@ use voc_segment::{
     SizeStrategy,
 };
 use voc_tensor::hub::{load_tensors, HubCache, WeightsSource};
-use voc_tensor::testing::shared_or_skip;
-
-fn snapshot_file(shared: &std::path::Path, repo_folder: &str) -> std::path::PathBuf {
-    let snapshots = shared.join("hf/hub").join(repo_folder).join("snapshots");
-    let rev = std::fs::read_dir(&snapshots)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    rev.join("model.safetensors")
-}
+use voc_tensor::testing::{shared_hub_file, shared_or_skip};
 
 #[test]
 fn an_imagenet_classifier_is_not_a_segmenter() {
@@ -28,7 +17,8 @@ fn an_imagenet_classifier_is_not_a_segmenter() {
     };
     let cache = HubCache::new(shared.join("hf/hub"), true);
     let preset = SegmenterPreset::DEEPLABV3_MOBILENET_V2;
-    let wrong = snapshot_file(&shared, "models--google--mobilenet_v2_1.0_224");
+    let wrong =
+        shared_hub_file(&shared, "google/mobilenet_v2_1.0_224", "model.safetensors").unwrap();
     let msg = preset
         .load_in(&cache, &WeightsSource::File(wrong), 16, &Device::Cpu)
         .unwrap_err()
@@ -65,7 +55,12 @@ fn deeplabv3plus_starts_from_the_pretrained_backbone() -> anyhow::Result<()> {
     let Some(shared) = shared_or_skip("deeplabv3plus_starts_from_the_pretrained_backbone") else {
         return Ok(());
     };
-    let path = snapshot_file(&shared, "models--google--deeplabv3_mobilenet_v2_1.0_513");
+    let path = shared_hub_file(
+        &shared,
+        "google/deeplabv3_mobilenet_v2_1.0_513",
+        "model.safetensors",
+    )
+    .unwrap();
     let tensors = load_tensors(&path, &Device::Cpu)?;
     let name = "mobilenet_v2.layer.13.conv_3x3.convolution.weight";
     let pretrained = tensors[name].clone();
@@ -84,7 +79,12 @@ fn deeplabv3plus_starts_from_the_pretrained_backbone() -> anyhow::Result<()> {
 
     // An EfficientNet file has no MobileNetV2 backbone to start from.
     let wrong = load_tensors(
-        &snapshot_file(&shared, "models--timm--tf_efficientnet_lite0.in1k"),
+        &shared_hub_file(
+            &shared,
+            "timm/tf_efficientnet_lite0.in1k",
+            "model.safetensors",
+        )
+        .unwrap(),
         &Device::Cpu,
     )?;
     let msg =

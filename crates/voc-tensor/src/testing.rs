@@ -33,6 +33,12 @@ pub fn shared_or_skip(test: &str) -> Option<PathBuf> {
     dir
 }
 
+/// The path of `filename` of hub repo `repo_id` (e.g. `google/mobilenet_v2_1.0_224`) in the shared
+/// offline hub cache `shared/hf/hub`, resolved as [`crate::hub::HubCache`] does for the models.
+pub fn shared_hub_file(shared: &Path, repo_id: &str, filename: &str) -> Result<PathBuf> {
+    crate::hub::HubCache::new(shared.join("hf/hub"), true).resolve_file(repo_id, None, filename)
+}
+
 /// Loads every tensor of a safetensors file onto the CPU.
 pub fn load_golden(path: &Path) -> Result<HashMap<String, Tensor>> {
     candle_core::safetensors::load(path, &Device::Cpu)
