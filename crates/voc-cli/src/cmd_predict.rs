@@ -56,7 +56,7 @@ pub struct SegmenterArgs {
     /// or a DeepLabV3 weights file.
     #[arg(long, default_value = DEFAULT_SEGMENTER)]
     segmenter: String,
-    /// Output stride of the backbone: 16 (as trained) or 8 (finer logits, slower: 1.7x the time of 16
+    /// Output stride of the backbone: 16 (as trained) or 8 (finer logits, slower: about 1.6x the time of 16
     /// on voc-sample train).
     #[arg(long, default_value_t = 16, value_parser = parse_output_stride)]
     output_stride: usize,
