@@ -34,7 +34,7 @@ BENCH_ITERS ?= 10
 bench-compare:
 	$(CARGO) build --release -p voc-cli
 	$(TORCH_PYTHON) benches/torch_compare.py compare --voc target/release/voc --torch-python $(TORCH_PYTHON) \
-	  --rounds $(ROUNDS) --iters $(BENCH_ITERS) $(if $(BENCH_ONLY),--only $(BENCH_ONLY)) $(if $(BENCH_OUT),--out $(BENCH_OUT))
+	  --rounds $(ROUNDS) --iters $(BENCH_ITERS) $(if $(BENCH_ONLY),--only $(BENCH_ONLY)) $(if $(BENCH_OUT),--out $(BENCH_OUT)) $(BENCH_COMPARE_FLAGS)
 
 fmt:
 	$(CARGO) fmt --all

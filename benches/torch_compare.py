@@ -181,6 +181,10 @@ def run_json(cmd, env):
 
 def run_compare(args):
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads))
+    if args.omp_passive:
+        # OpenMP threads that spin while waiting lose badly when other processes share the cores; passive
+        # waiting is PyTorch's best case on a loaded machine (and costs it a little on a quiet one).
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     selected = [w for w in WORKLOADS if not args.only or any(s in w[0] for s in args.only)]
     if not selected:
         raise SystemExit(f"--only {args.only}: matches none of {[w[0] for w in WORKLOADS]}")
@@ -197,9 +201,11 @@ def run_compare(args):
                 order.reverse()
             for side, cmd in order:
                 result = run_json(cmd, env)
+                result["load_average"] = os.getloadavg()[0]
                 runs[side].append(result)
                 print(f"  {name} round {r + 1} {side}: {result['median_ms']:.1f} ms, "
-                      f"{result['peak_rss_mb']:.0f} MiB", file=sys.stderr, flush=True)
+                      f"{result['peak_rss_mb']:.0f} MiB, load {result['load_average']:.2f}", file=sys.stderr,
+                      flush=True)
         voc_ms = statistics.median(x["median_ms"] for x in runs["voc"])
         torch_ms = statistics.median(x["median_ms"] for x in runs["torch"])
         voc_mb = statistics.median(x["peak_rss_mb"] for x in runs["voc"])
@@ -217,8 +223,10 @@ def run_compare(args):
             return ""
         return f"<= {target:.1f}x {'met' if ratio <= target else 'MISSED'}"
 
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{args.rounds} interleaved rounds, {args.iters} timed iterations each after {args.warmup} warm-up, "
-          f"{args.threads} threads; medians of the per-run medians")
+          f"{args.threads} threads{', PyTorch with OMP_WAIT_POLICY=PASSIVE' if args.omp_passive else ''}; "
+          f"medians of the per-run medians; 1-minute load average at the end {load:.2f}")
     print("| workload | voc ms | PyTorch ms | voc/PyTorch | time target | voc peak MiB | PyTorch peak MiB "
           "| memory ratio | memory target |")
     print("|---|---:|---:|---:|---|---:|---:|---:|---|")
@@ -230,7 +238,8 @@ def run_compare(args):
     if args.out:
         tmp = f"{args.out}.tmp{os.getpid()}"
         with open(tmp, "w") as f:
-            json.dump({"rounds": args.rounds, "iters": args.iters, "threads": args.threads, "rows": rows}, f,
+            json.dump({"rounds": args.rounds, "iters": args.iters, "threads": args.threads,
+                   "omp_passive": args.omp_passive, "load_average": load, "rows": rows}, f,
                       indent=1)
         os.replace(tmp, args.out)
         print(f"wrote {args.out}", file=sys.stderr)
@@ -259,6 +268,8 @@ def main():
     c.add_argument("--threads", type=int, default=2)
     c.add_argument("--only", nargs="*", help="run only workloads whose name contains one of these")
     c.add_argument("--out", help="also write the rows as JSON here")
+    c.add_argument("--omp-passive", action="store_true",
+                   help="run PyTorch with OMP_WAIT_POLICY=PASSIVE (fairer to it when the machine is shared)")
     args = parser.parse_args()
     if args.mode == "bench":
         if args.batch < 1 or args.iters < 1:
