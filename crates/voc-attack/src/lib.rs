@@ -1,1 +1,0 @@
-//! Adversarial attacks (FGSM, PGD, targeted) on voc's classifier and segmenter.
