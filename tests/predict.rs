@@ -334,32 +334,10 @@ fn tiny_checkpoint(path: &Path, architecture: &str, class_names: Vec<String>) {
 }
 
 fn voc_names(background: bool) -> Vec<String> {
-    let classes = [
-        "aeroplane",
-        "bicycle",
-        "bird",
-        "boat",
-        "bottle",
-        "bus",
-        "car",
-        "cat",
-        "chair",
-        "cow",
-        "diningtable",
-        "dog",
-        "horse",
-        "motorbike",
-        "person",
-        "pottedplant",
-        "sheep",
-        "sofa",
-        "train",
-        "tvmonitor",
-    ];
     background
         .then_some("background")
         .into_iter()
-        .chain(classes)
+        .chain(voc_data::VOC_CLASSES)
         .map(String::from)
         .collect()
 }
