@@ -7,6 +7,8 @@ export HF_HOME ?= $(abspath ../shared/hf)
 export HF_HUB_OFFLINE ?= 1
 endif
 TORCH_PYTHON ?= python3
+# candle re-reads /proc/cpuinfo on every matmul unless the thread count is set.
+export RAYON_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
 .PHONY: test demo build release bench bench-compare cuda-check fmt clippy
 
