@@ -110,10 +110,13 @@ pub struct BenchReport {
 
 /// A network under test, with what one timed iteration needs.
 enum Workload {
-    Classifier(ImageClassifier),
-    DeepLabV3(DeepLabV3),
-    DeepLabV3Plus(DeepLabV3Plus),
+    Classifier(Box<ImageClassifier>),
+    DeepLabV3(Box<DeepLabV3>),
+    DeepLabV3Plus(Box<DeepLabV3Plus>),
 }
+
+/// One timed iteration.
+type Step = Box<dyn FnMut(&Batch) -> anyhow::Result<()>>;
 
 impl Workload {
     fn build(model: BenchModel, vb: VarBuilder) -> anyhow::Result<Self> {
@@ -123,22 +126,23 @@ impl Workload {
             dropout: 0.2,
         };
         Ok(match model {
-            BenchModel::MobileNetV2 => Self::Classifier(ImageClassifier::new(
+            BenchModel::MobileNetV2 => Self::Classifier(Box::new(ImageClassifier::new(
                 vb,
                 classifier(ClassifierArch::MobileNetV2(MobileNetV2Config::default())),
-            )?),
-            BenchModel::EfficientNetLite0 => Self::Classifier(ImageClassifier::new(
+            )?)),
+            BenchModel::EfficientNetLite0 => Self::Classifier(Box::new(ImageClassifier::new(
                 vb,
                 classifier(ClassifierArch::EfficientNetLite0(
                     EfficientNetLiteConfig::default(),
                 )),
-            )?),
+            )?)),
             BenchModel::DeepLabV3 => {
-                Self::DeepLabV3(DeepLabV3::new(vb, DeepLabV3Config::default())?)
+                Self::DeepLabV3(Box::new(DeepLabV3::new(vb, DeepLabV3Config::default())?))
             }
-            BenchModel::DeepLabV3Plus => {
-                Self::DeepLabV3Plus(DeepLabV3Plus::new(vb, DeepLabV3PlusConfig::default())?)
-            }
+            BenchModel::DeepLabV3Plus => Self::DeepLabV3Plus(Box::new(DeepLabV3Plus::new(
+                vb,
+                DeepLabV3PlusConfig::default(),
+            )?)),
         })
     }
 
@@ -322,7 +326,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     )
     .with_context(|| format!("building {}", args.model.name()))?;
     reseed_variables(&varmap, &mut noise)?;
-    let mut step: Box<dyn FnMut(&Batch) -> anyhow::Result<()>> = if args.train {
+    let mut step: Step = if args.train {
         let groups = optim::param_groups(&varmap, 4e-5, &|_| false);
         let mut sgd = Sgd::new(
             groups,

@@ -163,7 +163,7 @@ pub fn bias_act(x: &Tensor, bias: Option<&Tensor>, act: Act) -> Result<Tensor> {
             )));
         }
     }
-    let fused = on_cpu_f32(&[x]) && bias.map_or(true, |b| on_cpu_f32(&[b]) && !b.track_op());
+    let fused = on_cpu_f32(&[x]) && bias.iter().all(|b| on_cpu_f32(&[b]) && !b.track_op());
     if !fused {
         let y = match bias {
             Some(b) => x.broadcast_add(&b.reshape((1, c, 1, 1))?)?,
