@@ -212,7 +212,11 @@ impl ConvNormAct {
         if let Some(bn) = &self.norm {
             if train {
                 self.drop_folded();
-                let y = conv(&self.weight, self.bias.as_ref())?;
+                let pointwise = s.kernel == 1 && s.stride == 1 && s.groups == 1 && padding == Padding::default();
+                let y = match &self.bias {
+                    None if pointwise => fused::conv1x1(x, &self.weight)?,
+                    bias => conv(&self.weight, bias.as_ref())?,
+                };
                 return Ok(fused::batch_norm_act_train(bn, &y, s.activation.fused())?);
             }
             if let Some((weight, shift)) = self.folded_weights(bn)? {

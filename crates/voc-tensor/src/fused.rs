@@ -104,47 +104,70 @@ fn write_planes(
     out
 }
 
-/// `(Σ v, Σ v²)` in f64 (eight lanes, so it vectorises): with f64 the variance as `E[v²] - E[v]²` loses
-/// nothing that matters to cancellation.
+/// Elements summed in f32 lanes before the partial sums are carried on in f64: short enough that the
+/// f32 rounding stays ~1e-6 relative, long enough that the inner loop vectorises.
+const SUM_BLOCK: usize = 256;
+
+/// `(Σ (v - pivot), Σ (v - pivot)²)`. Centring on a pivot near the mean (e.g. a value of the channel)
+/// keeps the variance `E[d²] - E[d]²` free of cancellation even when the mean is large.
 #[inline]
-fn sum_and_squares(xs: &[f32]) -> (f64, f64) {
-    let (mut a, mut b) = ([0f64; 8], [0f64; 8]);
-    let chunks = xs.chunks_exact(8);
-    let rest = chunks.remainder();
-    for chunk in chunks {
-        for j in 0..8 {
-            let v = chunk[j] as f64;
-            a[j] += v;
-            b[j] += v * v;
+fn centred_sums(xs: &[f32], pivot: f32) -> (f64, f64) {
+    let (mut s, mut q) = (0f64, 0f64);
+    for block in xs.chunks(SUM_BLOCK) {
+        let (mut a, mut b) = ([0f32; 8], [0f32; 8]);
+        let chunks = block.chunks_exact(8);
+        let rest = chunks.remainder();
+        for chunk in chunks {
+            for j in 0..8 {
+                let d = chunk[j] - pivot;
+                a[j] += d;
+                b[j] += d * d;
+            }
         }
-    }
-    let (mut s, mut q) = (a.iter().sum::<f64>(), b.iter().sum::<f64>());
-    for &v in rest {
-        let v = v as f64;
-        s += v;
-        q += v * v;
+        s += a.iter().sum::<f32>() as f64;
+        q += b.iter().sum::<f32>() as f64;
+        for &v in rest {
+            let d = (v - pivot) as f64;
+            s += d;
+            q += d * d;
+        }
     }
     (s, q)
 }
 
-/// `(Σ g, Σ g·x)` with `g = grad` where the activation passes its gradient (judged at `out`), else 0.
+/// `(Σ g, Σ g·(x - mean))` with `g = grad` where the activation passes its gradient (judged at `out`),
+/// else 0.
 #[inline]
-fn gated_sums(xs: &[f32], outs: &[f32], grads: &[f32], pass: impl Fn(f32) -> bool) -> (f64, f64) {
-    let (mut a, mut b) = ([0f64; 8], [0f64; 8]);
-    let n = xs.len().min(outs.len()).min(grads.len());
-    let full = n / 8 * 8;
-    for i in (0..full).step_by(8) {
-        for j in 0..8 {
-            let g = if pass(outs[i + j]) { grads[i + j] } else { 0.0 } as f64;
-            a[j] += g;
-            b[j] += g * xs[i + j] as f64;
+fn gated_sums(
+    xs: &[f32],
+    outs: &[f32],
+    grads: &[f32],
+    mean: f32,
+    pass: impl Fn(f32) -> bool,
+) -> (f64, f64) {
+    let (mut s, mut q) = (0f64, 0f64);
+    for ((xb, ob), gb) in xs
+        .chunks(SUM_BLOCK)
+        .zip(outs.chunks(SUM_BLOCK))
+        .zip(grads.chunks(SUM_BLOCK))
+    {
+        let (mut a, mut b) = ([0f32; 8], [0f32; 8]);
+        let (xc, oc, gc) = (xb.chunks_exact(8), ob.chunks_exact(8), gb.chunks_exact(8));
+        let (xr, or, gr) = (xc.remainder(), oc.remainder(), gc.remainder());
+        for ((x8, o8), g8) in xc.zip(oc).zip(gc) {
+            for j in 0..8 {
+                let g = if pass(o8[j]) { g8[j] } else { 0.0 };
+                a[j] += g;
+                b[j] += g * (x8[j] - mean);
+            }
         }
-    }
-    let (mut s, mut q) = (a.iter().sum::<f64>(), b.iter().sum::<f64>());
-    for i in full..n {
-        let g = if pass(outs[i]) { grads[i] } else { 0.0 } as f64;
-        s += g;
-        q += g * xs[i] as f64;
+        s += a.iter().sum::<f32>() as f64;
+        q += b.iter().sum::<f32>() as f64;
+        for ((&x, &o), &g) in xr.iter().zip(or).zip(gr) {
+            let g = if pass(o) { g } else { 0.0 };
+            s += g as f64;
+            q += (g * (x - mean)) as f64;
+        }
     }
     (s, q)
 }
@@ -237,6 +260,107 @@ impl CustomOp2 for ActBwd {
             }
         }));
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// A 1x1, stride-1, unpadded, bias-free convolution (`weight` is `C_out x C_in x 1 x 1`) as one op: a
+/// gemm per image forward, two matmuls backward. Composed from candle's reshape and matmul it is four
+/// graph nodes, and candle's backward zero-fills and adds a gradient buffer per node, so in training
+/// the fused form saves three activation-sized passes per layer.
+pub fn conv1x1(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let (_, c_in, _, _) = crate::ops::dims4(x, "conv1x1")?;
+    let (_, w_in, kh, kw) = crate::ops::dims4(weight, "conv1x1 weight")?;
+    if w_in != c_in || kh != 1 || kw != 1 {
+        return Err(VocError::BadArgument(format!(
+            "conv1x1: weight {:?} is not C_out x {c_in} x 1 x 1",
+            weight.dims()
+        )));
+    }
+    if !on_cpu_f32(&[x, weight]) {
+        return crate::ops::conv2d(x, weight, None, 1, crate::ops::Padding::default(), 1, 1);
+    }
+    Ok(x.contiguous()?.apply_op2(&weight.contiguous()?, Conv1x1)?)
+}
+
+struct Conv1x1;
+
+impl CustomOp2 for Conv1x1 {
+    fn name(&self) -> &'static str {
+        "voc-conv1x1"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, "conv1x1 input")?;
+        let w = contiguous_f32(s2, l2, "conv1x1 weight")?;
+        let (n, c_in, h, wd) = l1.shape().dims4()?;
+        let c_out = l2.shape().dims()[0];
+        let hw = h * wd;
+        let mut y: Vec<f32> = Vec::with_capacity(n * c_out * hw);
+        let threads = rayon::current_num_threads();
+        for b in 0..n {
+            // SAFETY: the pointers cover exactly the row-major C_out x HW output, C_out x C_in weight and
+            // C_in x HW input of image `b`; with `read_dst` false gemm writes every output element.
+            unsafe {
+                gemm::gemm(
+                    c_out,
+                    hw,
+                    c_in,
+                    y.as_mut_ptr().add(b * c_out * hw),
+                    1,
+                    hw as isize,
+                    false,
+                    w.as_ptr(),
+                    1,
+                    c_in as isize,
+                    x.as_ptr().add(b * c_in * hw),
+                    1,
+                    hw as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    if c_out * hw * c_in >= 1 << 15 {
+                        gemm::Parallelism::Rayon(threads)
+                    } else {
+                        gemm::Parallelism::None
+                    },
+                );
+            }
+        }
+        // SAFETY: each image's gemm wrote its C_out x HW block.
+        unsafe { y.set_len(n * c_out * hw) };
+        Ok((CpuStorage::F32(y), Shape::from((n, c_out, h, wd))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (n, c_in, h, w) = x.dims4()?;
+        let c_out = weight.dim(0)?;
+        let g = grad.contiguous()?.reshape((n, c_out, h * w))?;
+        let w2 = weight.detach().reshape((c_out, c_in))?;
+        let dx = w2
+            .t()?
+            .broadcast_left(n)?
+            .matmul(&g)?
+            .reshape((n, c_in, h, w))?;
+        let xs = x.detach().reshape((n, c_in, h * w))?;
+        let dw = g
+            .matmul(&xs.transpose(1, 2)?)?
+            .sum(0)?
+            .reshape((c_out, c_in, 1, 1))?;
+        Ok((Some(dx), Some(dw)))
     }
 }
 
@@ -343,15 +467,17 @@ impl CustomOp3 for BnActTrain {
         let per_channel: Vec<(f32, f32)> = (0..c)
             .into_par_iter()
             .map(|ch| {
+                let pivot = if plane > 0 { x[ch * plane] } else { 0.0 };
                 let (mut sum, mut sum_sq) = (0f64, 0f64);
                 for b in 0..n {
                     let start = (b * c + ch) * plane;
-                    let (s, q) = sum_and_squares(&x[start..start + plane]);
+                    let (s, q) = centred_sums(&x[start..start + plane], pivot);
                     sum += s;
                     sum_sq += q;
                 }
-                let mean = sum / count;
-                let var = (sum_sq / count - mean * mean).max(0.0);
+                let shift = sum / count;
+                let var = (sum_sq / count - shift * shift).max(0.0);
+                let mean = pivot as f64 + shift;
                 (mean as f32, var as f32)
             })
             .collect();
@@ -438,15 +564,14 @@ impl CustomOp3 for BnActBwd {
             let sums: Vec<(f32, f32)> = (0..c)
                 .into_par_iter()
                 .map(|ch| {
-                    let (mut sum_g, mut sum_gx) = (0f64, 0f64);
+                    let (mut sum_g, mut sum_g_centred) = (0f64, 0f64);
                     for b in 0..n {
                         let r = (b * c + ch) * plane..(b * c + ch + 1) * plane;
-                        let (s, q) = gated_sums(&x[r.clone()], &out[r.clone()], &grad[r], pass);
+                        let (s, q) =
+                            gated_sums(&x[r.clone()], &out[r.clone()], &grad[r], mean[ch], pass);
                         sum_g += s;
-                        sum_gx += q;
+                        sum_g_centred += q;
                     }
-                    // Σ g·(x - mean) = Σ g·x - mean·Σ g
-                    let sum_g_centred = sum_gx - mean[ch] as f64 * sum_g;
                     (sum_g as f32, (sum_g_centred * inv_std[ch] as f64) as f32)
                 })
                 .collect();
@@ -604,5 +729,41 @@ mod tests {
             assert_eq!(max_abs_diff(a, b).unwrap(), 0.0, "{act:?} gradient");
         }
         assert!(bias_act(&ramp((1, 2, 2, 2), 1.0, 0.0), Some(&bias), Act::Relu).is_err());
+    }
+
+    #[test]
+    fn conv1x1_matches_conv2d_with_gradients() {
+        let x = Var::from_tensor(&ramp((2, 5, 3, 4), 0.3, 0.1)).unwrap();
+        let w = Var::from_tensor(&ramp((7, 5, 1, 1), 0.2, -0.05)).unwrap();
+        let mix = ramp((2, 7, 3, 4), 0.1, 0.3);
+        let fused = conv1x1(x.as_tensor(), w.as_tensor()).unwrap();
+        let plain = crate::ops::conv2d(
+            x.as_tensor(),
+            w.as_tensor(),
+            None,
+            1,
+            crate::ops::Padding::default(),
+            1,
+            1,
+        )
+        .unwrap();
+        assert!(max_abs_diff(&fused, &plain).unwrap() < 1e-5);
+        let a = (fused * &mix)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let b = (plain * &mix)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (what, v) in [("x", x.as_tensor()), ("weight", w.as_tensor())] {
+            let d = max_abs_diff(a.get(v).unwrap(), b.get(v).unwrap()).unwrap();
+            assert!(d < 1e-5, "gradient of {what} differs by {d}");
+        }
+        assert!(conv1x1(x.as_tensor(), &ramp((7, 4, 1, 1), 1.0, 0.0)).is_err());
     }
 }
