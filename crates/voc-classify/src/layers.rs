@@ -212,7 +212,10 @@ impl ConvNormAct {
         if let Some(bn) = &self.norm {
             if train {
                 self.drop_folded();
-                let pointwise = s.kernel == 1 && s.stride == 1 && s.groups == 1 && padding == Padding::default();
+                let pointwise = s.kernel == 1
+                    && s.stride == 1
+                    && s.groups == 1
+                    && padding == Padding::default();
                 let y = match &self.bias {
                     None if pointwise => fused::conv1x1(x, &self.weight)?,
                     bias => conv(&self.weight, bias.as_ref())?,
