@@ -1,23 +1,9 @@
 //! End-to-end tests of `voc bench`: the built `voc` binary is run on tiny inputs and its JSON read back.
 //! Build it first (`cargo build -p voc-cli`; `make test` does).
-use std::path::PathBuf;
 use std::process::{Command, Output};
 
-/// `target/<profile>/voc`, next to the `deps/` folder this test binary lives in.
-fn voc_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("path of the test binary");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binary lives in target/<profile>/deps");
-    let voc = profile_dir.join(format!("voc{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        voc.exists(),
-        "{} does not exist: build it with `cargo build -p voc-cli` first",
-        voc.display()
-    );
-    voc
-}
+mod common;
+use common::voc_binary;
 
 fn bench(args: &[&str]) -> Output {
     Command::new(voc_binary())

@@ -12,21 +12,8 @@ use voc_tensor::checkpoint::{save_checkpoint_tensors, CheckpointMeta};
 use voc_tensor::testing::shared_or_skip;
 use voc_tensor::{Device, Tensor};
 
-/// `target/<profile>/voc`, next to the `deps/` folder this test binary lives in.
-fn voc_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("path of the test binary");
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binary lives in target/<profile>/deps");
-    let voc = profile_dir.join(format!("voc{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        voc.exists(),
-        "{} does not exist: build it with `cargo build -p voc-cli` first (`make test` does)",
-        voc.display()
-    );
-    voc
-}
+mod common;
+use common::voc_binary;
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
