@@ -12,7 +12,6 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 use voc_classify::{
     ClassifierArch, ClassifierConfig, EfficientNetLiteConfig, ImageClassifier, MobileNetV2Config,
 };
@@ -380,13 +379,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
 
     let batch = make_batch(args.model, args.batch, size, &device, &mut noise)?;
-    let bar = ProgressBar::new((args.warmup + args.iters) as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar.set_message(format!("bench {} warm-up", args.model.name()));
+    let bar = crate::progress::bar(args.warmup + args.iters, &format!("bench {} warm-up", args.model.name()));
     for _ in 0..args.warmup {
         step(&batch)?;
         bar.inc(1);

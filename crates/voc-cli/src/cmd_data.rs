@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
 use voc_data::competition::{CompetitionDir, SplitIndex};
 use voc_data::vocdevkit::{convert, ConvertOptions, VocDevkit};
 use voc_data::{preview, stratified_split, SplitStats};
@@ -141,10 +140,7 @@ fn run_convert(args: ConvertArgs) -> anyhow::Result<()> {
         test_set: Some(args.test_set),
         hide_test_labels: args.hide_test_labels,
     };
-    let bar = ProgressBar::new(0);
-    bar.set_style(ProgressStyle::with_template(
-        "converting {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}]",
-    )?);
+    let bar = crate::progress::bar(0, "converting");
     let report = convert(&devkit, &args.out, &options, &|done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
@@ -211,10 +207,7 @@ fn run_split(args: SplitArgs) -> anyhow::Result<()> {
 
 fn run_check(args: CheckArgs) -> anyhow::Result<()> {
     let index = open_split(&args.data, &args.split)?;
-    let bar = ProgressBar::new(index.len() as u64);
-    bar.set_style(ProgressStyle::with_template(
-        "checking {bar:40} {pos}/{len}",
-    )?);
+    let bar = crate::progress::bar(index.len(), "checking");
     for i in 0..index.len() {
         index
             .read_sample(i)

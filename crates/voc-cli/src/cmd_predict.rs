@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, ValueEnum};
-use indicatif::{ProgressBar, ProgressStyle};
 use voc_classify::checkpoint::normalization_from_checkpoint;
 use voc_classify::preset::class_names_from_config;
 use voc_classify::{CheckpointClassifier, Rgb8Image};
@@ -304,18 +303,6 @@ fn load_segmenter_file(
     }
 }
 
-fn progress(len: usize, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{msg} {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}]",
-        )
-        .expect("a valid progress template"),
-    );
-    bar.set_message(what.to_string());
-    bar
-}
-
 /// The 20 labels of a predicted mask: class `c` (mask value `c + 1`) is present when it covers at least
 /// `min_area` of the pixels (and at least one pixel).
 pub fn labels_from_mask(mask: &[u8], min_area: f64) -> [u8; 20] {
@@ -427,7 +414,7 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
         }
     }
 
-    let bar = progress(index.len(), &format!("segmenting {}", index.name));
+    let bar = crate::progress::bar(index.len(), &format!("segmenting {}", index.name));
     let mut writer = SubmissionWriter::new(Vec::new())?;
     for id in &index.ids {
         let image_path = index.image_path(id);

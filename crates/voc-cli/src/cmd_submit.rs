@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use voc_data::competition::{CompetitionDir, SplitIndex};
 use voc_data::VOC_CLASSES;
 use voc_submit::{list_problems, ExpectedImage, MaskView, Scorer, Submission, SubmissionWriter};
@@ -52,18 +51,6 @@ pub struct ScoreArgs {
     /// Print one JSON line instead of text.
     #[arg(long)]
     json: bool,
-}
-
-fn progress(len: usize, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{msg} {bar:40} {pos}/{len} [{elapsed_precise}<{eta_precise}]",
-        )
-        .expect("a valid progress template"),
-    );
-    bar.set_message(what.to_string());
-    bar
 }
 
 fn open_split(data: &Path, split: &str) -> anyhow::Result<SplitIndex> {
@@ -130,7 +117,7 @@ fn write_rows<W: Write>(
     index: &SplitIndex,
     labels: &[[u8; 20]],
 ) -> anyhow::Result<()> {
-    let bar = progress(index.ids.len(), "encoding");
+    let bar = crate::progress::bar(index.ids.len(), "encoding");
     for (id, labels) in index.ids.iter().zip(labels) {
         let mask = read_mask(index, id)?;
         writer
@@ -248,7 +235,7 @@ pub fn score(args: ScoreArgs) -> anyhow::Result<()> {
     }
     let submission = Submission::read(&args.submission)?;
     let mut scorer = Scorer::new(&submission)?;
-    let bar = progress(index.ids.len(), "scoring");
+    let bar = crate::progress::bar(index.ids.len(), "scoring");
     for (id, labels) in index.ids.iter().zip(&labels) {
         let mask = read_mask(&index, id)?;
         scorer

@@ -36,6 +36,7 @@ mod cmd_bench;
 mod cmd_data;
 mod cmd_predict;
 mod cmd_submit;
+mod progress;
 mod voc_cli_info;
 
 /// mimalloc's `purge_delay` option (index 15 in both its v2 and v3 option enums).
