@@ -196,9 +196,10 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
         }
         if report.is_valid() {
             println!(
-                "{file}: valid: {} rows for the {} images of split '{}'",
+                "{file}: valid: {} rows for the {} image{} of split '{}'",
                 report.rows,
                 expected.len(),
+                if expected.len() == 1 { "" } else { "s" },
                 index.name
             );
         } else {
