@@ -379,7 +379,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
 
     let batch = make_batch(args.model, args.batch, size, &device, &mut noise)?;
-    let bar = crate::progress::bar(args.warmup + args.iters, &format!("bench {} warm-up", args.model.name()));
+    let bar = crate::progress::bar(
+        args.warmup + args.iters,
+        &format!("bench {} warm-up", args.model.name()),
+    );
     for _ in 0..args.warmup {
         step(&batch)?;
         bar.inc(1);

@@ -5,7 +5,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "voc", version, about = "PASCAL VOC segmentation, classification and Kaggle submissions on candle")]
+#[command(
+    name = "voc",
+    version,
+    about = "PASCAL VOC segmentation, classification and Kaggle submissions on candle"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

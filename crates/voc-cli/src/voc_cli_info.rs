@@ -23,7 +23,10 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
             serde_json::json!({"version": env!("CARGO_PKG_VERSION"), "device": name, "cuda_built": cuda_built, "cpu_threads": threads})
         );
     } else {
-        println!("voc {}: device {name}, CUDA support built: {cuda_built}, CPU threads {threads}", env!("CARGO_PKG_VERSION"));
+        println!(
+            "voc {}: device {name}, CUDA support built: {cuda_built}, CPU threads {threads}",
+            env!("CARGO_PKG_VERSION")
+        );
     }
     Ok(())
 }

@@ -29,7 +29,9 @@ impl FromStr for DeviceSpec {
                 let ordinal = s
                     .strip_prefix("cuda:")
                     .and_then(|n| n.parse::<usize>().ok())
-                    .ok_or_else(|| VocError::BadDevice(format!("'{s}': expected cpu, cuda, cuda:N or auto")))?;
+                    .ok_or_else(|| {
+                        VocError::BadDevice(format!("'{s}': expected cpu, cuda, cuda:N or auto"))
+                    })?;
                 Ok(Self::Cuda(ordinal))
             }
         }
@@ -51,7 +53,11 @@ impl DeviceSpec {
     pub fn open(self) -> Result<Device> {
         match self {
             Self::Cpu => Ok(Device::Cpu),
-            Self::Auto => Ok(if cuda_available() { Device::new_cuda(0).unwrap_or(Device::Cpu) } else { Device::Cpu }),
+            Self::Auto => Ok(if cuda_available() {
+                Device::new_cuda(0).unwrap_or(Device::Cpu)
+            } else {
+                Device::Cpu
+            }),
             Self::Cuda(ordinal) => {
                 if !cfg!(feature = "cuda") {
                     return Err(VocError::BadDevice(format!(
@@ -85,10 +91,16 @@ pub fn device_name(device: &Device) -> String {
 /// each time; on small convolutions that costs more than the arithmetic. Call this first thing in every
 /// binary, example, bench and test harness, before any thread pool starts. Returns the thread count.
 pub fn init_cpu_threads() -> usize {
-    if let Some(n) = std::env::var("RAYON_NUM_THREADS").ok().and_then(|v| v.parse::<usize>().ok()).filter(|&n| n > 0) {
+    if let Some(n) = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+    {
         return n;
     }
-    let n = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let n = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     // SAFETY: called at start-up before other threads read the environment.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
     n

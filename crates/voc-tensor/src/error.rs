@@ -12,7 +12,10 @@ pub enum VocError {
     BadDevice(String),
 
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 
     #[error("bad argument: {0}")]
     BadArgument(String),
@@ -22,7 +25,12 @@ pub enum VocError {
 
     /// A hub file that is neither in the local cache nor (when online) downloadable.
     #[error("cannot get `{filename}` of hub repo `{repo_id}` (revision {revision}): {detail}")]
-    HubFile { repo_id: String, revision: String, filename: String, detail: String },
+    HubFile {
+        repo_id: String,
+        revision: String,
+        filename: String,
+        detail: String,
+    },
 
     /// A file that exists but is not what the caller needs (truncated, foreign format, missing fields).
     #[error("{path}: {detail}")]
@@ -31,10 +39,16 @@ pub enum VocError {
 
 impl VocError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Self::Io { path: path.into(), source }
+        Self::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     pub fn bad_file(path: impl Into<PathBuf>, detail: impl Into<String>) -> Self {
-        Self::BadFile { path: path.into(), detail: detail.into() }
+        Self::BadFile {
+            path: path.into(),
+            detail: detail.into(),
+        }
     }
 }

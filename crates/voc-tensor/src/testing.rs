@@ -13,7 +13,10 @@ pub fn shared_dir_from(start: &Path) -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("VOC_SHARED").map(PathBuf::from) {
         return dir.is_dir().then_some(dir);
     }
-    start.ancestors().map(|a| a.join("shared")).find(|d| d.join("reference").is_dir())
+    start
+        .ancestors()
+        .map(|a| a.join("shared"))
+        .find(|d| d.join("reference").is_dir())
 }
 
 /// [`shared_dir_from`] starting at the current directory (cargo runs tests in the crate's folder).
@@ -48,7 +51,11 @@ pub fn load_golden(path: &Path) -> Result<HashMap<String, Tensor>> {
 /// Largest absolute difference between two tensors of the same shape.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
     if a.dims() != b.dims() {
-        return Err(VocError::BadArgument(format!("shapes differ: {:?} vs {:?}", a.dims(), b.dims())));
+        return Err(VocError::BadArgument(format!(
+            "shapes differ: {:?} vs {:?}",
+            a.dims(),
+            b.dims()
+        )));
     }
     let d = (a.to_dtype(candle_core::DType::F32)? - b.to_dtype(candle_core::DType::F32)?)?;
     Ok(d.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?)
@@ -56,6 +63,11 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> Result<f32> {
 
 /// Relative error `max|a-b| / max(max|b|, tiny)`: the measure the golden tests bound.
 pub fn rel_err(actual: &Tensor, expected: &Tensor) -> Result<f32> {
-    let scale = expected.to_dtype(candle_core::DType::F32)?.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    let scale = expected
+        .to_dtype(candle_core::DType::F32)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?;
     Ok(max_abs_diff(actual, expected)? / scale.max(1e-12))
 }
