@@ -574,13 +574,24 @@ pub fn warp_mask(mask: ArrayView2<u8>, forward: &Affine, oh: usize, ow: usize) -
     Array2::from_shape_vec((oh, ow), out).expect("sizes match")
 }
 
+/// The pixels of an owned image as one row-major slice, relaying it out first if it is a transposed or
+/// otherwise non-standard array (the public in-place ops accept any `Array3`).
+fn standard_slice_mut(image: &mut Array3<u8>) -> &mut [u8] {
+    if !image.is_standard_layout() {
+        *image = image.as_standard_layout().into_owned();
+    }
+    image
+        .as_slice_mut()
+        .expect("standard layout after relayout")
+}
+
 /// Brightness, contrast, saturation in that order (torchvision's formulas: contrast blends with the mean
 /// grey level of the image, saturation with each pixel's grey value). Factors of 1 leave the image as is.
 pub fn color_jitter(image: &mut Array3<u8>, brightness: f32, contrast: f32, saturation: f32) {
     if brightness == 1.0 && contrast == 1.0 && saturation == 1.0 {
         return;
     }
-    let data = image.as_slice_mut().expect("owned standard layout");
+    let data = standard_slice_mut(image);
     let clamp = |x: f32| x.clamp(0.0, 255.0);
     // Brightness then contrast map each channel value independently: one 256-entry table. Contrast needs
     // the mean grey level after brightness, which per-channel histograms give without a float pass.
@@ -647,7 +658,7 @@ pub fn gaussian_blur(image: &mut Array3<u8>, sigma: f32) {
         let m = i.rem_euclid(period);
         (if m < n { m } else { period - m }) as usize
     };
-    let data = image.as_slice_mut().expect("owned standard layout");
+    let data = standard_slice_mut(image);
     let mut tmp = vec![0f32; h * w * 3];
     for y in 0..h {
         for x in 0..w {

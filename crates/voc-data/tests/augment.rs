@@ -383,3 +383,24 @@ fn jitter_matches_per_pixel_formula() {
         }
     }
 }
+
+/// The in-place colour ops take any `Array3`, including one whose memory is not row-major (a permuted
+/// view made owned keeps its strides): the result must equal the same op on the row-major copy.
+#[test]
+fn in_place_ops_accept_non_standard_layouts() {
+    let pixels: Vec<u8> = (0..3 * 7 * 5).map(|i| (i * 37 % 251) as u8).collect();
+    let chw = Array3::from_shape_vec((3, 7, 5), pixels).unwrap();
+    let permuted = chw.permuted_axes([1, 2, 0]); // 7x5x3, not standard layout
+    assert!(!permuted.is_standard_layout());
+    let standard = permuted.as_standard_layout().into_owned();
+
+    let (mut a, mut b) = (permuted.clone(), standard.clone());
+    voc_data::augment::color_jitter(&mut a, 1.2, 0.8, 1.3);
+    voc_data::augment::color_jitter(&mut b, 1.2, 0.8, 1.3);
+    assert_eq!(a, b);
+
+    let (mut a, mut b) = (permuted, standard);
+    voc_data::augment::gaussian_blur(&mut a, 1.0);
+    voc_data::augment::gaussian_blur(&mut b, 1.0);
+    assert_eq!(a, b);
+}
