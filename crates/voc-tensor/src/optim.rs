@@ -8,20 +8,23 @@
 //! - [`LrSchedule`]: constant, step, cosine, polynomial, with an optional linear warm-up, evaluated per
 //!   step; [`ReduceLrOnPlateau`] and [`EarlyStopping`] watch a metric per epoch.
 //!
-//! ```no_run
+//! ```
+//! use candle_nn::{Init, VarMap};
 //! use voc_tensor::optim::{self, AdamW, AdamWConfig, LrSchedule, Optimizer};
+//! use voc_tensor::{DType, Device};
 //! # fn main() -> voc_tensor::Result<()> {
-//! # let varmap = candle_nn::VarMap::new();
-//! # let loss_of = |_step: usize| -> voc_tensor::Result<voc_tensor::Tensor> { unimplemented!() };
-//! let frozen = |name: &str| name.starts_with("mobilenet_v2.");
+//! let varmap = VarMap::new();
+//! let w = varmap.get((2,), "head.weight", Init::Const(0.0), DType::F32, &Device::Cpu)?;
+//! let frozen = |name: &str| name.starts_with("backbone.");
 //! let groups = optim::param_groups(&varmap, 0.01, &frozen);
-//! let mut opt = AdamW::new(groups, AdamWConfig { lr: 1e-3, ..Default::default() })?;
-//! let schedule = LrSchedule::Cosine { total: 1000, min_lr: 1e-6 }.with_warmup(50);
-//! for step in 0..1050 {
-//!     opt.set_learning_rate(schedule.lr_at(1e-3, step));
-//!     let loss = loss_of(step)?;
+//! let mut opt = AdamW::new(groups, AdamWConfig { lr: 0.1, ..Default::default() })?;
+//! let schedule = LrSchedule::Cosine { total: 200, min_lr: 1e-3 }.with_warmup(10);
+//! for step in 0..210 {
+//!     opt.set_learning_rate(schedule.lr_at(0.1, step));
+//!     let loss = w.affine(1.0, -3.0)?.sqr()?.sum_all()?; // smallest at w = 3
 //!     opt.step(&loss.backward()?)?;
 //! }
+//! assert!(w.to_vec1::<f32>()?.iter().all(|v| (v - 3.0).abs() < 0.1));
 //! # Ok(()) }
 //! ```
 use candle_core::backprop::GradStore;
