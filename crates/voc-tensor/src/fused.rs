@@ -21,6 +21,7 @@ use rayon::prelude::*;
 
 use crate::error::{Result, VocError};
 use crate::nn::BatchNorm2d;
+use crate::ops::contiguous_f32;
 
 /// The activation closing a fused epilogue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,17 +68,6 @@ macro_rules! with_act {
             }
         }
     };
-}
-
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(d) => d,
-        _ => candle_core::bail!("{what}: expected f32"),
-    };
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("{what}: expected a contiguous tensor"),
-    }
 }
 
 fn on_cpu_f32(ts: &[&Tensor]) -> bool {

@@ -10,6 +10,8 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::contiguous_f32;
+
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct DwParams {
     pub stride: usize,
@@ -277,17 +279,6 @@ fn backward_planes(g: Geometry, grad: &[f32], x: &[f32], wt: &[f32]) -> Vec<f32>
     out
 }
 
-fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        _ => candle_core::bail!("depthwise_conv2d: {what} must be f32"),
-    };
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("depthwise_conv2d: {what} must be contiguous"),
-    }
-}
-
 fn geometry(p: DwParams, x: &Layout, w: &Layout) -> candle_core::Result<Geometry> {
     let (n, c, h, wd) = x.shape().dims4()?;
     let (_, _, kh, kw) = w.shape().dims4()?;
@@ -341,8 +332,8 @@ impl CustomOp2 for DepthwiseFwd {
         let g = geometry(self.0, l1, l2)?;
         let out = forward_planes(
             g,
-            f32_slice(s1, l1, "input")?,
-            f32_slice(s2, l2, "weight")?,
+            contiguous_f32(s1, l1, "depthwise_conv2d input")?,
+            contiguous_f32(s2, l2, "depthwise_conv2d weight")?,
             None,
         );
         Ok((
@@ -378,11 +369,11 @@ impl CustomOp3 for DepthwiseBiasFwd {
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let g = geometry(self.0, l1, l2)?;
-        let bias = f32_slice(s3, l3, "bias")?;
+        let bias = contiguous_f32(s3, l3, "depthwise_conv2d bias")?;
         let out = forward_planes(
             g,
-            f32_slice(s1, l1, "input")?,
-            f32_slice(s2, l2, "weight")?,
+            contiguous_f32(s1, l1, "depthwise_conv2d input")?,
+            contiguous_f32(s2, l2, "depthwise_conv2d weight")?,
             Some(bias),
         );
         Ok((
@@ -425,12 +416,12 @@ impl CustomOp3 for DepthwiseBwd {
                 l1.shape()
             );
         }
-        let grad = f32_slice(s1, l1, "gradient")?;
+        let grad = contiguous_f32(s1, l1, "depthwise_conv2d gradient")?;
         let out = backward_planes(
             g,
             grad,
-            f32_slice(s2, l2, "input")?,
-            f32_slice(s3, l3, "weight")?,
+            contiguous_f32(s2, l2, "depthwise_conv2d input")?,
+            contiguous_f32(s3, l3, "depthwise_conv2d weight")?,
         );
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))

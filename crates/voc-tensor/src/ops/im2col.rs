@@ -9,6 +9,8 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::contiguous_f32;
+
 /// Geometry of one conv: input `c x h x w` per image, kernel `kh x kw`, output `oh x ow`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Im2ColParams {
@@ -71,17 +73,6 @@ impl Im2ColParams {
     }
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        _ => candle_core::bail!("conv2d: the CPU im2col kernel takes f32"),
-    };
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("conv2d: the CPU im2col kernel takes a contiguous tensor"),
-    }
-}
-
 /// `x (N, C, H, W) -> cols (N, C*kh*kw, oh*ow)`.
 struct Im2Col(Im2ColParams);
 /// `grad_cols (N, C*kh*kw, oh*ow) -> grad_x (N, C, H, W)`.
@@ -94,7 +85,7 @@ impl CustomOp1 for Im2Col {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let p = self.0;
-        let x = contiguous_f32(s, l)?;
+        let x = contiguous_f32(s, l, "conv2d im2col input")?;
         let spans: Vec<_> = (0..p.kw).map(|kj| p.span(kj)).collect();
         let block = p.taps() * p.out_plane(); // the rows of one input channel
         let mut cols = vec![0f32; p.cols_len()];
@@ -150,7 +141,7 @@ impl CustomOp1 for Col2Im {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let p = self.0;
-        let cols = contiguous_f32(s, l)?;
+        let cols = contiguous_f32(s, l, "conv2d col2im gradient")?;
         let spans: Vec<_> = (0..p.kw).map(|kj| p.span(kj)).collect();
         let block = p.taps() * p.out_plane();
         let mut dx = vec![0f32; p.n * p.c * p.plane()];

@@ -87,6 +87,23 @@ pub(crate) fn dims4(x: &Tensor, op: &str) -> Result<(usize, usize, usize, usize)
 }
 
 /// Mean over every element, returned as a 0-d tensor.
+/// The f32 data of a contiguous CPU tensor, as the custom kernels read it; `what` names the op and the
+/// input in the error.
+pub(crate) fn contiguous_f32<'a>(
+    s: &'a candle_core::CpuStorage,
+    l: &candle_core::Layout,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let data = match s {
+        candle_core::CpuStorage::F32(v) => v.as_slice(),
+        _ => candle_core::bail!("{what}: expected f32"),
+    };
+    match l.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => candle_core::bail!("{what}: expected a contiguous tensor"),
+    }
+}
+
 pub(crate) fn mean_all(x: &Tensor) -> Result<Tensor> {
     let n = x.elem_count().max(1);
     Ok((x.flatten_all()?.sum(D::Minus1)? / n as f64)?)

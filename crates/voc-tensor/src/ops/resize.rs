@@ -2,7 +2,7 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::dims4;
+use super::{contiguous_f32, dims4};
 use crate::error::{Result, VocError};
 
 /// For each output position along one axis: the two source indices and their weights, exactly as
@@ -225,17 +225,6 @@ impl BilinearPlan {
     }
 }
 
-fn contiguous_f32<'a>(s: &'a CpuStorage, l: &Layout) -> candle_core::Result<&'a [f32]> {
-    let data = match s {
-        CpuStorage::F32(v) => v.as_slice(),
-        _ => candle_core::bail!("resize_bilinear: the CPU kernel takes f32"),
-    };
-    match l.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("resize_bilinear: the CPU kernel takes a contiguous tensor"),
-    }
-}
-
 /// CPU bilinear resize `x -> y` whose backward is [`BilinearBwd`].
 struct BilinearFwd(std::sync::Arc<BilinearPlan>);
 /// `grad_y -> grad_x`.
@@ -249,7 +238,7 @@ impl CustomOp1 for BilinearFwd {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let p = &self.0;
         let (n, c, _, _) = l.shape().dims4()?;
-        let x = contiguous_f32(s, l)?;
+        let x = contiguous_f32(s, l, "resize_bilinear input")?;
         let mut out = vec![0f32; n * c * p.out_h * p.out_w];
         out.par_chunks_mut(p.out_h * p.out_w)
             .zip(x.par_chunks(p.h * p.w))
@@ -281,7 +270,7 @@ impl CustomOp1 for BilinearBwd {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let p = &self.0;
         let (n, c, _, _) = l.shape().dims4()?;
-        let g = contiguous_f32(s, l)?;
+        let g = contiguous_f32(s, l, "resize_bilinear gradient")?;
         let mut dx = vec![0f32; n * c * p.h * p.w];
         dx.par_chunks_mut(p.h * p.w)
             .zip(g.par_chunks(p.out_h * p.out_w))
