@@ -16,6 +16,7 @@ pub mod hub;
 pub mod nn;
 pub mod ops;
 pub mod optim;
+mod simd;
 pub mod testing;
 
 pub use candle_core::{DType, Device, Tensor, Var};

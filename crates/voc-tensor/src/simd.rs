@@ -1,0 +1,284 @@
+//! Reductions of the batch-norm kernels with explicit AVX2/FMA code, picked at run time.
+//!
+//! Written as plain Rust, these per-channel sums compile to code that keeps its eight partial sums in
+//! memory (LLVM does not promote the lane arrays to registers) or does not vectorise at all; in a
+//! MobileNetV2 training step the batch-norm backward's sums alone took 17% of the time (`perf`). The
+//! AVX2 versions are 3-4x faster. Every function checks the CPU once per call and falls back to the
+//! portable loop, so a build for any x86-64 (or another architecture) gives the same results to f32
+//! rounding.
+use crate::fused::Act;
+
+/// Elements summed in f32 lanes before the partial sums are carried on in f64: short enough that the
+/// f32 rounding stays ~1e-6 relative, long enough that the inner loop runs at full width.
+const SUM_BLOCK: usize = 256;
+
+/// `(Σ (v - pivot), Σ (v - pivot)²)`. Centring on a pivot near the mean (e.g. a value of the channel)
+/// keeps the variance `E[d²] - E[d]²` free of cancellation even when the mean is large.
+pub(crate) fn centred_sums(xs: &[f32], pivot: f32) -> (f64, f64) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked above).
+        return unsafe { avx2::centred_sums(xs, pivot) };
+    }
+    portable::centred_sums(xs, pivot)
+}
+
+/// `(Σ g, Σ g·(x - mean))` with `g = grad` where `act` passes its gradient (judged at its output
+/// `outs`), else 0. The three slices have the same length.
+pub(crate) fn gated_sums(
+    xs: &[f32],
+    outs: &[f32],
+    grads: &[f32],
+    mean: f32,
+    act: Act,
+) -> (f64, f64) {
+    let n = xs.len();
+    let (outs, grads) = (&outs[..n], &grads[..n]);
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2_fma() {
+        // SAFETY: the CPU supports AVX2 and FMA (checked above); the slices have length `n`.
+        return unsafe { avx2::gated_sums(xs, outs, grads, mean, act) };
+    }
+    portable::gated_sums(xs, outs, grads, mean, act)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn has_avx2_fma() -> bool {
+    // std caches the CPUID result: this is two relaxed atomic loads.
+    std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+/// Whether `act` passes the gradient at output value `o` (PyTorch's rule: strictly inside the
+/// linear range).
+#[inline]
+pub(crate) fn passes(act: Act, o: f32) -> bool {
+    match act {
+        Act::Identity => true,
+        Act::Relu => o > 0.0,
+        Act::Relu6 => (o > 0.0) & (o < 6.0),
+    }
+}
+
+mod portable {
+    use super::{passes, Act, SUM_BLOCK};
+
+    pub(super) fn centred_sums(xs: &[f32], pivot: f32) -> (f64, f64) {
+        let (mut s, mut q) = (0f64, 0f64);
+        for block in xs.chunks(SUM_BLOCK) {
+            let (mut a, mut b) = (0f32, 0f32);
+            for &v in block {
+                let d = v - pivot;
+                a += d;
+                b += d * d;
+            }
+            s += a as f64;
+            q += b as f64;
+        }
+        (s, q)
+    }
+
+    pub(super) fn gated_sums(
+        xs: &[f32],
+        outs: &[f32],
+        grads: &[f32],
+        mean: f32,
+        act: Act,
+    ) -> (f64, f64) {
+        let (mut s, mut q) = (0f64, 0f64);
+        for ((xb, ob), gb) in xs
+            .chunks(SUM_BLOCK)
+            .zip(outs.chunks(SUM_BLOCK))
+            .zip(grads.chunks(SUM_BLOCK))
+        {
+            let (mut a, mut b) = (0f32, 0f32);
+            for ((&x, &o), &g) in xb.iter().zip(ob).zip(gb) {
+                let g = if passes(act, o) { g } else { 0.0 };
+                a += g;
+                b += g * (x - mean);
+            }
+            s += a as f64;
+            q += b as f64;
+        }
+        (s, q)
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{passes, Act, SUM_BLOCK};
+
+    #[target_feature(enable = "avx2,fma")]
+    fn lane_sum(v: __m256) -> f32 {
+        let pair = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let pair = _mm_add_ps(pair, _mm_movehl_ps(pair, pair));
+        _mm_cvtss_f32(_mm_add_ss(pair, _mm_shuffle_ps::<0b01>(pair, pair)))
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn centred_sums(xs: &[f32], pivot: f32) -> (f64, f64) {
+        let (mut s, mut q) = (0f64, 0f64);
+        let p = _mm256_set1_ps(pivot);
+        for block in xs.chunks(SUM_BLOCK) {
+            let (mut a, mut b) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let (lanes, rest) = block.as_chunks::<8>();
+            for v in lanes {
+                // SAFETY: `v` is 8 readable f32.
+                let d = _mm256_sub_ps(unsafe { _mm256_loadu_ps(v.as_ptr()) }, p);
+                a = _mm256_add_ps(a, d);
+                b = _mm256_fmadd_ps(d, d, b);
+            }
+            let (mut ta, mut tb) = (lane_sum(a), lane_sum(b));
+            for &v in rest {
+                let d = v - pivot;
+                ta += d;
+                tb += d * d;
+            }
+            s += ta as f64;
+            q += tb as f64;
+        }
+        (s, q)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA, and the three slices must have the same length.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn gated_sums(
+        xs: &[f32],
+        outs: &[f32],
+        grads: &[f32],
+        mean: f32,
+        act: Act,
+    ) -> (f64, f64) {
+        let (zero, six, m) = (
+            _mm256_setzero_ps(),
+            _mm256_set1_ps(6.0),
+            _mm256_set1_ps(mean),
+        );
+        let (mut s, mut q) = (0f64, 0f64);
+        let mut start = 0;
+        while start < xs.len() {
+            let end = (start + SUM_BLOCK).min(xs.len());
+            let (mut a, mut b) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut i = start;
+            while i + 8 <= end {
+                // SAFETY: i + 8 <= len of all three slices.
+                let (x, o, g) = unsafe {
+                    (
+                        _mm256_loadu_ps(xs.as_ptr().add(i)),
+                        _mm256_loadu_ps(outs.as_ptr().add(i)),
+                        _mm256_loadu_ps(grads.as_ptr().add(i)),
+                    )
+                };
+                let g = match act {
+                    Act::Identity => g,
+                    Act::Relu => _mm256_and_ps(g, _mm256_cmp_ps::<_CMP_GT_OQ>(o, zero)),
+                    Act::Relu6 => _mm256_and_ps(
+                        g,
+                        _mm256_and_ps(
+                            _mm256_cmp_ps::<_CMP_GT_OQ>(o, zero),
+                            _mm256_cmp_ps::<_CMP_LT_OQ>(o, six),
+                        ),
+                    ),
+                };
+                a = _mm256_add_ps(a, g);
+                b = _mm256_fmadd_ps(g, _mm256_sub_ps(x, m), b);
+                i += 8;
+            }
+            let (mut ta, mut tb) = (lane_sum(a), lane_sum(b));
+            for k in i..end {
+                let g = if passes(act, outs[k]) { grads[k] } else { 0.0 };
+                ta += g;
+                tb += g * (xs[k] - mean);
+            }
+            s += ta as f64;
+            q += tb as f64;
+            start = end;
+        }
+        (s, q)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(n: usize, scale: f32, offset: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * 37 % 23) as f32 - 11.0) * scale + offset)
+            .collect()
+    }
+
+    /// Sums in f64 element by element: the reference both implementations are held to.
+    fn exact_gated(xs: &[f32], outs: &[f32], grads: &[f32], mean: f32, act: Act) -> (f64, f64) {
+        let (mut s, mut q) = (0f64, 0f64);
+        for ((&x, &o), &g) in xs.iter().zip(outs).zip(grads) {
+            if passes(act, o) {
+                s += g as f64;
+                q += g as f64 * (x as f64 - mean as f64);
+            }
+        }
+        (s, q)
+    }
+
+    fn close(a: (f64, f64), b: (f64, f64), scale: f64) -> bool {
+        (a.0 - b.0).abs() <= 1e-5 * scale && (a.1 - b.1).abs() <= 1e-5 * scale
+    }
+
+    #[test]
+    fn dispatched_and_portable_sums_agree_with_f64_sums() {
+        // Lengths around the 8-lane and 256-element block edges.
+        for n in [0, 1, 7, 8, 9, 255, 256, 257, 1000, 12544] {
+            let xs = data(n, 0.7, 3.0);
+            let grads = data(n, 0.3, -0.1);
+            for act in [Act::Identity, Act::Relu, Act::Relu6] {
+                let outs: Vec<f32> = xs
+                    .iter()
+                    .map(|&v| match act {
+                        Act::Identity => v,
+                        Act::Relu => v.max(0.0),
+                        Act::Relu6 => v.clamp(0.0, 6.0),
+                    })
+                    .collect();
+                let want = exact_gated(&xs, &outs, &grads, 2.5, act);
+                let scale = n as f64 + 1.0;
+                let got = gated_sums(&xs, &outs, &grads, 2.5, act);
+                assert!(
+                    close(got, want, scale),
+                    "n {n} {act:?}: {got:?} vs {want:?}"
+                );
+                let got = portable::gated_sums(&xs, &outs, &grads, 2.5, act);
+                assert!(
+                    close(got, want, scale),
+                    "portable n {n} {act:?}: {got:?} vs {want:?}"
+                );
+            }
+            let exact = xs.iter().fold((0f64, 0f64), |(s, q), &v| {
+                let d = v as f64 - 2.0;
+                (s + d, q + d * d)
+            });
+            let scale = 10.0 * (n as f64 + 1.0);
+            let got = centred_sums(&xs, 2.0);
+            assert!(close(got, exact, scale), "n {n}: {got:?} vs {exact:?}");
+            let got = portable::centred_sums(&xs, 2.0);
+            assert!(
+                close(got, exact, scale),
+                "portable n {n}: {got:?} vs {exact:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn gradient_gate_follows_pytorch_at_the_kinks() {
+        // Outputs exactly at 0 and 6 block the gradient; NaN outputs block it for ReLU-type gates.
+        let outs = [0.0, 6.0, 3.0, f32::NAN, 0.5, 5.9, 6.0, 0.0, 1.0];
+        let xs = [0.0; 9];
+        let grads = [1.0; 9];
+        assert_eq!(gated_sums(&xs, &outs, &grads, 0.0, Act::Relu6).0, 4.0);
+        assert_eq!(gated_sums(&xs, &outs, &grads, 0.0, Act::Relu).0, 6.0);
+        assert_eq!(gated_sums(&xs, &outs, &grads, 0.0, Act::Identity).0, 9.0);
+    }
+}
