@@ -128,10 +128,12 @@ struct Block {
 impl Block {
     fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut h = x.clone();
-        for conv in &self.convs {
-            h = conv.forward_t(&h, train)?;
+        let last = self.convs.len().saturating_sub(1);
+        for (i, conv) in self.convs.iter().enumerate() {
+            let residual = (self.residual && i == last).then_some(x);
+            h = conv.forward_residual_t(&h, residual, train)?;
         }
-        Ok(if self.residual { (h + x)? } else { h })
+        Ok(h)
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{Module, Tensor};
 use candle_nn::{Init, VarBuilder};
-use voc_tensor::fused::{self, Act};
+use voc_tensor::fused::{self, Act, ConvKind};
 use voc_tensor::nn::BatchNorm2d;
 use voc_tensor::ops::{self, Padding};
 
@@ -197,6 +197,17 @@ impl ConvNormAct {
 
     /// `train`: batch norm uses (and updates its running averages from) the batch statistics.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_residual_t(x, None, train)
+    }
+
+    /// `forward_t(x) + residual`. In training, a pointwise or depthwise convolution with batch norm
+    /// runs as one fused op including the residual add (fewer graph nodes, so fewer gradient passes).
+    pub fn forward_residual_t(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        train: bool,
+    ) -> Result<Tensor> {
         let s = &self.spec;
         let padding = match s.padding {
             // Recomputed per call: TF "SAME" depends on the input size (the odd pixel goes bottom/right).
@@ -209,6 +220,12 @@ impl ConvNormAct {
         let conv = |weight: &Tensor, bias: Option<&Tensor>| {
             ops::conv2d(x, weight, bias, s.stride, padding, s.dilation, s.groups)
         };
+        let add_residual = |y: Tensor| -> Result<Tensor> {
+            Ok(match residual {
+                Some(r) => (y + r)?,
+                None => y,
+            })
+        };
         if let Some(bn) = &self.norm {
             if train {
                 self.drop_folded();
@@ -216,15 +233,36 @@ impl ConvNormAct {
                     && s.stride == 1
                     && s.groups == 1
                     && padding == Padding::default();
-                let y = match &self.bias {
-                    None if pointwise => fused::conv1x1(x, &self.weight)?,
-                    bias => conv(&self.weight, bias.as_ref())?,
+                let depthwise =
+                    s.groups > 1 && s.groups == s.in_channels && s.out_channels == s.in_channels;
+                let kind = if pointwise {
+                    Some(ConvKind::Pointwise)
+                } else if depthwise {
+                    Some(ConvKind::Depthwise {
+                        stride: s.stride,
+                        padding,
+                        dilation: s.dilation,
+                    })
+                } else {
+                    None
                 };
-                return Ok(fused::batch_norm_act_train(bn, &y, s.activation.fused())?);
+                if let (None, Some(kind)) = (&self.bias, kind) {
+                    let act = s.activation.fused();
+                    return Ok(fused::conv_bn_act_train(
+                        x,
+                        &self.weight,
+                        kind,
+                        bn,
+                        act,
+                        residual,
+                    )?);
+                }
+                let y = conv(&self.weight, self.bias.as_ref())?;
+                return add_residual(fused::batch_norm_act_train(bn, &y, s.activation.fused())?);
             }
             if let Some((weight, shift)) = self.folded_weights(bn)? {
                 let y = conv(&weight, None)?;
-                return Ok(fused::bias_act(&y, Some(&shift), s.activation.fused())?);
+                return add_residual(fused::bias_act(&y, Some(&shift), s.activation.fused())?);
             }
         }
         let y = conv(&self.weight, self.bias.as_ref())?;
@@ -232,7 +270,7 @@ impl ConvNormAct {
             Some(bn) => bn.forward_t(&y, train)?,
             None => y,
         };
-        s.activation.forward(&y)
+        add_residual(s.activation.forward(&y)?)
     }
 
     /// The conv weights with the eval-mode batch norm folded in, or `None` when any weight is a

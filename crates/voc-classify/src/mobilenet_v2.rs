@@ -109,8 +109,8 @@ impl InvertedResidual {
             None => x.clone(),
         };
         let h = self.depthwise.forward_t(&h, train)?;
-        let h = self.project.forward_t(&h, train)?;
-        Ok(if self.residual { (h + x)? } else { h })
+        let residual = self.residual.then_some(x);
+        self.project.forward_residual_t(&h, residual, train)
     }
 }
 

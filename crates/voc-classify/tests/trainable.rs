@@ -119,3 +119,79 @@ fn every_weight_gets_a_gradient_in_training_mode() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The whole training forward and backward with the fused conv + batch norm + activation (+ residual)
+/// kernels against the same network composed from separate ops (`set_conv_bn_fusion(false)`): the
+/// logits, the updated running statistics and every weight's gradient agree to f32 rounding.
+///
+/// (Against an f64 twin the comparison says little: several gradients are exactly zero in exact
+/// arithmetic, e.g. the bias of a projection batch norm whose output only reaches later batch norms
+/// through linear layers, and f32 gives rounding noise there, composed or fused alike.)
+#[test]
+fn fused_training_step_matches_the_composed_one() -> anyhow::Result<()> {
+    let x = Tensor::randn(0f32, 1.0, (4, 3, 64, 64), &Device::Cpu)?;
+    let mix = Tensor::randn(0f32, 1.0, (4, 5), &Device::Cpu)?;
+    for arch in archs(32) {
+        let config = ClassifierConfig {
+            arch,
+            num_classes: 5,
+            dropout: 0.0,
+        };
+        let step = |fused: bool| -> anyhow::Result<(Tensor, Vec<(String, Tensor)>)> {
+            // The same seeded weights both times: a fresh VarMap from the same tensors.
+            let varmap = VarMap::new();
+            let model = ImageClassifier::new(
+                VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+                config,
+            )?;
+            let named = varmap.data().lock().unwrap().clone();
+            let mut names: Vec<&String> = named.keys().collect();
+            names.sort();
+            for (i, name) in names.iter().enumerate() {
+                let var = &named[*name];
+                let n = var.elem_count();
+                let values: Vec<f32> = (0..n)
+                    .map(|j| (((i * 7919 + j * 104_729) % 1000) as f32 / 1000.0 - 0.5) * 0.3)
+                    .collect();
+                if !name.ends_with("running_mean") && !name.ends_with("running_var") {
+                    var.set(&Tensor::from_vec(values, var.shape(), &Device::Cpu)?)?;
+                }
+            }
+            voc_tensor::fused::set_conv_bn_fusion(fused);
+            let logits = model.forward_t(&x, true);
+            voc_tensor::fused::set_conv_bn_fusion(true);
+            let logits = logits?;
+            let grads = (&logits * &mix)?.sum_all()?.backward()?;
+            let mut out = Vec::new();
+            for name in names {
+                let var = named[name].as_tensor();
+                let t = match grads.get(var) {
+                    Some(g) => g.clone(),
+                    None => var.copy()?, // running statistics: compare their values
+                };
+                out.push((name.clone(), t));
+            }
+            Ok((logits, out))
+        };
+        let (fused_logits, fused) = step(true)?;
+        let (plain_logits, plain) = step(false)?;
+        let rel = |a: &Tensor, b: &Tensor| -> anyhow::Result<f32> {
+            let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+            let scale = b.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-6);
+            Ok(diff / scale)
+        };
+        let err = rel(&fused_logits, &plain_logits)?;
+        assert!(err < 1e-4, "{}: logits differ by {err:.2e}", arch.name());
+        assert!(
+            fused.len() > 100,
+            "{}: {} variables",
+            arch.name(),
+            fused.len()
+        );
+        for ((name, f), (_, p)) in fused.iter().zip(&plain) {
+            let err = rel(f, p)?;
+            assert!(err < 1e-3, "{} {name}: differs by {err:.2e}", arch.name());
+        }
+    }
+    Ok(())
+}

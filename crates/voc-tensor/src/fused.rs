@@ -24,6 +24,9 @@ use crate::nn::BatchNorm2d;
 use crate::ops::contiguous_f32;
 use crate::simd;
 
+mod conv_bn;
+pub use conv_bn::{conv_bn_act_train, conv_bn_fusion, set_conv_bn_fusion, ConvKind};
+
 /// The activation closing a fused epilogue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Act {
@@ -83,8 +86,18 @@ fn write_planes(
     plane: usize,
     fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
 ) -> Vec<f32> {
+    write_planes_with_spare(len, 0, plane, fill)
+}
+
+/// [`write_planes`] with room for `spare` more values, so a caller can append without copying.
+fn write_planes_with_spare(
+    len: usize,
+    spare: usize,
+    plane: usize,
+    fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync,
+) -> Vec<f32> {
     let plane = plane.max(1);
-    let mut out = Vec::with_capacity(len);
+    let mut out = Vec::with_capacity(len + spare);
     out.spare_capacity_mut()[..len]
         .par_chunks_mut(plane)
         .with_min_len((MIN_PARALLEL_ELEMS / plane).max(1))
@@ -223,42 +236,7 @@ impl CustomOp2 for Conv1x1 {
         let w = contiguous_f32(s2, l2, "conv1x1 weight")?;
         let (n, c_in, h, wd) = l1.shape().dims4()?;
         let c_out = l2.shape().dims()[0];
-        let hw = h * wd;
-        let mut y: Vec<f32> = Vec::with_capacity(n * c_out * hw);
-        let threads = rayon::current_num_threads();
-        for b in 0..n {
-            // SAFETY: the pointers cover exactly the row-major C_out x HW output, C_out x C_in weight and
-            // C_in x HW input of image `b`; with `read_dst` false gemm writes every output element.
-            unsafe {
-                gemm::gemm(
-                    c_out,
-                    hw,
-                    c_in,
-                    y.as_mut_ptr().add(b * c_out * hw),
-                    1,
-                    hw as isize,
-                    false,
-                    w.as_ptr(),
-                    1,
-                    c_in as isize,
-                    x.as_ptr().add(b * c_in * hw),
-                    1,
-                    hw as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    if c_out * hw * c_in >= 1 << 15 {
-                        gemm::Parallelism::Rayon(threads)
-                    } else {
-                        gemm::Parallelism::None
-                    },
-                );
-            }
-        }
-        // SAFETY: each image's gemm wrote its C_out x HW block.
-        unsafe { y.set_len(n * c_out * hw) };
+        let y = pointwise_forward(x, w, n, c_in, c_out, h * wd);
         Ok((CpuStorage::F32(y), Shape::from((n, c_out, h, wd))))
     }
 
@@ -284,6 +262,129 @@ impl CustomOp2 for Conv1x1 {
             .sum(0)?
             .reshape((c_out, c_in, 1, 1))?;
         Ok((Some(dx), Some(dw)))
+    }
+}
+
+fn gemm_parallelism(flops: usize) -> gemm::Parallelism {
+    if flops >= 1 << 15 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// `y[b] = w · x[b]` for each image: `w` is `C_out x C_in`, `x` is `N x C_in x HW`.
+pub(crate) fn pointwise_forward(
+    x: &[f32],
+    w: &[f32],
+    n: usize,
+    c_in: usize,
+    c_out: usize,
+    hw: usize,
+) -> Vec<f32> {
+    assert!(x.len() >= n * c_in * hw && w.len() >= c_out * c_in);
+    let mut y: Vec<f32> = Vec::with_capacity(n * c_out * hw);
+    for b in 0..n {
+        // SAFETY: the pointers cover exactly the row-major C_out x HW output, C_out x C_in weight and
+        // C_in x HW input of image `b` (lengths asserted above); with `read_dst` false gemm writes every
+        // output element.
+        unsafe {
+            gemm::gemm(
+                c_out,
+                hw,
+                c_in,
+                y.as_mut_ptr().add(b * c_out * hw),
+                1,
+                hw as isize,
+                false,
+                w.as_ptr(),
+                1,
+                c_in as isize,
+                x.as_ptr().add(b * c_in * hw),
+                1,
+                hw as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm_parallelism(c_out * hw * c_in),
+            );
+        }
+    }
+    // SAFETY: each image's gemm wrote its C_out x HW block.
+    unsafe { y.set_len(n * c_out * hw) };
+    y
+}
+
+/// The gradients of [`pointwise_forward`] for output gradient `dy` (`N x C_out x HW`):
+/// `dx[b] = wᵀ · dy[b]` (written to `dx`, `N x C_in x HW`) and `dw = Σ_b dy[b] · x[b]ᵀ` (written to `dw`,
+/// `C_out x C_in`); both are fully written (they may start uninitialised).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn pointwise_backward(
+    dy: &[f32],
+    x: &[f32],
+    w: &[f32],
+    n: usize,
+    c_in: usize,
+    c_out: usize,
+    hw: usize,
+    dx: &mut [MaybeUninit<f32>],
+    dw: &mut [MaybeUninit<f32>],
+) {
+    assert!(dy.len() >= n * c_out * hw && x.len() >= n * c_in * hw && w.len() >= c_out * c_in);
+    assert!(dx.len() >= n * c_in * hw && dw.len() >= c_out * c_in);
+    let (dx, dw) = (dx.as_mut_ptr() as *mut f32, dw.as_mut_ptr() as *mut f32);
+    let par = gemm_parallelism(c_out * hw * c_in);
+    for b in 0..n {
+        // SAFETY: every pointer/stride pair addresses the row-major blocks of image `b` whose lengths
+        // are asserted above. dx[b] (C_in x HW) = wᵀ (C_in x C_out: column stride c_in, row stride 1)
+        // times dy[b] (C_out x HW); dw (C_out x C_in) accumulates dy[b] times x[b]ᵀ (HW x C_in: column
+        // stride hw, row stride 1), overwriting on the first image.
+        unsafe {
+            gemm::gemm(
+                c_in,
+                hw,
+                c_out,
+                dx.add(b * c_in * hw),
+                1,
+                hw as isize,
+                false,
+                w.as_ptr(),
+                c_in as isize,
+                1,
+                dy.as_ptr().add(b * c_out * hw),
+                1,
+                hw as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
+            gemm::gemm(
+                c_out,
+                c_in,
+                hw,
+                dw,
+                1,
+                c_in as isize,
+                b > 0,
+                dy.as_ptr().add(b * c_out * hw),
+                1,
+                hw as isize,
+                x.as_ptr().add(b * c_in * hw),
+                hw as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
     }
 }
 
@@ -322,6 +423,19 @@ pub fn batch_norm_act_train(bn: &BatchNorm2d, x: &Tensor, act: Act) -> Result<Te
             "batch_norm_act_train: the kernel left no statistics".into(),
         ));
     };
+    update_running_stats(bn, &mean, &var, count)?;
+    Ok(y)
+}
+
+/// PyTorch's running-statistics rule: `running = (1 - m)·running + m·batch`, with the unbiased batch
+/// variance (`count` values per channel).
+pub(crate) fn update_running_stats(
+    bn: &BatchNorm2d,
+    mean: &[f32],
+    var: &[f32],
+    count: usize,
+) -> Result<()> {
+    let c = mean.len();
     let m = bn.momentum() as f32;
     let unbias = count as f32 / (count - 1) as f32;
     let running_mean = bn
@@ -336,28 +450,95 @@ pub fn batch_norm_act_train(bn: &BatchNorm2d, x: &Tensor, act: Act) -> Result<Te
         .to_vec1::<f32>()?;
     let new_mean: Vec<f32> = running_mean
         .iter()
-        .zip(&mean)
+        .zip(mean)
         .map(|(&r, &b)| (1.0 - m) * r + m * b)
         .collect();
     let new_var: Vec<f32> = running_var
         .iter()
-        .zip(&var)
+        .zip(var)
         .map(|(&r, &b)| (1.0 - m) * r + m * b * unbias)
         .collect();
-    let device = x.device();
+    let device = bn.running_mean().device();
     bn.running_mean()
         .set(&Tensor::from_vec(new_mean, c, device)?)?;
     bn.running_var()
         .set(&Tensor::from_vec(new_var, c, device)?)?;
-    Ok(y)
+    Ok(())
 }
 
 #[derive(Clone)]
-struct BatchStats {
-    mean: Vec<f32>,
+pub(crate) struct BatchStats {
+    pub(crate) mean: Vec<f32>,
     /// Biased (population) variance.
-    var: Vec<f32>,
-    inv_std: Vec<f32>,
+    pub(crate) var: Vec<f32>,
+    pub(crate) inv_std: Vec<f32>,
+}
+
+impl BatchStats {
+    /// Per-channel mean and biased variance of an `N x C x plane` buffer.
+    pub(crate) fn of(x: &[f32], n: usize, c: usize, plane: usize, eps: f32) -> Self {
+        let count = (n * plane) as f64;
+        let per_channel: Vec<(f32, f32)> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let pivot = if plane > 0 { x[ch * plane] } else { 0.0 };
+                let (mut sum, mut sum_sq) = (0f64, 0f64);
+                for b in 0..n {
+                    let start = (b * c + ch) * plane;
+                    let (s, q) = simd::centred_sums(&x[start..start + plane], pivot);
+                    sum += s;
+                    sum_sq += q;
+                }
+                let shift = sum / count;
+                let var = (sum_sq / count - shift * shift).max(0.0);
+                let mean = pivot as f64 + shift;
+                (mean as f32, var as f32)
+            })
+            .collect();
+        let mean: Vec<f32> = per_channel.iter().map(|p| p.0).collect();
+        let var: Vec<f32> = per_channel.iter().map(|p| p.1).collect();
+        let inv_std = var.iter().map(|&v| 1.0 / (v + eps).sqrt()).collect();
+        Self { mean, var, inv_std }
+    }
+
+    /// The per-channel `(scale, shift)` of `y = x·scale + shift`.
+    pub(crate) fn affine(&self, weight: &[f32], bias: &[f32]) -> (Vec<f32>, Vec<f32>) {
+        (0..self.mean.len())
+            .map(|ch| {
+                let scale = self.inv_std[ch] * weight[ch];
+                (scale, bias[ch] - self.mean[ch] * scale)
+            })
+            .unzip()
+    }
+}
+
+/// `act(x·scale[c] + shift[c]) (+ residual)` over an `N x C x plane` buffer.
+pub(crate) fn affine_act(
+    x: &[f32],
+    c: usize,
+    plane: usize,
+    scale: &[f32],
+    shift: &[f32],
+    act: Act,
+    residual: Option<&[f32]>,
+) -> Vec<f32> {
+    with_act!(act, |f, _pass| write_planes(x.len(), plane, |p, o| {
+        let ch = p % c;
+        let (scale, shift) = (scale[ch], shift[ch]);
+        let xs = &x[p * plane..(p + 1) * plane];
+        match residual {
+            None => {
+                for (o, &v) in o.iter_mut().zip(xs) {
+                    o.write(f(v * scale + shift));
+                }
+            }
+            Some(r) => {
+                for ((o, &v), &r) in o.iter_mut().zip(xs).zip(&r[p * plane..]) {
+                    o.write(f(v * scale + shift) + r);
+                }
+            }
+        }
+    }))
 }
 
 struct BnActTrain {
@@ -386,37 +567,11 @@ impl CustomOp3 for BnActTrain {
         let bias = contiguous_f32(s3, l3, "batch norm bias")?;
         let (n, c, h, w) = l1.shape().dims4()?;
         let plane = h * w;
-        let count = (n * plane) as f64;
-        let per_channel: Vec<(f32, f32)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let pivot = if plane > 0 { x[ch * plane] } else { 0.0 };
-                let (mut sum, mut sum_sq) = (0f64, 0f64);
-                for b in 0..n {
-                    let start = (b * c + ch) * plane;
-                    let (s, q) = simd::centred_sums(&x[start..start + plane], pivot);
-                    sum += s;
-                    sum_sq += q;
-                }
-                let shift = sum / count;
-                let var = (sum_sq / count - shift * shift).max(0.0);
-                let mean = pivot as f64 + shift;
-                (mean as f32, var as f32)
-            })
-            .collect();
-        let mean: Vec<f32> = per_channel.iter().map(|p| p.0).collect();
-        let var: Vec<f32> = per_channel.iter().map(|p| p.1).collect();
-        let inv_std: Vec<f32> = var.iter().map(|&v| 1.0 / (v + self.eps).sqrt()).collect();
-        let out = with_act!(self.act, |f, _pass| write_planes(x.len(), plane, |p, o| {
-            let ch = p % c;
-            let scale = inv_std[ch] * weight[ch];
-            let shift = bias[ch] - mean[ch] * scale;
-            for (o, &v) in o.iter_mut().zip(&x[p * plane..]) {
-                o.write(f(v * scale + shift));
-            }
-        }));
+        let stats = BatchStats::of(x, n, c, plane, self.eps);
+        let (scale, shift) = stats.affine(weight, bias);
+        let out = affine_act(x, c, plane, &scale, &shift, self.act, None);
         if let Ok(mut s) = self.stats.lock() {
-            *s = Some(BatchStats { mean, var, inv_std });
+            *s = Some(stats);
         }
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
@@ -478,57 +633,82 @@ impl CustomOp3 for BnActBwd {
         let x = contiguous_f32(s1, l1, "batch norm backward (input)")?;
         let out = contiguous_f32(s2, l2, "batch norm backward (output)")?;
         let grad = contiguous_f32(s3, l3, "batch norm backward (gradient)")?;
-        let (n, c, h, w) = l1.shape().dims4()?;
-        let plane = h * w;
-        let count = (n * plane) as f32;
-        let BatchStats { mean, inv_std, .. } = &self.stats;
+        let (_, c, h, w) = l1.shape().dims4()?;
         let total = x.len();
-        let packed = with_act!(self.act, |_f, pass| {
-            let sums: Vec<(f32, f32)> = (0..c)
-                .into_par_iter()
-                .map(|ch| {
-                    let (mut sum_g, mut sum_g_centred) = (0f64, 0f64);
-                    for b in 0..n {
-                        let r = (b * c + ch) * plane..(b * c + ch + 1) * plane;
-                        let (s, q) = simd::gated_sums(
-                            &x[r.clone()],
-                            &out[r.clone()],
-                            &grad[r],
-                            mean[ch],
-                            self.act,
-                        );
-                        sum_g += s;
-                        sum_g_centred += q;
-                    }
-                    (sum_g as f32, (sum_g_centred * inv_std[ch] as f64) as f32)
-                })
-                .collect();
-            let mut packed = write_planes(total, plane, |p, d| {
-                let ch = p % c;
-                let (sum_g, sum_gxhat) = sums[ch];
-                let k = self.weight[ch] * inv_std[ch];
-                let (mean_g, mean_gxhat) = (sum_g / count, sum_gxhat / count);
-                // dx = k·(g - mean_g - (x - mean)·inv_std·mean_gxhat) = k·g + (a·x + b)
-                let a = -k * inv_std[ch] * mean_gxhat;
-                let b0 = -k * mean_g - a * mean[ch];
-                let r = p * plane..(p + 1) * plane;
-                for (((d, &xv), &o), &g) in d
-                    .iter_mut()
-                    .zip(&x[r.clone()])
-                    .zip(&out[r.clone()])
-                    .zip(&grad[r])
-                {
-                    let g = if pass(o) { g } else { 0.0 };
-                    d.write(k * g + a * xv + b0);
-                }
-            });
-            packed.reserve_exact(2 * c);
-            packed.extend(sums.iter().map(|s| s.1));
-            packed.extend(sums.iter().map(|s| s.0));
-            packed
-        });
+        let (mut packed, sums) = bn_act_grads(
+            x,
+            out,
+            grad,
+            &self.stats,
+            &self.weight,
+            self.act,
+            c,
+            h * w,
+            2 * c,
+        );
+        packed.extend(sums.iter().map(|s| s.1));
+        packed.extend(sums.iter().map(|s| s.0));
         Ok((CpuStorage::F32(packed), Shape::from(total + 2 * c)))
     }
+}
+
+/// The batch norm + activation backward over an `N x C x plane` buffer: with `g = grad · [act passes
+/// at out]` and `x̂ = (x - mean)·inv_std`, returns `dx = weight·inv_std·(g - Σg/M - x̂·Σ(g·x̂)/M)` and per
+/// channel `(Σg, Σ g·x̂)`, i.e. `(dbias, dweight)`; `dx` has room for `spare` more values.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn bn_act_grads(
+    x: &[f32],
+    out: &[f32],
+    grad: &[f32],
+    stats: &BatchStats,
+    weight: &[f32],
+    act: Act,
+    c: usize,
+    plane: usize,
+    spare: usize,
+) -> (Vec<f32>, Vec<(f32, f32)>) {
+    let n = x.len() / (c * plane).max(1);
+    let count = (n * plane) as f32;
+    let BatchStats { mean, inv_std, .. } = stats;
+    let sums: Vec<(f32, f32)> = (0..c)
+        .into_par_iter()
+        .map(|ch| {
+            let (mut sum_g, mut sum_g_centred) = (0f64, 0f64);
+            for b in 0..n {
+                let r = (b * c + ch) * plane..(b * c + ch + 1) * plane;
+                let (s, q) =
+                    simd::gated_sums(&x[r.clone()], &out[r.clone()], &grad[r], mean[ch], act);
+                sum_g += s;
+                sum_g_centred += q;
+            }
+            (sum_g as f32, (sum_g_centred * inv_std[ch] as f64) as f32)
+        })
+        .collect();
+    let dx = with_act!(act, |_f, pass| write_planes_with_spare(
+        x.len(),
+        spare,
+        plane,
+        |p, d| {
+            let ch = p % c;
+            let (sum_g, sum_gxhat) = sums[ch];
+            let k = weight[ch] * inv_std[ch];
+            let (mean_g, mean_gxhat) = (sum_g / count, sum_gxhat / count);
+            // dx = k·(g - mean_g - (x - mean)·inv_std·mean_gxhat) = k·g + (a·x + b)
+            let a = -k * inv_std[ch] * mean_gxhat;
+            let b0 = -k * mean_g - a * mean[ch];
+            let r = p * plane..(p + 1) * plane;
+            for (((d, &xv), &o), &g) in d
+                .iter_mut()
+                .zip(&x[r.clone()])
+                .zip(&out[r.clone()])
+                .zip(&grad[r])
+            {
+                let g = if pass(o) { g } else { 0.0 };
+                d.write(k * g + a * xv + b0);
+            }
+        }
+    ));
+    (dx, sums)
 }
 
 #[cfg(test)]

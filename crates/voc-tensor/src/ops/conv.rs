@@ -116,6 +116,36 @@ pub fn depthwise_conv2d(
             weight.dims()
         )));
     }
+    let params = depthwise_params((h, w), (kh, kw), stride, padding, dilation)?;
+    let (oh, ow) = (params.oh, params.ow);
+    if let Some(b) = bias {
+        if b.elem_count() != c {
+            return Err(VocError::BadArgument(format!(
+                "depthwise_conv2d: bias has shape {:?}, expected ({c})",
+                b.dims()
+            )));
+        }
+    }
+    let on_cpu_kernel = x.device().is_cpu()
+        && x.dtype() == DType::F32
+        && weight.dtype() == DType::F32
+        && bias.iter().all(|b| b.dtype() == DType::F32);
+    if on_cpu_kernel {
+        Ok(depthwise::forward(x, weight, bias, params)?)
+    } else {
+        let y = depthwise_by_taps(x, weight, stride, padding, dilation, oh, ow)?;
+        add_bias(y, bias, "depthwise_conv2d")
+    }
+}
+
+/// Where a depthwise kernel of size `kernel` reads an `H x W` input, and the output size.
+pub(crate) fn depthwise_params(
+    (h, w): (usize, usize),
+    (kh, kw): (usize, usize),
+    stride: usize,
+    padding: Padding,
+    dilation: usize,
+) -> Result<depthwise::DwParams> {
     let oh = conv_out_size(
         "depthwise_conv2d",
         h,
@@ -132,32 +162,14 @@ pub fn depthwise_conv2d(
         stride,
         dilation,
     )?;
-    if let Some(b) = bias {
-        if b.elem_count() != c {
-            return Err(VocError::BadArgument(format!(
-                "depthwise_conv2d: bias has shape {:?}, expected ({c})",
-                b.dims()
-            )));
-        }
-    }
-    let on_cpu_kernel = x.device().is_cpu()
-        && x.dtype() == DType::F32
-        && weight.dtype() == DType::F32
-        && bias.iter().all(|b| b.dtype() == DType::F32);
-    if on_cpu_kernel {
-        let params = depthwise::DwParams {
-            stride,
-            dilation,
-            pad_top: padding.top,
-            pad_left: padding.left,
-            oh,
-            ow,
-        };
-        Ok(depthwise::forward(x, weight, bias, params)?)
-    } else {
-        let y = depthwise_by_taps(x, weight, stride, padding, dilation, oh, ow)?;
-        add_bias(y, bias, "depthwise_conv2d")
-    }
+    Ok(depthwise::DwParams {
+        stride,
+        dilation,
+        pad_top: padding.top,
+        pad_left: padding.left,
+        oh,
+        ow,
+    })
 }
 
 /// Device-independent depthwise conv: `sum over taps of slice(x_padded) * w[:, tap]`.

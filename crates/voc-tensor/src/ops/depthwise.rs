@@ -202,14 +202,17 @@ fn forward_planes(g: Geometry, x: &[f32], wt: &[f32], bias: Option<&[f32]>) -> V
     out
 }
 
-/// Returns `[dx (N*C*H*W) | dw (C*kh*kw) | db (C)]` for upstream gradient `grad`.
-fn backward_planes(g: Geometry, grad: &[f32], x: &[f32], wt: &[f32]) -> Vec<f32> {
+/// Returns `[dx (N*C*H*W) | dw (C*kh*kw) | db (C)]` for upstream gradient `grad`, with room for
+/// `spare` more values.
+fn backward_planes(g: Geometry, grad: &[f32], x: &[f32], wt: &[f32], spare: usize) -> Vec<f32> {
     let (n, c, h, w, kh, kw, oh, ow, s) =
         (g.n, g.c, g.h, g.w, g.kh, g.kw, g.p.oh, g.p.ow, g.p.stride);
     let taps = kh * kw;
     let spans: Vec<Span> = (0..kw).map(|kj| g.span(kj)).collect();
     let phased_len = h * s * g.phase_len();
-    let mut out = vec![0f32; n * c * h * w + c * taps + c];
+    let len = n * c * h * w + c * taps + c;
+    let mut out = Vec::with_capacity(len + spare);
+    out.resize(len, 0f32);
     // Per plane: `taps` weight-gradient partials, then the bias-gradient partial, in f64.
     let mut partials = vec![0f64; n * c * (taps + 1)];
     let (dx, tail) = out.split_at_mut(n * c * h * w);
@@ -422,6 +425,7 @@ impl CustomOp3 for DepthwiseBwd {
             grad,
             contiguous_f32(s2, l2, "depthwise_conv2d input")?,
             contiguous_f32(s3, l3, "depthwise_conv2d weight")?,
+            0,
         );
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
@@ -444,4 +448,50 @@ pub(crate) fn forward(
             DepthwiseBiasFwd(params),
         ),
     }
+}
+
+/// The forward kernel on raw buffers: `x` is `N x C x H x W` (`dims`), `weight` is `C x 1 x kh x kw`
+/// (`kernel`); returns the `N x C x oh x ow` output.
+pub(crate) fn forward_f32(
+    params: DwParams,
+    dims: (usize, usize, usize, usize),
+    kernel: (usize, usize),
+    x: &[f32],
+    weight: &[f32],
+) -> Vec<f32> {
+    let (n, c, h, w) = dims;
+    let g = Geometry {
+        n,
+        c,
+        h,
+        w,
+        kh: kernel.0,
+        kw: kernel.1,
+        p: params,
+    };
+    forward_planes(g, x, weight, None)
+}
+
+/// The backward kernel on raw buffers (shapes as in [`forward_f32`]): `[dx | dweight | dbias]`, with
+/// room for `spare` more values.
+pub(crate) fn backward_f32(
+    params: DwParams,
+    dims: (usize, usize, usize, usize),
+    kernel: (usize, usize),
+    grad: &[f32],
+    x: &[f32],
+    weight: &[f32],
+    spare: usize,
+) -> Vec<f32> {
+    let (n, c, h, w) = dims;
+    let g = Geometry {
+        n,
+        c,
+        h,
+        w,
+        kh: kernel.0,
+        kw: kernel.1,
+        p: params,
+    };
+    backward_planes(g, grad, x, weight, spare)
 }

@@ -7,12 +7,13 @@
 //! candle primitives (so the same code serves CPU and CUDA) or, on the hot CPU paths, runs a hand-written
 //! kernel wrapped as a candle custom op whose backward is itself a fast kernel.
 mod conv;
-mod depthwise;
+pub(crate) mod depthwise;
 pub(crate) mod im2col;
 mod loss;
 mod pool;
 mod resize;
 
+pub(crate) use conv::depthwise_params;
 pub use conv::{conv2d, depthwise_conv2d, tf_same_padding, Padding};
 pub use loss::{bce_with_logits, cross_entropy_2d};
 pub use pool::{avg_pool2d, max_pool2d};
