@@ -1,4 +1,5 @@
-//! Reductions of the batch-norm kernels with explicit AVX2/FMA code, picked at run time.
+//! The innermost loops of the batch-norm and depthwise kernels with explicit AVX2/FMA code, picked at
+//! run time.
 //!
 //! Written as plain Rust, these per-channel sums compile to code that keeps its eight partial sums in
 //! memory (LLVM does not promote the lane arrays to registers) or does not vectorise at all; in a
@@ -43,7 +44,7 @@ pub(crate) fn gated_sums(
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_avx2_fma() -> bool {
+pub(crate) fn has_avx2_fma() -> bool {
     // std caches the CPUID result: this is two relaxed atomic loads.
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
@@ -104,10 +105,133 @@ mod portable {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod avx2 {
+pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
     use super::{passes, Act, SUM_BLOCK};
+
+    /// Lane masks for the last `1..=7` elements of a row: `TAIL_MASKS[8 - k..16 - k]` enables `k` lanes.
+    const TAIL_MASKS: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
+
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn tail_mask(k: usize) -> __m256i {
+        // SAFETY: 8 - k + 8 <= 16 for k in 1..=8.
+        unsafe { _mm256_loadu_si256(TAIL_MASKS.as_ptr().add(8 - k) as *const __m256i) }
+    }
+
+    /// `dst += a * src` (fused multiply-add) over the common length.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(crate) unsafe fn axpy(dst: &mut [f32], src: &[f32], a: f32) {
+        let n = dst.len().min(src.len());
+        let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
+        let va = _mm256_set1_ps(a);
+        let mut i = 0;
+        // SAFETY (all blocks): every access is below `n`, the length of both slices; the tail's
+        // masked loads and stores touch only the enabled lanes.
+        while i + 16 <= n {
+            unsafe {
+                let y0 = _mm256_fmadd_ps(va, _mm256_loadu_ps(s.add(i)), _mm256_loadu_ps(d.add(i)));
+                let y1 = _mm256_fmadd_ps(
+                    va,
+                    _mm256_loadu_ps(s.add(i + 8)),
+                    _mm256_loadu_ps(d.add(i + 8)),
+                );
+                _mm256_storeu_ps(d.add(i), y0);
+                _mm256_storeu_ps(d.add(i + 8), y1);
+            }
+            i += 16;
+        }
+        if i + 8 <= n {
+            unsafe {
+                let y = _mm256_fmadd_ps(va, _mm256_loadu_ps(s.add(i)), _mm256_loadu_ps(d.add(i)));
+                _mm256_storeu_ps(d.add(i), y);
+            }
+            i += 8;
+        }
+        if i < n {
+            let m = tail_mask(n - i);
+            unsafe {
+                let y = _mm256_fmadd_ps(
+                    va,
+                    _mm256_maskload_ps(s.add(i), m),
+                    _mm256_maskload_ps(d.add(i), m),
+                );
+                _mm256_maskstore_ps(d.add(i), m, y);
+            }
+        }
+    }
+
+    /// `Σ a·b` over the common length.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(crate) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut i = 0;
+        // SAFETY (all blocks): accesses below `n`, masked in the tail.
+        while i + 16 <= n {
+            unsafe {
+                acc0 =
+                    _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+                acc1 = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(pa.add(i + 8)),
+                    _mm256_loadu_ps(pb.add(i + 8)),
+                    acc1,
+                );
+            }
+            i += 16;
+        }
+        if i + 8 <= n {
+            unsafe {
+                acc0 =
+                    _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
+            }
+            i += 8;
+        }
+        if i < n {
+            let m = tail_mask(n - i);
+            unsafe {
+                acc1 = _mm256_fmadd_ps(
+                    _mm256_maskload_ps(pa.add(i), m),
+                    _mm256_maskload_ps(pb.add(i), m),
+                    acc1,
+                );
+            }
+        }
+        lane_sum(_mm256_add_ps(acc0, acc1))
+    }
+
+    /// `Σ a`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(crate) unsafe fn sum(a: &[f32]) -> f32 {
+        let (n, p) = (a.len(), a.as_ptr());
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        // SAFETY (all blocks): accesses below `n`, masked in the tail.
+        while i + 8 <= n {
+            acc = _mm256_add_ps(acc, unsafe { _mm256_loadu_ps(p.add(i)) });
+            i += 8;
+        }
+        if i < n {
+            acc = _mm256_add_ps(acc, unsafe {
+                _mm256_maskload_ps(p.add(i), tail_mask(n - i))
+            });
+        }
+        lane_sum(acc)
+    }
 
     #[target_feature(enable = "avx2,fma")]
     fn lane_sum(v: __m256) -> f32 {
@@ -267,6 +391,40 @@ mod tests {
             assert!(
                 close(got, exact, scale),
                 "portable n {n}: {got:?} vs {exact:?}"
+            );
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_row_kernels_match_plain_loops_at_every_tail_length() {
+        if !has_avx2_fma() {
+            return;
+        }
+        for n in 0..40 {
+            let a = data(n + 3, 0.25, 0.5);
+            let b = data(n, -0.5, 1.0);
+            let mut dst = a.clone();
+            // SAFETY: AVX2 and FMA checked above.
+            unsafe { avx2::axpy(&mut dst[..n], &b, 1.5) };
+            for i in 0..n {
+                assert!(
+                    (dst[i] - (a[i] + 1.5 * b[i])).abs() <= 1e-5,
+                    "axpy n {n} at {i}"
+                );
+            }
+            assert_eq!(&dst[n..], &a[n..], "axpy n {n} wrote past the row");
+            let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            let got = unsafe { avx2::dot(&a, &b) } as f64;
+            assert!(
+                (got - want).abs() <= 1e-4 * (n as f64 + 1.0),
+                "dot n {n}: {got} vs {want}"
+            );
+            let want: f64 = b.iter().map(|&x| x as f64).sum();
+            let got = unsafe { avx2::sum(&b) } as f64;
+            assert!(
+                (got - want).abs() <= 1e-4 * (n as f64 + 1.0),
+                "sum n {n}: {got} vs {want}"
             );
         }
     }

@@ -11,6 +11,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::contiguous_f32;
+use crate::simd;
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct DwParams {
@@ -122,42 +123,158 @@ fn from_phased(g: &Geometry, phased_plane: &[f32], plane: &mut [f32]) {
     }
 }
 
-#[inline(always)]
-fn axpy(dst: &mut [f32], src: &[f32], a: f32) {
-    for (d, s) in dst.iter_mut().zip(src) {
-        *d += a * s;
+/// The row kernels of the plane loops. The plane loops are generic over it and compiled once per
+/// implementation, the AVX2 one inside `#[target_feature]` functions, so the kernels inline there.
+trait Lanes {
+    /// `dst += a * src`.
+    ///
+    /// # Safety
+    /// The CPU must support the implementation's instructions.
+    unsafe fn axpy(dst: &mut [f32], src: &[f32], a: f32);
+    /// `Σ a·b`. Safety: as [`Lanes::axpy`].
+    unsafe fn dot(a: &[f32], b: &[f32]) -> f32;
+    /// `Σ a`. Safety: as [`Lanes::axpy`].
+    unsafe fn sum(a: &[f32]) -> f32;
+}
+
+/// Plain Rust (any CPU): the compiler vectorises these for the baseline instruction set.
+struct Portable;
+
+impl Lanes for Portable {
+    #[inline(always)]
+    unsafe fn axpy(dst: &mut [f32], src: &[f32], a: f32) {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d += a * s;
+        }
+    }
+
+    /// Eight independent accumulators, so it vectorises (a single f32 accumulator would force the
+    /// compiler to keep the sequential order).
+    #[inline(always)]
+    unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (a, b) = (&a[..n], &b[..n]);
+        let mut acc = [0f32; 8];
+        let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+        let (ra, rb) = (a8.remainder(), b8.remainder());
+        for (x, y) in a8.zip(b8) {
+            for k in 0..8 {
+                acc[k] += x[k] * y[k];
+            }
+        }
+        let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
+        acc.iter().sum::<f32>() + tail
+    }
+
+    #[inline(always)]
+    unsafe fn sum(a: &[f32]) -> f32 {
+        let mut acc = [0f32; 8];
+        let a8 = a.chunks_exact(8);
+        let tail: f32 = a8.remainder().iter().sum();
+        for x in a8 {
+            for k in 0..8 {
+                acc[k] += x[k];
+            }
+        }
+        acc.iter().sum::<f32>() + tail
     }
 }
 
-/// Dot product with eight independent accumulators, so it vectorises (a single f32 accumulator
-/// would force the compiler to keep the sequential order).
-#[inline(always)]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (a, b) = (&a[..n], &b[..n]);
-    let mut acc = [0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (a8.remainder(), b8.remainder());
-    for (x, y) in a8.zip(b8) {
-        for k in 0..8 {
-            acc[k] += x[k] * y[k];
-        }
+/// AVX2 + FMA intrinsics.
+#[cfg(target_arch = "x86_64")]
+struct Avx2;
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for Avx2 {
+    #[inline(always)]
+    unsafe fn axpy(dst: &mut [f32], src: &[f32], a: f32) {
+        // SAFETY: the caller guarantees AVX2 and FMA.
+        unsafe { simd::avx2::axpy(dst, src, a) }
     }
-    let tail: f32 = ra.iter().zip(rb).map(|(x, y)| x * y).sum();
-    acc.iter().sum::<f32>() + tail
+
+    #[inline(always)]
+    unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+        // SAFETY: the caller guarantees AVX2 and FMA.
+        unsafe { simd::avx2::dot(a, b) }
+    }
+
+    #[inline(always)]
+    unsafe fn sum(a: &[f32]) -> f32 {
+        // SAFETY: the caller guarantees AVX2 and FMA.
+        unsafe { simd::avx2::sum(a) }
+    }
 }
 
+/// Runs `$plane::<Lanes>($args)` with the AVX2 kernels when the CPU has them, else the portable ones.
+macro_rules! dispatch_lanes {
+    ($avx2:ident, $plane:ident($($arg:expr),*)) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if simd::has_avx2_fma() {
+                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                unsafe { $avx2($($arg),*) }
+            } else {
+                // SAFETY: the portable kernels run on any CPU.
+                unsafe { $plane::<Portable>($($arg),*) }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            // SAFETY: the portable kernels run on any CPU.
+            unsafe { $plane::<Portable>($($arg),*) }
+        }
+    }};
+}
+
+/// One output plane: `out` (`oh x ow`, already holding the bias or zeros) += the taps `ws` over the
+/// input plane `xs` (phased when the stride is above 1).
+///
+/// # Safety
+/// The CPU must support `L`'s instructions.
 #[inline(always)]
-fn sum(a: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let a8 = a.chunks_exact(8);
-    let tail: f32 = a8.remainder().iter().sum();
-    for x in a8 {
-        for k in 0..8 {
-            acc[k] += x[k];
+unsafe fn forward_plane<L: Lanes>(
+    g: &Geometry,
+    spans: &[Span],
+    xs: &[f32],
+    ws: &[f32],
+    out: &mut [f32],
+) {
+    let kw = g.kw;
+    for (oy, orow) in out.chunks_exact_mut(g.p.ow).enumerate() {
+        for ki in 0..g.kh {
+            let Some(iy) = g.input_row(oy, ki) else {
+                continue;
+            };
+            for (kj, sp) in spans.iter().enumerate() {
+                if sp.lo < sp.hi {
+                    let start = g.row_start(iy, sp);
+                    // SAFETY: the caller guarantees L's instructions.
+                    unsafe {
+                        L::axpy(
+                            &mut orow[sp.lo..sp.hi],
+                            &xs[start..start + sp.hi - sp.lo],
+                            ws[ki * kw + kj],
+                        )
+                    };
+                }
+            }
         }
     }
-    acc.iter().sum::<f32>() + tail
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn forward_plane_avx2(
+    g: &Geometry,
+    spans: &[Span],
+    xs: &[f32],
+    ws: &[f32],
+    out: &mut [f32],
+) {
+    // SAFETY: this function's target features are Avx2's.
+    unsafe { forward_plane::<Avx2>(g, spans, xs, ws, out) }
 }
 
 fn forward_planes(g: Geometry, x: &[f32], wt: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
@@ -180,26 +297,63 @@ fn forward_planes(g: Geometry, x: &[f32], wt: &[f32], bias: Option<&[f32]>) -> V
             if let Some(b) = bias {
                 out.fill(b[ch]);
             }
-            for (oy, orow) in out.chunks_exact_mut(ow).enumerate() {
-                for ki in 0..kh {
-                    let Some(iy) = g.input_row(oy, ki) else {
-                        continue;
-                    };
-                    for (kj, sp) in spans.iter().enumerate() {
-                        if sp.lo < sp.hi {
-                            let start = g.row_start(iy, sp);
-                            axpy(
-                                &mut orow[sp.lo..sp.hi],
-                                &xs[start..start + sp.hi - sp.lo],
-                                ws[ki * kw + kj],
-                            );
-                        }
-                    }
-                }
-            }
+            dispatch_lanes!(forward_plane_avx2, forward_plane(&g, &spans, xs, ws, out));
         },
     );
     out
+}
+
+/// One plane of the backward pass: accumulates the input gradient into `dacc` (phased when the stride
+/// is above 1) and the per-tap weight-gradient and bias-gradient partials into `part`.
+///
+/// # Safety
+/// The CPU must support `L`'s instructions.
+#[inline(always)]
+unsafe fn backward_plane<L: Lanes>(
+    g: &Geometry,
+    spans: &[Span],
+    gs: &[f32],
+    xs: &[f32],
+    ws: &[f32],
+    dacc: &mut [f32],
+    part: &mut [f64],
+) {
+    let (kw, taps) = (g.kw, g.kh * g.kw);
+    for (oy, grow) in gs.chunks_exact(g.p.ow).enumerate() {
+        // SAFETY (all calls): the caller guarantees L's instructions.
+        part[taps] += unsafe { L::sum(grow) } as f64;
+        for ki in 0..g.kh {
+            let Some(iy) = g.input_row(oy, ki) else {
+                continue;
+            };
+            for (kj, sp) in spans.iter().enumerate() {
+                if sp.lo < sp.hi {
+                    let start = g.row_start(iy, sp);
+                    let len = sp.hi - sp.lo;
+                    let gv = &grow[sp.lo..sp.hi];
+                    unsafe { L::axpy(&mut dacc[start..start + len], gv, ws[ki * kw + kj]) };
+                    part[ki * kw + kj] += unsafe { L::dot(gv, &xs[start..start + len]) } as f64;
+                }
+            }
+        }
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn backward_plane_avx2(
+    g: &Geometry,
+    spans: &[Span],
+    gs: &[f32],
+    xs: &[f32],
+    ws: &[f32],
+    dacc: &mut [f32],
+    part: &mut [f64],
+) {
+    // SAFETY: this function's target features are Avx2's.
+    unsafe { backward_plane::<Avx2>(g, spans, gs, xs, ws, dacc, part) }
 }
 
 /// Returns `[dx (N*C*H*W) | dw (C*kh*kw) | db (C)]` for upstream gradient `grad`, with room for
@@ -243,23 +397,10 @@ fn backward_planes(g: Geometry, grad: &[f32], x: &[f32], wt: &[f32], spare: usiz
                 } else {
                     dx
                 };
-                for (oy, grow) in gs.chunks_exact(ow).enumerate() {
-                    part[taps] += sum(grow) as f64;
-                    for ki in 0..kh {
-                        let Some(iy) = g.input_row(oy, ki) else {
-                            continue;
-                        };
-                        for (kj, sp) in spans.iter().enumerate() {
-                            if sp.lo < sp.hi {
-                                let start = g.row_start(iy, sp);
-                                let len = sp.hi - sp.lo;
-                                let gv = &grow[sp.lo..sp.hi];
-                                axpy(&mut dacc[start..start + len], gv, ws[ki * kw + kj]);
-                                part[ki * kw + kj] += dot(gv, &xs[start..start + len]) as f64;
-                            }
-                        }
-                    }
-                }
+                dispatch_lanes!(
+                    backward_plane_avx2,
+                    backward_plane(&g, &spans, gs, xs, ws, dacc, part)
+                );
                 if s > 1 {
                     from_phased(&g, dbuf, dx);
                 }
