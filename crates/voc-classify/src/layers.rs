@@ -261,8 +261,17 @@ impl ConvNormAct {
                 return add_residual(fused::batch_norm_act_train(bn, &y, s.activation.fused())?);
             }
             if let Some((weight, shift)) = self.folded_weights(bn)? {
-                let y = conv(&weight, None)?;
-                return add_residual(fused::bias_act(&y, Some(&shift), s.activation.fused())?);
+                let y = fused::conv2d_bias_act(
+                    x,
+                    &weight,
+                    &shift,
+                    s.stride,
+                    padding,
+                    s.dilation,
+                    s.groups,
+                    s.activation.fused(),
+                )?;
+                return add_residual(y);
             }
         }
         let y = conv(&self.weight, self.bias.as_ref())?;

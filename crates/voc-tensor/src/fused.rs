@@ -16,7 +16,9 @@
 use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, InplaceOp1, Layout, Shape, Tensor,
+};
 use rayon::prelude::*;
 
 use crate::error::{Result, VocError};
@@ -135,6 +137,83 @@ pub fn bias_act(x: &Tensor, bias: Option<&Tensor>, act: Act) -> Result<Tensor> {
         None => None,
     };
     Ok(x.contiguous()?.apply_op1(BiasAct { bias, act })?)
+}
+
+/// `act(conv2d(x, weight) + shift[c])`: a bias-free convolution (as [`crate::ops::conv2d`]) and the
+/// epilogue of a folded eval-mode batch norm.
+///
+/// When nothing needs a gradient (constant weights and input: plain inference) the epilogue runs in
+/// place on the convolution's fresh output, one read-modify-write pass instead of a pass into a new
+/// buffer; otherwise it is [`bias_act`], whose gradient flows to `x`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_bias_act(
+    x: &Tensor,
+    weight: &Tensor,
+    shift: &Tensor,
+    stride: usize,
+    padding: crate::ops::Padding,
+    dilation: usize,
+    groups: usize,
+    act: Act,
+) -> Result<Tensor> {
+    let y = crate::ops::conv2d(x, weight, None, stride, padding, dilation, groups)?;
+    let (_, c, h, w) = crate::ops::dims4(&y, "conv2d_bias_act")?;
+    let in_place = !y.track_op()
+        && !shift.track_op()
+        && on_cpu_f32(&[&y, shift])
+        && y.is_contiguous()
+        && shift.elem_count() == c;
+    if !in_place {
+        return bias_act(&y, Some(shift), act);
+    }
+    // `y` was just made by the convolution and nothing else holds its storage (no graph either: it
+    // tracks no op), so writing into it changes no other tensor.
+    y.inplace_op1(&BiasActInPlace {
+        bias: shift.flatten_all()?.to_vec1::<f32>()?,
+        act,
+        plane: h * w,
+    })?;
+    Ok(y)
+}
+
+struct BiasActInPlace {
+    bias: Vec<f32>,
+    act: Act,
+    plane: usize,
+}
+
+impl InplaceOp1 for BiasActInPlace {
+    fn name(&self) -> &'static str {
+        "voc-bias-act-inplace"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("bias_act in place: expected f32 storage");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("bias_act in place: expected a contiguous tensor");
+        };
+        let (c, plane) = (self.bias.len(), self.plane.max(1));
+        let data = &mut data[start..end];
+        if data.len() % (c * plane) != 0 {
+            candle_core::bail!(
+                "bias_act in place: {} values are not N x {c} x {plane}",
+                data.len()
+            );
+        }
+        with_act!(self.act, |f, _pass| data
+            .par_chunks_mut(plane)
+            .with_min_len((MIN_PARALLEL_ELEMS / plane).max(1))
+            .enumerate()
+            .for_each(|(p, ys)| {
+                let b = self.bias[p % c];
+                for y in ys {
+                    *y = f(*y + b);
+                }
+            }));
+        Ok(())
+    }
 }
 
 struct BiasAct {
@@ -745,6 +824,63 @@ mod tests {
     }
 
     /// The fused op against the composed one: outputs, running statistics and every gradient.
+    /// The in-place epilogue (constant input and weights) and the graph one (a variable input) give
+    /// the same values as convolution then [`bias_act`], leave the input untouched, and the graph one
+    /// passes a gradient to the input.
+    #[test]
+    fn conv2d_bias_act_in_place_and_with_gradient_agree() {
+        let x = ramp((2, 3, 9, 8), 0.2, 0.1);
+        let shift = Tensor::new(&[0.5f32, -1.0, 4.0], &Device::Cpu).unwrap();
+        let pointwise = ramp((3, 3, 1, 1), 0.3, 0.0);
+        let depthwise = ramp((3, 1, 3, 3), 0.3, 0.1);
+        let pad = crate::ops::Padding::same(1);
+        for act in [Act::Identity, Act::Relu, Act::Relu6] {
+            for (weight, stride, padding, groups) in [
+                (&pointwise, 1, crate::ops::Padding::default(), 1),
+                (&depthwise, 2, pad, 3),
+                (&depthwise, 1, pad, 3),
+            ] {
+                let reference = bias_act(
+                    &crate::ops::conv2d(&x, weight, None, stride, padding, 1, groups).unwrap(),
+                    Some(&shift),
+                    act,
+                )
+                .unwrap();
+                let x_before = x.copy().unwrap();
+                let in_place =
+                    conv2d_bias_act(&x, weight, &shift, stride, padding, 1, groups, act).unwrap();
+                assert_eq!(max_abs_diff(&in_place, &reference).unwrap(), 0.0, "{act:?}");
+                assert_eq!(
+                    max_abs_diff(&x, &x_before).unwrap(),
+                    0.0,
+                    "{act:?}: input changed"
+                );
+                let xv = Var::from_tensor(&x).unwrap();
+                let y = conv2d_bias_act(
+                    xv.as_tensor(),
+                    weight,
+                    &shift,
+                    stride,
+                    padding,
+                    1,
+                    groups,
+                    act,
+                )
+                .unwrap();
+                assert_eq!(
+                    max_abs_diff(&y, &reference).unwrap(),
+                    0.0,
+                    "{act:?} (graph)"
+                );
+                let grads = y.sum_all().unwrap().backward().unwrap();
+                assert!(
+                    grads.get(xv.as_tensor()).is_some(),
+                    "{act:?}: no input gradient"
+                );
+            }
+        }
+    }
+
     #[test]
     fn fused_train_batch_norm_matches_the_composed_one() {
         for act in [Act::Identity, Act::Relu, Act::Relu6] {
