@@ -8,10 +8,14 @@
 //! - [`batch_norm_act_train`]: batch norm with batch statistics (PyTorch semantics: biased variance
 //!   for normalising, unbiased for the running variance, gradient through the statistics) followed by
 //!   the activation, in three passes forward and three backward, and the running-statistics update;
+//! - [`conv_bn_act_train`]: a 1x1 or depthwise convolution, that batch norm, the activation and an
+//!   optional residual add as one autograd node (candle's backward costs three passes per node);
 //! - [`bias_act`]: per-channel bias then the activation in one pass (the epilogue of a convolution
-//!   whose eval-mode batch norm was folded into its weights), whose backward is one pass too.
+//!   whose eval-mode batch norm was folded into its weights), whose backward is one pass too, and
+//!   [`conv2d_bias_act`], which runs it in place after the convolution when nothing needs a gradient;
+//! - [`conv1x1`]: a 1x1 convolution as one gemm per image, with a two-matmul backward.
 //!
-//! Both run on f32 CPU tensors; on other devices or dtypes they compose the same maths from candle
+//! All run on f32 CPU tensors; on other devices or dtypes they compose the same maths from candle
 //! primitives, so callers need no second path.
 use std::mem::MaybeUninit;
 use std::sync::{Arc, Mutex};

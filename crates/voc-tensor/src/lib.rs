@@ -4,7 +4,8 @@
 //! - [`device`]: picking CPU or CUDA, `--device` parsing, CPU thread set-up;
 //! - [`ops`]: differentiable ops that candle 0.11 lacks or gets wrong (bilinear resize with a gradient,
 //!   pooling, fast depthwise conv, odd-size strided conv, TF "SAME" padding, batch norm, stable losses);
-//! - [`fused`]: one-pass CPU kernels for batch norm (training) + activation and bias + activation;
+//! - [`fused`]: CPU kernels that fuse a convolution's epilogue: conv + training batch norm + activation
+//!   (+ residual) as one autograd node, batch norm + activation, folded-BN shift + activation;
 //! - [`optim`]: SGD with momentum/Nesterov, AdamW, parameter groups, LR schedules, early stopping;
 //! - [`hub`]: pretrained weights from the Hugging Face hub (cache first, offline-safe);
 //! - [`checkpoint`]: one-file safetensors checkpoints with JSON metadata.
