@@ -794,49 +794,82 @@ pub(crate) fn bn_act_grads(
     (dx, sums)
 }
 
+/// Inputs and checks shared by the fused kernels' tests.
 #[cfg(test)]
-mod tests {
-    use candle_core::{Device, Var};
+pub(crate) mod test_support {
+    use candle_core::backprop::GradStore;
+    use candle_core::{DType, Device, Tensor};
     use candle_nn::{VarBuilder, VarMap};
 
-    use super::*;
+    use crate::nn::BatchNorm2d;
     use crate::testing::max_abs_diff;
 
-    fn ramp(shape: (usize, usize, usize, usize), scale: f32, offset: f32) -> Tensor {
-        let n = shape.0 * shape.1 * shape.2 * shape.3;
+    /// A deterministic saw-tooth of `shape`, shifted by `seed` so different tensors differ.
+    pub(crate) fn ramp(shape: &[usize], scale: f32, offset: f32, seed: usize) -> Tensor {
+        let n: usize = shape.iter().product();
         let data: Vec<f32> = (0..n)
-            .map(|i| ((i * 37 % 23) as f32 - 11.0) * scale + offset)
+            .map(|i| (((i + seed) * 37 % 23) as f32 - 11.0) * scale + offset)
             .collect();
         Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
     }
 
-    fn batch_norm(channels: usize) -> (VarMap, BatchNorm2d) {
+    /// A trainable batch norm (eps 1e-3, momentum 0.1) with the given weight and bias.
+    pub(crate) fn batch_norm(weight: &[f32], bias: &[f32]) -> (VarMap, BatchNorm2d) {
         let varmap = VarMap::new();
-        let bn = BatchNorm2d::new(
-            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-            channels,
-            1e-3,
-            0.1,
-        )
-        .unwrap();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        let bn = BatchNorm2d::new(vb, weight.len(), 1e-3, 0.1).unwrap();
         let data = varmap.data().lock().unwrap();
-        let values = |v: &[f32]| Tensor::new(v, &Device::Cpu).unwrap();
-        data["weight"].set(&values(&[1.5, -0.5, 2.0])).unwrap();
-        data["bias"].set(&values(&[0.5, 0.2, 3.0])).unwrap();
+        data["weight"]
+            .set(&Tensor::new(weight, &Device::Cpu).unwrap())
+            .unwrap();
+        data["bias"]
+            .set(&Tensor::new(bias, &Device::Cpu).unwrap())
+            .unwrap();
         drop(data);
         (varmap, bn)
     }
 
-    /// The fused op against the composed one: outputs, running statistics and every gradient.
+    /// The two batch norms' running statistics agree to a few f32 ulps (the fused kernels sum in
+    /// AVX2 lanes, candle's reductions in another order).
+    pub(crate) fn assert_same_running_stats(a: &BatchNorm2d, b: &BatchNorm2d, what: &str) {
+        for (x, y) in [
+            (a.running_mean(), b.running_mean()),
+            (a.running_var(), b.running_var()),
+        ] {
+            let diff = max_abs_diff(x.as_tensor(), y.as_tensor()).unwrap();
+            assert!(diff < 2e-6, "{what}: running statistics differ by {diff}");
+        }
+    }
+
+    /// The gradients of `sum(y * mix)`.
+    pub(crate) fn weighted_sum_grads(y: &Tensor, mix: &Tensor) -> GradStore {
+        (y * mix).unwrap().sum_all().unwrap().backward().unwrap()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+    use candle_nn::VarMap;
+
+    use super::test_support::{self, ramp};
+    use super::*;
+    use crate::testing::max_abs_diff;
+
+    fn batch_norm(channels: usize) -> (VarMap, BatchNorm2d) {
+        assert_eq!(channels, 3);
+        test_support::batch_norm(&[1.5, -0.5, 2.0], &[0.5, 0.2, 3.0])
+    }
+
     /// The in-place epilogue (constant input and weights) and the graph one (a variable input) give
     /// the same values as convolution then [`bias_act`], leave the input untouched, and the graph one
     /// passes a gradient to the input.
     #[test]
     fn conv2d_bias_act_in_place_and_with_gradient_agree() {
-        let x = ramp((2, 3, 9, 8), 0.2, 0.1);
+        let x = ramp(&[2, 3, 9, 8], 0.2, 0.1, 0);
         let shift = Tensor::new(&[0.5f32, -1.0, 4.0], &Device::Cpu).unwrap();
-        let pointwise = ramp((3, 3, 1, 1), 0.3, 0.0);
-        let depthwise = ramp((3, 1, 3, 3), 0.3, 0.1);
+        let pointwise = ramp(&[3, 3, 1, 1], 0.3, 0.0, 0);
+        let depthwise = ramp(&[3, 1, 3, 3], 0.3, 0.1, 0);
         let pad = crate::ops::Padding::same(1);
         for act in [Act::Identity, Act::Relu, Act::Relu6] {
             for (weight, stride, padding, groups) in [
@@ -885,14 +918,15 @@ mod tests {
         }
     }
 
+    /// The fused op against the composed one: outputs, running statistics and every gradient.
     #[test]
     fn fused_train_batch_norm_matches_the_composed_one() {
         for act in [Act::Identity, Act::Relu, Act::Relu6] {
             let (_, fused_bn) = batch_norm(3);
             let (_, plain_bn) = batch_norm(3);
-            let x = Var::from_tensor(&ramp((2, 3, 5, 7), 0.7, 0.3)).unwrap();
+            let x = Var::from_tensor(&ramp(&[2, 3, 5, 7], 0.7, 0.3, 0)).unwrap();
             // A weighting of the outputs so the gradient is not the same everywhere.
-            let mix = ramp((2, 3, 5, 7), 0.05, 0.4);
+            let mix = ramp(&[2, 3, 5, 7], 0.05, 0.4, 0);
             let fused = batch_norm_act_train(&fused_bn, x.as_tensor(), act).unwrap();
             let plain = act
                 .compose(&plain_bn.forward_t(x.as_tensor(), true).unwrap())
@@ -901,32 +935,9 @@ mod tests {
                 max_abs_diff(&fused, &plain).unwrap() < 1e-5,
                 "{act:?} forward"
             );
-            for (a, b) in [
-                (
-                    fused_bn.running_mean().as_tensor(),
-                    plain_bn.running_mean().as_tensor(),
-                ),
-                (
-                    fused_bn.running_var().as_tensor(),
-                    plain_bn.running_var().as_tensor(),
-                ),
-            ] {
-                let diff = max_abs_diff(a, b).unwrap();
-                // f32 sums in a different order (FMA lanes against candle's reductions): a few ulps.
-                assert!(diff < 2e-6, "{act:?} running stats differ by {diff}");
-            }
-            let g_fused = (fused * &mix)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let g_plain = (plain * &mix)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            test_support::assert_same_running_stats(&fused_bn, &plain_bn, &format!("{act:?}"));
+            let g_fused = test_support::weighted_sum_grads(&fused, &mix);
+            let g_plain = test_support::weighted_sum_grads(&plain, &mix);
             for (what, fused_t, plain_t) in [
                 ("x", x.as_tensor(), x.as_tensor()),
                 ("weight", fused_bn.weight(), plain_bn.weight()),
@@ -945,14 +956,14 @@ mod tests {
     #[test]
     fn fused_train_batch_norm_needs_two_values() {
         let (_, bn) = batch_norm(3);
-        assert!(batch_norm_act_train(&bn, &ramp((1, 3, 1, 1), 1.0, 0.0), Act::Relu).is_err());
+        assert!(batch_norm_act_train(&bn, &ramp(&[1, 3, 1, 1], 1.0, 0.0, 0), Act::Relu).is_err());
     }
 
     #[test]
     fn bias_act_matches_composed_ops_and_passes_gradients() {
         let bias = Tensor::new(&[0.5f32, -2.0, 5.5], &Device::Cpu).unwrap();
         for act in [Act::Identity, Act::Relu, Act::Relu6] {
-            let x = Var::from_tensor(&ramp((2, 3, 4, 3), 0.9, 0.0)).unwrap();
+            let x = Var::from_tensor(&ramp(&[2, 3, 4, 3], 0.9, 0.0, 0)).unwrap();
             let fused = bias_act(x.as_tensor(), Some(&bias), act).unwrap();
             let plain = act
                 .compose(
@@ -962,7 +973,7 @@ mod tests {
                 )
                 .unwrap();
             assert_eq!(max_abs_diff(&fused, &plain).unwrap(), 0.0, "{act:?}");
-            let mix = ramp((2, 3, 4, 3), 0.1, 0.2);
+            let mix = ramp(&[2, 3, 4, 3], 0.1, 0.2, 0);
             let a = (fused * &mix)
                 .unwrap()
                 .sum_all()
@@ -978,14 +989,14 @@ mod tests {
             let (a, b) = (a.get(x.as_tensor()).unwrap(), b.get(x.as_tensor()).unwrap());
             assert_eq!(max_abs_diff(a, b).unwrap(), 0.0, "{act:?} gradient");
         }
-        assert!(bias_act(&ramp((1, 2, 2, 2), 1.0, 0.0), Some(&bias), Act::Relu).is_err());
+        assert!(bias_act(&ramp(&[1, 2, 2, 2], 1.0, 0.0, 0), Some(&bias), Act::Relu).is_err());
     }
 
     #[test]
     fn conv1x1_matches_conv2d_with_gradients() {
-        let x = Var::from_tensor(&ramp((2, 5, 3, 4), 0.3, 0.1)).unwrap();
-        let w = Var::from_tensor(&ramp((7, 5, 1, 1), 0.2, -0.05)).unwrap();
-        let mix = ramp((2, 7, 3, 4), 0.1, 0.3);
+        let x = Var::from_tensor(&ramp(&[2, 5, 3, 4], 0.3, 0.1, 0)).unwrap();
+        let w = Var::from_tensor(&ramp(&[7, 5, 1, 1], 0.2, -0.05, 0)).unwrap();
+        let mix = ramp(&[2, 7, 3, 4], 0.1, 0.3, 0);
         let fused = conv1x1(x.as_tensor(), w.as_tensor()).unwrap();
         let plain = crate::ops::conv2d(
             x.as_tensor(),
@@ -1014,6 +1025,6 @@ mod tests {
             let d = max_abs_diff(a.get(v).unwrap(), b.get(v).unwrap()).unwrap();
             assert!(d < 1e-5, "gradient of {what} differs by {d}");
         }
-        assert!(conv1x1(x.as_tensor(), &ramp((7, 4, 1, 1), 1.0, 0.0)).is_err());
+        assert!(conv1x1(x.as_tensor(), &ramp(&[7, 4, 1, 1], 1.0, 0.0, 0)).is_err());
     }
 }

@@ -66,16 +66,23 @@ mod portable {
     pub(super) fn centred_sums(xs: &[f32], pivot: f32) -> (f64, f64) {
         let (mut s, mut q) = (0f64, 0f64);
         for block in xs.chunks(SUM_BLOCK) {
-            let (mut a, mut b) = (0f32, 0f32);
-            for &v in block {
-                let d = v - pivot;
-                a += d;
-                b += d * d;
-            }
+            let (a, b) = centred_block(block, pivot);
             s += a as f64;
             q += b as f64;
         }
         (s, q)
+    }
+
+    /// One block of [`centred_sums`] in f32 (also the AVX2 version's tail).
+    #[inline]
+    pub(super) fn centred_block(block: &[f32], pivot: f32) -> (f32, f32) {
+        let (mut a, mut b) = (0f32, 0f32);
+        for &v in block {
+            let d = v - pivot;
+            a += d;
+            b += d * d;
+        }
+        (a, b)
     }
 
     pub(super) fn gated_sums(
@@ -91,16 +98,29 @@ mod portable {
             .zip(outs.chunks(SUM_BLOCK))
             .zip(grads.chunks(SUM_BLOCK))
         {
-            let (mut a, mut b) = (0f32, 0f32);
-            for ((&x, &o), &g) in xb.iter().zip(ob).zip(gb) {
-                let g = if passes(act, o) { g } else { 0.0 };
-                a += g;
-                b += g * (x - mean);
-            }
+            let (a, b) = gated_block(xb, ob, gb, mean, act);
             s += a as f64;
             q += b as f64;
         }
         (s, q)
+    }
+
+    /// One block of [`gated_sums`] in f32 (also the AVX2 version's tail).
+    #[inline]
+    pub(super) fn gated_block(
+        xs: &[f32],
+        outs: &[f32],
+        grads: &[f32],
+        mean: f32,
+        act: Act,
+    ) -> (f32, f32) {
+        let (mut a, mut b) = (0f32, 0f32);
+        for ((&x, &o), &g) in xs.iter().zip(outs).zip(grads) {
+            let g = if passes(act, o) { g } else { 0.0 };
+            a += g;
+            b += g * (x - mean);
+        }
+        (a, b)
     }
 }
 
@@ -108,7 +128,7 @@ mod portable {
 pub(crate) mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{passes, Act, SUM_BLOCK};
+    use super::{portable, Act, SUM_BLOCK};
 
     /// Lane masks for the last `1..=7` elements of a row: `TAIL_MASKS[8 - k..16 - k]` enables `k` lanes.
     const TAIL_MASKS: [i32; 16] = [-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0];
@@ -255,14 +275,9 @@ pub(crate) mod avx2 {
                 a = _mm256_add_ps(a, d);
                 b = _mm256_fmadd_ps(d, d, b);
             }
-            let (mut ta, mut tb) = (lane_sum(a), lane_sum(b));
-            for &v in rest {
-                let d = v - pivot;
-                ta += d;
-                tb += d * d;
-            }
-            s += ta as f64;
-            q += tb as f64;
+            let (ra, rb) = portable::centred_block(rest, pivot);
+            s += (lane_sum(a) + ra) as f64;
+            q += (lane_sum(b) + rb) as f64;
         }
         (s, q)
     }
@@ -312,14 +327,10 @@ pub(crate) mod avx2 {
                 b = _mm256_fmadd_ps(g, _mm256_sub_ps(x, m), b);
                 i += 8;
             }
-            let (mut ta, mut tb) = (lane_sum(a), lane_sum(b));
-            for k in i..end {
-                let g = if passes(act, outs[k]) { grads[k] } else { 0.0 };
-                ta += g;
-                tb += g * (xs[k] - mean);
-            }
-            s += ta as f64;
-            q += tb as f64;
+            let (ra, rb) =
+                portable::gated_block(&xs[i..end], &outs[i..end], &grads[i..end], mean, act);
+            s += (lane_sum(a) + ra) as f64;
+            q += (lane_sum(b) + rb) as f64;
             start = end;
         }
         (s, q)

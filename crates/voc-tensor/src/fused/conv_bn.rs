@@ -405,34 +405,17 @@ impl CustomOp3 for ConvBnActBwd {
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{DType, Device, Var};
-    use candle_nn::{VarBuilder, VarMap};
+    use candle_core::Var;
+    use candle_nn::VarMap;
 
     use super::*;
+    use crate::fused::test_support::{self, ramp};
     use crate::testing::max_abs_diff;
 
-    fn ramp(shape: &[usize], scale: f32, offset: f32, seed: usize) -> Tensor {
-        let n: usize = shape.iter().product();
-        let data: Vec<f32> = (0..n)
-            .map(|i| (((i + seed) * 37 % 23) as f32 - 11.0) * scale + offset)
-            .collect();
-        Tensor::from_vec(data, shape, &Device::Cpu).unwrap()
-    }
-
     fn batch_norm(channels: usize) -> (VarMap, BatchNorm2d) {
-        let varmap = VarMap::new();
-        let bn = BatchNorm2d::new(
-            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-            channels,
-            1e-3,
-            0.1,
-        )
-        .unwrap();
-        let data = varmap.data().lock().unwrap();
-        data["weight"].set(&ramp(&[channels], 0.1, 1.0, 3)).unwrap();
-        data["bias"].set(&ramp(&[channels], 0.2, 0.5, 5)).unwrap();
-        drop(data);
-        (varmap, bn)
+        let weight = ramp(&[channels], 0.1, 1.0, 3).to_vec1::<f32>().unwrap();
+        let bias = ramp(&[channels], 0.2, 0.5, 5).to_vec1::<f32>().unwrap();
+        test_support::batch_norm(&weight, &bias)
     }
 
     /// The fused op against the same layers composed from separate ops: output, running statistics
@@ -486,31 +469,9 @@ mod tests {
         assert_eq!(fused.dims(), plain.dims(), "{what}");
         let diff = max_abs_diff(&fused, &plain).unwrap();
         assert!(diff < 2e-5, "{what}: forward differs by {diff}");
-        for (a, b) in [
-            (
-                fused_bn.running_mean().as_tensor(),
-                plain_bn.running_mean().as_tensor(),
-            ),
-            (
-                fused_bn.running_var().as_tensor(),
-                plain_bn.running_var().as_tensor(),
-            ),
-        ] {
-            let diff = max_abs_diff(a, b).unwrap();
-            assert!(diff < 2e-6, "{what}: running statistics differ by {diff}");
-        }
-        let g_fused = (fused * &mix)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let g_plain = (plain * &mix)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        test_support::assert_same_running_stats(&fused_bn, &plain_bn, &what);
+        let g_fused = test_support::weighted_sum_grads(&fused, &mix);
+        let g_plain = test_support::weighted_sum_grads(&plain, &mix);
         let fused_data = fused_vars.data().lock().unwrap();
         let plain_data = plain_vars.data().lock().unwrap();
         let mut pairs = vec![

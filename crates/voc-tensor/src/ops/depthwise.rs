@@ -46,6 +46,22 @@ struct Span {
 }
 
 impl Geometry {
+    fn new(
+        p: DwParams,
+        (n, c, h, w): (usize, usize, usize, usize),
+        (kh, kw): (usize, usize),
+    ) -> Self {
+        Self {
+            n,
+            c,
+            h,
+            w,
+            kh,
+            kw,
+            p,
+        }
+    }
+
     /// Length of one column phase of an input row.
     fn phase_len(&self) -> usize {
         self.w.div_ceil(self.p.stride)
@@ -600,16 +616,7 @@ pub(crate) fn forward_f32(
     x: &[f32],
     weight: &[f32],
 ) -> Vec<f32> {
-    let (n, c, h, w) = dims;
-    let g = Geometry {
-        n,
-        c,
-        h,
-        w,
-        kh: kernel.0,
-        kw: kernel.1,
-        p: params,
-    };
+    let g = Geometry::new(params, dims, kernel);
     forward_planes(g, x, weight, None)
 }
 
@@ -624,15 +631,6 @@ pub(crate) fn backward_f32(
     weight: &[f32],
     spare: usize,
 ) -> Vec<f32> {
-    let (n, c, h, w) = dims;
-    let g = Geometry {
-        n,
-        c,
-        h,
-        w,
-        kh: kernel.0,
-        kw: kernel.1,
-        p: params,
-    };
+    let g = Geometry::new(params, dims, kernel);
     backward_planes(g, grad, x, weight, spare)
 }
