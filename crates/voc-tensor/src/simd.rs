@@ -45,8 +45,22 @@ pub(crate) fn gated_sums(
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn has_avx2_fma() -> bool {
+    #[cfg(test)]
+    if FORCE_PORTABLE.load(std::sync::atomic::Ordering::Relaxed) {
+        return false;
+    }
     // std caches the CPUID result: this is two relaxed atomic loads.
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+}
+
+/// Tests set this to run the portable loops on a CPU that has AVX2 (process-wide; both paths are
+/// correct, so other tests running meanwhile still pass).
+#[cfg(test)]
+static FORCE_PORTABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+#[cfg(test)]
+pub(crate) fn force_portable(on: bool) {
+    FORCE_PORTABLE.store(on, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// Whether `act` passes the gradient at output value `o` (PyTorch's rule: strictly inside the

@@ -11,6 +11,7 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::contiguous_f32;
+#[cfg(target_arch = "x86_64")]
 use crate::simd;
 
 #[derive(Debug, Clone, Copy)]

@@ -178,6 +178,18 @@ fn cpu_depthwise_kernel_matches_candle_and_the_tap_composition() {
             &weight,
             7,
         );
+        // The portable row kernels (what a CPU without AVX2 runs) against the dispatched ones.
+        crate::simd::force_portable(true);
+        let (yp, dxp, dwp) = dw_with_grads(
+            |x, w| depthwise_conv2d(x, w, None, stride, padding, dilation),
+            &x,
+            &weight,
+            7,
+        );
+        crate::simd::force_portable(false);
+        for (name, a, b) in [("forward", &y, &yp), ("dx", &dx, &dxp), ("dw", &dw, &dwp)] {
+            assert!(rel_err(a, b).unwrap() < 1e-5, "{label}: portable {name}");
+        }
 
         // Forward against candle's grouped conv on the explicitly padded input.
         let xp = x
