@@ -244,6 +244,43 @@ pub(crate) mod avx2 {
         lane_sum(_mm256_add_ps(acc0, acc1))
     }
 
+    /// `even[i] = src[2i]`, `odd[i] = src[2i + 1]` for every `i` that `src` has (the column phases of
+    /// a stride-2 row); other elements of `even` and `odd` are left as they are.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn deinterleave2(src: &[f32], even: &mut [f32], odd: &mut [f32]) {
+        let n = src.len();
+        assert!(even.len() >= n.div_ceil(2) && odd.len() >= n / 2);
+        let mut i = 0;
+        while 2 * i + 16 <= n {
+            // SAFETY: reads src[2i..2i+16] (2i + 16 <= n) and writes 8 values from i in each phase
+            // (i + 8 <= n / 2 <= both lengths, asserted above).
+            unsafe {
+                let a = _mm256_loadu_ps(src.as_ptr().add(2 * i));
+                let b = _mm256_loadu_ps(src.as_ptr().add(2 * i + 8));
+                // Within 128-bit lanes: [a0 a2 b0 b2 | a4 a6 b4 b6], then the 64-bit quarters in order.
+                let e = _mm256_shuffle_ps::<0b10_00_10_00>(a, b);
+                let o = _mm256_shuffle_ps::<0b11_01_11_01>(a, b);
+                let e =
+                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(e)));
+                let o =
+                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(o)));
+                _mm256_storeu_ps(even.as_mut_ptr().add(i), e);
+                _mm256_storeu_ps(odd.as_mut_ptr().add(i), o);
+            }
+            i += 8;
+        }
+        for (k, &v) in src.iter().enumerate().skip(2 * i) {
+            if k % 2 == 0 {
+                even[k / 2] = v;
+            } else {
+                odd[k / 2] = v;
+            }
+        }
+    }
+
     /// `Σ a`.
     ///
     /// # Safety
@@ -451,6 +488,34 @@ mod tests {
                 (got - want).abs() <= 1e-4 * (n as f64 + 1.0),
                 "sum n {n}: {got} vs {want}"
             );
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_deinterleave_splits_even_and_odd_columns() {
+        if !has_avx2_fma() {
+            return;
+        }
+        for n in 0..70 {
+            let src = data(n, 1.0, 0.0);
+            let (mut even, mut odd) = (vec![f32::NAN; 40], vec![f32::NAN; 40]);
+            // SAFETY: AVX2 and FMA checked above.
+            unsafe { avx2::deinterleave2(&src, &mut even, &mut odd) };
+            for i in 0..40 {
+                let want_even = src.get(2 * i).copied();
+                let want_odd = src.get(2 * i + 1).copied();
+                assert_eq!(
+                    want_even.unwrap_or(f32::NAN).to_bits(),
+                    even[i].to_bits(),
+                    "n {n} even {i}"
+                );
+                assert_eq!(
+                    want_odd.unwrap_or(f32::NAN).to_bits(),
+                    odd[i].to_bits(),
+                    "n {n} odd {i}"
+                );
+            }
         }
     }
 
