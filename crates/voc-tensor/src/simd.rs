@@ -281,6 +281,36 @@ pub(crate) mod avx2 {
         }
     }
 
+    /// The inverse of [`deinterleave2`]: `dst[2i] = even[i]`, `dst[2i + 1] = odd[i]` for every
+    /// position of `dst`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(crate) unsafe fn interleave2(even: &[f32], odd: &[f32], dst: &mut [f32]) {
+        let n = dst.len();
+        assert!(even.len() >= n.div_ceil(2) && odd.len() >= n / 2);
+        let mut i = 0;
+        while 2 * i + 16 <= n {
+            // SAFETY: reads 8 values from i in each phase (i + 8 <= n / 2, asserted lengths) and
+            // writes dst[2i..2i+16] (2i + 16 <= n).
+            unsafe {
+                let quarters = |v: __m256| {
+                    _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(v)))
+                };
+                // [e0 e1 e4 e5 | e2 e3 e6 e7] and the same for odd, then pairs within 128-bit lanes.
+                let e = quarters(_mm256_loadu_ps(even.as_ptr().add(i)));
+                let o = quarters(_mm256_loadu_ps(odd.as_ptr().add(i)));
+                _mm256_storeu_ps(dst.as_mut_ptr().add(2 * i), _mm256_unpacklo_ps(e, o));
+                _mm256_storeu_ps(dst.as_mut_ptr().add(2 * i + 8), _mm256_unpackhi_ps(e, o));
+            }
+            i += 8;
+        }
+        for (k, d) in dst.iter_mut().enumerate().skip(2 * i) {
+            *d = if k % 2 == 0 { even[k / 2] } else { odd[k / 2] };
+        }
+    }
+
     /// `Σ a`.
     ///
     /// # Safety
@@ -516,6 +546,25 @@ mod tests {
                     "n {n} odd {i}"
                 );
             }
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_interleave_undoes_the_deinterleave() {
+        if !has_avx2_fma() {
+            return;
+        }
+        for n in 0..70 {
+            let src = data(n, 1.0, 0.5);
+            let (mut even, mut odd) = (vec![0.0; 40], vec![0.0; 40]);
+            let mut back = vec![f32::NAN; n];
+            // SAFETY: AVX2 and FMA checked above.
+            unsafe {
+                avx2::deinterleave2(&src, &mut even, &mut odd);
+                avx2::interleave2(&even, &odd, &mut back);
+            }
+            assert_eq!(back, src, "n {n}");
         }
     }
 

@@ -137,6 +137,18 @@ fn to_phased(g: &Geometry, plane: &[f32], out: &mut [f32]) {
 /// The inverse of [`to_phased`].
 fn from_phased(g: &Geometry, phased_plane: &[f32], plane: &mut [f32]) {
     let (s, wp) = (g.p.stride, g.phase_len());
+    #[cfg(target_arch = "x86_64")]
+    if s == 2 && simd::has_avx2_fma() {
+        for (row, phased) in plane
+            .chunks_exact_mut(g.w)
+            .zip(phased_plane.chunks_exact(2 * wp))
+        {
+            let (even, odd) = phased.split_at(wp);
+            // SAFETY: the CPU supports AVX2 and FMA (checked above).
+            unsafe { simd::avx2::interleave2(even, odd, row) };
+        }
+        return;
+    }
     for (row, phased) in plane
         .chunks_exact_mut(g.w)
         .zip(phased_plane.chunks_exact(s * wp))
