@@ -7,6 +7,8 @@
 //! its `s` column phases (`x[.., p + j*s]` for each `p`), which makes the strided reads contiguous.
 //! The backward pass reads the upstream gradient and the input once and produces the input, weight and
 //! bias gradients together (per-plane partial weight and bias sums, reduced over the batch at the end).
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -319,26 +321,41 @@ fn forward_planes(g: Geometry, x: &[f32], wt: &[f32], bias: Option<&[f32]>) -> V
     let (h, w, kh, kw, oh, ow, s) = (g.h, g.w, g.kh, g.kw, g.p.oh, g.p.ow, g.p.stride);
     let spans: Vec<Span> = (0..kw).map(|kj| g.span(kj)).collect();
     let phased_len = h * s * g.phase_len();
-    let mut out = vec![0f32; g.n * g.c * oh * ow];
-    out.par_chunks_mut(oh * ow).enumerate().for_each_init(
-        || vec![0f32; if s > 1 { phased_len } else { 0 }],
-        |buf, (plane, out)| {
-            let ch = plane % g.c;
-            let xs = &x[plane * h * w..(plane + 1) * h * w];
-            let xs: &[f32] = if s > 1 {
-                to_phased(&g, xs, buf);
-                buf
-            } else {
-                xs
-            };
-            let ws = &wt[ch * kh * kw..(ch + 1) * kh * kw];
-            if let Some(b) = bias {
-                out.fill(b[ch]);
-            }
-            dispatch_lanes!(forward_plane_avx2, forward_plane(&g, &spans, xs, ws, out));
-        },
-    );
+    let len = g.n * g.c * oh * ow;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    // Each plane is set to its bias (or zero) just before it is accumulated, while it is in cache:
+    // zeroing the whole output first would be one more pass over memory.
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut((oh * ow).max(1))
+        .enumerate()
+        .for_each_init(
+            || vec![0f32; if s > 1 { phased_len } else { 0 }],
+            |buf, (plane, out)| {
+                let ch = plane % g.c;
+                let xs = &x[plane * h * w..(plane + 1) * h * w];
+                let xs: &[f32] = if s > 1 {
+                    to_phased(&g, xs, buf);
+                    buf
+                } else {
+                    xs
+                };
+                let ws = &wt[ch * kh * kw..(ch + 1) * kh * kw];
+                let out = init_plane(out, bias.map_or(0.0, |b| b[ch]));
+                dispatch_lanes!(forward_plane_avx2, forward_plane(&g, &spans, xs, ws, out));
+            },
+        );
+    // SAFETY: every plane was initialised by `init_plane`.
+    unsafe { out.set_len(len) };
     out
+}
+
+/// Writes `value` to every element and returns the plane as initialised values.
+fn init_plane(plane: &mut [MaybeUninit<f32>], value: f32) -> &mut [f32] {
+    for v in plane.iter_mut() {
+        v.write(value);
+    }
+    // SAFETY: every element was written just above; `MaybeUninit<f32>` has `f32`'s layout.
+    unsafe { &mut *(plane as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// One plane of the backward pass: accumulates the input gradient into `dacc` (phased when the stride
@@ -403,12 +420,11 @@ fn backward_planes(g: Geometry, grad: &[f32], x: &[f32], wt: &[f32], spare: usiz
     let spans: Vec<Span> = (0..kw).map(|kj| g.span(kj)).collect();
     let phased_len = h * s * g.phase_len();
     let len = n * c * h * w + c * taps + c;
-    let mut out = Vec::with_capacity(len + spare);
-    out.resize(len, 0f32);
+    let mut out: Vec<f32> = Vec::with_capacity(len + spare);
     // Per plane: `taps` weight-gradient partials, then the bias-gradient partial, in f64.
     let mut partials = vec![0f64; n * c * (taps + 1)];
-    let (dx, tail) = out.split_at_mut(n * c * h * w);
-    dx.par_chunks_mut(h * w)
+    let (dx, tail) = out.spare_capacity_mut()[..len].split_at_mut(n * c * h * w);
+    dx.par_chunks_mut((h * w).max(1))
         .zip(partials.par_chunks_mut(taps + 1))
         .enumerate()
         .for_each_init(
@@ -429,6 +445,9 @@ fn backward_planes(g: Geometry, grad: &[f32], x: &[f32], wt: &[f32], spare: usiz
                 } else {
                     xs
                 };
+                // The plane of dx is zeroed here, in cache, not all of dx up front; at stride > 1 the
+                // phased buffer accumulates and `from_phased` then writes every element of dx's plane.
+                let dx = init_plane(dx, 0.0);
                 let dacc: &mut [f32] = if s > 1 {
                     dbuf.fill(0.0);
                     dbuf
@@ -444,6 +463,7 @@ fn backward_planes(g: Geometry, grad: &[f32], x: &[f32], wt: &[f32], spare: usiz
                 }
             },
         );
+    let tail = init_plane(tail, 0.0);
     let (dw, db) = tail.split_at_mut(c * taps);
     for (ch, (dw, db)) in dw.chunks_exact_mut(taps).zip(db.iter_mut()).enumerate() {
         let mut acc = vec![0f64; taps + 1];
@@ -458,6 +478,8 @@ fn backward_planes(g: Geometry, grad: &[f32], x: &[f32], wt: &[f32], spare: usiz
         }
         *db = acc[taps] as f32;
     }
+    // SAFETY: every plane of dx and the whole tail were initialised by `init_plane`.
+    unsafe { out.set_len(len) };
     out
 }
 
