@@ -7,12 +7,10 @@
 //! its `s` column phases (`x[.., p + j*s]` for each `p`), which makes the strided reads contiguous.
 //! The backward pass reads the upstream gradient and the input once and produces the input, weight and
 //! bias gradients together (per-plane partial weight and bias sums, reduced over the batch at the end).
-use std::mem::MaybeUninit;
-
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::contiguous_f32;
+use super::{contiguous_f32, init_plane};
 #[cfg(target_arch = "x86_64")]
 use crate::simd;
 
@@ -347,15 +345,6 @@ fn forward_planes(g: Geometry, x: &[f32], wt: &[f32], bias: Option<&[f32]>) -> V
     // SAFETY: every plane was initialised by `init_plane`.
     unsafe { out.set_len(len) };
     out
-}
-
-/// Writes `value` to every element and returns the plane as initialised values.
-fn init_plane(plane: &mut [MaybeUninit<f32>], value: f32) -> &mut [f32] {
-    for v in plane.iter_mut() {
-        v.write(value);
-    }
-    // SAFETY: every element was written just above; `MaybeUninit<f32>` has `f32`'s layout.
-    unsafe { &mut *(plane as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// One plane of the backward pass: accumulates the input gradient into `dacc` (phased when the stride

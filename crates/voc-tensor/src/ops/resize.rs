@@ -2,7 +2,7 @@
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, dims4};
+use super::{contiguous_f32, dims4, init_plane};
 use crate::error::{Result, VocError};
 
 /// For each output position along one axis: the two source indices and their weights, exactly as
@@ -239,13 +239,17 @@ impl CustomOp1 for BilinearFwd {
         let p = &self.0;
         let (n, c, _, _) = l.shape().dims4()?;
         let x = contiguous_f32(s, l, "resize_bilinear input")?;
-        let mut out = vec![0f32; n * c * p.out_h * p.out_w];
-        out.par_chunks_mut(p.out_h * p.out_w)
-            .zip(x.par_chunks(p.h * p.w))
+        let len = n * c * p.out_h * p.out_w;
+        let mut out: Vec<f32> = Vec::with_capacity(len);
+        out.spare_capacity_mut()[..len]
+            .par_chunks_mut((p.out_h * p.out_w).max(1))
+            .zip(x.par_chunks((p.h * p.w).max(1)))
             .for_each_init(
                 || vec![0f32; p.h * p.out_w],
-                |tmp, (out, x)| p.forward_plane(x, tmp, out),
+                |tmp, (out, x)| p.forward_plane(x, tmp, init_plane(out, 0.0)),
             );
+        // SAFETY: every plane was initialised by `init_plane`.
+        unsafe { out.set_len(len) };
         Ok((CpuStorage::F32(out), Shape::from((n, c, p.out_h, p.out_w))))
     }
 
@@ -271,13 +275,17 @@ impl CustomOp1 for BilinearBwd {
         let p = &self.0;
         let (n, c, _, _) = l.shape().dims4()?;
         let g = contiguous_f32(s, l, "resize_bilinear gradient")?;
-        let mut dx = vec![0f32; n * c * p.h * p.w];
-        dx.par_chunks_mut(p.h * p.w)
-            .zip(g.par_chunks(p.out_h * p.out_w))
+        let len = n * c * p.h * p.w;
+        let mut dx: Vec<f32> = Vec::with_capacity(len);
+        dx.spare_capacity_mut()[..len]
+            .par_chunks_mut((p.h * p.w).max(1))
+            .zip(g.par_chunks((p.out_h * p.out_w).max(1)))
             .for_each_init(
                 || vec![0f32; p.h * p.out_w],
-                |tmp, (dx, g)| p.backward_plane(g, tmp, dx),
+                |tmp, (dx, g)| p.backward_plane(g, tmp, init_plane(dx, 0.0)),
             );
+        // SAFETY: every plane was initialised by `init_plane`.
+        unsafe { dx.set_len(len) };
         Ok((CpuStorage::F32(dx), Shape::from((n, c, p.h, p.w))))
     }
 }
