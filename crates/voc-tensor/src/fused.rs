@@ -974,18 +974,8 @@ mod tests {
                 .unwrap();
             assert_eq!(max_abs_diff(&fused, &plain).unwrap(), 0.0, "{act:?}");
             let mix = ramp(&[2, 3, 4, 3], 0.1, 0.2, 0);
-            let a = (fused * &mix)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            let b = (plain * &mix)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
+            let a = test_support::weighted_sum_grads(&fused, &mix);
+            let b = test_support::weighted_sum_grads(&plain, &mix);
             let (a, b) = (a.get(x.as_tensor()).unwrap(), b.get(x.as_tensor()).unwrap());
             assert_eq!(max_abs_diff(a, b).unwrap(), 0.0, "{act:?} gradient");
         }
@@ -1009,18 +999,8 @@ mod tests {
         )
         .unwrap();
         assert!(max_abs_diff(&fused, &plain).unwrap() < 1e-5);
-        let a = (fused * &mix)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        let b = (plain * &mix)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
+        let a = test_support::weighted_sum_grads(&fused, &mix);
+        let b = test_support::weighted_sum_grads(&plain, &mix);
         for (what, v) in [("x", x.as_tensor()), ("weight", w.as_tensor())] {
             let d = max_abs_diff(a.get(v).unwrap(), b.get(v).unwrap()).unwrap();
             assert!(d < 1e-5, "gradient of {what} differs by {d}");
