@@ -79,6 +79,21 @@ fn conv_out_size(
     Ok((size + pad - effective_kernel) / stride + 1)
 }
 
+/// [`conv_out_size`] for both spatial axes: `(oh, ow)`.
+fn conv_out_hw(
+    op: &str,
+    (h, w): (usize, usize),
+    padding: Padding,
+    (kh, kw): (usize, usize),
+    stride: usize,
+    dilation: usize,
+) -> Result<(usize, usize)> {
+    Ok((
+        conv_out_size(op, h, padding.top + padding.bottom, kh, stride, dilation)?,
+        conv_out_size(op, w, padding.left + padding.right, kw, stride, dilation)?,
+    ))
+}
+
 fn add_bias(y: Tensor, bias: Option<&Tensor>, op: &str) -> Result<Tensor> {
     match bias {
         None => Ok(y),
@@ -146,19 +161,11 @@ pub(crate) fn depthwise_params(
     padding: Padding,
     dilation: usize,
 ) -> Result<depthwise::DwParams> {
-    let oh = conv_out_size(
+    let (oh, ow) = conv_out_hw(
         "depthwise_conv2d",
-        h,
-        padding.top + padding.bottom,
-        kh,
-        stride,
-        dilation,
-    )?;
-    let ow = conv_out_size(
-        "depthwise_conv2d",
-        w,
-        padding.left + padding.right,
-        kw,
+        (h, w),
+        padding,
+        (kh, kw),
         stride,
         dilation,
     )?;
@@ -233,22 +240,7 @@ pub fn conv2d(
     if groups == c_in && c_out == c_in && c_in_per_group == 1 && groups > 1 {
         return depthwise_conv2d(x, weight, bias, stride, padding, dilation);
     }
-    let oh = conv_out_size(
-        "conv2d",
-        h,
-        padding.top + padding.bottom,
-        kh,
-        stride,
-        dilation,
-    )?;
-    let ow = conv_out_size(
-        "conv2d",
-        w,
-        padding.left + padding.right,
-        kw,
-        stride,
-        dilation,
-    )?;
+    let (oh, ow) = conv_out_hw("conv2d", (h, w), padding, (kh, kw), stride, dilation)?;
     if kh == 1 && kw == 1 && stride == 1 && groups == 1 && padding.is_zero() {
         let y = weight
             .reshape((c_out, c_in))?

@@ -10,7 +10,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, init_plane};
+use super::{contiguous_f32, init_plane, planes_from};
 #[cfg(target_arch = "x86_64")]
 use crate::simd;
 
@@ -319,32 +319,26 @@ fn forward_planes(g: Geometry, x: &[f32], wt: &[f32], bias: Option<&[f32]>) -> V
     let (h, w, kh, kw, oh, ow, s) = (g.h, g.w, g.kh, g.kw, g.p.oh, g.p.ow, g.p.stride);
     let spans: Vec<Span> = (0..kw).map(|kj| g.span(kj)).collect();
     let phased_len = h * s * g.phase_len();
-    let len = g.n * g.c * oh * ow;
-    let mut out: Vec<f32> = Vec::with_capacity(len);
     // Each plane is set to its bias (or zero) just before it is accumulated, while it is in cache:
     // zeroing the whole output first would be one more pass over memory.
-    out.spare_capacity_mut()[..len]
-        .par_chunks_mut((oh * ow).max(1))
-        .enumerate()
-        .for_each_init(
-            || vec![0f32; if s > 1 { phased_len } else { 0 }],
-            |buf, (plane, out)| {
-                let ch = plane % g.c;
-                let xs = &x[plane * h * w..(plane + 1) * h * w];
-                let xs: &[f32] = if s > 1 {
-                    to_phased(&g, xs, buf);
-                    buf
-                } else {
-                    xs
-                };
-                let ws = &wt[ch * kh * kw..(ch + 1) * kh * kw];
-                let out = init_plane(out, bias.map_or(0.0, |b| b[ch]));
-                dispatch_lanes!(forward_plane_avx2, forward_plane(&g, &spans, xs, ws, out));
-            },
-        );
-    // SAFETY: every plane was initialised by `init_plane`.
-    unsafe { out.set_len(len) };
-    out
+    planes_from(
+        g.n * g.c * oh * ow,
+        oh * ow,
+        |plane| bias.map_or(0.0, |b| b[plane % g.c]),
+        || vec![0f32; if s > 1 { phased_len } else { 0 }],
+        |buf, plane, out| {
+            let ch = plane % g.c;
+            let xs = &x[plane * h * w..(plane + 1) * h * w];
+            let xs: &[f32] = if s > 1 {
+                to_phased(&g, xs, buf);
+                buf
+            } else {
+                xs
+            };
+            let ws = &wt[ch * kh * kw..(ch + 1) * kh * kw];
+            dispatch_lanes!(forward_plane_avx2, forward_plane(&g, &spans, xs, ws, out));
+        },
+    )
 }
 
 /// One plane of the backward pass: accumulates the input gradient into `dacc` (phased when the stride

@@ -7,9 +7,8 @@
 //! runs at full speed. The expanded matrix is `kh*kw` times the input, so `conv2d` only takes this path
 //! below a size cap.
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::{contiguous_f32, init_plane};
+use super::{contiguous_f32, planes_from};
 
 /// Geometry of one conv: input `c x h x w` per image, kernel `kh x kw`, output `oh x ow`.
 #[derive(Debug, Clone, Copy)]
@@ -88,13 +87,12 @@ impl CustomOp1 for Im2Col {
         let x = contiguous_f32(s, l, "conv2d im2col input")?;
         let spans: Vec<_> = (0..p.kw).map(|kj| p.span(kj)).collect();
         let block = p.taps() * p.out_plane(); // the rows of one input channel
-        let len = p.cols_len();
-        let mut cols: Vec<f32> = Vec::with_capacity(len);
-        cols.spare_capacity_mut()[..len]
-            .par_chunks_mut(block.max(1))
-            .enumerate()
-            .for_each(|(plane, rows)| {
-                let rows = init_plane(rows, 0.0);
+        let cols = planes_from(
+            p.cols_len(),
+            block,
+            |_| 0.0,
+            || (),
+            |_, plane, rows| {
                 let xs = &x[plane * p.plane()..(plane + 1) * p.plane()];
                 for (tap, row) in rows.chunks_exact_mut(p.out_plane()).enumerate() {
                     let (ki, kj) = (tap / p.kw, tap % p.kw);
@@ -120,9 +118,8 @@ impl CustomOp1 for Im2Col {
                         }
                     }
                 }
-            });
-        // SAFETY: every block was initialised by `init_plane`.
-        unsafe { cols.set_len(len) };
+            },
+        );
         Ok((
             CpuStorage::F32(cols),
             Shape::from((p.n, p.c * p.taps(), p.out_plane())),
@@ -149,13 +146,12 @@ impl CustomOp1 for Col2Im {
         let cols = contiguous_f32(s, l, "conv2d col2im gradient")?;
         let spans: Vec<_> = (0..p.kw).map(|kj| p.span(kj)).collect();
         let block = p.taps() * p.out_plane();
-        let len = p.n * p.c * p.plane();
-        let mut dx: Vec<f32> = Vec::with_capacity(len);
-        dx.spare_capacity_mut()[..len]
-            .par_chunks_mut(p.plane().max(1))
-            .enumerate()
-            .for_each(|(plane, dxs)| {
-                let dxs = init_plane(dxs, 0.0);
+        let dx = planes_from(
+            p.n * p.c * p.plane(),
+            p.plane(),
+            |_| 0.0,
+            || (),
+            |_, plane, dxs| {
                 let rows = &cols[plane * block..(plane + 1) * block];
                 for (tap, row) in rows.chunks_exact(p.out_plane()).enumerate() {
                     let (ki, kj) = (tap / p.kw, tap % p.kw);
@@ -181,9 +177,8 @@ impl CustomOp1 for Col2Im {
                         }
                     }
                 }
-            });
-        // SAFETY: every plane was initialised by `init_plane`.
-        unsafe { dx.set_len(len) };
+            },
+        );
         Ok((CpuStorage::F32(dx), Shape::from((p.n, p.c, p.h, p.w))))
     }
 }

@@ -123,3 +123,24 @@ pub(crate) fn init_plane(plane: &mut [std::mem::MaybeUninit<f32>], value: f32) -
     // SAFETY: every element was written just above; `std::mem::MaybeUninit<f32>` has `f32`'s layout.
     unsafe { &mut *(plane as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) }
 }
+
+/// A new `len`-value buffer computed plane by plane in parallel: plane `i` (of `plane` values) is set
+/// to `value(i)` (see [`init_plane`]) and handed to `fill(scratch, i, plane)`, with one `scratch` per
+/// worker made by `scratch()`.
+pub(crate) fn planes_from<S>(
+    len: usize,
+    plane: usize,
+    value: impl Fn(usize) -> f32 + Sync + Send,
+    scratch: impl Fn() -> S + Sync + Send,
+    fill: impl Fn(&mut S, usize, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(plane.max(1))
+        .enumerate()
+        .for_each_init(scratch, |s, (i, p)| fill(s, i, init_plane(p, value(i))));
+    // SAFETY: `init_plane` initialised every plane, which together cover the `len` values.
+    unsafe { out.set_len(len) };
+    out
+}

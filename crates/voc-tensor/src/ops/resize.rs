@@ -1,8 +1,7 @@
 //! Bilinear and nearest resizing with PyTorch's `F.interpolate` index arithmetic.
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::{contiguous_f32, dims4, init_plane};
+use super::{contiguous_f32, dims4, planes_from};
 use crate::error::{Result, VocError};
 
 /// For each output position along one axis: the two source indices and their weights, exactly as
@@ -239,17 +238,14 @@ impl CustomOp1 for BilinearFwd {
         let p = &self.0;
         let (n, c, _, _) = l.shape().dims4()?;
         let x = contiguous_f32(s, l, "resize_bilinear input")?;
-        let len = n * c * p.out_h * p.out_w;
-        let mut out: Vec<f32> = Vec::with_capacity(len);
-        out.spare_capacity_mut()[..len]
-            .par_chunks_mut((p.out_h * p.out_w).max(1))
-            .zip(x.par_chunks((p.h * p.w).max(1)))
-            .for_each_init(
-                || vec![0f32; p.h * p.out_w],
-                |tmp, (out, x)| p.forward_plane(x, tmp, init_plane(out, 0.0)),
-            );
-        // SAFETY: every plane was initialised by `init_plane`.
-        unsafe { out.set_len(len) };
+        let (plane, out_plane) = (p.h * p.w, p.out_h * p.out_w);
+        let out = planes_from(
+            n * c * out_plane,
+            out_plane,
+            |_| 0.0,
+            || vec![0f32; p.h * p.out_w],
+            |tmp, i, out| p.forward_plane(&x[i * plane..(i + 1) * plane], tmp, out),
+        );
         Ok((CpuStorage::F32(out), Shape::from((n, c, p.out_h, p.out_w))))
     }
 
@@ -275,17 +271,14 @@ impl CustomOp1 for BilinearBwd {
         let p = &self.0;
         let (n, c, _, _) = l.shape().dims4()?;
         let g = contiguous_f32(s, l, "resize_bilinear gradient")?;
-        let len = n * c * p.h * p.w;
-        let mut dx: Vec<f32> = Vec::with_capacity(len);
-        dx.spare_capacity_mut()[..len]
-            .par_chunks_mut((p.h * p.w).max(1))
-            .zip(g.par_chunks((p.out_h * p.out_w).max(1)))
-            .for_each_init(
-                || vec![0f32; p.h * p.out_w],
-                |tmp, (dx, g)| p.backward_plane(g, tmp, init_plane(dx, 0.0)),
-            );
-        // SAFETY: every plane was initialised by `init_plane`.
-        unsafe { dx.set_len(len) };
+        let (plane, out_plane) = (p.h * p.w, p.out_h * p.out_w);
+        let dx = planes_from(
+            n * c * plane,
+            plane,
+            |_| 0.0,
+            || vec![0f32; p.h * p.out_w],
+            |tmp, i, dx| p.backward_plane(&g[i * out_plane..(i + 1) * out_plane], tmp, dx),
+        );
         Ok((CpuStorage::F32(dx), Shape::from((n, c, p.h, p.w))))
     }
 }
