@@ -13,7 +13,6 @@
 //! - [`bias_act`]: per-channel bias then the activation in one pass (the epilogue of a convolution
 //!   whose eval-mode batch norm was folded into its weights), whose backward is one pass too, and
 //!   [`conv2d_bias_act`], which runs it in place after the convolution when nothing needs a gradient;
-//! - [`conv1x1`]: a 1x1 convolution as one gemm per image, with a two-matmul backward.
 //!
 //! All run on f32 CPU tensors; on other devices or dtypes they compose the same maths from candle
 //! primitives, so callers need no second path.
@@ -279,72 +278,6 @@ impl CustomOp2 for ActBwd {
             }
         }));
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
-    }
-}
-
-/// A 1x1, stride-1, unpadded, bias-free convolution (`weight` is `C_out x C_in x 1 x 1`) as one op: a
-/// gemm per image forward, two matmuls backward. Composed from candle's reshape and matmul it is four
-/// graph nodes, and candle's backward zero-fills and adds a gradient buffer per node, so in training
-/// the fused form saves three activation-sized passes per layer.
-pub fn conv1x1(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
-    let (_, c_in, _, _) = crate::ops::dims4(x, "conv1x1")?;
-    let (_, w_in, kh, kw) = crate::ops::dims4(weight, "conv1x1 weight")?;
-    if w_in != c_in || kh != 1 || kw != 1 {
-        return Err(VocError::BadArgument(format!(
-            "conv1x1: weight {:?} is not C_out x {c_in} x 1 x 1",
-            weight.dims()
-        )));
-    }
-    if !on_cpu_f32(&[x, weight]) {
-        return crate::ops::conv2d(x, weight, None, 1, crate::ops::Padding::default(), 1, 1);
-    }
-    Ok(x.contiguous()?.apply_op2(&weight.contiguous()?, Conv1x1)?)
-}
-
-struct Conv1x1;
-
-impl CustomOp2 for Conv1x1 {
-    fn name(&self) -> &'static str {
-        "voc-conv1x1"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, "conv1x1 input")?;
-        let w = contiguous_f32(s2, l2, "conv1x1 weight")?;
-        let (n, c_in, h, wd) = l1.shape().dims4()?;
-        let c_out = l2.shape().dims()[0];
-        let y = pointwise_forward(x, w, n, c_in, c_out, h * wd);
-        Ok((CpuStorage::F32(y), Shape::from((n, c_out, h, wd))))
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        weight: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (n, c_in, h, w) = x.dims4()?;
-        let c_out = weight.dim(0)?;
-        let g = grad.contiguous()?.reshape((n, c_out, h * w))?;
-        let w2 = weight.detach().reshape((c_out, c_in))?;
-        let dx = w2
-            .t()?
-            .broadcast_left(n)?
-            .matmul(&g)?
-            .reshape((n, c_in, h, w))?;
-        let xs = x.detach().reshape((n, c_in, h * w))?;
-        let dw = g
-            .matmul(&xs.transpose(1, 2)?)?
-            .sum(0)?
-            .reshape((c_out, c_in, 1, 1))?;
-        Ok((Some(dx), Some(dw)))
     }
 }
 
@@ -980,31 +913,5 @@ mod tests {
             assert_eq!(max_abs_diff(a, b).unwrap(), 0.0, "{act:?} gradient");
         }
         assert!(bias_act(&ramp(&[1, 2, 2, 2], 1.0, 0.0, 0), Some(&bias), Act::Relu).is_err());
-    }
-
-    #[test]
-    fn conv1x1_matches_conv2d_with_gradients() {
-        let x = Var::from_tensor(&ramp(&[2, 5, 3, 4], 0.3, 0.1, 0)).unwrap();
-        let w = Var::from_tensor(&ramp(&[7, 5, 1, 1], 0.2, -0.05, 0)).unwrap();
-        let mix = ramp(&[2, 7, 3, 4], 0.1, 0.3, 0);
-        let fused = conv1x1(x.as_tensor(), w.as_tensor()).unwrap();
-        let plain = crate::ops::conv2d(
-            x.as_tensor(),
-            w.as_tensor(),
-            None,
-            1,
-            crate::ops::Padding::default(),
-            1,
-            1,
-        )
-        .unwrap();
-        assert!(max_abs_diff(&fused, &plain).unwrap() < 1e-5);
-        let a = test_support::weighted_sum_grads(&fused, &mix);
-        let b = test_support::weighted_sum_grads(&plain, &mix);
-        for (what, v) in [("x", x.as_tensor()), ("weight", w.as_tensor())] {
-            let d = max_abs_diff(a.get(v).unwrap(), b.get(v).unwrap()).unwrap();
-            assert!(d < 1e-5, "gradient of {what} differs by {d}");
-        }
-        assert!(conv1x1(x.as_tensor(), &ramp(&[7, 4, 1, 1], 1.0, 0.0, 0)).is_err());
     }
 }
