@@ -511,9 +511,12 @@ fn warp_image_direct(
                 // Fixed-point weights (8 fractional bits): the four weights sum to exactly 1 << 16, so a
                 // uniform neighbourhood reproduces its value exactly.
                 // u, v >= -1 here (the inside test), so floor(u) = trunc(u + 2) - 2.
+                // Weights are rounded, not truncated (0..=256): the f32 step-by-step sample position
+                // may sit a few 1e-5 px off the exact one, and on a pixel centre truncation turned that
+                // into a 1/256 weight on the neighbour across it (one grey level of bleed).
                 let (x0, y0) = ((u + 2.0) as i32 - 2, (v + 2.0) as i32 - 2);
-                let wx = ((u - x0 as f32) * 256.0) as u32;
-                let wy = ((v - y0 as f32) * 256.0) as u32;
+                let wx = ((u - x0 as f32) * 256.0 + 0.5) as u32;
+                let wy = ((v - y0 as f32) * 256.0 + 0.5) as u32;
                 let (xa, xb, ya, yb) = if x0 >= 0 && y0 >= 0 && x0 < wmax && y0 < hmax {
                     (x0 as usize, x0 as usize + 1, y0 as usize, y0 as usize + 1)
                 } else {

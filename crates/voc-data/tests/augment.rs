@@ -404,3 +404,12 @@ fn in_place_ops_accept_non_standard_layouts() {
     voc_data::augment::gaussian_blur(&mut b, 1.0);
     assert_eq!(a, b);
 }
+
+/// A geometry proptest found: an output pixel whose sample lands 2e-5 px past a source pixel centre in
+/// exact arithmetic and just before it in the kernel's f32 steps, which used to bleed one grey level of the
+/// neighbouring region in.
+#[test]
+fn bilinear_sample_on_a_pixel_centre_takes_nothing_from_across_it() {
+    let checked = check_bilinear(4557618694879235778).unwrap();
+    assert!(checked > 100, "{checked}");
+}
