@@ -2,6 +2,7 @@
 //!
 //! This root crate re-exports the workspace crates so that one dependency brings them all; it also owns
 //! the end-to-end tests (`tests/`) and the cross-crate benchmarks (`benches/`).
+pub use voc_attack as attack;
 pub use voc_classify as classify;
 pub use voc_data as data;
 pub use voc_segment as segment;
