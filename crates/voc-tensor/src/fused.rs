@@ -348,37 +348,15 @@ pub(crate) fn pointwise_backward(
     dx: &mut [MaybeUninit<f32>],
     dw: &mut [MaybeUninit<f32>],
 ) {
-    assert!(dy.len() >= n * c_out * hw && x.len() >= n * c_in * hw && w.len() >= c_out * c_in);
-    assert!(dx.len() >= n * c_in * hw && dw.len() >= c_out * c_in);
-    let (dx, dw) = (dx.as_mut_ptr() as *mut f32, dw.as_mut_ptr() as *mut f32);
+    assert!(x.len() >= n * c_in * hw && dw.len() >= c_out * c_in);
+    pointwise_input_grad(dy, w, n, c_in, c_out, hw, dx);
+    let dw = dw.as_mut_ptr() as *mut f32;
     let par = gemm_parallelism(c_out * hw * c_in);
     for b in 0..n {
-        // SAFETY: every pointer/stride pair addresses the row-major blocks of image `b` whose lengths
-        // are asserted above. dx[b] (C_in x HW) = wᵀ (C_in x C_out: column stride c_in, row stride 1)
-        // times dy[b] (C_out x HW); dw (C_out x C_in) accumulates dy[b] times x[b]ᵀ (HW x C_in: column
-        // stride hw, row stride 1), overwriting on the first image.
+        // SAFETY: dw (C_out x C_in, length asserted above) accumulates dy[b] (C_out x HW, asserted in
+        // pointwise_input_grad) times x[b]ᵀ (HW x C_in: column stride hw, row stride 1), overwriting on
+        // the first image.
         unsafe {
-            gemm::gemm(
-                c_in,
-                hw,
-                c_out,
-                dx.add(b * c_in * hw),
-                1,
-                hw as isize,
-                false,
-                w.as_ptr(),
-                c_in as isize,
-                1,
-                dy.as_ptr().add(b * c_out * hw),
-                1,
-                hw as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            );
             gemm::gemm(
                 c_out,
                 c_in,
@@ -401,6 +379,151 @@ pub(crate) fn pointwise_backward(
                 par,
             );
         }
+    }
+}
+
+/// `dx[b] = wᵀ · dy[b]` for each image (the input gradient of [`pointwise_forward`]), fully written.
+fn pointwise_input_grad(
+    dy: &[f32],
+    w: &[f32],
+    n: usize,
+    c_in: usize,
+    c_out: usize,
+    hw: usize,
+    dx: &mut [MaybeUninit<f32>],
+) {
+    assert!(dy.len() >= n * c_out * hw && w.len() >= c_out * c_in && dx.len() >= n * c_in * hw);
+    let dx = dx.as_mut_ptr() as *mut f32;
+    let par = gemm_parallelism(c_out * hw * c_in);
+    for b in 0..n {
+        // SAFETY: dx[b] (C_in x HW) = wᵀ (C_in x C_out: column stride c_in, row stride 1) times dy[b]
+        // (C_out x HW), all within the lengths asserted above; with `read_dst` false gemm writes every
+        // element of dx[b].
+        unsafe {
+            gemm::gemm(
+                c_in,
+                hw,
+                c_out,
+                dx.add(b * c_in * hw),
+                1,
+                hw as isize,
+                false,
+                w.as_ptr(),
+                c_in as isize,
+                1,
+                dy.as_ptr().add(b * c_out * hw),
+                1,
+                hw as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+    }
+}
+
+/// A 1x1 convolution (`N x C_in x H x W` by a `C_out x C_in` weight) whose weight is a constant while
+/// the input needs a gradient: an attack through a network in eval mode. Composed as a batched matmul,
+/// candle's backward would also compute the weight's gradient (a gemm per image, a zero-filled buffer
+/// and adds), which nothing reads; this op's backward computes the input gradient only.
+pub(crate) fn pointwise_const_weight(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    let (_, c_in, _, _) = crate::ops::dims4(x, "pointwise conv")?;
+    let c_out = weight.dim(0)?;
+    if weight.elem_count() != c_out * c_in || weight.track_op() {
+        return Err(VocError::BadArgument(format!(
+            "pointwise conv: weight {:?} must be a constant C_out x C_in (x 1 x 1) for {c_in} input channels",
+            weight.dims()
+        )));
+    }
+    let op = PointwiseConstWeight {
+        weight: Arc::new(
+            weight
+                .flatten_all()?
+                .to_dtype(DType::F32)?
+                .to_vec1::<f32>()?,
+        ),
+        c_in,
+        c_out,
+    };
+    Ok(x.contiguous()?.apply_op1(op)?)
+}
+
+struct PointwiseConstWeight {
+    weight: Arc<Vec<f32>>,
+    c_in: usize,
+    c_out: usize,
+}
+
+impl CustomOp1 for PointwiseConstWeight {
+    fn name(&self) -> &'static str {
+        "voc-pointwise-const-weight"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, "pointwise conv")?;
+        let (n, c_in, h, w) = l.shape().dims4()?;
+        if c_in != self.c_in {
+            candle_core::bail!(
+                "pointwise conv: {c_in} input channels, weight has {}",
+                self.c_in
+            );
+        }
+        let y = pointwise_forward(x, &self.weight, n, c_in, self.c_out, h * w);
+        Ok((CpuStorage::F32(y), Shape::from((n, self.c_out, h, w))))
+    }
+
+    fn bwd(
+        &self,
+        _x: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<Option<Tensor>> {
+        let op = PointwiseConstWeightInputGrad {
+            weight: self.weight.clone(),
+            c_in: self.c_in,
+            c_out: self.c_out,
+        };
+        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&op)?))
+    }
+}
+
+struct PointwiseConstWeightInputGrad {
+    weight: Arc<Vec<f32>>,
+    c_in: usize,
+    c_out: usize,
+}
+
+impl CustomOp1 for PointwiseConstWeightInputGrad {
+    fn name(&self) -> &'static str {
+        "voc-pointwise-const-weight-input-grad"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let dy = contiguous_f32(s, l, "pointwise conv gradient")?;
+        let (n, c_out, h, w) = l.shape().dims4()?;
+        if c_out != self.c_out {
+            candle_core::bail!(
+                "pointwise conv gradient: {c_out} channels, weight has {}",
+                self.c_out
+            );
+        }
+        let len = n * self.c_in * h * w;
+        let mut dx: Vec<f32> = Vec::with_capacity(len);
+        pointwise_input_grad(
+            dy,
+            &self.weight,
+            n,
+            self.c_in,
+            c_out,
+            h * w,
+            &mut dx.spare_capacity_mut()[..len],
+        );
+        // SAFETY: pointwise_input_grad wrote all `len` elements.
+        unsafe { dx.set_len(len) };
+        Ok((CpuStorage::F32(dx), Shape::from((n, self.c_in, h, w))))
     }
 }
 

@@ -242,6 +242,15 @@ pub fn conv2d(
     }
     let (oh, ow) = conv_out_hw("conv2d", (h, w), padding, (kh, kw), stride, dilation)?;
     if kh == 1 && kw == 1 && stride == 1 && groups == 1 && padding.is_zero() {
+        let input_grad_only = x.track_op()
+            && !weight.track_op()
+            && x.device().is_cpu()
+            && x.dtype() == DType::F32
+            && weight.dtype() == DType::F32;
+        if input_grad_only {
+            let y = crate::fused::pointwise_const_weight(x, weight)?;
+            return add_bias(y, bias, "conv2d");
+        }
         let y = weight
             .reshape((c_out, c_in))?
             .broadcast_left(n)?

@@ -256,6 +256,34 @@ fn pointwise_conv_matmul_matches_candle_conv() {
     assert!(rel_err(&ours, &candle).unwrap() < 1e-5);
 }
 
+/// A constant 1x1 weight with an input that needs a gradient (an attack in eval mode) takes the
+/// input-gradient-only op: same output and input gradient as candle's conv, and no weight gradient.
+#[test]
+fn pointwise_conv_with_constant_weight_gives_the_input_gradient_only() {
+    let x = Var::from_tensor(&seeded(&[3, 8, 5, 7], 11)).unwrap();
+    let w = seeded(&[6, 8, 1, 1], 12);
+    let b = seeded(&[6], 13);
+    let mix = seeded(&[3, 6, 5, 7], 14);
+    let ours = conv2d(x.as_tensor(), &w, Some(&b), 1, Padding::default(), 1, 1).unwrap();
+    assert!(ours.track_op(), "the output is in the graph");
+    let candle = x
+        .as_tensor()
+        .conv2d(&w, 0, 1, 1, 1)
+        .unwrap()
+        .broadcast_add(&b.reshape((1, 6, 1, 1)).unwrap())
+        .unwrap();
+    assert!(rel_err(&ours, &candle).unwrap() < 1e-5);
+    let grad_of = |y: &Tensor, weight_grad_expected: bool| {
+        let grads = (y * &mix).unwrap().sum_all().unwrap().backward().unwrap();
+        // candle's conv backward computes (and stores) the constant weight's gradient too.
+        assert_eq!(grads.get(&w).is_some(), weight_grad_expected);
+        grads.get(x.as_tensor()).unwrap().clone()
+    };
+    let (dx, dx_candle) = (grad_of(&ours, false), grad_of(&candle, true));
+    assert_eq!(dx.dims(), [3, 8, 5, 7]);
+    assert!(rel_err(&dx, &dx_candle).unwrap() < 1e-5);
+}
+
 #[test]
 fn tf_same_padding_matches_tensorflow() {
     // 224 at stride 2 with a 3x3 kernel: TF pads 0 before and 1 after.
