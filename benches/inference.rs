@@ -121,6 +121,7 @@ fn load_average() -> String {
 }
 
 fn main() -> anyhow::Result<()> {
+    voc_tensor::device::keep_freed_memory_mapped();
     let threads = voc_tensor::device::init_cpu_threads();
     let iters: usize = std::env::var("VOC_BENCH_ITERS")
         .ok()

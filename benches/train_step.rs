@@ -82,6 +82,7 @@ fn segmenter_step(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
+    voc_tensor::device::keep_freed_memory_mapped();
     voc_tensor::device::init_cpu_threads();
     Criterion::default()
         .sample_size(10)

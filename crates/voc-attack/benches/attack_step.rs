@@ -39,7 +39,7 @@ fn mobilenet_v2(c: &mut Criterion) {
     let varmap = VarMap::new();
     ImageClassifier::new(
         VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
-        config.clone(),
+        config,
     )
     .expect("init");
     let net = ImageClassifier::from_tensors(constants(&varmap), "random", config, &Device::Cpu)
@@ -86,5 +86,12 @@ fn deeplabv3(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, mobilenet_v2, deeplabv3);
+/// The allocator and thread settings `voc` itself runs with.
+fn setup() -> Criterion {
+    voc_tensor::device::keep_freed_memory_mapped();
+    voc_tensor::device::init_cpu_threads();
+    Criterion::default()
+}
+
+criterion_group! { name = benches; config = setup(); targets = mobilenet_v2, deeplabv3 }
 criterion_main!(benches);

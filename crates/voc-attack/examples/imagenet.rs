@@ -59,6 +59,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    voc_tensor::device::keep_freed_memory_mapped();
     voc_tensor::device::init_cpu_threads();
     let args = Args::parse();
     let device = args.device.open()?;

@@ -43,22 +43,8 @@ mod cmd_submit;
 mod progress;
 mod voc_cli_info;
 
-/// mimalloc's `purge_delay` option (index 15 in both its v2 and v3 option enums).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Keeps memory mimalloc has freed mapped for reuse instead of handing it back to the OS after a delay:
-/// a network's activations are the same large buffers every batch, and returning them made the kernel
-/// zero ~1 GB of fresh pages per training step (a third of its time, measured with `perf`).
-/// `MIMALLOC_PURGE_DELAY` in the environment still wins.
-fn keep_freed_memory_mapped() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets a plain integer option; called first thing in main, before any worker thread exists.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
-    }
-}
-
 fn main() -> anyhow::Result<()> {
-    keep_freed_memory_mapped();
+    voc_tensor::device::keep_freed_memory_mapped();
     voc_tensor::device::init_cpu_threads();
     let cli = Cli::parse();
     match cli.command {

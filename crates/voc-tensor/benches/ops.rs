@@ -84,6 +84,7 @@ fn conv(c: &mut Criterion) {
 }
 
 fn setup() -> Criterion {
+    voc_tensor::device::keep_freed_memory_mapped();
     voc_tensor::device::init_cpu_threads();
     Criterion::default()
         .warm_up_time(std::time::Duration::from_secs(1))

@@ -106,6 +106,22 @@ pub fn init_cpu_threads() -> usize {
     n
 }
 
+/// mimalloc's `purge_delay` option (index 15 in both its v2 and v3 option enums).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// For programs whose global allocator is mimalloc (`voc`, the examples and benches): keeps memory it
+/// has freed mapped for reuse instead of handing it back to the OS after a delay. A network's
+/// activations are the same large buffers every batch, and returning them made the kernel zero ~1 GB
+/// of fresh pages per training step (a third of its time, measured with `perf`; an attack step's
+/// system time went from 7.4 s to 1.6 s in a 10-second criterion run). `MIMALLOC_PURGE_DELAY` in the
+/// environment still wins. Call it first thing in `main`; it changes nothing under another allocator.
+pub fn keep_freed_memory_mapped() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a plain integer option of mimalloc, which reads it on its next purge decision.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -347,6 +347,7 @@ fn forward_planes(g: Geometry, x: &[f32], wt: &[f32], bias: Option<&[f32]>) -> V
 /// # Safety
 /// The CPU must support `L`'s instructions.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn backward_plane<L: Lanes>(
     g: &Geometry,
     spans: &[Span],
@@ -355,11 +356,14 @@ unsafe fn backward_plane<L: Lanes>(
     ws: &[f32],
     dacc: &mut [f32],
     part: &mut [f64],
+    weight_grads: bool,
 ) {
     let (kw, taps) = (g.kw, g.kh * g.kw);
     for (oy, grow) in gs.chunks_exact(g.p.ow).enumerate() {
         // SAFETY (all calls): the caller guarantees L's instructions.
-        part[taps] += unsafe { L::sum(grow) } as f64;
+        if weight_grads {
+            part[taps] += unsafe { L::sum(grow) } as f64;
+        }
         for ki in 0..g.kh {
             let Some(iy) = g.input_row(oy, ki) else {
                 continue;
@@ -370,7 +374,9 @@ unsafe fn backward_plane<L: Lanes>(
                     let len = sp.hi - sp.lo;
                     let gv = &grow[sp.lo..sp.hi];
                     unsafe { L::axpy(&mut dacc[start..start + len], gv, ws[ki * kw + kj]) };
-                    part[ki * kw + kj] += unsafe { L::dot(gv, &xs[start..start + len]) } as f64;
+                    if weight_grads {
+                        part[ki * kw + kj] += unsafe { L::dot(gv, &xs[start..start + len]) } as f64;
+                    }
                 }
             }
         }
@@ -381,6 +387,7 @@ unsafe fn backward_plane<L: Lanes>(
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn backward_plane_avx2(
     g: &Geometry,
     spans: &[Span],
@@ -389,14 +396,23 @@ unsafe fn backward_plane_avx2(
     ws: &[f32],
     dacc: &mut [f32],
     part: &mut [f64],
+    weight_grads: bool,
 ) {
     // SAFETY: this function's target features are Avx2's.
-    unsafe { backward_plane::<Avx2>(g, spans, gs, xs, ws, dacc, part) }
+    unsafe { backward_plane::<Avx2>(g, spans, gs, xs, ws, dacc, part, weight_grads) }
 }
 
 /// Returns `[dx (N*C*H*W) | dw (C*kh*kw) | db (C)]` for upstream gradient `grad`, with room for
-/// `spare` more values.
-fn backward_planes(g: Geometry, grad: &[f32], x: &[f32], wt: &[f32], spare: usize) -> Vec<f32> {
+/// `spare` more values. Without `weight_grads` (a constant weight: an attack through an eval-mode
+/// network) only dx is computed and dw, db are zeros.
+fn backward_planes(
+    g: Geometry,
+    grad: &[f32],
+    x: &[f32],
+    wt: &[f32],
+    spare: usize,
+    weight_grads: bool,
+) -> Vec<f32> {
     let (n, c, h, w, kh, kw, oh, ow, s) =
         (g.n, g.c, g.h, g.w, g.kh, g.kw, g.p.oh, g.p.ow, g.p.stride);
     let taps = kh * kw;
@@ -422,7 +438,8 @@ fn backward_planes(g: Geometry, grad: &[f32], x: &[f32], wt: &[f32], spare: usiz
                 let gs = &grad[plane * oh * ow..(plane + 1) * oh * ow];
                 let xs = &x[plane * h * w..(plane + 1) * h * w];
                 let ws = &wt[ch * taps..(ch + 1) * taps];
-                let xs: &[f32] = if s > 1 {
+                // x is read for the weight gradient only.
+                let xs: &[f32] = if s > 1 && weight_grads {
                     to_phased(&g, xs, xbuf);
                     xbuf
                 } else {
@@ -439,7 +456,7 @@ fn backward_planes(g: Geometry, grad: &[f32], x: &[f32], wt: &[f32], spare: usiz
                 };
                 dispatch_lanes!(
                     backward_plane_avx2,
-                    backward_plane(&g, &spans, gs, xs, ws, dacc, part)
+                    backward_plane(&g, &spans, gs, xs, ws, dacc, part, weight_grads)
                 );
                 if s > 1 {
                     from_phased(&g, dbuf, dx);
@@ -485,18 +502,21 @@ struct DepthwiseFwd(DwParams);
 /// `(x, weight, bias) -> y`.
 struct DepthwiseBiasFwd(DwParams);
 /// `(grad_y, x, weight) -> [dx | dw | db]`, flat.
-struct DepthwiseBwd(DwParams);
+/// The backward kernel as an op; the flag says whether the weight (and bias) gradients are wanted.
+struct DepthwiseBwd(DwParams, bool);
 
-/// Splits the fused backward output into `(dx, dw, db)` shaped like `x`, `weight` and `(C)`.
+/// Splits the fused backward output into `(dx, dw, db)` shaped like `x`, `weight` and `(C)`; dw and db
+/// are zeros unless `weight_grads`.
 fn backward(
     p: DwParams,
     x: &Tensor,
     weight: &Tensor,
     grad: &Tensor,
+    weight_grads: bool,
 ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
     let flat = grad
         .contiguous()?
-        .apply_op3_no_bwd(x, weight, &DepthwiseBwd(p))?;
+        .apply_op3_no_bwd(x, weight, &DepthwiseBwd(p, weight_grads))?;
     let (nx, nw) = (x.elem_count(), weight.elem_count());
     let dx = flat.narrow(0, 0, nx)?.reshape(x.shape())?;
     let dw = flat.narrow(0, nx, nw)?.reshape(weight.shape())?;
@@ -536,8 +556,11 @@ impl CustomOp2 for DepthwiseFwd {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, _) = backward(self.0, x, weight, grad)?;
-        Ok((Some(dx), Some(dw)))
+        // A constant weight (eval mode under an attack) needs no gradient: candle would zero-fill and
+        // accumulate one for it all the same.
+        let weight_grads = weight.track_op();
+        let (dx, dw, _) = backward(self.0, x, weight, grad, weight_grads)?;
+        Ok((Some(dx), weight_grads.then_some(dw)))
     }
 }
 
@@ -577,7 +600,11 @@ impl CustomOp3 for DepthwiseBiasFwd {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (dx, dw, db) = backward(self.0, x, weight, grad)?;
+        let weight_grads = weight.track_op() || bias.track_op();
+        let (dx, dw, db) = backward(self.0, x, weight, grad, weight_grads)?;
+        if !weight_grads {
+            return Ok((Some(dx), None, None));
+        }
         Ok((Some(dx), Some(dw), Some(db.reshape(bias.shape())?)))
     }
 }
@@ -610,6 +637,7 @@ impl CustomOp3 for DepthwiseBwd {
             contiguous_f32(s2, l2, "depthwise_conv2d input")?,
             contiguous_f32(s3, l3, "depthwise_conv2d weight")?,
             0,
+            self.1,
         );
         let len = out.len();
         Ok((CpuStorage::F32(out), Shape::from(len)))
@@ -659,5 +687,5 @@ pub(crate) fn backward_f32(
     spare: usize,
 ) -> Vec<f32> {
     let g = Geometry::new(params, dims, kernel);
-    backward_planes(g, grad, x, weight, spare)
+    backward_planes(g, grad, x, weight, spare, true)
 }

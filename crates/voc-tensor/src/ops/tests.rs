@@ -284,6 +284,42 @@ fn pointwise_conv_with_constant_weight_gives_the_input_gradient_only() {
     assert!(rel_err(&dx, &dx_candle).unwrap() < 1e-5);
 }
 
+/// The depthwise kernel with a constant weight (an attack in eval mode) computes the input gradient
+/// only, equal to the one it computes alongside the weight gradient, and gives the weight none.
+#[test]
+fn depthwise_conv_with_constant_weight_gives_the_input_gradient_only() {
+    for (stride, dilation, bias) in [(1, 1, false), (2, 1, true), (1, 2, false)] {
+        let x = seeded(&[2, 5, 11, 9], 21);
+        let w = seeded(&[5, 1, 3, 3], 22);
+        let b = bias.then(|| seeded(&[5], 23));
+        let pad = Padding::same(dilation);
+        let run =
+            |x: &Tensor, w: &Tensor| depthwise_conv2d(x, w, b.as_ref(), stride, pad, dilation);
+        let (y_ref, dx_ref, _) = dw_with_grads(run, &x, &w, 24);
+        let xv = Var::from_tensor(&x).unwrap();
+        let y = run(xv.as_tensor(), &w).unwrap();
+        let g = seeded(y.dims(), 24);
+        let grads = (&y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(
+            grads.get(&w).is_none(),
+            "stride {stride}: the constant weight got a gradient"
+        );
+        if let Some(b) = &b {
+            assert!(
+                grads.get(b).is_none(),
+                "stride {stride}: the constant bias got a gradient"
+            );
+        }
+        assert_eq!(max_abs_diff(&y, &y_ref).unwrap(), 0.0);
+        let dx = grads.get(xv.as_tensor()).unwrap();
+        assert_eq!(
+            max_abs_diff(dx, &dx_ref).unwrap(),
+            0.0,
+            "stride {stride}, dilation {dilation}"
+        );
+    }
+}
+
 #[test]
 fn tf_same_padding_matches_tensorflow() {
     // 224 at stride 2 with a 3x3 kernel: TF pads 0 before and 1 after.
