@@ -74,6 +74,38 @@ fn cross_entropy_ignores_pixels_and_checks_targets() {
     assert!(max_abs_diff(&ours, &candle).unwrap() < 1e-6);
 }
 
+/// The CPU cross-entropy kernel against the composed ops (which a class weight that needs a gradient
+/// still takes): loss and logit gradient, with ignored pixels, class weights, a pixel count that is
+/// not a multiple of the kernel's chunk, large logits, and an all-ignored batch (0, zero gradient).
+#[test]
+fn cpu_cross_entropy_kernel_matches_the_composed_ops() {
+    let (n, c, h, w) = (2, 5, 37, 61);
+    let logits = (seeded(&[n, c, h, w], 31) * 30.0).unwrap();
+    let targets: Vec<u32> = (0..n * h * w)
+        .map(|i| if i % 7 == 3 { 255 } else { (i * 13 % c) as u32 })
+        .collect();
+    let targets = Tensor::from_vec(targets, (n, h, w), &Device::Cpu).unwrap();
+    let weights = Tensor::new(&[0.5f32, 2.0, 1.0, 0.25, 3.0], &Device::Cpu).unwrap();
+    let loss_and_grad = |class_weight: Option<&Tensor>, targets: &Tensor| {
+        let x = Var::from_tensor(&logits).unwrap();
+        let loss = cross_entropy_2d(x.as_tensor(), targets, class_weight, Some(255)).unwrap();
+        let grads = loss.backward().unwrap();
+        let dx = grads.get(x.as_tensor()).unwrap().clone();
+        (loss.to_scalar::<f32>().unwrap(), dx)
+    };
+    // A class weight that is a variable keeps the composed path; its values are the same.
+    let weight_var = Var::from_tensor(&weights).unwrap();
+    let (fused, dx_fused) = loss_and_grad(Some(&weights), &targets);
+    let (composed, dx_composed) = loss_and_grad(Some(weight_var.as_tensor()), &targets);
+    assert!((fused - composed).abs() <= 1e-5 * composed.abs(), "{fused} vs {composed}");
+    assert!(rel_err(&dx_fused, &dx_composed).unwrap() < 1e-5);
+
+    let all_ignored = Tensor::full(255u32, (n, h, w), &Device::Cpu).unwrap();
+    let (loss, dx) = loss_and_grad(None, &all_ignored);
+    assert_eq!(loss, 0.0);
+    assert_eq!(dx.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+}
+
 #[test]
 fn nearest_resizes_u8_masks_without_blending() {
     let mask: Vec<u8> = (0..2 * 5 * 7).map(|i| (i % 21) as u8).collect();
