@@ -139,7 +139,7 @@ pub fn cross_entropy_2d(
     }
     if logits.device().is_cpu()
         && logits.dtype() == DType::F32
-        && class_weight.map_or(true, |w| !w.track_op())
+        && !matches!(class_weight, Some(w) if w.track_op())
     {
         return cross_entropy_cpu(logits, &targets, class_weight, ignore_index, classes);
     }
