@@ -447,32 +447,60 @@ pub(crate) fn pointwise_const_weight(x: &Tensor, weight: &Tensor) -> Result<Tens
         ),
         c_in,
         c_out,
+        input_grad: false,
     };
     Ok(x.contiguous()?.apply_op1(op)?)
 }
 
+/// The forward of [`pointwise_const_weight`] or, with `input_grad`, its backward (`N x C_out x HW`
+/// output gradient to `N x C_in x HW` input gradient).
+#[derive(Clone)]
 struct PointwiseConstWeight {
     weight: Arc<Vec<f32>>,
     c_in: usize,
     c_out: usize,
+    input_grad: bool,
 }
 
 impl CustomOp1 for PointwiseConstWeight {
     fn name(&self) -> &'static str {
-        "voc-pointwise-const-weight"
+        if self.input_grad {
+            "voc-pointwise-const-weight-input-grad"
+        } else {
+            "voc-pointwise-const-weight"
+        }
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s, l, "pointwise conv")?;
-        let (n, c_in, h, w) = l.shape().dims4()?;
-        if c_in != self.c_in {
-            candle_core::bail!(
-                "pointwise conv: {c_in} input channels, weight has {}",
-                self.c_in
-            );
+        let (n, c, h, w) = l.shape().dims4()?;
+        let (c_from, c_to) = if self.input_grad {
+            (self.c_out, self.c_in)
+        } else {
+            (self.c_in, self.c_out)
+        };
+        if c != c_from {
+            candle_core::bail!("pointwise conv: {c} channels in, the weight takes {c_from}");
         }
-        let y = pointwise_forward(x, &self.weight, n, c_in, self.c_out, h * w);
-        Ok((CpuStorage::F32(y), Shape::from((n, self.c_out, h, w))))
+        let y = if self.input_grad {
+            let len = n * c_to * h * w;
+            let mut dx: Vec<f32> = Vec::with_capacity(len);
+            pointwise_input_grad(
+                x,
+                &self.weight,
+                n,
+                self.c_in,
+                self.c_out,
+                h * w,
+                &mut dx.spare_capacity_mut()[..len],
+            );
+            // SAFETY: pointwise_input_grad wrote all `len` elements.
+            unsafe { dx.set_len(len) };
+            dx
+        } else {
+            pointwise_forward(x, &self.weight, n, self.c_in, self.c_out, h * w)
+        };
+        Ok((CpuStorage::F32(y), Shape::from((n, c_to, h, w))))
     }
 
     fn bwd(
@@ -481,49 +509,14 @@ impl CustomOp1 for PointwiseConstWeight {
         _res: &Tensor,
         grad: &Tensor,
     ) -> candle_core::Result<Option<Tensor>> {
-        let op = PointwiseConstWeightInputGrad {
-            weight: self.weight.clone(),
-            c_in: self.c_in,
-            c_out: self.c_out,
+        if self.input_grad {
+            candle_core::bail!("pointwise conv: no second derivative");
+        }
+        let op = Self {
+            input_grad: true,
+            ..self.clone()
         };
         Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&op)?))
-    }
-}
-
-struct PointwiseConstWeightInputGrad {
-    weight: Arc<Vec<f32>>,
-    c_in: usize,
-    c_out: usize,
-}
-
-impl CustomOp1 for PointwiseConstWeightInputGrad {
-    fn name(&self) -> &'static str {
-        "voc-pointwise-const-weight-input-grad"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let dy = contiguous_f32(s, l, "pointwise conv gradient")?;
-        let (n, c_out, h, w) = l.shape().dims4()?;
-        if c_out != self.c_out {
-            candle_core::bail!(
-                "pointwise conv gradient: {c_out} channels, weight has {}",
-                self.c_out
-            );
-        }
-        let len = n * self.c_in * h * w;
-        let mut dx: Vec<f32> = Vec::with_capacity(len);
-        pointwise_input_grad(
-            dy,
-            &self.weight,
-            n,
-            self.c_in,
-            c_out,
-            h * w,
-            &mut dx.spare_capacity_mut()[..len],
-        );
-        // SAFETY: pointwise_input_grad wrote all `len` elements.
-        unsafe { dx.set_len(len) };
-        Ok((CpuStorage::F32(dx), Shape::from((n, self.c_in, h, w))))
     }
 }
 

@@ -97,13 +97,24 @@ fn cpu_cross_entropy_kernel_matches_the_composed_ops() {
     let weight_var = Var::from_tensor(&weights).unwrap();
     let (fused, dx_fused) = loss_and_grad(Some(&weights), &targets);
     let (composed, dx_composed) = loss_and_grad(Some(weight_var.as_tensor()), &targets);
-    assert!((fused - composed).abs() <= 1e-5 * composed.abs(), "{fused} vs {composed}");
+    assert!(
+        (fused - composed).abs() <= 1e-5 * composed.abs(),
+        "{fused} vs {composed}"
+    );
     assert!(rel_err(&dx_fused, &dx_composed).unwrap() < 1e-5);
 
     let all_ignored = Tensor::full(255u32, (n, h, w), &Device::Cpu).unwrap();
     let (loss, dx) = loss_and_grad(None, &all_ignored);
     assert_eq!(loss, 0.0);
-    assert_eq!(dx.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap(), 0.0);
+    assert_eq!(
+        dx.abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap(),
+        0.0
+    );
 }
 
 #[test]
