@@ -78,7 +78,7 @@ pub fn cross_entropy_2d(
     class_weight: Option<&Tensor>,
     ignore_index: Option<u32>,
 ) -> Result<Tensor> {
-    let (flat_logits, classes) = match logits.rank() {
+    let classes = match logits.rank() {
         4 => {
             let (n, c, h, w) = logits.dims4()?;
             if targets.dims() != [n, h, w] {
@@ -88,7 +88,7 @@ pub fn cross_entropy_2d(
                     targets.dims()
                 )));
             }
-            (logits.permute((0, 2, 3, 1))?.reshape((n * h * w, c))?, c)
+            c
         }
         2 => {
             let (n, c) = logits.dims2()?;
@@ -99,7 +99,7 @@ pub fn cross_entropy_2d(
                     targets.dims()
                 )));
             }
-            (logits.clone(), c)
+            c
         }
         _ => {
             return Err(VocError::BadArgument(format!(
@@ -137,17 +137,6 @@ pub fn cross_entropy_2d(
             "cross_entropy_2d: a target is {max_target} but there are {classes} classes (and it is not the ignore index)"
         )));
     }
-    if logits.device().is_cpu()
-        && logits.dtype() == DType::F32
-        && !matches!(class_weight, Some(w) if w.track_op())
-    {
-        return cross_entropy_cpu(logits, &targets, class_weight, ignore_index, classes);
-    }
-    let log_probs = candle_nn::ops::log_softmax(&flat_logits, D::Minus1)?;
-    let picked = log_probs
-        .gather(&safe_targets.unsqueeze(1)?, 1)?
-        .squeeze(1)?;
-    let mut pixel_weight = valid.to_dtype(logits.dtype())?;
     if let Some(cw) = class_weight {
         if cw.elem_count() != classes {
             return Err(VocError::BadArgument(format!(
@@ -155,6 +144,24 @@ pub fn cross_entropy_2d(
                 cw.dims()
             )));
         }
+    }
+    if logits.device().is_cpu()
+        && logits.dtype() == DType::F32
+        && !matches!(class_weight, Some(w) if w.track_op())
+    {
+        return cross_entropy_cpu(logits, &targets, class_weight, ignore_index, classes);
+    }
+    // One row of class logits per pixel (a permuted copy for N x C x H x W).
+    let flat_logits = match logits.rank() {
+        4 => logits.permute((0, 2, 3, 1))?.reshape(((), classes))?,
+        _ => logits.clone(),
+    };
+    let log_probs = candle_nn::ops::log_softmax(&flat_logits, D::Minus1)?;
+    let picked = log_probs
+        .gather(&safe_targets.unsqueeze(1)?, 1)?
+        .squeeze(1)?;
+    let mut pixel_weight = valid.to_dtype(logits.dtype())?;
+    if let Some(cw) = class_weight {
         let per_pixel = cw
             .to_device(logits.device())?
             .to_dtype(logits.dtype())?
@@ -184,16 +191,9 @@ fn cross_entropy_cpu(
     let n = logits.dim(0)?;
     let hw = logits.elem_count() / (n * classes).max(1);
     let targets = targets.to_vec1::<u32>()?;
+    // The caller checked its length.
     let class_weight = match class_weight {
-        Some(w) => {
-            if w.elem_count() != classes {
-                return Err(VocError::BadArgument(format!(
-                    "cross_entropy_2d: class_weight has shape {:?}, expected ({classes})",
-                    w.dims()
-                )));
-            }
-            Some(w.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
-        }
+        Some(w) => Some(w.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?),
         None => None,
     };
     // Per-pixel weight: 0 for the ignored, the class weight (or 1) otherwise.
