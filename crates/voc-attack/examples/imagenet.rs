@@ -76,14 +76,15 @@ fn main() -> anyhow::Result<()> {
     };
     let clean_logits = model(&pixels)?;
     let predicted = clean_logits.argmax(D::Minus1)?.to_vec1::<u32>()?[0];
-    let (norm, scale) = match args.norm {
-        NormArg::Linf => (Norm::Linf, 255.0),
-        NormArg::L2 => (Norm::L2, 255.0),
+    let norm = match args.norm {
+        NormArg::Linf => Norm::Linf,
+        NormArg::L2 => Norm::L2,
     };
-    let eps = args.eps / scale;
+    // Budgets are given in 8-bit levels; the attack runs on pixels in 0..1.
+    let eps = args.eps / 255.0;
     let step =
         args.step
-            .map(|s| s / scale)
+            .map(|s| s / 255.0)
             .unwrap_or(if args.steps == 1 { eps } else { eps / 4.0 });
     let mut config = AttackConfig::pgd(norm, eps, step, args.steps);
     if let Some(seed) = args.random_start {
