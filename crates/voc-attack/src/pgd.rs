@@ -122,7 +122,23 @@ where
     E: std::error::Error + Send + Sync + 'static,
 {
     let var = Var::from_tensor(&x.detach())?;
-    let logits = model(var.as_tensor()).map_err(|e| AttackError::Model(Box::new(e)))?;
+    let (value, scalar) = model_loss(model, loss, var.as_tensor())?;
+    let grads = value.backward()?;
+    let grad = grads.get(var.as_tensor()).cloned().ok_or_else(|| {
+        AttackError::BadInput(
+            "the loss does not depend on the model's input (no gradient reaches it)".into(),
+        )
+    })?;
+    Ok((grad, scalar))
+}
+
+/// `loss(model(x))` as a tensor and as a number, failing unless it is a scalar.
+fn model_loss<M, E>(model: &M, loss: &impl Loss, x: &Tensor) -> Result<(Tensor, f32)>
+where
+    M: Fn(&Tensor) -> std::result::Result<Tensor, E>,
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let logits = model(x).map_err(|e| AttackError::Model(Box::new(e)))?;
     let value = loss.loss(&logits)?;
     if value.elem_count() != 1 {
         return Err(AttackError::BadInput(format!(
@@ -134,13 +150,7 @@ where
         .flatten_all()?
         .to_dtype(DType::F32)?
         .to_vec1::<f32>()?[0];
-    let grads = value.backward()?;
-    let grad = grads.get(var.as_tensor()).cloned().ok_or_else(|| {
-        AttackError::BadInput(
-            "the loss does not depend on the model's input (no gradient reaches it)".into(),
-        )
-    })?;
-    Ok((grad, scalar))
+    Ok((value, scalar))
 }
 
 /// Runs the attack described by `config` on the batch `clean` (`N x ...`, values within
@@ -195,18 +205,11 @@ where
         let stepped = (&adv + (direction * (sign * config.step_size))?)?;
         adv = project(&clean, &stepped, config)?;
     }
-    let logits = model(&adv).map_err(|e| AttackError::Model(Box::new(e)))?;
-    losses.push(
-        loss.loss(&logits)?
-            .flatten_all()?
-            .to_dtype(DType::F32)?
-            .to_vec1::<f32>()?[0],
-    );
-    let delta = (&adv - &clean)?;
+    losses.push(model_loss(model, loss, &adv)?.1);
+    let delta = (&adv - &clean)?.to_dtype(DType::F32)?;
     let n = delta.dim(0)?;
-    let flat = delta.reshape((n, ()))?.to_dtype(DType::F32)?;
-    let linf = flat.abs()?.max(1)?.to_vec1::<f32>()?;
-    let l2 = flat.sqr()?.sum(1)?.sqrt()?.to_vec1::<f32>()?;
+    let linf = delta.reshape((n, ()))?.abs()?.max(1)?.to_vec1::<f32>()?;
+    let l2 = per_image_l2(&delta)?.flatten_all()?.to_vec1::<f32>()?;
     Ok(AttackOutcome {
         adversarial: adv,
         losses,
