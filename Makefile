@@ -10,7 +10,7 @@ TORCH_PYTHON ?= python3
 # candle re-reads /proc/cpuinfo on every matmul unless the thread count is set.
 export RAYON_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: test demo build release bench bench-compare cuda-check fmt clippy
+.PHONY: test lint demo build release bench bench-compare cuda-check fmt fmt-check clippy doc
 
 build:
 	$(CARGO) build --workspace
@@ -18,19 +18,23 @@ build:
 release:
 	$(CARGO) build --release -p voc-cli
 
-# Builds the `voc` binary first: the end-to-end tests in tests/ run it.
+# Every test of every crate (cargo builds the `voc` binary that crates/voc-cli/tests run). Tests that need
+# a file of ../shared print `SKIPPED <test>: <missing file>` without it; VOC_REQUIRE_SHARED=1 (.ci/run sets
+# it) makes them fail instead.
 test:
-	$(CARGO) build -p voc-cli
 	$(CARGO) test --workspace --no-fail-fast
+
+# The gates CI runs before the tests: formatting, clippy with warnings denied, docs without warnings.
+lint: fmt-check clippy doc
 
 demo: release
 	@bash assets/demo.sh
 
 bench:
-	$(CARGO) bench --workspace
+	$(CARGO) bench --workspace --features voc-data/mimalloc
 
 # voc bench (release) and the same workloads in PyTorch, interleaved, 2 threads: a table of voc/PyTorch ratios.
-# `make bench-compare TORCH_PYTHON=/work/torch-venv/bin/python ROUNDS=5 BENCH_ONLY="b16 b1"`
+# `make bench-compare TORCH_PYTHON=path/to/python ROUNDS=5 BENCH_ONLY="b16 b1"`
 ROUNDS ?= 3
 BENCH_ITERS ?= 10
 bench-compare:
@@ -41,8 +45,14 @@ bench-compare:
 fmt:
 	$(CARGO) fmt --all
 
+fmt-check:
+	$(CARGO) fmt --all --check
+
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 
 # Compile-checks the CUDA code without CUDA installed (fake nvcc writes empty kernels).
 cuda-check:

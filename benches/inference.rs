@@ -3,7 +3,7 @@
 //! MobileNetV2 classifier at 224x224, batch 1 and 16.
 //!
 //! ```text
-//! RAYON_NUM_THREADS=2 TORCH_PYTHON=/work/torch-venv/bin/python \
+//! RAYON_NUM_THREADS=2 TORCH_PYTHON=path/to/python \
 //!   HF_HOME=../shared/hf HF_HUB_OFFLINE=1 cargo bench --bench inference
 //! ```
 //! Each workload is timed in voc (median of `VOC_BENCH_ITERS` forward passes after one warm-up), then,
@@ -121,8 +121,11 @@ fn load_average() -> String {
 }
 
 fn main() -> anyhow::Result<()> {
-    voc_tensor::device::keep_freed_memory_mapped();
-    let threads = voc_tensor::device::init_cpu_threads();
+    // Keep freed memory mapped: mimalloc option 15 (purge_delay) = -1; why: voc-cli/src/main.rs.
+    // SAFETY: sets one mimalloc option (MIMALLOC_PURGE_DELAY still wins) before any thread exists.
+    unsafe { libmimalloc_sys::mi_option_set_default(15, -1) };
+    // SAFETY: first thing in `main`: no other thread exists yet.
+    let threads = unsafe { voc_tensor::device::init_cpu_threads() };
     let iters: usize = std::env::var("VOC_BENCH_ITERS")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -82,8 +82,11 @@ fn segmenter_step(c: &mut Criterion) {
 }
 
 fn config() -> Criterion {
-    voc_tensor::device::keep_freed_memory_mapped();
-    voc_tensor::device::init_cpu_threads();
+    // Keep freed memory mapped: mimalloc option 15 (purge_delay) = -1; why: voc-cli/src/main.rs.
+    // SAFETY: sets one mimalloc option (MIMALLOC_PURGE_DELAY still wins) before any thread exists.
+    unsafe { libmimalloc_sys::mi_option_set_default(15, -1) };
+    // SAFETY: criterion_main! calls this config first thing in `main`: no other thread exists yet.
+    unsafe { voc_tensor::device::init_cpu_threads() };
     Criterion::default()
         .sample_size(10)
         .warm_up_time(Duration::from_secs(3))

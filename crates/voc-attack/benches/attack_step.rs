@@ -9,7 +9,9 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use criterion::{criterion_group, criterion_main, Criterion};
 use voc_attack::{input_gradient, Objective};
-use voc_classify::{ClassifierArch, ClassifierConfig, ImageClassifier, MobileNetV2Config};
+use voc_classify::{
+    ClassifierArch, ClassifierConfig, FromWeights, ImageClassifier, MobileNetV2Config,
+};
 use voc_segment::{DeepLabV3, DeepLabV3Config};
 
 #[global_allocator]
@@ -88,8 +90,11 @@ fn deeplabv3(c: &mut Criterion) {
 
 /// The allocator and thread settings `voc` itself runs with.
 fn setup() -> Criterion {
-    voc_tensor::device::keep_freed_memory_mapped();
-    voc_tensor::device::init_cpu_threads();
+    // Keep freed memory mapped: mimalloc option 15 (purge_delay) = -1; why: voc-cli/src/main.rs.
+    // SAFETY: sets one mimalloc option (MIMALLOC_PURGE_DELAY still wins) before any thread exists.
+    unsafe { libmimalloc_sys::mi_option_set_default(15, -1) };
+    // SAFETY: criterion_main! calls this config first thing in `main`: no other thread exists yet.
+    unsafe { voc_tensor::device::init_cpu_threads() };
     Criterion::default()
 }
 

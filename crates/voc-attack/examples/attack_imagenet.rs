@@ -1,7 +1,7 @@
 //! FGSM or PGD on a pretrained ImageNet classifier: the top class before and after, the budget spent,
 //! and the adversarial image as a PNG (re-classified after rounding to 8 bits, as a file holds it).
 //!
-//! `cargo run -p voc-attack --example imagenet -- --image ../shared/data/photos/bird.png --steps 10 --eps 4`
+//! `cargo run -p voc-attack --example attack_imagenet -- --image ../shared/data/photos/bird.png --steps 10 --eps 4`
 //! `... --target 935 --eps 8 --steps 20` (towards "hotdog"); offline: `HF_HOME=../shared/hf HF_HUB_OFFLINE=1`.
 use std::path::PathBuf;
 
@@ -9,7 +9,8 @@ use anyhow::Context;
 use candle_core::{Tensor, D};
 use clap::{Parser, ValueEnum};
 use voc_attack::{attack, AttackConfig, Norm, Objective};
-use voc_classify::{top_k, ModelPreset, Rgb8Image};
+use voc_classify::{resize_rgb, rgb_to_tensor, top_k, ModelPreset};
+use voc_core::RgbImage;
 use voc_tensor::DeviceSpec;
 
 #[global_allocator]
@@ -59,8 +60,11 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    voc_tensor::device::keep_freed_memory_mapped();
-    voc_tensor::device::init_cpu_threads();
+    // Keep freed memory mapped: mimalloc option 15 (purge_delay) = -1; why: voc-cli/src/main.rs.
+    // SAFETY: sets one mimalloc option (MIMALLOC_PURGE_DELAY still wins) before any thread exists.
+    unsafe { libmimalloc_sys::mi_option_set_default(15, -1) };
+    // SAFETY: first thing in `main`: no other thread exists yet.
+    unsafe { voc_tensor::device::init_cpu_threads() };
     let args = Args::parse();
     let device = args.device.open()?;
     let preset = ModelPreset::by_name(&args.model)?;
@@ -68,11 +72,16 @@ fn main() -> anyhow::Result<()> {
         .load(&device)
         .with_context(|| format!("loading {}", preset.repo_id))?;
     let names = preset.class_names()?;
-    let image = Rgb8Image::read(&args.image)?.resize(preset.input_size, preset.input_size)?;
+    let image = resize_rgb(
+        &voc_data::read_rgb_image(&args.image)?,
+        preset.input_size,
+        preset.input_size,
+    )?;
     // The attack runs on pixels in 0..1; the model closure applies the preset's normalisation.
-    let pixels = (image.to_tensor(&device)? / 255.0)?;
+    let pixels = (rgb_to_tensor(&image, &device)? / 255.0)?;
     let model = |u: &Tensor| -> voc_classify::Result<Tensor> {
-        net.forward_t(&preset.normalization.apply(&(u * 255.0)?)?, false)
+        let x = voc_tensor::preprocess::normalize(&(u * 255.0)?, &preset.normalization)?;
+        net.forward_t(&x, false)
     };
     let clean_logits = model(&pixels)?;
     let predicted = clean_logits.argmax(D::Minus1)?.to_vec1::<u32>()?[0];
@@ -115,10 +124,10 @@ fn main() -> anyhow::Result<()> {
         .flatten_all()?
         .to_dtype(candle_core::DType::U8)?
         .to_vec1::<u8>()?;
-    let saved = Rgb8Image::new(image.height, image.width, bytes)?;
-    let saved_logits = model(&(saved.to_tensor(&device)? / 255.0)?)?;
+    let saved = RgbImage::new(image.height(), image.width(), bytes)?;
+    let saved_logits = model(&(rgb_to_tensor(&saved, &device)? / 255.0)?)?;
     if let Some(out) = &args.out {
-        voc_segment::palette::write_png(&saved, out)?;
+        saved.write_png(out)?;
     }
     let clean = top_k(&clean_logits, &names, 1)?.remove(0);
     let adv = top_k(&adv_logits, &names, 1)?.remove(0);

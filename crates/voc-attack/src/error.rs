@@ -1,20 +1,27 @@
 //! The error type of voc-attack.
 
+/// voc-attack's result type.
 pub type Result<T, E = AttackError> = std::result::Result<T, E>;
 
+/// What can go wrong setting up or running an attack.
 #[derive(Debug, thiserror::Error)]
 pub enum AttackError {
+    /// An error of voc-tensor's ops (the losses), with its source.
     #[error(transparent)]
     Tensor(#[from] voc_tensor::VocError),
 
+    /// A candle tensor operation failed (including the backward pass).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
 
     /// A budget, step or bound that cannot describe an attack (`field` names the config field).
     #[error("bad attack config: {field} = {value}: {expected}")]
     BadConfig {
+        /// The [`crate::AttackConfig`] field.
         field: &'static str,
+        /// Its value.
         value: String,
+        /// What it must be.
         expected: &'static str,
     },
 

@@ -6,8 +6,27 @@ use crate::error::{AttackError, Result};
 
 /// A scalar loss of a batch of logits. An untargeted attack climbs it, a targeted one descends it.
 ///
-/// Implemented by [`Objective`] and by any `Fn(&Tensor) -> voc_attack::Result<Tensor>` closure.
+/// Implemented by [`Objective`] and by any `Fn(&Tensor) -> voc_attack::Result<Tensor>` closure:
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use voc_attack::{input_gradient, Loss};
+/// // The logit of class 0, which an untargeted attack would raise.
+/// let logit0 = |logits: &Tensor| -> voc_attack::Result<Tensor> {
+///     Ok(logits.narrow(1, 0, 1)?.sum_all()?)
+/// };
+/// let logits = Tensor::new(&[[2f32, -1.0]], &Device::Cpu)?;
+/// assert_eq!(logit0.loss(&logits)?.to_scalar::<f32>()?, 2.0);
+/// // model x -> 3 x: the gradient of 3 x_0 is [3, 0].
+/// let model = |x: &Tensor| x.affine(3.0, 0.0);
+/// let x = Tensor::new(&[[0.5f32, 0.25]], &Device::Cpu)?;
+/// let (grad, value) = input_gradient(&model, &logit0, &x)?;
+/// assert_eq!((grad.to_vec2::<f32>()?, value), (vec![vec![3.0, 0.0]], 1.5));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait Loss {
+    /// The loss of `logits` as a scalar tensor (the attack fails on any other shape); logits that do
+    /// not fit (shape, labels out of range) are [`AttackError::BadInput`].
     fn loss(&self, logits: &Tensor) -> Result<Tensor>;
 }
 
@@ -23,21 +42,44 @@ where
 /// The losses of the three kinds of model this project attacks. Each is a mean over the batch (and over
 /// the pixels), as PyTorch's default reductions are; the attack steps only use the gradient's sign or
 /// direction per image, so the reduction does not change them.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use voc_attack::{Loss, Objective};
+/// let logits = Tensor::new(&[[0f32, 0.0], [3.0, -3.0]], &Device::Cpu)?;
+/// let ce = Objective::CrossEntropy { classes: vec![0, 0] }.loss(&logits)?.to_scalar::<f32>()?;
+/// assert!((ce - (2f32.ln() + (1.0 + (-6f32).exp()).ln()) / 2.0).abs() < 1e-6);
+/// let targets = Tensor::new(&[[1f32, 0.0], [1.0, 0.0]], &Device::Cpu)?;
+/// let bce = Objective::MultiLabel { targets }.loss(&logits)?.to_scalar::<f32>()?;
+/// assert!(bce > 0.0);
+/// // Wrong label counts are errors, not panics.
+/// assert!(Objective::CrossEntropy { classes: vec![0] }.loss(&logits).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub enum Objective {
     /// Single-label classification (`N x C` logits): cross-entropy to one class per image. Untargeted:
     /// the true classes; targeted: the classes to reach.
-    CrossEntropy { classes: Vec<u32> },
+    CrossEntropy {
+        /// One class index per image, each below `C`.
+        classes: Vec<u32>,
+    },
     /// Multi-label classification (`N x C` logits, such as the 20 VOC labels): binary cross-entropy on
     /// logits against `N x C` 0/1 targets.
-    MultiLabel { targets: Tensor },
+    MultiLabel {
+        /// `N x C` 0/1 (float) targets, the logits' shape.
+        targets: Tensor,
+    },
     /// Semantic segmentation: pixel cross-entropy against an `N x H x W` mask (u8, u32 or i64). Logits
     /// at a lower resolution (a DeepLab head at its output stride) are first upsampled to `H x W`
     /// bilinearly with `align_corners`, as the segmenter's own prediction is; pixels equal to
     /// `ignore_index` do not count.
     PixelCrossEntropy {
+        /// `N x H x W` class indices.
         mask: Tensor,
+        /// The mask value that does not count (VOC's void, 255), if any.
         ignore_index: Option<u32>,
+        /// How lower-resolution logits are upsampled (`true` for DeepLab).
         align_corners: bool,
     },
 }
@@ -48,7 +90,7 @@ impl Objective {
     pub fn segmentation(mask: Tensor) -> Self {
         Self::PixelCrossEntropy {
             mask,
-            ignore_index: Some(255),
+            ignore_index: Some(u32::from(voc_core::VOID)),
             align_corners: true,
         }
     }

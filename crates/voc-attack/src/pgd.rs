@@ -26,9 +26,25 @@ pub enum Goal {
 
 /// How an attack runs. Epsilon and step size are in the units of the model input the closure takes,
 /// e.g. 8/255 for pixels scaled to 0..1.
+///
+/// ```
+/// use voc_attack::{AttackConfig, Goal, Norm};
+/// let fgsm = AttackConfig::fgsm(2.0 / 255.0);
+/// assert_eq!((fgsm.norm, fgsm.steps, fgsm.step_size), (Norm::Linf, 1, 2.0 / 255.0));
+/// assert_eq!(fgsm.bounds, (0.0, 1.0)); // pixels in 0..1
+/// let pgd = AttackConfig::pgd(Norm::L2, 0.5, 0.1, 10).targeted().with_random_start(7);
+/// assert_eq!((pgd.goal, pgd.random_start, pgd.seed), (Goal::Targeted, true, 7));
+/// let mut bad = AttackConfig::fgsm(-1.0);
+/// assert!(bad.validate().unwrap_err().to_string().contains("epsilon"));
+/// bad.epsilon = 0.1;
+/// bad.bounds = (1.0, 0.0);
+/// assert!(bad.validate().is_err());
+/// ```
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttackConfig {
+    /// The norm of the budget and of the steps.
     pub norm: Norm,
+    /// Away from the objective's labels, or towards them.
     pub goal: Goal,
     /// Budget: the largest perturbation (per pixel value for L-inf, per image for L2).
     pub epsilon: f64,
@@ -77,7 +93,9 @@ impl AttackConfig {
         self
     }
 
-    /// Checks every field; the attack functions call it first.
+    /// Checks every field; the attack functions call it first. An epsilon or step size that is negative
+    /// or not finite, or bounds that are not finite with low < high, is [`AttackError::BadConfig`]
+    /// naming the field.
     pub fn validate(&self) -> Result<()> {
         let bad = |field, value: f64, expected| AttackError::BadConfig {
             field,
@@ -115,7 +133,22 @@ pub struct AttackOutcome {
     pub l2: Vec<f32>,
 }
 
-/// Gradient of `loss(model(x))` with respect to `x`, and the loss.
+/// Gradient of `loss(model(x))` with respect to `x`, and the loss. A failing model is
+/// [`AttackError::Model`]; a loss that is not a scalar, or that does not depend on `x`, is
+/// [`AttackError::BadInput`].
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use voc_attack::{input_gradient, Objective};
+/// // Logits x W; the cross-entropy of class 1 has gradient (p_1 - 1)(w_1 - w_0) = -1/2 [1, -1] at x = 0.
+/// let w = Tensor::new(&[[1f32, 0.0], [0.0, 1.0]], &Device::Cpu)?;
+/// let model = |x: &Tensor| x.matmul(&w);
+/// let x = Tensor::zeros((1, 2), candle_core::DType::F32, &Device::Cpu)?;
+/// let (grad, loss) = input_gradient(&model, &Objective::CrossEntropy { classes: vec![1] }, &x)?;
+/// assert_eq!(grad.to_vec2::<f32>()?, [[0.5, -0.5]]);
+/// assert!((loss - 2f32.ln()).abs() < 1e-6);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn input_gradient<M, E>(model: &M, loss: &impl Loss, x: &Tensor) -> Result<(Tensor, f32)>
 where
     M: Fn(&Tensor) -> std::result::Result<Tensor, E>,
@@ -161,6 +194,35 @@ where
 /// a targeted one, then projects the perturbation onto the epsilon ball and the values into
 /// `config.bounds`. Images never interact: a batch attacks as its images would one by one (with models
 /// that treat images independently, as in eval mode).
+///
+/// Errors: a bad config ([`AttackConfig::validate`]), an empty batch or logits the loss cannot take
+/// ([`AttackError::BadInput`]), and a failing model ([`AttackError::Model`], with its error as source).
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use voc_attack::{attack, AttackConfig, Norm, Objective};
+/// // A linear classifier of 4 values into 2 classes; two inputs, both of class 1.
+/// let w = Tensor::new(&[[1f32, -2.0], [0.5, 0.25], [-1.5, 1.0], [0.0, 3.0]], &Device::Cpu)?;
+/// let model = |x: &Tensor| x.matmul(&w);
+/// let x = Tensor::new(&[[0.2f32, 0.5, 0.9, 0.4], [0.6, 0.1, 0.3, 0.8]], &Device::Cpu)?;
+/// let objective = Objective::CrossEntropy { classes: vec![1, 1] };
+///
+/// // FGSM: every value moves by epsilon along the gradient's sign, here w_0 - w_1 = [3, 0.25, -2.5, -3].
+/// let fgsm = attack(&model, &objective, &x, &AttackConfig::fgsm(0.05))?;
+/// let moved = (&fgsm.adversarial - &x)?.to_vec2::<f32>()?;
+/// for row in &moved {
+///     for (d, sign) in row.iter().zip([1.0, 1.0, -1.0, -1.0]) {
+///         assert!((d - 0.05 * sign).abs() < 1e-6);
+///     }
+/// }
+/// assert!(fgsm.losses[1] > fgsm.losses[0]); // the loss before the step, and after
+///
+/// // PGD in an L2 ball of 0.3, 10 steps of 0.1: the perturbation ends on the ball.
+/// let pgd = attack(&model, &objective, &x, &AttackConfig::pgd(Norm::L2, 0.3, 0.1, 10))?;
+/// assert!(pgd.l2.iter().all(|&n| (n - 0.3).abs() < 1e-4), "{:?}", pgd.l2);
+/// assert_eq!(pgd.losses.len(), 11);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub fn attack<M, E>(
     model: &M,
     loss: &impl Loss,

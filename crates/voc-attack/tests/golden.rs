@@ -15,13 +15,22 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor, D};
 use voc_attack::{attack, input_gradient, AttackConfig, Norm, Objective};
 use voc_classify::{ImageClassifier, ModelPreset};
+use voc_core::testing::{hub_model, shared_with};
 use voc_segment::{argmax_mask, SegmenterPreset};
 use voc_tensor::hub::HubCache;
 use voc_tensor::ops::resize_bilinear;
-use voc_tensor::testing::{load_golden, rel_err, shared_or_skip};
+use voc_tensor::testing::{load_golden, rel_err};
 
 const CHICKADEE: u32 = 20;
 const HOTDOG: u32 = 935;
+
+/// What the classifier attacks read from the shared folder.
+fn classifier_files() -> [String; 2] {
+    [
+        hub_model(ModelPreset::MOBILENET_V2.repo_id),
+        "reference/attack.safetensors".into(),
+    ]
+}
 
 fn classifier(shared: &Path) -> anyhow::Result<ImageClassifier> {
     let cache = HubCache::new(shared.join("hf").join("hub"), true);
@@ -61,7 +70,8 @@ fn max_abs(x: &Tensor) -> anyhow::Result<f32> {
 
 #[test]
 fn fgsm_on_mobilenet_v2_matches_pytorch() -> anyhow::Result<()> {
-    let Some(shared) = shared_or_skip("fgsm_on_mobilenet_v2_matches_pytorch") else {
+    let Some(shared) = shared_with("fgsm_on_mobilenet_v2_matches_pytorch", &classifier_files())
+    else {
         return Ok(());
     };
     let net = classifier(&shared)?;
@@ -123,9 +133,10 @@ fn fgsm_on_mobilenet_v2_matches_pytorch() -> anyhow::Result<()> {
 
 #[test]
 fn pgd_on_mobilenet_v2_matches_pytorch_untargeted_and_targeted() -> anyhow::Result<()> {
-    let Some(shared) =
-        shared_or_skip("pgd_on_mobilenet_v2_matches_pytorch_untargeted_and_targeted")
-    else {
+    let Some(shared) = shared_with(
+        "pgd_on_mobilenet_v2_matches_pytorch_untargeted_and_targeted",
+        &classifier_files(),
+    ) else {
         return Ok(());
     };
     let net = classifier(&shared)?;
@@ -191,7 +202,13 @@ fn pgd_on_mobilenet_v2_matches_pytorch_untargeted_and_targeted() -> anyhow::Resu
 
 #[test]
 fn pgd_on_deeplabv3_erases_the_bird_as_pytorch_does() -> anyhow::Result<()> {
-    let Some(shared) = shared_or_skip("pgd_on_deeplabv3_erases_the_bird_as_pytorch_does") else {
+    let Some(shared) = shared_with(
+        "pgd_on_deeplabv3_erases_the_bird_as_pytorch_does",
+        &[
+            hub_model("google/deeplabv3_mobilenet_v2_1.0_513"),
+            "reference/attack.safetensors".into(),
+        ],
+    ) else {
         return Ok(());
     };
     let cache = HubCache::new(shared.join("hf").join("hub"), true);
@@ -202,7 +219,7 @@ fn pgd_on_deeplabv3_erases_the_bird_as_pytorch_does() -> anyhow::Result<()> {
     let u = &g["seg.u"];
     let (n, _, h, w) = u.dims4()?;
     let mask_of = |x: &Tensor| -> anyhow::Result<Vec<u8>> {
-        Ok(argmax_mask(&resize_bilinear(&model(x)?, h, w, true)?)?)
+        Ok(argmax_mask(&resize_bilinear(&model(x)?, h, w, true)?)?.into_vec())
     };
     let agreement = |a: &[u8], b: &Tensor| -> anyhow::Result<f64> {
         let b = b.flatten_all()?.to_vec1::<u8>()?;

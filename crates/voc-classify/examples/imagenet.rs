@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use voc_classify::{top_k, ModelPreset, Rgb8Image};
+use voc_classify::{top_k, ModelPreset};
 use voc_tensor::DeviceSpec;
 
 #[global_allocator]
@@ -33,7 +33,8 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    voc_tensor::device::init_cpu_threads();
+    // SAFETY: first thing in `main`: no other thread exists yet.
+    unsafe { voc_tensor::device::init_cpu_threads() };
     let args = Args::parse();
     let device = args.device.open()?;
     let preset = ModelPreset::by_name(&args.model)?;
@@ -41,7 +42,7 @@ fn main() -> anyhow::Result<()> {
         .load(&device)
         .with_context(|| format!("loading {}", preset.repo_id))?;
     let names = preset.class_names()?;
-    let image = Rgb8Image::read(&args.image)?;
+    let image = voc_data::read_rgb_image(&args.image)?;
     let input = preset.preprocess(&image, &device)?;
     let logits = model.forward_t(&input, false)?;
     let best = top_k(&logits, &names, args.top)?;

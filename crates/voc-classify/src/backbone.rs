@@ -11,9 +11,12 @@ use crate::mobilenet_v2::MobileNetV2;
 /// `stride32` has stride 16; at 8, `stride16` and `stride32` have stride 8.
 #[derive(Debug, Clone)]
 pub struct BackboneFeatures {
-    /// The low-level features DeepLabV3+ decodes from (MobileNetV2: output of `layer.1`, 24 channels).
+    /// The low-level features DeepLabV3+ decodes from (MobileNetV2: output of `layer.1`, 24 channels;
+    /// EfficientNet-Lite0: stage 1, 24).
     pub stride4: Tensor,
+    /// Nominal stride 8 (MobileNetV2: `layer.4`, 32 channels; EfficientNet-Lite0: stage 2, 40).
     pub stride8: Tensor,
+    /// Nominal stride 16 (MobileNetV2: `layer.11`, 96 channels; EfficientNet-Lite0: stage 4, 112).
     pub stride16: Tensor,
     /// The last block's output, before the classifier's 1x1 widening convolution (320 channels).
     pub stride32: Tensor,
@@ -34,12 +37,16 @@ impl BackboneFeatures {
     }
 }
 
-/// Channel counts of [`BackboneFeatures`].
+/// Channel counts of [`BackboneFeatures`], field for field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FeatureChannels {
+    /// Channels of [`BackboneFeatures::stride4`].
     pub stride4: usize,
+    /// Channels of [`BackboneFeatures::stride8`].
     pub stride8: usize,
+    /// Channels of [`BackboneFeatures::stride16`].
     pub stride16: usize,
+    /// Channels of [`BackboneFeatures::stride32`].
     pub stride32: usize,
 }
 
@@ -69,15 +76,32 @@ pub(crate) fn stride_schedule(
         .collect()
 }
 
-/// A pretrained feature extractor.
+/// Either feature extractor, as a classifier holds it.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use voc_classify::{Backbone, EfficientNetLite, EfficientNetLiteConfig};
+/// let vb = candle_nn::VarBuilder::zeros(DType::F32, &Device::Cpu);
+/// let net = EfficientNetLite::new(vb, EfficientNetLiteConfig::default())?;
+/// let mut backbone = Backbone::EfficientNetLite(Box::new(net));
+/// backbone.set_output_stride(16)?;
+/// let x = Tensor::zeros((1, 3, 64, 64), DType::F32, &Device::Cpu)?;
+/// let features = backbone.features_t(&x, false)?;
+/// assert_eq!(features.stride4.dims(), [1, 24, 16, 16]);
+/// assert_eq!(features.stride32.dims(), [1, backbone.feature_channels().stride32, 4, 4]);
+/// # Ok::<(), voc_classify::ClassifyError>(())
+/// ```
 #[derive(Debug, Clone)]
 pub enum Backbone {
+    /// MobileNetV2 (transformers layout).
     MobileNetV2(Box<MobileNetV2>),
+    /// EfficientNet-Lite0 (timm layout).
     EfficientNetLite(Box<EfficientNetLite>),
 }
 
 impl Backbone {
-    /// `train`: batch norms use batch statistics and update their running averages.
+    /// The four feature maps of an `N x 3 x H x W` batch. `train`: batch norms use batch statistics and
+    /// update their running averages.
     pub fn features_t(&self, x: &Tensor, train: bool) -> Result<BackboneFeatures> {
         match self {
             Self::MobileNetV2(m) => m.features_t(x, train),
@@ -85,6 +109,7 @@ impl Backbone {
         }
     }
 
+    /// Channel counts of the four feature maps.
     pub fn feature_channels(&self) -> FeatureChannels {
         match self {
             Self::MobileNetV2(m) => m.feature_channels(),
@@ -92,7 +117,8 @@ impl Backbone {
         }
     }
 
-    /// Switches the output stride (8, 16 or 32) of the built network; the weights stay the same.
+    /// Switches the output stride (8, 16 or 32) of the built network; the weights stay the same. Any
+    /// other value is a [`ClassifyError::BadArgument`].
     pub fn set_output_stride(&mut self, output_stride: usize) -> Result<()> {
         match self {
             Self::MobileNetV2(m) => m.set_output_stride(output_stride),
@@ -100,6 +126,7 @@ impl Backbone {
         }
     }
 
+    /// The current output stride: 8, 16 or 32.
     pub fn output_stride(&self) -> usize {
         match self {
             Self::MobileNetV2(m) => m.config().output_stride,

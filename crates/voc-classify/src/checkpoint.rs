@@ -13,8 +13,10 @@ use voc_tensor::checkpoint::{self, CheckpointMeta};
 
 use crate::classifier::{ClassifierArch, ClassifierConfig, ImageClassifier};
 use crate::error::{ClassifyError, Result};
-use crate::image_io::Rgb8Image;
-use crate::preset::{ModelPreset, Normalization};
+use voc_core::{Normalization, RgbImage};
+
+use crate::preset::ModelPreset;
+use crate::weights::FromWeights;
 
 /// Suffix of the `architecture` of a classifier checkpoint: `{backbone}_classifier`.
 pub const CLASSIFIER_SUFFIX: &str = "_classifier";
@@ -27,7 +29,8 @@ pub fn checkpoint_architecture(arch: &ClassifierArch) -> String {
     format!("{}{CLASSIFIER_SUFFIX}", arch.name())
 }
 
-/// The classifier architecture a checkpoint's `architecture` string names.
+/// The classifier architecture a checkpoint's `architecture` string names (the pretrained presets'
+/// backbones); any other string is a [`ClassifyError::BadConfig`] on `path` listing the known ones.
 pub fn arch_from_checkpoint(path: &Path, architecture: &str) -> Result<ClassifierArch> {
     let known: Vec<String> = ModelPreset::ALL
         .iter()
@@ -46,22 +49,43 @@ pub fn arch_from_checkpoint(path: &Path, architecture: &str) -> Result<Classifie
         })
 }
 
-/// A checkpoint's per-channel mean/std as this crate's [`Normalization`] (`[-1, 1]` when mean = std = 0.5).
-pub fn normalization_from_checkpoint(n: &checkpoint::Normalization) -> Normalization {
-    if *n == checkpoint::Normalization::MINUS_ONE_TO_ONE {
-        Normalization::MinusOneToOne
-    } else {
-        Normalization::MeanStd {
-            mean: n.mean,
-            std: n.std,
-        }
-    }
-}
-
 /// A multi-label classifier with everything needed to use it.
+///
+/// ```
+/// use candle_core::{DType, Device};
+/// use candle_nn::{VarBuilder, VarMap};
+/// use voc_classify::checkpoint::checkpoint_architecture;
+/// use voc_classify::{CheckpointClassifier, ClassifierConfig, ImageClassifier, ModelPreset, RgbImage};
+/// use voc_tensor::checkpoint::{save_checkpoint, CheckpointMeta};
+///
+/// // A fresh 2-label head on MobileNetV2, saved as a trainer would save it.
+/// let device = Device::Cpu;
+/// let varmap = VarMap::new();
+/// let config = ClassifierConfig { num_classes: 2, ..ModelPreset::MOBILENET_V2.classifier_config() };
+/// ImageClassifier::new(VarBuilder::from_varmap(&varmap, DType::F32, &device), config)?;
+/// let names = vec!["cat".to_string(), "dog".to_string()];
+/// let mut meta = CheckpointMeta::new(checkpoint_architecture(&config.arch), names);
+/// meta.input_size = Some((64, 64));
+/// meta.thresholds = Some(vec![0.4, 0.6]);
+/// let dir = std::env::temp_dir().join(format!("voc-classify-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir)?;
+/// let path = dir.join("classifier.safetensors");
+/// save_checkpoint(&path, &varmap, &meta)?;
+///
+/// let classifier = CheckpointClassifier::load(&path, &device)?;
+/// assert_eq!((classifier.input_size, classifier.thresholds_from_checkpoint), ((64, 64), true));
+/// let photo = RgbImage::new(48, 80, vec![128; 48 * 80 * 3])?;
+/// let probabilities = classifier.probabilities(&photo, &device)?; // one sigmoid per class
+/// let labels = classifier.labels(&photo, &device)?; // 0/1: probability >= the class's threshold
+/// assert_eq!((probabilities.len(), labels.len()), (2, 2));
+/// std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct CheckpointClassifier {
+    /// The network, for inference.
     pub model: ImageClassifier,
+    /// The checkpoint's metadata as written (training configuration, seed, extras).
     pub meta: CheckpointMeta,
     /// The file it was read from.
     pub path: PathBuf,
@@ -71,8 +95,9 @@ pub struct CheckpointClassifier {
     pub thresholds: Vec<f32>,
     /// Whether `thresholds` came from the checkpoint.
     pub thresholds_from_checkpoint: bool,
+    /// How pixels become network inputs (the checkpoint's).
     pub normalization: Normalization,
-    /// `(height, width)` images are resized to.
+    /// `(height, width)` images are resized to (the checkpoint's, else the preset's square size).
     pub input_size: (usize, usize),
 }
 
@@ -120,7 +145,7 @@ impl CheckpointClassifier {
             ImageClassifier::from_tensors(tensors, &path.display().to_string(), config, device)?;
         Ok(Self {
             model,
-            normalization: normalization_from_checkpoint(&meta.normalization),
+            normalization: meta.normalization,
             class_names: meta.class_names.clone(),
             path: path.to_path_buf(),
             thresholds,
@@ -130,12 +155,11 @@ impl CheckpointClassifier {
         })
     }
 
-    /// Sigmoid probability of every class for one photo.
-    pub fn probabilities(&self, image: &Rgb8Image, device: &Device) -> Result<Vec<f32>> {
-        let (h, w) = self.input_size;
-        let x = self
-            .normalization
-            .apply(&image.resize(h, w)?.to_tensor(device)?)?;
+    /// Sigmoid probability of every class for one photo of any size (resized to `input_size`, then
+    /// normalised), in `class_names` order.
+    pub fn probabilities(&self, image: &RgbImage, device: &Device) -> Result<Vec<f32>> {
+        let x =
+            crate::preprocess::image_input(image, self.input_size, &self.normalization, device)?;
         let logits = self.model.forward_t(&x, false)?;
         Ok(candle_nn::ops::sigmoid(&logits.to_dtype(DType::F32)?)?
             .flatten_all()?
@@ -143,7 +167,7 @@ impl CheckpointClassifier {
     }
 
     /// 0/1 per class: probability at or above the class's threshold.
-    pub fn labels(&self, image: &Rgb8Image, device: &Device) -> Result<Vec<u8>> {
+    pub fn labels(&self, image: &RgbImage, device: &Device) -> Result<Vec<u8>> {
         Ok(self
             .probabilities(image, device)?
             .iter()

@@ -1,16 +1,14 @@
 //! Backbone + 1x1 widening convolution + global average pool + linear layer: the ImageNet classifiers,
 //! and the same network with a new head for VOC's 20 labels.
-use std::collections::HashMap;
-
-use candle_core::{Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_core::{ModuleT, Tensor};
+use candle_nn::VarBuilder;
 
 use crate::backbone::Backbone;
 use crate::efficientnet::{EfficientNetLite, EfficientNetLiteConfig, LITE_HEAD_CHANNELS};
 use crate::error::{ClassifyError, Result};
 use crate::layers::{self, Activation, ConvNormAct, ConvSpec};
 use crate::mobilenet_v2::{MobileNetV2, MobileNetV2Config};
-use crate::weights::{self, Unexpected};
+use crate::weights::FromWeights;
 
 /// Which backbone, with its parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -22,6 +20,8 @@ pub enum ClassifierArch {
 }
 
 impl ClassifierArch {
+    /// The architecture's name (`mobilenet_v2`, `efficientnet_lite0`): weight-mismatch reports and, with
+    /// `_classifier`, a checkpoint's `architecture`.
     pub fn name(&self) -> &'static str {
         match self {
             Self::MobileNetV2(_) => "mobilenet_v2",
@@ -33,13 +33,39 @@ impl ClassifierArch {
 /// A classifier: architecture, number of outputs, dropout before the last layer (training only).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ClassifierConfig {
+    /// The backbone and its parameters.
     pub arch: ClassifierArch,
+    /// Outputs of the last linear layer (1001 or 1000 for the ImageNet presets, 20 for VOC).
     pub num_classes: usize,
     /// Probability of zeroing a pooled feature in training mode; 0 disables it.
     pub dropout: f32,
 }
 
 /// A backbone with a global-pooling classification head.
+///
+/// Built candle-style from a [`VarBuilder`] (fresh variables of a `VarMap` here; pretrained tensors
+/// through [`FromWeights`] or [`crate::ModelPreset::load`]), and a [`ModuleT`]:
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use candle_nn::{VarBuilder, VarMap};
+/// use voc_classify::{ClassifierArch, ClassifierConfig, ImageClassifier, MobileNetV2Config};
+///
+/// let varmap = VarMap::new();
+/// let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+/// let config = ClassifierConfig {
+///     arch: ClassifierArch::MobileNetV2(MobileNetV2Config::default()),
+///     num_classes: 20,
+///     dropout: 0.2,
+/// };
+/// let net = ImageClassifier::new(vb, config)?;
+/// let x = Tensor::randn(0f32, 1.0, (2, 3, 64, 64), &Device::Cpu)?;
+/// assert_eq!(net.forward_t(&x, false)?.dims(), [2, 20]); // logits
+/// assert_eq!(net.pooled_t(&x, false)?.dims(), [2, net.num_features()]); // 1280 pooled features
+/// assert!(ImageClassifier::new(VarBuilder::zeros(DType::F32, &Device::Cpu),
+///                              ClassifierConfig { num_classes: 0, ..config }).is_err());
+/// # Ok::<(), voc_classify::ClassifyError>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct ImageClassifier {
     backbone: Backbone,
@@ -49,7 +75,9 @@ pub struct ImageClassifier {
 }
 
 impl ImageClassifier {
-    /// Builds the network; `vb` is the root of the weight names.
+    /// Builds the network; `vb` is the root of the weight names. No classes, a dropout outside `[0, 1)`
+    /// or a bad backbone config is a [`ClassifyError::BadArgument`]; a `vb` without the tensors asked
+    /// for is a candle error.
     pub fn new(vb: VarBuilder, config: ClassifierConfig) -> Result<Self> {
         if config.num_classes == 0 {
             return Err(ClassifyError::BadArgument(
@@ -97,47 +125,12 @@ impl ImageClassifier {
         })
     }
 
-    /// Builds the network from named tensors as constants (inference), failing with a name report when
-    /// they are not exactly this architecture's.
-    pub fn from_tensors(
-        tensors: HashMap<String, Tensor>,
-        source: &str,
-        config: ClassifierConfig,
-        device: &Device,
-    ) -> Result<Self> {
-        weights::load_frozen(
-            tensors,
-            source,
-            config.arch.name(),
-            Unexpected::Error,
-            device,
-            |vb| Self::new(vb, config),
-        )
-    }
-
-    /// Builds the network on trainable variables in `varmap`, initialised from named tensors.
-    pub fn trainable_from_tensors(
-        varmap: &VarMap,
-        tensors: HashMap<String, Tensor>,
-        source: &str,
-        config: ClassifierConfig,
-        device: &Device,
-    ) -> Result<Self> {
-        weights::load_trainable(
-            varmap,
-            tensors,
-            source,
-            config.arch.name(),
-            Unexpected::Error,
-            device,
-            |vb| Self::new(vb, config),
-        )
-    }
-
+    /// The configuration it was built with.
     pub fn config(&self) -> &ClassifierConfig {
         &self.config
     }
 
+    /// The feature extractor.
     pub fn backbone(&self) -> &Backbone {
         &self.backbone
     }
@@ -154,7 +147,8 @@ impl ImageClassifier {
         Ok(layers::global_avg_pool(&h)?.flatten_from(1)?)
     }
 
-    /// Logits `N x num_classes` for an `N x 3 x H x W` batch normalised as the preset says.
+    /// Logits `N x num_classes` for an `N x 3 x H x W` batch normalised as the preset says. `train`:
+    /// batch norms use batch statistics (and update their running averages), dropout is on.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let mut pooled = self.pooled_t(x, train)?;
         if train && self.config.dropout > 0.0 {
@@ -164,17 +158,51 @@ impl ImageClassifier {
     }
 }
 
+impl FromWeights for ImageClassifier {
+    type Config = ClassifierConfig;
+    type Error = ClassifyError;
+
+    fn architecture(config: &ClassifierConfig) -> &'static str {
+        config.arch.name()
+    }
+
+    fn build(vb: VarBuilder, config: ClassifierConfig) -> Result<Self> {
+        Self::new(vb, config)
+    }
+}
+
+impl ModuleT for ImageClassifier {
+    /// [`ImageClassifier::forward_t`]: logits `N x num_classes`.
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        Ok(ImageClassifier::forward_t(self, xs, train)?)
+    }
+}
+
 /// One ranked class of a prediction.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct Prediction {
+    /// The class's output index (not serialised).
     #[serde(skip)]
     pub index: usize,
+    /// The class's name.
     pub label: String,
+    /// Its softmax probability.
     pub prob: f32,
 }
 
 /// The `k` most probable classes of one image's logits (`C` or `1 x C`), best first, with softmax
-/// probabilities and the names of `class_names`.
+/// probabilities and the names of `class_names`. A name count that differs from the logit count is a
+/// [`ClassifyError::BadArgument`].
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let logits = Tensor::new(&[[0.0f32, 2.0, 1.0]], &Device::Cpu)?;
+/// let names = ["cat", "dog", "hotdog"].map(String::from);
+/// let best = voc_classify::top_k(&logits, &names, 2)?;
+/// assert_eq!((best[0].index, best[0].label.as_str(), best[1].label.as_str()), (1, "dog", "hotdog"));
+/// assert!((best[0].prob - 0.665).abs() < 1e-3);
+/// # Ok::<(), voc_classify::ClassifyError>(())
+/// ```
 pub fn top_k(logits: &Tensor, class_names: &[String], k: usize) -> Result<Vec<Prediction>> {
     let logits = logits.flatten_all()?;
     if logits.elem_count() != class_names.len() {

@@ -3,7 +3,7 @@
 //! The Lite variants drop squeeze-and-excitation and swish for ReLU6 and keep a fixed 32-channel stem and
 //! 1280-channel head; the `tf_` weights want TF "SAME" padding and batch-norm eps 1e-3. The output stride
 //! is lowered by dilation exactly like [`crate::mobilenet_v2`].
-use candle_core::Tensor;
+use candle_core::{ModuleT, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::backbone::{stride_schedule, BackboneFeatures, FeatureChannels};
@@ -84,6 +84,7 @@ const TAPS: [usize; 4] = [1, 2, 4, 6];
 pub struct EfficientNetLiteConfig {
     /// 8, 16 or 32: the stride of the last feature map.
     pub output_stride: usize,
+    /// Batch norm of every layer (eps 1e-3, as the TensorFlow weights want).
     pub norm: NormSpec,
 }
 
@@ -117,6 +118,13 @@ fn nominal_strides() -> Vec<usize> {
         .collect()
 }
 
+/// The next `(stride, dilation)` of a block schedule.
+fn next_geometry(schedule: &mut impl Iterator<Item = (usize, usize)>) -> Result<(usize, usize)> {
+    schedule.next().ok_or_else(|| {
+        ClassifyError::BadArgument("stride schedule shorter than the network".into())
+    })
+}
+
 /// Depthwise-separable (stage 0: `conv_dw`, `bn1`, `conv_pw`, `bn2`) or inverted-residual block
 /// (`conv_pw`, `bn1`, `conv_dw`, `bn2`, `conv_pwl`, `bn3`).
 #[derive(Debug, Clone)]
@@ -138,6 +146,20 @@ impl Block {
 }
 
 /// The EfficientNet-Lite0 feature extractor: `conv_stem`, `bn1`, `blocks.S.I` (no `conv_head`).
+///
+/// ```
+/// use candle_core::{DType, Device, ModuleT, Tensor};
+/// use voc_classify::{EfficientNetLite, EfficientNetLiteConfig};
+/// let vb = candle_nn::VarBuilder::zeros(DType::F32, &Device::Cpu);
+/// let net = EfficientNetLite::new(vb, EfficientNetLiteConfig::default())?;
+/// let x = Tensor::zeros((1, 3, 64, 64), DType::F32, &Device::Cpu)?;
+/// let features = net.features_t(&x, false)?;
+/// assert_eq!(features.stride8.dims(), [1, 40, 8, 8]);
+/// assert_eq!(features.stride32.dims(), [1, 320, 2, 2]);
+/// // As a candle module: the last feature map.
+/// assert_eq!(ModuleT::forward_t(&net, &x, false)?.dims(), [1, 320, 2, 2]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct EfficientNetLite {
     stem: ConvNormAct,
@@ -146,7 +168,8 @@ pub struct EfficientNetLite {
 }
 
 impl EfficientNetLite {
-    /// `vb` points at the root of the timm names.
+    /// Builds the network; `vb` points at the root of the timm names. An output stride other than 8, 16
+    /// or 32 is a [`ClassifyError::BadArgument`].
     pub fn new(vb: VarBuilder, config: EfficientNetLiteConfig) -> Result<Self> {
         check_output_stride(config.output_stride)?;
         let norm = config.norm;
@@ -156,20 +179,14 @@ impl EfficientNetLite {
             ConvSpec::conv_bn(3, STEM_CHANNELS, 3, norm, Activation::Relu6).stride(2),
         )?;
 
-        let nominal: Vec<usize> = LITE0
-            .iter()
-            .flat_map(|s| (0..s.repeats).map(move |i| if i == 0 { s.stride } else { 1 }))
-            .collect();
-        let mut schedule = stride_schedule(2, &nominal, config.output_stride).into_iter();
+        let mut schedule = stride_schedule(2, &nominal_strides(), config.output_stride).into_iter();
 
         let mut in_channels = STEM_CHANNELS;
         let mut stages = Vec::with_capacity(LITE0.len());
         for (si, stage) in LITE0.iter().enumerate() {
             let mut blocks = Vec::with_capacity(stage.repeats);
             for bi in 0..stage.repeats {
-                let (stride, dilation) = schedule.next().ok_or_else(|| {
-                    ClassifyError::BadArgument("stride schedule shorter than the network".into())
-                })?;
+                let (stride, dilation) = next_geometry(&mut schedule)?;
                 let bvb = vb.pp("blocks").pp(si).pp(bi);
                 let cout = stage.out_channels;
                 let depthwise = |cin: usize, bn: &str| {
@@ -222,20 +239,20 @@ impl EfficientNetLite {
         })
     }
 
+    /// The configuration, with the current output stride.
     pub fn config(&self) -> &EfficientNetLiteConfig {
         &self.config
     }
 
-    /// Switches the output stride (8, 16 or 32) of the built network; the weights stay the same.
+    /// Switches the output stride (8, 16 or 32) of the built network; the weights stay the same. Any
+    /// other value is a [`ClassifyError::BadArgument`].
     pub fn set_output_stride(&mut self, output_stride: usize) -> Result<()> {
         check_output_stride(output_stride)?;
         let mut schedule = stride_schedule(2, &nominal_strides(), output_stride).into_iter();
         let mut in_channels = STEM_CHANNELS;
         for (stage, blocks) in LITE0.iter().zip(self.stages.iter_mut()) {
             for block in blocks.iter_mut() {
-                let (stride, dilation) = schedule.next().ok_or_else(|| {
-                    ClassifyError::BadArgument("stride schedule shorter than the network".into())
-                })?;
+                let (stride, dilation) = next_geometry(&mut schedule)?;
                 let dw = if stage.expand_ratio == 1 { 0 } else { 1 };
                 block.convs[dw].set_geometry(stride, dilation, ConvPadding::TfSame);
                 block.residual = stride == 1 && in_channels == stage.out_channels;
@@ -246,6 +263,7 @@ impl EfficientNetLite {
         Ok(())
     }
 
+    /// Channel counts of the feature maps: 24, 40, 112, 320.
     pub fn feature_channels(&self) -> FeatureChannels {
         let c = |i: usize| LITE0[TAPS[i]].out_channels;
         FeatureChannels {
@@ -256,7 +274,8 @@ impl EfficientNetLite {
         }
     }
 
-    /// Features after stages 1, 2, 4 and 6; see [`BackboneFeatures`].
+    /// Features of an `N x 3 x H x W` batch after stages 1, 2, 4 and 6; see [`BackboneFeatures`].
+    /// `train`: batch norms use batch statistics and update their running averages.
     pub fn features_t(&self, x: &Tensor, train: bool) -> Result<BackboneFeatures> {
         let mut h = self.stem.forward_t(x, train)?;
         let mut taps = Vec::with_capacity(4);
@@ -269,5 +288,12 @@ impl EfficientNetLite {
             }
         }
         BackboneFeatures::from_taps(taps)
+    }
+}
+
+impl ModuleT for EfficientNetLite {
+    /// The last feature map of [`EfficientNetLite::features_t`] (`stride32`, 320 channels).
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        Ok(self.features_t(xs, train)?.stride32)
     }
 }

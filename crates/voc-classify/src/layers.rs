@@ -15,12 +15,16 @@ use crate::error::Result;
 /// Non-linearity after the (optional) batch norm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
+    /// None: the values pass unchanged.
     Identity,
+    /// `max(x, 0)`.
     Relu,
+    /// `min(max(x, 0), 6)`, the MobileNet activation.
     Relu6,
 }
 
 impl Activation {
+    /// Applies the activation to `x`.
     pub fn forward(self, x: &Tensor) -> Result<Tensor> {
         Ok(match self {
             Self::Identity => x.clone(),
@@ -50,6 +54,7 @@ pub enum ConvPadding {
 /// Batch-norm settings of one layer.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct NormSpec {
+    /// Added to the variance before the square root (1e-3 in the TensorFlow ports, 1e-5 in PyTorch).
     pub eps: f64,
     /// PyTorch convention: `running = (1 - momentum) * running + momentum * batch`.
     pub momentum: f64,
@@ -58,16 +63,25 @@ pub struct NormSpec {
 /// Shape and behaviour of one [`ConvNormAct`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ConvSpec {
+    /// Input channels.
     pub in_channels: usize,
+    /// Output channels.
     pub out_channels: usize,
+    /// Side of the square kernel.
     pub kernel: usize,
+    /// Step of the kernel, both directions.
     pub stride: usize,
+    /// Spacing of the kernel taps (1 = a dense kernel), both directions.
     pub dilation: usize,
     /// 1 for a dense convolution, `in_channels` for a depthwise one.
     pub groups: usize,
+    /// Whether the convolution has a bias (`{conv}.bias`).
     pub bias: bool,
+    /// How the input is padded.
     pub padding: ConvPadding,
+    /// The batch norm after the convolution, if any.
     pub norm: Option<NormSpec>,
+    /// The non-linearity last of all.
     pub activation: Activation,
 }
 
@@ -94,21 +108,25 @@ impl ConvSpec {
         }
     }
 
+    /// The same spec with stride `stride`.
     pub fn stride(mut self, stride: usize) -> Self {
         self.stride = stride;
         self
     }
 
+    /// The same spec with dilation `dilation`.
     pub fn dilation(mut self, dilation: usize) -> Self {
         self.dilation = dilation;
         self
     }
 
+    /// The same spec as a depthwise convolution (one group per input channel).
     pub fn depthwise(mut self) -> Self {
         self.groups = self.in_channels;
         self
     }
 
+    /// The same spec with `padding`.
     pub fn padding(mut self, padding: ConvPadding) -> Self {
         self.padding = padding;
         self
@@ -121,6 +139,19 @@ impl ConvSpec {
 /// may change), the batch norm is folded into the convolution once and the shift and activation run as
 /// one pass; a forward in training mode (which moves the running statistics) drops the folded copy. In
 /// training mode batch norm and activation run as one fused op.
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use voc_classify::layers::{Activation, ConvNormAct, ConvSpec, NormSpec};
+/// let norm = NormSpec { eps: 1e-3, momentum: 0.1 };
+/// let spec = ConvSpec::conv_bn(3, 8, 3, norm, Activation::Relu6).stride(2);
+/// let vb = candle_nn::VarBuilder::zeros(DType::F32, &Device::Cpu);
+/// let layer = ConvNormAct::transformers(vb.pp("conv"), spec)?; // conv.convolution.weight, ...
+/// let x = Tensor::ones((1, 3, 9, 9), DType::F32, &Device::Cpu)?;
+/// // TF "SAME" padding: ceil(9 / 2) = 5.
+/// assert_eq!(layer.forward_t(&x, false)?.dims(), [1, 8, 5, 5]);
+/// # Ok::<(), voc_classify::ClassifyError>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct ConvNormAct {
     weight: Tensor,
@@ -134,7 +165,8 @@ pub struct ConvNormAct {
 impl ConvNormAct {
     /// `conv_vb` holds `weight` (and `bias`), `norm_vb` the batch norm's `weight`, `bias`, `running_mean`
     /// and `running_var` (the transformers layout nests them as `convolution.*`/`normalization.*`, timm
-    /// puts them side by side as `conv_pw.*`/`bn1.*`).
+    /// puts them side by side as `conv_pw.*`/`bn1.*`). A var builder without a tensor of the spec's shape
+    /// is a candle error.
     pub fn new(conv_vb: VarBuilder, norm_vb: VarBuilder, spec: ConvSpec) -> Result<Self> {
         let fan_in = spec.in_channels / spec.groups * spec.kernel * spec.kernel;
         let init = Init::Randn {
@@ -179,10 +211,12 @@ impl ConvNormAct {
         Self::new(vb.pp("convolution"), vb.pp("normalization"), spec)
     }
 
+    /// The layer's shape and behaviour (with the current geometry).
     pub fn spec(&self) -> &ConvSpec {
         &self.spec
     }
 
+    /// The convolution kernel, `out x in / groups x k x k`.
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
@@ -195,7 +229,8 @@ impl ConvNormAct {
         self.spec.padding = padding;
     }
 
-    /// `train`: batch norm uses (and updates its running averages from) the batch statistics.
+    /// The layer on an `N x C x H x W` batch. `train`: batch norm uses (and updates its running averages
+    /// from) the batch statistics.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         self.forward_residual_t(x, None, train)
     }

@@ -1,12 +1,16 @@
-//! Multi-label VOC classification on pretrained MobileNetV2 and EfficientNet-Lite0 backbones.
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
 pub mod backbone;
 pub mod checkpoint;
 pub mod classifier;
 pub mod efficientnet;
 pub mod error;
-pub mod image_io;
 pub mod layers;
 pub mod mobilenet_v2;
+pub mod module;
+pub mod preprocess;
 pub mod preset;
 pub mod weights;
 
@@ -15,6 +19,9 @@ pub use checkpoint::CheckpointClassifier;
 pub use classifier::{top_k, ClassifierArch, ClassifierConfig, ImageClassifier, Prediction};
 pub use efficientnet::{EfficientNetLite, EfficientNetLiteConfig};
 pub use error::{ClassifyError, Result};
-pub use image_io::Rgb8Image;
 pub use mobilenet_v2::{MobileNetV2, MobileNetV2Config};
-pub use preset::{ModelPreset, Normalization};
+pub use module::Eval;
+pub use preprocess::{image_input, resize_rgb, rgb_to_tensor};
+pub use preset::ModelPreset;
+pub use voc_core::{Normalization, RgbImage};
+pub use weights::FromWeights;

@@ -6,7 +6,7 @@
 //! stride below 32 is reached as transformers does it: once the running stride equals the target, later
 //! blocks keep stride 1 and the blocks after a skipped stride-2 block dilate their depthwise convolution by
 //! the product of the skipped strides.
-use candle_core::Tensor;
+use candle_core::{ModuleT, Tensor};
 use candle_nn::VarBuilder;
 
 use crate::backbone::{stride_schedule, BackboneFeatures, FeatureChannels};
@@ -30,6 +30,7 @@ pub struct MobileNetV2Config {
     pub depth_multiplier: f64,
     /// 8, 16 or 32: the stride of the last feature map.
     pub output_stride: usize,
+    /// Batch norm of every layer (eps 1e-3, as the TensorFlow weights want).
     pub norm: NormSpec,
 }
 
@@ -47,6 +48,7 @@ impl Default for MobileNetV2Config {
 }
 
 impl MobileNetV2Config {
+    /// The same config at `output_stride` (checked when a network is built).
     pub fn with_output_stride(mut self, output_stride: usize) -> Self {
         self.output_stride = output_stride;
         self
@@ -116,6 +118,20 @@ impl InvertedResidual {
 
 /// The MobileNetV2 feature extractor: `conv_stem` and `layer.0..15` (no `conv_1x1`, which belongs to the
 /// classification head).
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use voc_classify::{MobileNetV2, MobileNetV2Config};
+/// let vb = candle_nn::VarBuilder::zeros(DType::F32, &Device::Cpu);
+/// let mut net = MobileNetV2::new(vb, MobileNetV2Config::default())?;
+/// let x = Tensor::zeros((1, 3, 64, 64), DType::F32, &Device::Cpu)?;
+/// let features = net.features_t(&x, false)?;
+/// assert_eq!(features.stride4.dims(), [1, 24, 16, 16]);
+/// assert_eq!(features.stride32.dims(), [1, 320, 2, 2]);
+/// net.set_output_stride(8)?; // dilated: the deeper maps stay at stride 8
+/// assert_eq!(net.features_t(&x, false)?.stride32.dims(), [1, 320, 8, 8]);
+/// # Ok::<(), voc_classify::ClassifyError>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct MobileNetV2 {
     first_conv: ConvNormAct,
@@ -125,7 +141,9 @@ pub struct MobileNetV2 {
 }
 
 impl MobileNetV2 {
-    /// `vb` points at the backbone's prefix (`mobilenet_v2` in the hub files).
+    /// Builds the network; `vb` points at the backbone's prefix (`mobilenet_v2` in the hub files). An
+    /// output stride other than 8, 16 or 32 or a depth multiplier that is not positive is a
+    /// [`ClassifyError::BadArgument`].
     pub fn new(vb: VarBuilder, config: MobileNetV2Config) -> Result<Self> {
         config.validate()?;
         let norm = config.norm;
@@ -184,11 +202,13 @@ impl MobileNetV2 {
         })
     }
 
+    /// The configuration, with the current output stride.
     pub fn config(&self) -> &MobileNetV2Config {
         &self.config
     }
 
-    /// Switches the output stride (8, 16 or 32) of the built network; the weights stay the same.
+    /// Switches the output stride (8, 16 or 32) of the built network; the weights stay the same. Any
+    /// other value is a [`ClassifyError::BadArgument`].
     pub fn set_output_stride(&mut self, output_stride: usize) -> Result<()> {
         let config = MobileNetV2Config {
             output_stride,
@@ -210,6 +230,7 @@ impl MobileNetV2 {
         Ok(())
     }
 
+    /// Channel counts of the feature maps (24, 32, 96, 320 at depth multiplier 1).
     pub fn feature_channels(&self) -> FeatureChannels {
         let c = |i: usize| self.config.channels(CHANNELS[i + 1]);
         FeatureChannels {
@@ -220,7 +241,8 @@ impl MobileNetV2 {
         }
     }
 
-    /// Features after `layer.1`, `layer.4`, `layer.11` and `layer.15`; see [`BackboneFeatures`].
+    /// Features of an `N x 3 x H x W` batch after `layer.1`, `layer.4`, `layer.11` and `layer.15`; see
+    /// [`BackboneFeatures`]. `train`: batch norms use batch statistics and update their running averages.
     pub fn features_t(&self, x: &Tensor, train: bool) -> Result<BackboneFeatures> {
         let mut h = self.first_conv.forward_t(x, train)?;
         h = self.stem_block.forward_t(&h, train)?;
@@ -232,6 +254,13 @@ impl MobileNetV2 {
             }
         }
         BackboneFeatures::from_taps(taps)
+    }
+}
+
+impl ModuleT for MobileNetV2 {
+    /// The last feature map of [`MobileNetV2::features_t`] (`stride32`, after `layer.15`).
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        Ok(self.features_t(xs, train)?.stride32)
     }
 }
 

@@ -3,79 +3,45 @@
 //! Callers never hard-code sizes or normalisation: they take them from a [`ModelPreset`].
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use voc_tensor::hub::{self, HubCache, WeightsSource};
+use candle_core::{Device, Tensor};
+use voc_tensor::hub::{HubCache, WeightsSource};
 
 use crate::classifier::{ClassifierArch, ClassifierConfig, ImageClassifier};
 use crate::efficientnet::EfficientNetLiteConfig;
 use crate::error::{ClassifyError, Result};
-use crate::image_io::Rgb8Image;
 use crate::mobilenet_v2::MobileNetV2Config;
-use crate::weights;
-
-/// How 0..255 pixel values become network inputs.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Normalization {
-    /// `x / 127.5 - 1`, to [-1, 1] (the TensorFlow models; timm's mean = std = 0.5 is the same map).
-    MinusOneToOne,
-    /// `(x / 255 - mean[c]) / std[c]` per RGB channel.
-    MeanStd { mean: [f32; 3], std: [f32; 3] },
-}
-
-impl Normalization {
-    /// ImageNet mean/std, as torchvision's models want.
-    pub const IMAGENET: Self = Self::MeanStd {
-        mean: [0.485, 0.456, 0.406],
-        std: [0.229, 0.224, 0.225],
-    };
-
-    /// Normalises `N x 3 x H x W` pixel values in 0..255 (any float or integer dtype) to f32.
-    pub fn apply(&self, pixels: &Tensor) -> Result<Tensor> {
-        let x = pixels.to_dtype(DType::F32)?;
-        Ok(match self {
-            Self::MinusOneToOne => x.affine(1.0 / 127.5, -1.0)?,
-            Self::MeanStd { mean, std } => {
-                let c = x.dim(1)?;
-                if c != 3 {
-                    return Err(ClassifyError::BadArgument(format!(
-                        "mean/std normalisation wants 3 channels in dim 1, got shape {:?}",
-                        x.dims()
-                    )));
-                }
-                let scale: Vec<f32> = std.iter().map(|s| 1.0 / (255.0 * s)).collect();
-                let shift: Vec<f32> = mean.iter().zip(std).map(|(m, s)| -m / s).collect();
-                let scale = Tensor::from_vec(scale, (1, 3, 1, 1), x.device())?;
-                let shift = Tensor::from_vec(shift, (1, 3, 1, 1), x.device())?;
-                x.broadcast_mul(&scale)?.broadcast_add(&shift)?
-            }
-        })
-    }
-
-    /// The inverse of [`Self::apply`]: network inputs back to 0..255 pixel values.
-    pub fn invert(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(match self {
-            Self::MinusOneToOne => x.affine(127.5, 127.5)?,
-            Self::MeanStd { mean, std } => {
-                let scale: Vec<f32> = std.iter().map(|s| 255.0 * s).collect();
-                let shift: Vec<f32> = mean.iter().map(|m| 255.0 * m).collect();
-                let scale = Tensor::from_vec(scale, (1, 3, 1, 1), x.device())?;
-                let shift = Tensor::from_vec(shift, (1, 3, 1, 1), x.device())?;
-                x.broadcast_mul(&scale)?.broadcast_add(&shift)?
-            }
-        })
-    }
-}
+use crate::weights::FromWeights;
+use voc_core::{Normalization, RgbImage};
 
 /// A pretrained ImageNet classifier on the hub.
+///
+/// ```
+/// use candle_core::Device;
+/// use voc_classify::{ModelPreset, Normalization, RgbImage};
+/// let preset = ModelPreset::by_name("efficientnet_lite0")?;
+/// assert_eq!(preset.repo_id, "timm/tf_efficientnet_lite0.in1k");
+/// assert_eq!(preset.normalization, Normalization::MINUS_ONE_TO_ONE);
+/// // Any photo becomes the 1 x 3 x 224 x 224 input the network was trained on.
+/// let photo = RgbImage::new(375, 500, vec![255; 375 * 500 * 3])?;
+/// let x = preset.preprocess(&photo, &Device::Cpu)?;
+/// assert_eq!(x.dims(), [1, 3, 224, 224]);
+/// assert_eq!(x.max_all()?.to_scalar::<f32>()?, 1.0); // white is 1 in [-1, 1]
+/// assert!(ModelPreset::by_name("resnet50").is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ModelPreset {
     /// Short name used on command lines (`mobilenet_v2`, `efficientnet_lite0`).
     pub name: &'static str,
+    /// The hub repository of the weights and `config.json` (`ORG/NAME`).
     pub repo_id: &'static str,
     /// Square input side the model was trained at.
     pub input_size: usize,
+    /// How pixels become network inputs.
     pub normalization: Normalization,
+    /// Outputs of the pretrained head.
     pub num_classes: usize,
+    /// The backbone and its parameters.
     pub arch: ClassifierArch,
 }
 
@@ -85,7 +51,7 @@ impl ModelPreset {
         name: "mobilenet_v2",
         repo_id: "google/mobilenet_v2_1.0_224",
         input_size: 224,
-        normalization: Normalization::MinusOneToOne,
+        normalization: Normalization::MINUS_ONE_TO_ONE,
         num_classes: 1001,
         arch: ClassifierArch::MobileNetV2(MobileNetV2Config {
             depth_multiplier: 1.0,
@@ -102,7 +68,7 @@ impl ModelPreset {
         name: "efficientnet_lite0",
         repo_id: "timm/tf_efficientnet_lite0.in1k",
         input_size: 224,
-        normalization: Normalization::MinusOneToOne,
+        normalization: Normalization::MINUS_ONE_TO_ONE,
         num_classes: 1000,
         arch: ClassifierArch::EfficientNetLite0(EfficientNetLiteConfig {
             output_stride: 32,
@@ -113,22 +79,16 @@ impl ModelPreset {
         }),
     };
 
+    /// Every preset, in the order error messages list them.
     pub const ALL: [Self; 2] = [Self::MOBILENET_V2, Self::EFFICIENTNET_LITE0];
 
-    /// The preset called `name` (or whose repo id is `name`).
+    /// The preset called `name` (or whose repo id is `name`); an unknown name is a
+    /// [`ClassifyError::BadArgument`] listing the known ones.
     pub fn by_name(name: &str) -> Result<Self> {
-        Self::ALL
-            .into_iter()
-            .find(|p| p.name == name || p.repo_id == name)
-            .ok_or_else(|| {
-                let known: Vec<&str> = Self::ALL.iter().map(|p| p.name).collect();
-                ClassifyError::BadArgument(format!(
-                    "unknown model '{name}': expected one of {}",
-                    known.join(", ")
-                ))
-            })
+        find_preset(&Self::ALL, name, "model", |p| (p.name, p.repo_id))
     }
 
+    /// The classifier it loads into: its architecture and head size, no dropout.
     pub fn classifier_config(&self) -> ClassifierConfig {
         ClassifierConfig {
             arch: self.arch,
@@ -137,33 +97,40 @@ impl ModelPreset {
         }
     }
 
+    /// Its hub repository as a weights source (default revision).
     pub fn weights_source(&self) -> WeightsSource {
         WeightsSource::hub(self.repo_id, None)
     }
 
-    /// Class names from the repo's `config.json` (`id2label`, or timm's `label_names`), index order.
+    /// Class names from the repo's `config.json` (`id2label`, or timm's `label_names`), index order,
+    /// through the hub cache the environment selects. A missing or malformed file, or a name count other
+    /// than `num_classes`, is an error naming the file.
     pub fn class_names(&self) -> Result<Vec<String>> {
         self.class_names_in(&HubCache::from_env())
     }
 
     /// [`Self::class_names`] from the given hub cache.
     pub fn class_names_in(&self, cache: &HubCache) -> Result<Vec<String>> {
-        let path = cache.resolve_file(self.repo_id, None, "config.json")?;
-        let names = class_names_from_config(&path)?;
-        if names.len() != self.num_classes {
-            return Err(ClassifyError::BadConfig {
-                path,
-                message: format!(
-                    "{} class names, but the model has {} outputs",
-                    names.len(),
-                    self.num_classes
-                ),
-            });
-        }
-        Ok(names)
+        hub_class_names(cache, self.repo_id, self.num_classes)
     }
 
-    /// The pretrained network from the hub cache (or a download when online), for inference.
+    /// The pretrained network from the hub cache the environment selects (or a download when online),
+    /// for inference. Not cached while offline (`HF_HUB_OFFLINE=1`) is an error naming the repo and
+    /// `HF_HOME`.
+    ///
+    /// ```no_run
+    /// use candle_core::Device;
+    /// use voc_classify::{top_k, ModelPreset, RgbImage};
+    /// let preset = ModelPreset::MOBILENET_V2;
+    /// let model = preset.load(&Device::Cpu)?;
+    /// let names = preset.class_names()?;
+    /// let photo = RgbImage::new(224, 224, vec![128; 224 * 224 * 3])?; // or voc_data::read_rgb_image
+    /// let logits = model.forward_t(&preset.preprocess(&photo, &Device::Cpu)?, false)?;
+    /// for p in top_k(&logits, &names, 5)? {
+    ///     println!("{:6.2}%  {}", 100.0 * p.prob, p.label);
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn load(&self, device: &Device) -> Result<ImageClassifier> {
         self.load_from(&self.weights_source(), device)
     }
@@ -181,22 +148,55 @@ impl ModelPreset {
         source: &WeightsSource,
         device: &Device,
     ) -> Result<ImageClassifier> {
-        let path = hub::resolve_weights_in(cache, source)?;
-        let tensors = weights::read_weights(&path, device)?;
-        ImageClassifier::from_tensors(
-            tensors,
-            &path.display().to_string(),
-            self.classifier_config(),
-            device,
-        )
+        ImageClassifier::from_source(cache, source, self.classifier_config(), device)
     }
 
     /// One photo as the network input `1 x 3 x S x S`: bilinear resize to the preset's size with
     /// anti-aliasing (as PIL's `resize(BILINEAR)`, which made the reference inputs), then normalisation.
-    pub fn preprocess(&self, image: &Rgb8Image, device: &Device) -> Result<Tensor> {
-        let resized = image.resize(self.input_size, self.input_size)?;
-        self.normalization.apply(&resized.to_tensor(device)?)
+    pub fn preprocess(&self, image: &RgbImage, device: &Device) -> Result<Tensor> {
+        let size = (self.input_size, self.input_size);
+        crate::preprocess::image_input(image, size, &self.normalization, device)
     }
+}
+
+/// The preset of `all` whose short name or hub repo id is `name`, as `ids` gives them (`(name,
+/// repo_id)`); else an error that lists the short names of `all`, calling `name` an unknown `kind`.
+pub fn find_preset<P: Copy>(
+    all: &[P],
+    name: &str,
+    kind: &str,
+    ids: impl Fn(&P) -> (&'static str, &'static str),
+) -> Result<P> {
+    all.iter()
+        .copied()
+        .find(|p| {
+            let (short, repo_id) = ids(p);
+            short == name || repo_id == name
+        })
+        .ok_or_else(|| {
+            let known: Vec<&str> = all.iter().map(|p| ids(p).0).collect();
+            ClassifyError::BadArgument(format!(
+                "unknown {kind} '{name}': expected one of {}",
+                known.join(", ")
+            ))
+        })
+}
+
+/// The class names in the `config.json` of hub repo `repo_id` (through `cache`), which must be
+/// `num_classes`, the model's outputs.
+pub fn hub_class_names(cache: &HubCache, repo_id: &str, num_classes: usize) -> Result<Vec<String>> {
+    let path = cache.resolve_file(repo_id, None, "config.json")?;
+    let names = class_names_from_config(&path)?;
+    if names.len() != num_classes {
+        return Err(ClassifyError::BadConfig {
+            path,
+            message: format!(
+                "{} class names, but the model has {num_classes} outputs",
+                names.len()
+            ),
+        });
+    }
+    Ok(names)
 }
 
 /// Reads the class names of a `config.json`: transformers' `id2label` (`{"0": "background", ...}`, which
@@ -206,9 +206,15 @@ pub fn class_names_from_config(path: &Path) -> Result<Vec<String>> {
         path: path.to_path_buf(),
         message,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    let text = std::fs::read_to_string(path).map_err(|source| ClassifyError::ConfigIo {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+        serde_json::from_str(&text).map_err(|source| ClassifyError::ConfigJson {
+            path: path.to_path_buf(),
+            source,
+        })?;
     if let Some(map) = json.get("id2label").and_then(|v| v.as_object()) {
         let mut names = vec![None; map.len()];
         for (key, value) in map {

@@ -1,13 +1,17 @@
 //! Wrong weights files, unknown hub ids and unreadable images fail with errors that say what is wrong.
 use candle_core::Device;
 use candle_nn::VarMap;
-use voc_classify::{ClassifyError, ImageClassifier, ModelPreset, Rgb8Image};
+use voc_classify::{ClassifyError, FromWeights, ImageClassifier, ModelPreset};
+use voc_core::testing::{hub_model, shared_with};
 use voc_tensor::hub::{load_tensors, HubCache, WeightsSource};
-use voc_tensor::testing::{shared_hub_file, shared_or_skip};
+use voc_tensor::testing::shared_hub_file;
 
 #[test]
 fn efficientnet_weights_are_not_a_mobilenet() {
-    let Some(shared) = shared_or_skip("efficientnet_weights_are_not_a_mobilenet") else {
+    let Some(shared) = shared_with(
+        "efficientnet_weights_are_not_a_mobilenet",
+        &[hub_model("timm/tf_efficientnet_lite0.in1k")],
+    ) else {
         return;
     };
     let cache = HubCache::new(shared.join("hf/hub"), true);
@@ -47,7 +51,10 @@ fn efficientnet_weights_are_not_a_mobilenet() {
 
 #[test]
 fn segmenter_weights_are_not_an_imagenet_classifier() {
-    let Some(shared) = shared_or_skip("segmenter_weights_are_not_an_imagenet_classifier") else {
+    let Some(shared) = shared_with(
+        "segmenter_weights_are_not_an_imagenet_classifier",
+        &[hub_model("google/deeplabv3_mobilenet_v2_1.0_513")],
+    ) else {
         return;
     };
     let path = shared_hub_file(
@@ -74,11 +81,13 @@ fn segmenter_weights_are_not_an_imagenet_classifier() {
 
 #[test]
 fn a_head_of_another_size_is_a_shape_mismatch() {
-    let Some(shared) = shared_or_skip("a_head_of_another_size_is_a_shape_mismatch") else {
+    // The training twin's MobileNetV2 has a 20-class head; the ImageNet preset wants 1001.
+    let Some(path) = voc_core::testing::shared_file(
+        "a_head_of_another_size_is_a_shape_mismatch",
+        "reference/train_mobilenet_v2.init.safetensors",
+    ) else {
         return;
     };
-    // The training twin's MobileNetV2 has a 20-class head; the ImageNet preset wants 1001.
-    let path = shared.join("reference/train_mobilenet_v2.init.safetensors");
     let tensors = load_tensors(&path, &Device::Cpu).unwrap();
     let varmap = VarMap::new();
     let config = ModelPreset::MOBILENET_V2.classifier_config();
@@ -95,10 +104,9 @@ fn a_head_of_another_size_is_a_shape_mismatch() {
 
 #[test]
 fn unknown_hub_id_offline_is_a_clear_error() {
-    let Some(shared) = shared_or_skip("unknown_hub_id_offline_is_a_clear_error") else {
-        return;
-    };
-    let cache = HubCache::new(shared.join("hf/hub"), true);
+    // An offline cache that holds nothing.
+    let empty = std::env::temp_dir().join(format!("voc-classify-empty-hub-{}", std::process::id()));
+    let cache = HubCache::new(empty, true);
     let msg = ModelPreset::MOBILENET_V2
         .load_in(
             &cache,
@@ -118,43 +126,18 @@ fn unknown_hub_id_offline_is_a_clear_error() {
 }
 
 #[test]
-fn images_that_are_not_hxwx3_uint8_are_refused() {
-    let dir = std::env::temp_dir().join(format!("voc-classify-bad-input-{}", std::process::id()));
+fn an_unreadable_config_keeps_its_cause() {
+    let dir = std::env::temp_dir().join(format!("voc-classify-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let missing = dir.join("missing.png");
-    assert!(Rgb8Image::read(&missing)
-        .unwrap_err()
-        .to_string()
-        .contains("no such file"));
-
-    let mask = dir.join("mask.npy");
-    ndarray_npy::write_npy(&mask, &ndarray::Array2::<u8>::zeros((4, 5))).unwrap();
-    let msg = Rgb8Image::read(&mask).unwrap_err().to_string();
-    assert!(msg.contains("mask.npy") && msg.contains("HxWx3"), "{msg}");
-
-    let floats = dir.join("floats.npy");
-    ndarray_npy::write_npy(&floats, &ndarray::Array3::<f32>::zeros((4, 5, 3))).unwrap();
-    let msg = Rgb8Image::read(&floats).unwrap_err().to_string();
-    assert!(msg.contains("floats.npy") && msg.contains("uint8"), "{msg}");
-
-    let rgba = dir.join("four.npy");
-    ndarray_npy::write_npy(&rgba, &ndarray::Array3::<u8>::zeros((4, 5, 4))).unwrap();
-    assert!(Rgb8Image::read(&rgba)
-        .unwrap_err()
-        .to_string()
-        .contains("4x5x4"));
-
-    let text = dir.join("notes.txt");
-    std::fs::write(&text, "hello").unwrap();
-    assert!(Rgb8Image::read(&text)
-        .unwrap_err()
-        .to_string()
-        .contains("unknown image type"));
-    let fake_png = dir.join("fake.png");
-    std::fs::write(&fake_png, "not a png").unwrap();
-    assert!(Rgb8Image::read(&fake_png)
-        .unwrap_err()
-        .to_string()
-        .contains("cannot decode"));
+    let path = dir.join("config.json");
+    std::fs::write(&path, "{not json").unwrap();
+    let err = voc_classify::preset::class_names_from_config(&path).unwrap_err();
+    assert!(matches!(err, ClassifyError::ConfigJson { .. }), "{err:?}");
+    assert!(err.to_string().contains("not valid JSON"), "{err}");
+    assert!(std::error::Error::source(&err).is_some());
     std::fs::remove_dir_all(&dir).ok();
+    let err = voc_classify::preset::class_names_from_config(&path).unwrap_err();
+    assert!(matches!(err, ClassifyError::ConfigIo { .. }), "{err:?}");
+    assert!(err.to_string().contains("cannot read"), "{err}");
+    assert!(std::error::Error::source(&err).is_some());
 }

@@ -4,8 +4,9 @@ use std::path::Path;
 
 use candle_core::Device;
 use voc_classify::ModelPreset;
+use voc_core::testing::{hub_model, shared_with};
 use voc_tensor::hub::HubCache;
-use voc_tensor::testing::{load_golden, rel_err, shared_or_skip};
+use voc_tensor::testing::{load_golden, rel_err};
 
 fn check_golden(shared: &Path, preset: ModelPreset, golden_file: &str) -> anyhow::Result<()> {
     let cache = HubCache::new(shared.join("hf").join("hub"), true);
@@ -40,7 +41,13 @@ fn check_golden(shared: &Path, preset: ModelPreset, golden_file: &str) -> anyhow
 
 #[test]
 fn mobilenet_v2_matches_reference_logits() -> anyhow::Result<()> {
-    let Some(shared) = shared_or_skip("mobilenet_v2_matches_reference_logits") else {
+    let Some(shared) = shared_with(
+        "mobilenet_v2_matches_reference_logits",
+        &[
+            hub_model(ModelPreset::MOBILENET_V2.repo_id),
+            "reference/mobilenet_v2_1.0_224.safetensors".into(),
+        ],
+    ) else {
         return Ok(());
     };
     check_golden(
@@ -52,7 +59,13 @@ fn mobilenet_v2_matches_reference_logits() -> anyhow::Result<()> {
 
 #[test]
 fn efficientnet_lite0_matches_reference_logits() -> anyhow::Result<()> {
-    let Some(shared) = shared_or_skip("efficientnet_lite0_matches_reference_logits") else {
+    let Some(shared) = shared_with(
+        "efficientnet_lite0_matches_reference_logits",
+        &[
+            hub_model(ModelPreset::EFFICIENTNET_LITE0.repo_id),
+            "reference/tf_efficientnet_lite0.in1k.safetensors".into(),
+        ],
+    ) else {
         return Ok(());
     };
     check_golden(

@@ -1,9 +1,10 @@
 //! The full path a user takes (photo file -> preset preprocessing -> pretrained model -> top-1 name)
 //! names the expected ImageNet class of every photo in `shared/data/photos`, with both backbones.
 use candle_core::Device;
-use voc_classify::{top_k, ModelPreset, Rgb8Image};
+use voc_classify::{top_k, ModelPreset};
+use voc_core::testing::{hub_model, shared_with};
 use voc_tensor::hub::HubCache;
-use voc_tensor::testing::{load_golden, max_abs_diff, shared_or_skip};
+use voc_tensor::testing::{load_golden, max_abs_diff};
 
 const EXPECTED: [(&str, &str); 7] = [
     ("bird", "chickadee"),
@@ -16,7 +17,10 @@ const EXPECTED: [(&str, &str); 7] = [
 ];
 
 fn check_photos(preset: ModelPreset) -> anyhow::Result<()> {
-    let Some(shared) = shared_or_skip(&format!("photos_top1_{}", preset.name)) else {
+    let Some(shared) = shared_with(
+        &format!("{}_names_the_photos", preset.name),
+        &[hub_model(preset.repo_id), "data/photos".into()],
+    ) else {
         return Ok(());
     };
     let cache = HubCache::new(shared.join("hf").join("hub"), true);
@@ -25,7 +29,8 @@ fn check_photos(preset: ModelPreset) -> anyhow::Result<()> {
     let names = preset.class_names_in(&cache)?;
     let mut wrong = Vec::new();
     for (photo, expected) in EXPECTED {
-        let image = Rgb8Image::read(&shared.join("data/photos").join(format!("{photo}.png")))?;
+        let image =
+            voc_data::read_rgb_image(&shared.join("data/photos").join(format!("{photo}.png")))?;
         let input = preset.preprocess(&image, &device)?;
         let best = top_k(&model.forward_t(&input, false)?, &names, 1)?;
         let first_name = best[0]
@@ -63,13 +68,17 @@ fn efficientnet_lite0_names_the_photos() -> anyhow::Result<()> {
 /// The preset's resize is the reference's (PIL bilinear with anti-aliasing), up to rounding.
 #[test]
 fn preprocessing_reproduces_the_reference_input() -> anyhow::Result<()> {
-    let Some(shared) = shared_or_skip("preprocessing_reproduces_the_reference_input") else {
+    let Some(shared) = shared_with(
+        "preprocessing_reproduces_the_reference_input",
+        &["reference/mobilenet_v2_1.0_224.safetensors", "data/photos"],
+    ) else {
         return Ok(());
     };
     let golden = load_golden(&shared.join("reference/mobilenet_v2_1.0_224.safetensors"))?;
     let preset = ModelPreset::MOBILENET_V2;
     for photo in ["bird", "coffee"] {
-        let image = Rgb8Image::read(&shared.join("data/photos").join(format!("{photo}.png")))?;
+        let image =
+            voc_data::read_rgb_image(&shared.join("data/photos").join(format!("{photo}.png")))?;
         let input = preset.preprocess(&image, &Device::Cpu)?;
         let diff = max_abs_diff(&input, &golden[&format!("{photo}.input")])?;
         eprintln!(

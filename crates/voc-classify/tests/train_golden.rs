@@ -10,18 +10,25 @@
 //! (the logits would not be 0) or if a head or loss were wrong, but it cannot check the gradients' values.
 use candle_core::{Device, Tensor};
 use candle_nn::VarMap;
-use voc_classify::{ClassifierArch, ClassifierConfig, ImageClassifier, MobileNetV2Config};
+use voc_classify::{
+    ClassifierArch, ClassifierConfig, FromWeights, ImageClassifier, MobileNetV2Config,
+};
 use voc_tensor::hub::load_tensors;
 use voc_tensor::ops::bce_with_logits;
-use voc_tensor::testing::{load_golden, rel_err, shared_or_skip};
+use voc_tensor::testing::{load_golden, rel_err};
 
 #[test]
 fn mobilenet_v2_matches_training_step0() -> anyhow::Result<()> {
-    let Some(shared) = shared_or_skip("mobilenet_v2_matches_training_step0") else {
+    let Some([golden_path, init_path]) = voc_core::testing::shared_files(
+        "mobilenet_v2_matches_training_step0",
+        [
+            "reference/train_mobilenet_v2.safetensors",
+            "reference/train_mobilenet_v2.init.safetensors",
+        ],
+    ) else {
         return Ok(());
     };
-    let golden = load_golden(&shared.join("reference/train_mobilenet_v2.safetensors"))?;
-    let init_path = shared.join("reference/train_mobilenet_v2.init.safetensors");
+    let golden = load_golden(&golden_path)?;
     let varmap = VarMap::new();
     let config = ClassifierConfig {
         arch: ClassifierArch::MobileNetV2(MobileNetV2Config::default()),

@@ -57,9 +57,9 @@ impl BenchModel {
 }
 
 /// Labels of the VOC multi-label classifier, classes of the segmenter (with background).
-const CLASSIFIER_OUTPUTS: usize = 20;
-const SEGMENT_CLASSES: usize = 21;
-const IGNORE_INDEX: u8 = 255;
+const CLASSIFIER_OUTPUTS: usize = voc_core::NUM_CLASSES;
+const SEGMENT_CLASSES: usize = voc_core::NUM_MASK_CLASSES;
+const IGNORE_INDEX: u8 = voc_core::VOID;
 
 #[derive(Args)]
 pub struct BenchArgs {

@@ -191,7 +191,7 @@ fn run_split(args: SplitArgs) -> anyhow::Result<()> {
     match &args.out {
         Some(path) => {
             let text = serde_json::to_string_pretty(&json)?;
-            voc_data::io::write_atomic(path, |f| f.write_all(text.as_bytes()))?;
+            voc_core::write_atomic(path, |f| f.write_all(text.as_bytes()))?;
             println!(
                 "wrote {} train and {} validation Ids of split '{}' to {}",
                 train.len(),

@@ -7,22 +7,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context};
+use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use voc_classify::checkpoint::normalization_from_checkpoint;
-use voc_classify::preset::class_names_from_config;
-use voc_classify::{CheckpointClassifier, Rgb8Image};
-use voc_data::competition::{CompetitionDir, SplitIndex};
-use voc_data::VOC_CLASSES;
-use voc_segment::palette::{colorize, overlay, write_png};
-use voc_segment::{
-    DeepLabV3, DeepLabV3Plus, DeepLabV3PlusConfig, SegmentationNet, Segmenter, SegmenterPreset,
-    SizeStrategy,
-};
-use voc_submit::{list_problems, ExpectedImage, MaskView, SubmissionWriter};
-use voc_tensor::checkpoint;
-use voc_tensor::hub::{HubCache, WeightsSource};
+use voc_classify::CheckpointClassifier;
+use voc_core::{Mask, CLASS_NAMES, MASK_CLASS_NAMES};
+use voc_data::competition::CompetitionDir;
+use voc_segment::{load_segmenter, LoadedSegmenter, SizeStrategy, DEFAULT_SEGMENTER};
+use voc_submit::{list_problems, MaskView, SubmissionWriter};
 use voc_tensor::{Device, DeviceSpec};
+
+use crate::cmd_submit::expected_images;
 
 /// Without a classifier, a class is in an image's labels when its predicted pixels cover at least this
 /// fraction of the image. Chosen on voc-sample (README, Results): on its 8 images (6 train, and the 2 test
@@ -33,13 +27,6 @@ pub const DEFAULT_MIN_AREA: f64 = 0.005;
 
 /// Opacity of the class colours in overlays.
 const OVERLAY_ALPHA: f32 = 0.5;
-
-/// The segmenter used when `--segmenter` is not given.
-const DEFAULT_SEGMENTER: &str = "google/deeplabv3_mobilenet_v2_1.0_513";
-
-/// Checkpoint `architecture` names `--segmenter` accepts.
-const DEEPLABV3_ARCH: &str = "deeplabv3_mobilenet_v2";
-const DEEPLABV3PLUS_ARCH: &str = "deeplabv3plus_mobilenet_v2";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Tta {
@@ -142,231 +129,39 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
     }
 }
 
-/// The 21 class names every VOC segmenter must output, background first.
-fn voc_segmenter_classes() -> Vec<String> {
-    std::iter::once("background")
-        .chain(VOC_CLASSES)
-        .map(str::to_string)
-        .collect()
-}
-
-/// Fails unless `names` are VOC's classes in the competition's order (`what` says whose they are).
-fn check_class_names(names: &[String], expected: &[String], what: &str) -> anyhow::Result<()> {
-    if names != expected {
+/// Fails unless a classifier's `names` are VOC's 20 classes in the competition's order.
+fn check_class_names(names: &[String], what: &str) -> anyhow::Result<()> {
+    if !names.iter().map(String::as_str).eq(CLASS_NAMES) {
         bail!(
-            "{what}: class names {names:?} are not VOC's {} classes in the competition's order {expected:?}",
-            expected.len()
+            "{what}: class names {names:?} are not VOC's {} classes in the competition's order {CLASS_NAMES:?}",
+            CLASS_NAMES.len()
         );
     }
     Ok(())
 }
 
-/// Whether a `--segmenter` value that is not an existing file was meant as a file rather than a hub id.
-fn looks_like_path(spec: &str) -> bool {
-    let ext = Path::new(spec)
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
-    spec.starts_with(['.', '/', '~'])
-        || matches!(
-            ext.as_deref(),
-            Some("safetensors" | "bin" | "pt" | "pth" | "ckpt")
-        )
+fn open_segmenter(args: &SegmenterArgs, device: &Device) -> anyhow::Result<LoadedSegmenter> {
+    let mut loaded = load_segmenter(
+        &args.segmenter,
+        args.output_stride,
+        args.size_strategy,
+        device,
+    )
+    .context("--segmenter takes a checkpoint, a weights file or a hub repo id")?;
+    loaded.segmenter.flip_tta = args.tta == Some(Tta::Flip);
+    Ok(loaded)
 }
 
-/// A loaded segmenter and a short description of where it came from.
-struct LoadedSegmenter {
-    segmenter: Segmenter,
-    source: String,
-}
-
-fn load_segmenter(args: &SegmenterArgs, device: &Device) -> anyhow::Result<LoadedSegmenter> {
-    let spec = args.segmenter.as_str();
-    let preset = SegmenterPreset::DEEPLABV3_MOBILENET_V2;
-    let classes = voc_segmenter_classes();
-    let path = Path::new(spec);
-    let (net, normalization, source) = if path.is_file() {
-        load_segmenter_file(path, args.output_stride, &classes, device)?
-    } else if looks_like_path(spec) {
-        bail!("{spec}: no such segmenter file (--segmenter takes a checkpoint, a weights file or a hub repo id)");
-    } else {
-        let repo_id = match SegmenterPreset::by_name(spec) {
-            Ok(p) => p.repo_id.to_string(),
-            Err(_) if spec.split('/').count() == 2 && !spec.contains(char::is_whitespace) => {
-                spec.to_string()
-            }
-            Err(_) => bail!(
-                "unknown segmenter '{spec}': expected a hub repo id (ORG/NAME, e.g. {}), the preset name {}, \
-                 or a checkpoint/weights file",
-                preset.repo_id,
-                preset.name
-            ),
-        };
-        // Any repo in the transformers DeepLabV3-MobileNetV2 layout works; its config.json must name
-        // VOC's classes.
-        let cache = HubCache::from_env();
-        let net = preset
-            .load_in(
-                &cache,
-                &WeightsSource::hub(&repo_id, None),
-                args.output_stride,
-                device,
-            )
-            .with_context(|| {
-                format!(
-                    "loading the segmenter '{repo_id}' from the hub (a local checkpoint or weights \
-                     file can be given as --segmenter FILE)"
-                )
-            })?;
-        let config = cache.resolve_file(&repo_id, None, "config.json")?;
-        let names = class_names_from_config(&config)?;
-        check_class_names(&names, &classes, &config.display().to_string())?;
-        (
-            SegmentationNet::DeepLabV3(Box::new(net)),
-            preset.normalization,
-            format!("hub:{repo_id}"),
-        )
-    };
-    let mut segmenter = Segmenter::new(net, normalization, args.size_strategy);
-    segmenter.flip_tta = args.tta == Some(Tta::Flip);
-    Ok(LoadedSegmenter { segmenter, source })
-}
-
-/// A voc checkpoint of a segmenter, or a plain DeepLabV3 weights file in the hub layout.
-fn load_segmenter_file(
-    path: &Path,
-    output_stride: usize,
-    classes: &[String],
-    device: &Device,
-) -> anyhow::Result<(SegmentationNet, voc_classify::Normalization, String)> {
-    let name = path.display().to_string();
-    let preset = SegmenterPreset::DEEPLABV3_MOBILENET_V2;
-    match checkpoint::load_checkpoint(path, device) {
-        Ok((tensors, meta)) => {
-            let num_classes = meta.class_names.len();
-            let net = match meta.architecture.as_str() {
-                DEEPLABV3_ARCH => {
-                    let mut config = preset.config;
-                    config.num_classes = num_classes;
-                    config.backbone.output_stride = output_stride;
-                    SegmentationNet::DeepLabV3(Box::new(DeepLabV3::from_tensors(
-                        tensors, &name, config, device,
-                    )?))
-                }
-                DEEPLABV3PLUS_ARCH => {
-                    let default = DeepLabV3PlusConfig::default();
-                    let config = DeepLabV3PlusConfig {
-                        num_classes,
-                        backbone: default.backbone.with_output_stride(output_stride),
-                        ..default
-                    };
-                    SegmentationNet::DeepLabV3Plus(Box::new(DeepLabV3Plus::from_tensors(
-                        tensors, &name, config, device,
-                    )?))
-                }
-                other => bail!(
-                    "{name}: a checkpoint of architecture '{other}', not a segmenter: --segmenter takes a \
-                     {DEEPLABV3_ARCH} or {DEEPLABV3PLUS_ARCH} checkpoint, a DeepLabV3 weights file or a hub repo id"
-                ),
-            };
-            check_class_names(
-                &meta.class_names,
-                classes,
-                &format!("{name} (checkpoint metadata)"),
-            )?;
-            let source = format!("{name} ({})", meta.architecture);
-            Ok((
-                net,
-                normalization_from_checkpoint(&meta.normalization),
-                source,
-            ))
-        }
-        Err(not_checkpoint) => {
-            let net = preset
-                .load_in(
-                    &HubCache::from_env(),
-                    &WeightsSource::File(path.to_path_buf()),
-                    output_stride,
-                    device,
-                )
-                .map_err(|e| {
-                    anyhow!(
-                        "{name} cannot be used as the segmenter.\nAs a voc checkpoint: {not_checkpoint}\nAs DeepLabV3 weights: {e}"
-                    )
-                })?;
-            Ok((
-                SegmentationNet::DeepLabV3(Box::new(net)),
-                preset.normalization,
-                format!("{name} ({DEEPLABV3_ARCH} weights)"),
-            ))
-        }
-    }
-}
-
-/// The 20 labels of a predicted mask: class `c` (mask value `c + 1`) is present when it covers at least
-/// `min_area` of the pixels (and at least one pixel).
-pub fn labels_from_mask(mask: &[u8], min_area: f64) -> [u8; 20] {
-    let mut counts = [0u64; 256];
-    for &v in mask {
-        counts[v as usize] += 1;
-    }
-    let needed = min_area * mask.len() as f64;
-    let mut labels = [0u8; 20];
-    for (c, label) in labels.iter_mut().enumerate() {
-        let n = counts[c + 1];
-        *label = u8::from(n > 0 && n as f64 >= needed);
-    }
-    labels
-}
-
-/// Fraction of the image each class (background included) covers, for the classes present.
-fn class_areas(mask: &[u8]) -> Vec<(String, f64)> {
-    let mut counts = [0u64; 21];
-    for &v in mask {
-        if let Some(n) = counts.get_mut(v as usize) {
-            *n += 1;
-        }
-    }
-    voc_segmenter_classes()
+/// Fraction of the image each mask class (background included) covers, for the classes present.
+fn class_areas(mask: &Mask) -> Vec<(&'static str, f64)> {
+    let counts = mask.value_counts();
+    let pixels = mask.as_slice().len() as f64;
+    MASK_CLASS_NAMES
         .into_iter()
         .zip(counts)
         .filter(|(_, n)| *n > 0)
-        .map(|(name, n)| (name, n as f64 / mask.len() as f64))
+        .map(|(name, n)| (name, n as f64 / pixels))
         .collect()
-}
-
-fn expected_images(index: &SplitIndex) -> anyhow::Result<Vec<ExpectedImage>> {
-    index
-        .ids
-        .iter()
-        .map(|id| {
-            let (height, width) = index.image_size(id)?;
-            let path = index.image_path(id);
-            let header = voc_data::npy::read_header(&path)?;
-            if header.dtype != voc_data::npy::NpyDtype::U8 {
-                bail!(
-                    "{}: image dtype is '{}'; expected uint8 ('|u1') of shape (H, W, 3)",
-                    path.display(),
-                    header.descr
-                );
-            }
-            Ok(ExpectedImage {
-                id: id.clone(),
-                height,
-                width,
-            })
-        })
-        .collect()
-}
-
-fn read_rgb(index: &SplitIndex, id: &str) -> anyhow::Result<Rgb8Image> {
-    let array = index.read_image(id)?;
-    let (h, w, _) = array.dim();
-    let data = match array.as_slice() {
-        Some(data) => data.to_vec(),
-        None => array.iter().copied().collect(),
-    };
-    Rgb8Image::new(h, w, data).with_context(|| index.image_path(id).display().to_string())
 }
 
 fn create_dir(dir: &Path, what: &str) -> anyhow::Result<()> {
@@ -387,14 +182,12 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     }
     // Sizes from the .npy headers: a malformed image fails here, before any model is loaded.
     let expected = expected_images(&index)?;
-    let loaded = load_segmenter(&args.model, &device)?;
+    let loaded = open_segmenter(&args.model, &device)?;
     let classifier = match &args.classifier {
         Some(path) => {
             let c = CheckpointClassifier::load(path, &device)?;
-            let voc: Vec<String> = VOC_CLASSES.iter().map(|s| s.to_string()).collect();
             check_class_names(
                 &c.class_names,
-                &voc,
                 &format!("{} (checkpoint metadata)", path.display()),
             )?;
             if !c.thresholds_from_checkpoint {
@@ -418,8 +211,8 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     let mut writer = SubmissionWriter::new(Vec::new())?;
     for id in &index.ids {
         let image_path = index.image_path(id);
-        let image = read_rgb(&index, id)?;
-        let (h, w) = (image.height, image.width);
+        let image = index.read_rgb_image(id)?;
+        let (h, w) = (image.height(), image.width());
         let mask = loaded
             .segmenter
             .mask(&image, &device)
@@ -428,21 +221,20 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
             Some(c) => c
                 .labels(&image, &device)
                 .with_context(|| format!("classifying {}", image_path.display()))?,
-            None => labels_from_mask(&mask, args.min_area).to_vec(),
+            None => mask.labels_with_min_area(args.min_area).to_flags().to_vec(),
         };
         writer
-            .write_image(id, &labels, MaskView::new(&mask, h, w)?)
+            .write_image(id, &labels, MaskView::new(mask.as_slice(), h, w)?)
             .with_context(|| format!("Id {id} ({})", image_path.display()))?;
         let file = format!("{}_{id}", index.name);
         if let Some(dir) = &args.save_masks {
-            voc_data::npy::write_u8(&dir.join(format!("{file}.npy")), &[h, w], &mask)?;
-            write_png(&colorize(&mask, h, w)?, &dir.join(format!("{file}.png")))?;
+            voc_data::npy::write_u8(&dir.join(format!("{file}.npy")), &[h, w], mask.as_slice())?;
+            mask.colorize()
+                .write_png(&dir.join(format!("{file}.png")))?;
         }
         if let Some(dir) = &args.save_overlays {
-            write_png(
-                &overlay(&image, &mask, OVERLAY_ALPHA)?,
-                &dir.join(format!("{file}.png")),
-            )?;
+            mask.overlay(&image, OVERLAY_ALPHA)?
+                .write_png(&dir.join(format!("{file}.png")))?;
         }
         bar.inc(1);
     }
@@ -458,7 +250,7 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
             list_problems(&report.problems, 50)
         );
     }
-    checkpoint::write_atomic(&args.out, &bytes)?;
+    voc_core::write_atomic(&args.out, |f| std::io::Write::write_all(f, &bytes))?;
     let seconds = started.elapsed().as_secs_f64();
     let labels_from = match &classifier {
         Some(c) => format!("classifier {}", c.path.display()),
@@ -510,23 +302,23 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
 pub fn segment(args: SegmentArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let device = args.model.device.open()?;
-    let image = Rgb8Image::read(&args.image)?;
-    let loaded = load_segmenter(&args.model, &device)?;
+    let image = voc_data::read_rgb_image(&args.image)?;
+    let loaded = open_segmenter(&args.model, &device)?;
     let mask = loaded
         .segmenter
         .mask(&image, &device)
         .with_context(|| format!("segmenting {}", args.image.display()))?;
-    let (h, w) = (image.height, image.width);
-    write_png(&colorize(&mask, h, w)?, &args.out)?;
+    let (h, w) = (image.height(), image.width());
+    mask.colorize().write_png(&args.out)?;
     if let Some(path) = &args.overlay {
-        write_png(&overlay(&image, &mask, OVERLAY_ALPHA)?, path)?;
+        mask.overlay(&image, OVERLAY_ALPHA)?.write_png(path)?;
     }
     let areas = class_areas(&mask);
     let seconds = started.elapsed().as_secs_f64();
     if args.json {
         let classes: serde_json::Map<String, serde_json::Value> = areas
             .iter()
-            .map(|(name, area)| (name.clone(), serde_json::json!(area)))
+            .map(|(name, area)| (name.to_string(), serde_json::json!(area)))
             .collect();
         println!(
             "{}",
@@ -567,27 +359,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn labels_need_the_minimum_area() {
-        // 100 pixels: 90 background, 6 of class 1 (aeroplane), 4 of class 20 (tvmonitor).
-        let mut mask = vec![0u8; 90];
-        mask.extend([1; 6]);
-        mask.extend([20; 4]);
-        let labels = labels_from_mask(&mask, 0.05);
-        assert_eq!(labels[0], 1);
-        assert_eq!(labels[19], 0);
-        assert_eq!(labels.iter().map(|&l| l as u32).sum::<u32>(), 1);
-        let labels = labels_from_mask(&mask, 0.0);
-        assert_eq!((labels[0], labels[19]), (1, 1));
-        assert_eq!(labels_from_mask(&[0; 10], 0.0), [0; 20]);
-    }
-
-    #[test]
-    fn segmenter_specs() {
-        assert!(looks_like_path("runs/best.safetensors"));
-        assert!(looks_like_path("./model"));
-        assert!(!looks_like_path("google/deeplabv3_mobilenet_v2_1.0_513"));
+    fn argument_parsers() {
         assert!(parse_output_stride("32").is_err());
         assert_eq!(parse_output_stride("8"), Ok(8));
         assert!(parse_fraction("1.5").is_err());
+        assert_eq!(parse_fraction("0.01"), Ok(0.01));
     }
 }

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Args;
+use voc_core::{LabelSet, Mask, CLASS_NAMES};
 use voc_data::competition::{CompetitionDir, SplitIndex};
-use voc_data::VOC_CLASSES;
 use voc_submit::{list_problems, ExpectedImage, MaskView, Scorer, Submission, SubmissionWriter};
 
 #[derive(Args)]
@@ -59,7 +59,7 @@ fn open_split(data: &Path, split: &str) -> anyhow::Result<SplitIndex> {
 }
 
 /// The split's labels and checks that it has masks: encode and score need its ground truth.
-fn labelled(index: &SplitIndex, command: &str) -> anyhow::Result<Vec<[u8; 20]>> {
+fn labelled(index: &SplitIndex, command: &str) -> anyhow::Result<Vec<LabelSet>> {
     let Some(labels) = &index.labels else {
         bail!(
             "{}: split '{}' has no labels (all -1): `voc {command}` needs a labelled split such as train",
@@ -77,51 +77,21 @@ fn labelled(index: &SplitIndex, command: &str) -> anyhow::Result<Vec<[u8; 20]>> 
     Ok(labels.clone())
 }
 
-/// A mask in row-major order.
-struct Mask {
-    data: Vec<u8>,
-    height: usize,
-    width: usize,
-}
-
-/// The mask of `id`, checked against the size of its image (the size a submission row must have).
-fn read_mask(index: &SplitIndex, id: &str) -> anyhow::Result<Mask> {
-    let mask = index.read_mask(id)?;
-    let (height, width) = mask.dim();
-    let (h, w) = index.image_size(id)?;
-    if (height, width) != (h, w) {
-        bail!(
-            "{}: mask is {height}x{width} but its image {} is {h}x{w}",
-            index.mask_path(id).display(),
-            index.image_path(id).display()
-        );
-    }
-    let data = match mask.as_slice() {
-        Some(data) => data.to_vec(),
-        None => mask.iter().copied().collect(),
-    };
-    Ok(Mask {
-        data,
-        height,
-        width,
-    })
-}
-
 fn view<'a>(index: &SplitIndex, id: &str, mask: &'a Mask) -> anyhow::Result<MaskView<'a>> {
-    MaskView::new(&mask.data, mask.height, mask.width)
+    MaskView::new(mask.as_slice(), mask.height(), mask.width())
         .with_context(|| index.mask_path(id).display().to_string())
 }
 
 fn write_rows<W: Write>(
     writer: &mut SubmissionWriter<W>,
     index: &SplitIndex,
-    labels: &[[u8; 20]],
+    labels: &[LabelSet],
 ) -> anyhow::Result<()> {
     let bar = crate::progress::bar(index.ids.len(), "encoding");
     for (id, labels) in index.ids.iter().zip(labels) {
-        let mask = read_mask(index, id)?;
+        let mask = index.read_checked_mask(id)?;
         writer
-            .write_image(id, labels, view(index, id, &mask)?)
+            .write_image(id, &labels.to_flags(), view(index, id, &mask)?)
             .with_context(|| {
                 format!(
                     "Id {id} ({} and {})",
@@ -157,7 +127,8 @@ pub fn encode(args: EncodeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn expected_images(index: &SplitIndex) -> anyhow::Result<Vec<ExpectedImage>> {
+/// Id and image size of every image of the split, in order: what a submission for it must hold.
+pub(crate) fn expected_images(index: &SplitIndex) -> anyhow::Result<Vec<ExpectedImage>> {
     index
         .ids
         .iter()
@@ -238,15 +209,15 @@ pub fn score(args: ScoreArgs) -> anyhow::Result<()> {
     let mut scorer = Scorer::new(&submission)?;
     let bar = crate::progress::bar(index.ids.len(), "scoring");
     for (id, labels) in index.ids.iter().zip(&labels) {
-        let mask = read_mask(&index, id)?;
+        let mask = index.read_checked_mask(id)?;
         scorer
-            .add_image(id, labels, view(&index, id, &mask)?)
+            .add_image(id, &labels.to_flags(), view(&index, id, &mask)?)
             .with_context(|| format!("{file}: scoring Id {id}"))?;
         bar.inc(1);
     }
     bar.finish_and_clear();
     let score = scorer.finish()?;
-    let class_iou: serde_json::Map<String, serde_json::Value> = VOC_CLASSES
+    let class_iou: serde_json::Map<String, serde_json::Value> = CLASS_NAMES
         .iter()
         .zip(score.class_iou)
         .map(|(name, iou)| (name.to_string(), serde_json::json!(iou)))
@@ -287,7 +258,7 @@ pub fn score(args: ScoreArgs) -> anyhow::Result<()> {
             ),
             None => println!("  mean IoU: no class in the truth or the submission"),
         }
-        for (name, iou) in VOC_CLASSES.iter().zip(score.class_iou) {
+        for (name, iou) in CLASS_NAMES.iter().zip(score.class_iou) {
             if let Some(iou) = iou {
                 println!("    {name:<12} IoU {iou:.6}");
             }

@@ -13,7 +13,10 @@ fn voc(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn convert_stats_split_check_preview() {
-    let Some(shared) = voc_tensor::testing::shared_or_skip("voc data cli") else {
+    let Some(shared) = voc_core::testing::shared_with(
+        "convert_stats_split_check_preview",
+        &["data/voc-sample/train", "data/voc-sample/vocdevkit"],
+    ) else {
         return;
     };
     let sample = shared.join("data/voc-sample");

@@ -26,6 +26,14 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// What the tests read from the shared folder: the 8-image sample and the competition encoder's
+/// submission for its 6 train images.
+const SAMPLE_AND_REFERENCE: [&str; 2] = [
+    "data/voc-sample",
+    "reference/submission_voc_sample_train.csv",
+];
+const SAMPLE_TRAIN: [&str; 1] = ["data/voc-sample/train"];
+
 fn sample(shared: &Path) -> String {
     shared.join("data/voc-sample").display().to_string()
 }
@@ -47,9 +55,10 @@ fn copy_train(shared: &Path, into: &Path) -> PathBuf {
 
 #[test]
 fn encode_matches_the_competition_encoder_byte_for_byte() {
-    let Some(shared) =
-        voc_tensor::testing::shared_or_skip("encode_matches_the_competition_encoder")
-    else {
+    let Some(shared) = voc_core::testing::shared_with(
+        "encode_matches_the_competition_encoder_byte_for_byte",
+        &SAMPLE_AND_REFERENCE,
+    ) else {
         return;
     };
     let reference =
@@ -91,7 +100,10 @@ fn encode_matches_the_competition_encoder_byte_for_byte() {
 
 #[test]
 fn score_of_the_ground_truth_is_exactly_one() {
-    let Some(shared) = voc_tensor::testing::shared_or_skip("score_of_the_ground_truth") else {
+    let Some(shared) = voc_core::testing::shared_with(
+        "score_of_the_ground_truth_is_exactly_one",
+        &SAMPLE_AND_REFERENCE,
+    ) else {
         return;
     };
     let reference = shared.join("reference/submission_voc_sample_train.csv");
@@ -132,7 +144,10 @@ fn score_of_the_ground_truth_is_exactly_one() {
 
 #[test]
 fn score_of_a_wrong_submission_is_below_one() {
-    let Some(shared) = voc_tensor::testing::shared_or_skip("score_of_a_wrong_submission") else {
+    let Some(shared) = voc_core::testing::shared_with(
+        "score_of_a_wrong_submission_is_below_one",
+        &SAMPLE_AND_REFERENCE,
+    ) else {
         return;
     };
     let reference =
@@ -179,7 +194,10 @@ fn score_of_a_wrong_submission_is_below_one() {
 
 #[test]
 fn validate_lists_every_problem_of_a_truncated_or_broken_file() {
-    let Some(shared) = voc_tensor::testing::shared_or_skip("validate_lists_every_problem") else {
+    let Some(shared) = voc_core::testing::shared_with(
+        "validate_lists_every_problem_of_a_truncated_or_broken_file",
+        &SAMPLE_AND_REFERENCE,
+    ) else {
         return;
     };
     let reference =
@@ -273,7 +291,8 @@ fn validate_lists_every_problem_of_a_truncated_or_broken_file() {
 
 #[test]
 fn bad_data_gives_clear_errors() {
-    let Some(shared) = voc_tensor::testing::shared_or_skip("bad_data_gives_clear_errors") else {
+    let Some(shared) = voc_core::testing::shared_with("bad_data_gives_clear_errors", &SAMPLE_TRAIN)
+    else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -317,10 +336,4 @@ fn bad_data_gives_clear_errors() {
         "{}",
         stderr(&out)
     );
-}
-
-#[test]
-fn submission_class_order_is_the_dataset_class_order() {
-    // voc-submit keeps its own copy of the class order (it has no voc-data dependency); they must agree.
-    assert_eq!(voc_submit::CLASS_NAMES, voc_data::VOC_CLASSES);
 }

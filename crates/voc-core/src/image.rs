@@ -26,13 +26,14 @@ pub struct RgbImage {
 impl RgbImage {
     /// The image of `height x width` pixels from its `height * width * 3` bytes.
     pub fn new(height: usize, width: usize, data: Vec<u8>) -> Result<Self> {
-        if height == 0 || width == 0 || data.len() != height * width * 3 {
-            return Err(CoreError::BadArgument(format!(
-                "an RGB image of {height}x{width} needs {} bytes (height x width x 3, not empty), got {}",
-                height * width * 3,
-                data.len()
-            )));
-        }
+        check_size(
+            "an RGB image",
+            "bytes (height x width x 3",
+            3,
+            height,
+            width,
+            data.len(),
+        )?;
         Ok(Self {
             height,
             width,
@@ -62,7 +63,10 @@ impl RgbImage {
 
     /// The colour at row `y`, column `x` (panics outside the image, like slice indexing).
     pub fn pixel(&self, y: usize, x: usize) -> [u8; 3] {
-        assert!(y < self.height && x < self.width, "pixel ({y}, {x}) outside the image");
+        assert!(
+            y < self.height && x < self.width,
+            "pixel ({y}, {x}) outside the image"
+        );
         let i = 3 * (y * self.width + x);
         [self.data[i], self.data[i + 1], self.data[i + 2]]
     }
@@ -109,13 +113,14 @@ pub struct Mask {
 impl Mask {
     /// The mask of `height x width` values.
     pub fn new(height: usize, width: usize, data: Vec<u8>) -> Result<Self> {
-        if height == 0 || width == 0 || data.len() != height * width {
-            return Err(CoreError::BadArgument(format!(
-                "a mask of {height}x{width} needs {} values (height x width, not empty), got {}",
-                height * width,
-                data.len()
-            )));
-        }
+        check_size(
+            "a mask",
+            "values (height x width",
+            1,
+            height,
+            width,
+            data.len(),
+        )?;
         Ok(Self {
             height,
             width,
@@ -145,7 +150,10 @@ impl Mask {
 
     /// The value at row `y`, column `x` (panics outside the mask, like slice indexing).
     pub fn get(&self, y: usize, x: usize) -> u8 {
-        assert!(y < self.height && x < self.width, "pixel ({y}, {x}) outside the mask");
+        assert!(
+            y < self.height && x < self.width,
+            "pixel ({y}, {x}) outside the mask"
+        );
         self.data[y * self.width + x]
     }
 
@@ -175,7 +183,11 @@ impl Mask {
 
     /// The mask painted with the VOC palette (void in its cream colour).
     pub fn colorize(&self) -> RgbImage {
-        let data = self.data.iter().flat_map(|&v| PALETTE[v as usize]).collect();
+        let data = self
+            .data
+            .iter()
+            .flat_map(|&v| PALETTE[v as usize])
+            .collect();
         RgbImage {
             height: self.height,
             width: self.width,
@@ -209,6 +221,24 @@ impl Mask {
     }
 }
 
+/// Checks that `len` elements make a non-empty `height x width` grid of `per_pixel` values each.
+fn check_size(
+    what: &str,
+    unit: &str,
+    per_pixel: usize,
+    height: usize,
+    width: usize,
+    len: usize,
+) -> Result<()> {
+    if height == 0 || width == 0 || len != height * width * per_pixel {
+        return Err(CoreError::BadArgument(format!(
+            "{what} of {height}x{width} needs {} {unit}, not empty), got {len}",
+            height * width * per_pixel
+        )));
+    }
+    Ok(())
+}
+
 /// How many of `values` hold each of the 256 mask values.
 pub fn value_counts(values: &[u8]) -> [u64; 256] {
     let mut counts = [0u64; 256];
@@ -237,7 +267,9 @@ mod tests {
         assert!(RgbImage::new(2, 2, vec![0; 11]).is_err());
         assert!(RgbImage::new(0, 2, vec![]).is_err());
         assert!(Mask::new(2, 3, vec![0; 5]).is_err());
-        let err = Mask::new(2, 2, vec![0; 4]).unwrap().overlay(&RgbImage::new(1, 1, vec![0; 3]).unwrap(), 0.5);
+        let err = Mask::new(2, 2, vec![0; 4])
+            .unwrap()
+            .overlay(&RgbImage::new(1, 1, vec![0; 3]).unwrap(), 0.5);
         assert!(err.unwrap_err().to_string().contains("sizes must match"));
     }
 
@@ -249,7 +281,10 @@ mod tests {
         values[11] = VOID;
         let mask = Mask::new(10, 10, values).unwrap();
         assert_eq!(mask.labels().iter().collect::<Vec<_>>(), [2, 14]);
-        assert_eq!(mask.labels_with_min_area(0.05).iter().collect::<Vec<_>>(), [14]);
+        assert_eq!(
+            mask.labels_with_min_area(0.05).iter().collect::<Vec<_>>(),
+            [14]
+        );
         assert_eq!(mask.labels_with_min_area(0.0).len(), 2);
     }
 
@@ -266,9 +301,12 @@ mod tests {
     fn png_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.png");
-        let image = Mask::new(2, 3, vec![0, 1, 2, 3, 4, VOID]).unwrap().colorize();
+        let image = Mask::new(2, 3, vec![0, 1, 2, 3, 4, VOID])
+            .unwrap()
+            .colorize();
         image.write_png(&path).unwrap();
-        let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
+        let decoder =
+            png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
         let mut reader = decoder.read_info().unwrap();
         let mut buf = vec![0; reader.output_buffer_size().unwrap()];
         let info = reader.next_frame(&mut buf).unwrap();

@@ -145,6 +145,9 @@ mod tests {
         assert!(LabelSet::from_classes([20]).is_err());
         assert_eq!(LabelSet::ALL.len(), NUM_CLASSES);
         assert!(!LabelSet::ALL.contains(NUM_CLASSES));
-        assert_eq!(format!("{:?}", LabelSet::from_classes([2, 7]).unwrap()), "{\"bird\", \"cat\"}");
+        assert_eq!(
+            format!("{:?}", LabelSet::from_classes([2, 7]).unwrap()),
+            "{\"bird\", \"cat\"}"
+        );
     }
 }

@@ -13,7 +13,8 @@ pub mod testing;
 
 pub use atomic::{write_atomic, AtomicFile};
 pub use classes::{
-    class_index, is_mask_value, BACKGROUND, CLASS_NAMES, MASK_CLASS_NAMES, NUM_CLASSES, NUM_MASK_CLASSES, VOID,
+    class_index, is_mask_value, BACKGROUND, CLASS_NAMES, MASK_CLASS_NAMES, NUM_CLASSES,
+    NUM_MASK_CLASSES, VOID,
 };
 pub use error::{CoreError, Result};
 pub use image::{Mask, RgbImage};

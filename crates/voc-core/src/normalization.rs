@@ -105,12 +105,12 @@ mod tests {
         let [(s, o), ..] = Normalization::ZERO_ONE.scale_offset();
         assert_eq!((s, o), (1.0 / 255.0, 0.0));
         let so = Normalization::IMAGENET.scale_offset();
-        for c in 0..3 {
+        for (c, &(scale, offset)) in so.iter().enumerate() {
             let m = Normalization::IMAGENET.mean[c];
             let sd = Normalization::IMAGENET.std[c];
-            assert_eq!(so[c], (1.0 / (255.0 * sd), -m / sd));
+            assert_eq!((scale, offset), (1.0 / (255.0 * sd), -m / sd));
             let (is, io) = Normalization::IMAGENET.inverse_scale_offset()[c];
-            let back = (200.0 * so[c].0 + so[c].1) * is + io;
+            let back = (200.0 * scale + offset) * is + io;
             assert!((back - 200.0).abs() < 1e-3, "{back}");
         }
         assert!(Normalization::MINUS_ONE_TO_ONE.is_uniform());

@@ -6,8 +6,9 @@
 //! 2. epochs through [`BatchLoader`] (lazy: every image read from disk each epoch, 2 workers, batch 32),
 //!    timed over 3 epochs after a warm-up epoch;
 //! 3. the same pipeline in torchvision.transforms.v2 (`benches/torchvision_pipeline.py`, DataLoader with 2
-//!    workers, torch.set_num_threads(2)) on the same files, when `$VOC_TORCH_PYTHON` (default
-//!    /work/torch-venv/bin/python) exists; prints both images/s and the ratio.
+//!    workers, torch.set_num_threads(2)) on the same files, when `$VOC_TORCH_PYTHON` (a Python with
+//!    torch and torchvision) is set; prints both images/s and the ratio.
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -20,7 +21,7 @@ use ndarray::{Array2, Array3};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use voc_data::{
-    npy, AugmentConfig, BatchConfig, BatchLoader, CompetitionDir, LoadMode, Normalize, VOC_CLASSES,
+    npy, AugmentConfig, BatchConfig, BatchLoader, CompetitionDir, LoadMode, CLASS_NAMES,
 };
 
 const IMAGES: usize = 749;
@@ -57,7 +58,7 @@ fn write_dataset(root: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir.join("img"))?;
     std::fs::create_dir_all(dir.join("seg"))?;
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let mut csv = format!("Id,{}\n", VOC_CLASSES.join(","));
+    let mut csv = format!("Id,{}\n", CLASS_NAMES.join(","));
     for i in 0..IMAGES {
         let (image, mask) = synthetic_pair(&mut rng);
         npy::write_u8(
@@ -93,7 +94,7 @@ fn rust_images_per_s(root: &Path, augment: AugmentConfig) -> anyhow::Result<f64>
         workers: 2,
         prefetch: 2,
         augment,
-        normalize: Normalize::ImageNet,
+        normalize: voc_core::Normalization::IMAGENET,
         seed: 0,
         ..BatchConfig::default()
     };
@@ -153,7 +154,6 @@ fn torch_images_per_s(python: &Path, root: &Path, task: &str, size: usize) -> an
 }
 
 fn main() -> anyhow::Result<()> {
-    voc_tensor::device::init_cpu_threads();
     let tmp = tempfile::tempdir()?;
     let root: PathBuf = tmp.path().to_path_buf();
     eprintln!(
@@ -183,9 +183,7 @@ fn main() -> anyhow::Result<()> {
     }
     criterion.final_summary();
 
-    let python = PathBuf::from(
-        std::env::var("VOC_TORCH_PYTHON").unwrap_or_else(|_| "/work/torch-venv/bin/python".into()),
-    );
+    let python = std::env::var_os("VOC_TORCH_PYTHON").map(PathBuf::from);
     println!("\ndecode + augment + batch, {IMAGES} images of 375x500, batch {BATCH}, 2 workers, {EPOCHS} epochs after a warm-up epoch");
     println!(
         "{:<26} {:>14} {:>16} {:>7}",
@@ -193,18 +191,16 @@ fn main() -> anyhow::Result<()> {
     );
     for (task, size, config) in configs() {
         let ours = rust_images_per_s(&root, config)?;
-        let theirs = if python.is_file() {
-            Some(torch_images_per_s(&python, &root, task, size)?)
-        } else {
-            None
+        let theirs = match python.as_deref().filter(|p| p.is_file()) {
+            Some(python) => Some(torch_images_per_s(python, &root, task, size)?),
+            None => None,
         };
         let name = format!("{task} {size}x{size}");
         match theirs {
             Some(t) => println!("{name:<26} {ours:>14.1} {t:>16.1} {:>6.2}x", ours / t),
             None => println!(
-                "{name:<26} {ours:>14.1} {:>16} (no python at {})",
-                "-",
-                python.display()
+                "{name:<26} {ours:>14.1} {:>16} (set VOC_TORCH_PYTHON to a Python with torchvision)",
+                "-"
             ),
         }
     }

@@ -4,6 +4,7 @@
 //! cargo run -p voc-data --example augment -- --data ../shared/data/voc-sample --out /tmp/aug \
 //!     [--split train] [--images 3] [--per-image 4] [--seed 0] [--task segmentation|classification] [--size 320]
 //! ```
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -16,7 +17,6 @@ use voc_data::preview::{colorize_mask, to_rgb_image, write_png};
 use voc_data::{AugmentConfig, CompetitionDir};
 
 fn main() -> anyhow::Result<()> {
-    voc_tensor::device::init_cpu_threads();
     let mut data = None;
     let mut out = None;
     let (mut split, mut task) = ("train".to_string(), "segmentation".to_string());

@@ -10,29 +10,47 @@ use ndarray::{Array2, Array3, ArrayView2, ArrayView3};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use voc_core::Normalization;
+
 use crate::VOID;
 
 /// How the source is fitted to the output canvas before the random transform.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum ResizeMode {
-    /// Keep the source size (batches pad to the largest, see `BatchConfig::pad_multiple`).
+    /// Keep the source size (batches pad to the largest; see `BatchConfig::pad_multiple`).
     Keep,
     /// Scale both sides to exactly `height` x `width` (aspect ratio not kept).
-    Stretch { height: usize, width: usize },
+    Stretch {
+        /// Output rows.
+        height: usize,
+        /// Output columns.
+        width: usize,
+    },
     /// Scale so the whole image fits, centre it and pad the rest (TensorFlow's `resize_with_pad`).
-    Letterbox { height: usize, width: usize },
+    Letterbox {
+        /// Output rows.
+        height: usize,
+        /// Output columns.
+        width: usize,
+    },
     /// Scale the shortest side to `shortest`, then take the centre `height` x `width`.
     ShortestCenterCrop {
+        /// Length of the shortest side after scaling.
         shortest: usize,
+        /// Output rows.
         height: usize,
+        /// Output columns.
         width: usize,
     },
     /// No resize: a random `height` x `width` window of the (randomly scaled) image; when the image is
     /// smaller it is placed at a random position on the canvas. `pad` widens the range by that many pixels
     /// on every side (torchvision's `RandomCrop(padding=pad)`).
     RandomCrop {
+        /// Output rows.
         height: usize,
+        /// Output columns.
         width: usize,
+        /// Extra range of the window's position on every side, in pixels.
         pad: usize,
     },
 }
@@ -40,14 +58,42 @@ pub enum ResizeMode {
 /// Image sampling for the geometric warp (masks are always nearest).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum Interpolation {
+    /// Weighted mean of the four nearest source pixels (with a box prefilter when shrinking by 2x or more).
     #[default]
     Bilinear,
+    /// The source pixel the sample position falls in.
     Nearest,
 }
 
 /// What to randomise and by how much. `Default` is no augmentation at the source size.
+///
+/// ```
+/// use ndarray::{Array2, Array3};
+/// use voc_data::{AugmentConfig, VOID};
+///
+/// // A synthetic 300x400 photo whose left half is a "dog" (mask value 12).
+/// let image = Array3::from_shape_fn((300, 400, 3), |(y, x, c)| ((x + y + 50 * c) % 256) as u8);
+/// let mask = Array2::from_shape_fn((300, 400), |(_, x)| if x < 200 { 12u8 } else { 0 });
+///
+/// let config = AugmentConfig::segmentation(256);
+/// let (out, out_mask) = config.augment(image.view(), Some(mask.view()), 7);
+/// let out_mask = out_mask.expect("a mask in, a mask out");
+/// assert_eq!(out.dim(), (256, 256, 3));
+/// assert_eq!(out_mask.dim(), (256, 256));
+/// // Geometry moves labels but never invents them: dog, background, or void outside the source.
+/// assert!(out_mask.iter().all(|&v| v == 12 || v == 0 || v == VOID));
+/// // The same seed gives the same result.
+/// assert_eq!(config.augment(image.view(), Some(mask.view()), 7).0, out);
+///
+/// // Evaluation geometry only: letterbox into 224x224, padding is `fill` in the image and void in the mask.
+/// let eval = AugmentConfig::eval(voc_data::ResizeMode::Letterbox { height: 224, width: 224 });
+/// assert!(!eval.is_random());
+/// let (_, boxed) = eval.augment(image.view(), Some(mask.view()), 0);
+/// assert_eq!(boxed.unwrap()[[0, 0]], VOID); // 300x400 -> 168x224 content, bands above and below
+/// ```
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct AugmentConfig {
+    /// How the source is fitted to the output before the random transform; fixes the output size.
     pub resize: ResizeMode,
     /// Probability of a horizontal flip.
     pub hflip_prob: f32,
@@ -59,13 +105,17 @@ pub struct AugmentConfig {
     pub scale: (f32, f32),
     /// Extra random translation of up to this many output pixels in each direction.
     pub translate_px: f32,
-    /// Colour jitter factors drawn from [1-x, 1+x] (torchvision's ColorJitter semantics).
+    /// Brightness factor drawn from [1-x, 1+x] (torchvision's ColorJitter semantics); 0 is off.
     pub brightness: f32,
+    /// Contrast factor drawn from [1-x, 1+x]; 0 is off.
     pub contrast: f32,
+    /// Saturation factor drawn from [1-x, 1+x]; 0 is off.
     pub saturation: f32,
     /// Probability of a Gaussian blur, sigma uniform in `blur_sigma`.
     pub blur_prob: f32,
+    /// Range of the blur's sigma, in output pixels.
     pub blur_sigma: (f32, f32),
+    /// Image sampling of the warp (masks are always nearest).
     pub interpolation: Interpolation,
     /// Image value for areas from outside the source.
     pub fill: [u8; 3],
@@ -263,7 +313,8 @@ impl AugmentConfig {
         random.compose(&base)
     }
 
-    /// Augments `image` (HxWx3) and `mask` (HxW) with `params`.
+    /// Augments `image` (HxWx3) and `mask` (HxW, same size) with `params`: the warped image (colour
+    /// jitter and blur applied) and the warped mask, both of [`AugmentConfig::output_size`].
     pub fn apply(
         &self,
         image: ArrayView3<u8>,
@@ -287,7 +338,7 @@ impl AugmentConfig {
         (out, out_mask)
     }
 
-    /// Draws parameters from `seed` and applies them.
+    /// Draws parameters from `seed` (ChaCha8) and applies them: the same seed gives the same output.
     pub fn augment(
         &self,
         image: ArrayView3<u8>,
@@ -303,16 +354,25 @@ impl AugmentConfig {
 /// One draw of the random parameters.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct AugmentParams {
+    /// Mirror left-right.
     pub flip: bool,
+    /// Rotation in degrees, about the output centre.
     pub angle_deg: f32,
+    /// x-shear factor.
     pub shear: f32,
+    /// Zoom factor (1 = the resize mode's size).
     pub scale: f32,
-    /// Translation in output pixels.
+    /// Translation in output pixels, x.
     pub tx: f32,
+    /// Translation in output pixels, y.
     pub ty: f32,
+    /// Brightness factor (1 = unchanged).
     pub brightness: f32,
+    /// Contrast factor (1 = unchanged).
     pub contrast: f32,
+    /// Saturation factor (1 = unchanged).
     pub saturation: f32,
+    /// Sigma of a Gaussian blur, or no blur.
     pub blur_sigma: Option<f32>,
 }
 
@@ -338,10 +398,12 @@ impl AugmentParams {
 /// `x' = m0 x + m1 y + m2`, `y' = m3 x + m4 y + m5`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Affine {
+    /// The coefficients `[m0, m1, m2, m3, m4, m5]` of the two rows.
     pub m: [f64; 6],
 }
 
 impl Affine {
+    /// The map that changes nothing.
     pub fn identity() -> Self {
         Self {
             m: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
@@ -364,6 +426,7 @@ impl Affine {
         }
     }
 
+    /// The inverse map (not finite for a singular map, e.g. zoom 0).
     pub fn inverse(&self) -> Affine {
         let [a, b, c, d, e, f] = self.m;
         let det = a * e - b * d;
@@ -373,6 +436,7 @@ impl Affine {
         }
     }
 
+    /// The image of the point (x, y).
     pub fn apply(&self, x: f64, y: f64) -> (f64, f64) {
         let [a, b, c, d, e, f] = self.m;
         (a * x + b * y + c, d * x + e * y + f)
@@ -693,76 +757,35 @@ pub fn gaussian_blur(image: &mut Array3<u8>, sigma: f32) {
     }
 }
 
-/// How uint8 pixels become model inputs.
-#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, serde::Deserialize)]
-pub enum Normalize {
-    /// (x/255 - mean) / std with ImageNet's mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225).
-    #[default]
-    ImageNet,
-    /// x / 127.5 - 1, range [-1, 1] (MobileNetV2, EfficientNet-Lite).
-    MinusOneOne,
-    /// x / 255.
-    ZeroOne,
-}
-
-impl Normalize {
-    pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-    pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
-
-    /// Per-channel (scale, offset): value = x * scale + offset.
-    pub fn scale_offset(self) -> [(f32, f32); 3] {
-        match self {
-            Self::ImageNet => std::array::from_fn(|c| {
-                (
-                    1.0 / (255.0 * Self::IMAGENET_STD[c]),
-                    -Self::IMAGENET_MEAN[c] / Self::IMAGENET_STD[c],
-                )
-            }),
-            Self::MinusOneOne => [(1.0 / 127.5, -1.0); 3],
-            Self::ZeroOne => [(1.0 / 255.0, 0.0); 3],
-        }
-    }
-
-    /// Writes an HxWx3 image into a CHW buffer of a `ph` x `pw` plane (top-left aligned); the rest of the
-    /// plane is left as it is.
-    pub fn write_chw(self, image: ArrayView3<u8>, out: &mut [f32], ph: usize, pw: usize) {
-        let (h, w) = (image.shape()[0], image.shape()[1]);
-        let so = self.scale_offset();
-        let standard = image.as_standard_layout();
-        let image = standard.view();
-        let src = image.as_slice().expect("standard layout");
-        for (c, &(scale, offset)) in so.iter().enumerate() {
-            let plane = &mut out[c * ph * pw..(c + 1) * ph * pw];
-            for y in 0..h {
-                let dst = &mut plane[y * pw..y * pw + w];
-                let row = &src[y * w * 3..(y + 1) * w * 3];
-                for (d, px) in dst.iter_mut().zip(row.chunks_exact(3)) {
-                    *d = px[c] as f32 * scale + offset;
-                }
+/// Writes an HxWx3 image, normalised, into a CHW buffer of a `ph` x `pw` plane (top-left aligned); the
+/// rest of the plane is left as it is.
+pub fn write_chw(
+    normalization: &Normalization,
+    image: ArrayView3<u8>,
+    out: &mut [f32],
+    ph: usize,
+    pw: usize,
+) {
+    let (h, w) = (image.shape()[0], image.shape()[1]);
+    let standard = image.as_standard_layout();
+    let image = standard.view();
+    let src = image.as_slice().expect("standard layout");
+    for (c, &(scale, offset)) in normalization.scale_offset().iter().enumerate() {
+        let plane = &mut out[c * ph * pw..(c + 1) * ph * pw];
+        for y in 0..h {
+            let dst = &mut plane[y * pw..y * pw + w];
+            let row = &src[y * w * 3..(y + 1) * w * 3];
+            for (d, px) in dst.iter_mut().zip(row.chunks_exact(3)) {
+                *d = px[c] as f32 * scale + offset;
             }
         }
     }
-
-    /// The HxWx3 image as a CHW f32 vector.
-    pub fn to_chw(self, image: ArrayView3<u8>) -> Vec<f32> {
-        let (h, w) = (image.shape()[0], image.shape()[1]);
-        let mut out = vec![0f32; 3 * h * w];
-        self.write_chw(image, &mut out, h, w);
-        out
-    }
 }
 
-impl std::str::FromStr for Normalize {
-    type Err = crate::DataError;
-
-    fn from_str(s: &str) -> crate::Result<Self> {
-        match s.to_ascii_lowercase().as_str() {
-            "imagenet" => Ok(Self::ImageNet),
-            "minus-one-one" | "-1,1" | "[-1,1]" | "tf" => Ok(Self::MinusOneOne),
-            "zero-one" | "0,1" | "[0,1]" => Ok(Self::ZeroOne),
-            _ => Err(crate::DataError::BadArgument(format!(
-                "normalisation '{s}': expected imagenet, minus-one-one or zero-one"
-            ))),
-        }
-    }
+/// The HxWx3 image, normalised, as a CHW f32 vector.
+pub fn to_chw(normalization: &Normalization, image: ArrayView3<u8>) -> Vec<f32> {
+    let (h, w) = (image.shape()[0], image.shape()[1]);
+    let mut out = vec![0f32; 3 * h * w];
+    write_chw(normalization, image, &mut out, h, w);
+    out
 }

@@ -13,7 +13,9 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::augment::{AugmentConfig, Normalize};
+use voc_core::Normalization;
+
+use crate::augment::{write_chw, AugmentConfig};
 use crate::competition::Dataset;
 use crate::error::{DataError, Result};
 use crate::{NUM_CLASSES, VOID};
@@ -21,11 +23,13 @@ use crate::{NUM_CLASSES, VOID};
 /// How batches are made.
 #[derive(Debug, Clone)]
 pub struct BatchConfig {
+    /// Samples per batch (at least 1).
     pub batch_size: usize,
     /// Shuffle the order every epoch (from `seed` and the epoch number).
     pub shuffle: bool,
     /// Drop a last batch smaller than `batch_size`.
     pub drop_last: bool,
+    /// Seed of the shuffles and of every sample's augmentation.
     pub seed: u64,
     /// Worker threads (at least 1).
     pub workers: usize,
@@ -34,8 +38,10 @@ pub struct BatchConfig {
     /// Pad H and W of every batch up to a multiple of this (e.g. 32 for stride-32 networks); padding is
     /// image 0 (after normalisation) and mask 255, and [`Batch::sizes`] records each sample's real size.
     pub pad_multiple: Option<usize>,
+    /// Augmentation of each sample, seeded by [`sample_seed`].
     pub augment: AugmentConfig,
-    pub normalize: Normalize,
+    /// How pixels become inputs (voc-core's presets: `IMAGENET`, `MINUS_ONE_TO_ONE`, `ZERO_ONE`).
+    pub normalize: Normalization,
     /// Include masks (as u32) when the dataset has them.
     pub masks: bool,
 }
@@ -51,7 +57,7 @@ impl Default for BatchConfig {
             prefetch: 2,
             pad_multiple: None,
             augment: AugmentConfig::default(),
-            normalize: Normalize::ImageNet,
+            normalize: Normalization::IMAGENET,
             masks: true,
         }
     }
@@ -68,16 +74,19 @@ pub struct Batch {
     pub masks: Option<Tensor>,
     /// Sample positions in the dataset (CSV order).
     pub indices: Vec<usize>,
+    /// Sample Ids, in batch order.
     pub ids: Vec<String>,
     /// Each sample's (height, width) before padding: crop predictions with `[..h, ..w]`.
     pub sizes: Vec<(usize, usize)>,
 }
 
 impl Batch {
+    /// Number of samples.
     pub fn len(&self) -> usize {
         self.indices.len()
     }
 
+    /// Whether the batch has no sample.
     pub fn is_empty(&self) -> bool {
         self.indices.is_empty()
     }
@@ -90,6 +99,43 @@ impl Batch {
 }
 
 /// Makes batches of a [`Dataset`].
+///
+/// ```
+/// use candle_core::{DType, Device};
+/// use ndarray::{Array2, Array3};
+/// use voc_data::{AugmentConfig, BatchConfig, BatchLoader, Dataset, LabelSet, ResizeMode, Sample};
+///
+/// // Five in-memory samples of different sizes, each a "cat" (mask value 8) on background.
+/// let cat = LabelSet::from_classes([7])?;
+/// let samples: Vec<Sample> = (0..5)
+///     .map(|i| Sample {
+///         id: i.to_string(),
+///         image: Array3::from_elem((40 + 10 * i, 60, 3), 100u8),
+///         mask: Some(Array2::from_elem((40 + 10 * i, 60), 8u8)),
+///         labels: Some(cat),
+///     })
+///     .collect();
+/// let config = BatchConfig {
+///     batch_size: 2,
+///     augment: AugmentConfig::eval(ResizeMode::Stretch { height: 32, width: 32 }),
+///     ..BatchConfig::default()
+/// };
+/// let loader = BatchLoader::new(Dataset::from_samples("toy", samples), config, Device::Cpu)?;
+/// assert_eq!(loader.num_batches(), 3); // 2 + 2 + 1
+/// let mut seen = 0;
+/// for batch in loader.epoch(0) {
+///     let batch = batch?;
+///     let n = batch.len();
+///     assert_eq!(batch.images.dims(), [n, 3, 32, 32]);
+///     assert_eq!(batch.labels.as_ref().unwrap().dims(), [n, 20]);
+///     let masks = batch.masks.as_ref().unwrap();
+///     assert_eq!(masks.dims(), [n, 32, 32]);
+///     assert_eq!(masks.dtype(), DType::U32);
+///     seen += n;
+/// }
+/// assert_eq!(seen, 5);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct BatchLoader {
     dataset: Dataset,
@@ -111,6 +157,8 @@ pub fn sample_seed(seed: u64, epoch: usize, index: usize) -> u64 {
 }
 
 impl BatchLoader {
+    /// A loader putting its tensors on `device`; a batch size or pad multiple of 0 is
+    /// [`DataError::BadArgument`].
     pub fn new(dataset: Dataset, config: BatchConfig, device: Device) -> Result<Self> {
         if config.batch_size == 0 {
             return Err(DataError::BadArgument(
@@ -129,10 +177,12 @@ impl BatchLoader {
         })
     }
 
+    /// The dataset batches are made of.
     pub fn dataset(&self) -> &Dataset {
         &self.dataset
     }
 
+    /// How batches are made.
     pub fn config(&self) -> &BatchConfig {
         &self.config
     }
@@ -158,12 +208,14 @@ impl BatchLoader {
         order
     }
 
-    /// Builds the batch of these sample positions on the calling thread.
+    /// Builds the batch of these sample positions on the calling thread, augmented as in `epoch`; a
+    /// sample that cannot be read or a tensor error fails it.
     pub fn make_batch(&self, epoch: usize, indices: &[usize]) -> Result<Batch> {
         make_batch(&self.dataset, &self.config, &self.device, epoch, indices)
     }
 
-    /// Iterates over the batches of `epoch`, prepared by `workers` threads.
+    /// Iterates over the batches of `epoch`, prepared by `workers` threads. A failed batch is yielded as
+    /// its error and ends the iteration.
     pub fn epoch(&self, epoch: usize) -> EpochIter {
         let order = self.order(epoch);
         let bs = self.config.batch_size;
@@ -292,7 +344,7 @@ fn make_batch(
         images.push(image);
         masks.push(mask);
         match sample.labels {
-            Some(l) => labels.extend(l.iter().map(|&v| v as f32)),
+            Some(l) => labels.extend(l.to_flags().iter().map(|&v| v as f32)),
             None => has_labels = false,
         }
         ids.push(sample.id.clone());
@@ -307,7 +359,7 @@ fn make_batch(
     let n = indices.len();
     let mut pixels = vec![0f32; n * 3 * ph * pw];
     for (im, out) in images.iter().zip(pixels.chunks_exact_mut(3 * ph * pw)) {
-        config.normalize.write_chw(im.view(), out, ph, pw);
+        write_chw(&config.normalize, im.view(), out, ph, pw);
     }
     let images_t = Tensor::from_vec(pixels, (n, 3, ph, pw), &Device::Cpu)?.to_device(device)?;
     let masks_t = if with_masks {

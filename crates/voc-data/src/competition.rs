@@ -15,12 +15,23 @@ use ndarray::{Array2, Array3};
 use rayon::prelude::*;
 
 use crate::error::{DataError, Result};
-use crate::{npy, NUM_CLASSES, VOC_CLASSES};
-
-/// A 20-class label vector, 0/1 in [`VOC_CLASSES`] order.
-pub type Labels = [u8; NUM_CLASSES];
+use crate::{npy, LabelSet, CLASS_NAMES, NUM_CLASSES};
 
 /// A competition data folder holding `train/` and/or `test/`.
+///
+/// ```
+/// use voc_data::CompetitionDir;
+///
+/// // The repository's sample (path relative to this crate): train Ids 2 and 5 with masks, test Id 1.
+/// let dir = CompetitionDir::open("../../assets/voc-sample".as_ref())?;
+/// let train = dir.split("train")?;
+/// assert_eq!(train.ids, ["2", "5"]);
+/// assert!(train.has_masks);
+/// let test = dir.split("test")?;
+/// assert!(test.labels.is_none() && !test.has_masks); // test labels are all -1
+/// assert!(CompetitionDir::open("no/such/folder".as_ref()).is_err());
+/// # Ok::<(), voc_data::DataError>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct CompetitionDir {
     root: PathBuf,
@@ -40,24 +51,45 @@ impl CompetitionDir {
         })
     }
 
+    /// The folder given to [`CompetitionDir::open`].
     pub fn root(&self) -> &Path {
         &self.root
     }
 
-    /// Reads the CSV of split `name` ("train" or "test") and checks that its files exist.
+    /// Reads the CSV of split `name` ("train" or "test") and checks that its files exist; see
+    /// [`SplitIndex::open`] for the errors.
     pub fn split(&self, name: &str) -> Result<SplitIndex> {
         SplitIndex::open(&self.root.join(name), name)
     }
 }
 
 /// The index of one split: ids in CSV order, labels, and where the arrays are. Reading pixels is separate.
+///
+/// ```
+/// use voc_data::{CompetitionDir, CLASS_NAMES};
+///
+/// let train = CompetitionDir::open("../../assets/voc-sample".as_ref())?.split("train")?;
+/// let labels = train.labels_of("5").expect("the train split is labelled"); // a voc_core::LabelSet
+/// assert_eq!(labels.names().collect::<Vec<_>>(), ["chair", "dog"]);
+/// assert!(labels.contains(CLASS_NAMES.iter().position(|&c| c == "dog").unwrap()));
+/// assert_eq!(labels.to_flags().iter().filter(|&&f| f == 1).count(), 2);
+/// assert_eq!(train.labels_of("no such Id"), None);
+///
+/// assert_eq!(train.image_size("5")?, (375, 500)); // from the .npy header alone
+/// let sample = train.read_sample(train.position("5").unwrap())?;
+/// assert_eq!(sample.image.dim(), (375, 500, 3));
+/// assert_eq!(sample.mask.as_ref().map(|m| m.dim()), Some((375, 500)));
+/// assert_eq!(sample.labels, Some(labels));
+/// # Ok::<(), voc_data::DataError>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct SplitIndex {
+    /// The split's name and file prefix (`train` reads `train_set.csv` and `img/train_{Id}.npy`).
     pub name: String,
     /// Ids in CSV order.
     pub ids: Vec<String>,
-    /// Per-id labels in [`VOC_CLASSES`] order; `None` when every label in the CSV is -1 (unlabelled).
-    pub labels: Option<Vec<Labels>>,
+    /// Per-id labels; `None` when every label in the CSV is -1 (unlabelled).
+    pub labels: Option<Vec<LabelSet>>,
     /// Whether `seg/` exists (then every id has a mask).
     pub has_masks: bool,
     dir: PathBuf,
@@ -67,18 +99,22 @@ pub struct SplitIndex {
 /// One loaded example.
 #[derive(Debug, Clone)]
 pub struct Sample {
+    /// The Id, as in the CSV.
     pub id: String,
     /// HxWx3 uint8.
     pub image: Array3<u8>,
     /// HxW, 0..=20 and 255 (void).
     pub mask: Option<Array2<u8>>,
-    pub labels: Option<Labels>,
+    /// The CSV labels, when the split is labelled.
+    pub labels: Option<LabelSet>,
 }
 
 /// A CSV label that disagrees with what the mask shows.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LabelMismatch {
+    /// The image's Id.
     pub id: String,
+    /// The class name, from [`CLASS_NAMES`].
     pub class: &'static str,
     /// The CSV's value (0/1).
     pub csv: u8,
@@ -88,6 +124,10 @@ pub struct LabelMismatch {
 
 impl SplitIndex {
     /// Opens a split folder directly (`DIR/train`); `name` is the file prefix (`train` -> `train_set.csv`).
+    ///
+    /// Errors: [`DataError::Missing`] for the folder, `img/`, or an image (or, when `seg/` exists, a
+    /// mask) of a listed Id; [`DataError::MissingColumn`] and [`DataError::BadCsvRow`] for the CSV, as
+    /// [`parse_label_csv`] reports them.
     pub fn open(dir: &Path, name: &str) -> Result<Self> {
         if !dir.is_dir() {
             return Err(DataError::Missing {
@@ -141,26 +181,32 @@ impl SplitIndex {
         Ok(())
     }
 
+    /// The split folder (`DIR/train`); empty for a [`Dataset::from_samples`] dataset.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// The label CSV (`DIR/train/train_set.csv`).
     pub fn csv_path(&self) -> &Path {
         &self.csv_path
     }
 
+    /// Number of Ids.
     pub fn len(&self) -> usize {
         self.ids.len()
     }
 
+    /// Whether the split lists no Id.
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
 
+    /// `DIR/{name}/img/{name}_{id}.npy` (whether or not it exists).
     pub fn image_path(&self, id: &str) -> PathBuf {
         self.dir.join("img").join(format!("{}_{id}.npy", self.name))
     }
 
+    /// `DIR/{name}/seg/{name}_{id}.npy` (whether or not it exists).
     pub fn mask_path(&self, id: &str) -> PathBuf {
         self.dir.join("seg").join(format!("{}_{id}.npy", self.name))
     }
@@ -171,7 +217,8 @@ impl SplitIndex {
     }
 
     /// The split restricted to these positions (in the given order), e.g. one side of
-    /// [`stratified_split`](crate::stratified_split).
+    /// [`stratified_split`](crate::stratified_split); a position out of range is
+    /// [`DataError::BadArgument`].
     pub fn subset(&self, positions: &[usize]) -> Result<SplitIndex> {
         if let Some(&bad) = positions.iter().find(|&&i| i >= self.len()) {
             return Err(DataError::BadArgument(format!(
@@ -191,17 +238,47 @@ impl SplitIndex {
     }
 
     /// The CSV labels of `id`, when the split is labelled.
-    pub fn labels_of(&self, id: &str) -> Option<Labels> {
+    pub fn labels_of(&self, id: &str) -> Option<LabelSet> {
         let i = self.position(id)?;
         self.labels.as_ref().map(|l| l[i])
     }
 
-    /// HxWx3 uint8 image of `id`.
+    /// HxWx3 uint8 image of `id`; [`DataError::BadArray`] when the file is not that.
     pub fn read_image(&self, id: &str) -> Result<Array3<u8>> {
         npy::read_image(&self.image_path(id))
     }
 
-    /// HxW mask of `id` (values 0..=20, 255).
+    /// The image of `id` as an [`voc_core::RgbImage`] (what the model crates take).
+    pub fn read_rgb_image(&self, id: &str) -> Result<voc_core::RgbImage> {
+        crate::image_io::rgb_from_array(self.read_image(id)?)
+    }
+
+    /// The mask of `id` as a [`voc_core::Mask`], checked against the size of its image (the size a
+    /// submission row must have): [`DataError::SizeMismatch`] if they differ.
+    pub fn read_checked_mask(&self, id: &str) -> Result<voc_core::Mask> {
+        let mask = self.read_mask(id)?;
+        let (mask_h, mask_w) = mask.dim();
+        let (image_h, image_w) = self.image_size(id)?;
+        if (mask_h, mask_w) != (image_h, image_w) {
+            return Err(DataError::SizeMismatch {
+                image: self.image_path(id),
+                mask: self.mask_path(id),
+                image_h,
+                image_w,
+                mask_h,
+                mask_w,
+            });
+        }
+        let values = if mask.is_standard_layout() {
+            mask.into_raw_vec_and_offset().0
+        } else {
+            mask.iter().copied().collect()
+        };
+        Ok(voc_core::Mask::new(mask_h, mask_w, values)?)
+    }
+
+    /// HxW mask of `id` (values 0..=20, 255), from any integer dtype; [`DataError::Missing`] when the
+    /// split has no masks, [`DataError::BadMaskValue`] for a value outside those.
     pub fn read_mask(&self, id: &str) -> Result<Array2<u8>> {
         if !self.has_masks {
             return Err(DataError::Missing {
@@ -212,7 +289,8 @@ impl SplitIndex {
         npy::read_mask(&self.mask_path(id))
     }
 
-    /// (H, W) of the image of `id`, from the `.npy` header only.
+    /// (H, W) of the image of `id`, from the `.npy` header only; an image that is not HxWx3 uint8 is an
+    /// error naming the file.
     pub fn image_size(&self, id: &str) -> Result<(usize, usize)> {
         let path = self.image_path(id);
         let h = npy::read_header(&path)?;
@@ -222,11 +300,20 @@ impl SplitIndex {
                 format!("image shape is {:?}; expected (H, W, 3)", h.shape),
             ));
         }
+        if h.dtype != npy::NpyDtype::U8 {
+            return Err(DataError::bad_array(
+                &path,
+                format!(
+                    "image dtype is '{}'; expected uint8 ('|u1') of shape (H, W, 3)",
+                    h.descr
+                ),
+            ));
+        }
         Ok((h.shape[0], h.shape[1]))
     }
 
     /// Reads image, mask (when the split has masks) and labels of the `index`-th id, checking that image
-    /// and mask have the same size.
+    /// and mask have the same size ([`DataError::SizeMismatch`] if not).
     pub fn read_sample(&self, index: usize) -> Result<Sample> {
         let id = self.ids.get(index).ok_or_else(|| {
             DataError::BadArgument(format!(
@@ -286,41 +373,36 @@ impl SplitIndex {
             .ids
             .par_iter()
             .zip(labels.par_iter())
-            .map(|(id, l)| Ok(mismatches(id, l, &mask_labels(&self.read_mask(id)?))))
+            .map(|(id, l)| Ok(mismatches(id, *l, mask_labels(&self.read_mask(id)?))))
             .collect::<Result<_>>()?;
         Ok(per_id.into_iter().flatten().collect())
     }
 }
 
 /// Compares `csv` labels with labels derived from a mask.
-pub fn mismatches(id: &str, csv: &Labels, from_mask: &Labels) -> Vec<LabelMismatch> {
+pub fn mismatches(id: &str, csv: LabelSet, from_mask: LabelSet) -> Vec<LabelMismatch> {
     (0..NUM_CLASSES)
-        .filter(|&c| csv[c] != from_mask[c])
+        .filter(|&c| csv.contains(c) != from_mask.contains(c))
         .map(|c| LabelMismatch {
             id: id.to_string(),
-            class: VOC_CLASSES[c],
-            csv: csv[c],
-            in_mask: from_mask[c] == 1,
+            class: CLASS_NAMES[c],
+            csv: u8::from(csv.contains(c)),
+            in_mask: from_mask.contains(c),
         })
         .collect()
 }
 
 /// Which classes a mask contains (value v in 1..=20 is class v-1; 0 and 255 are ignored).
-pub fn mask_labels(mask: &Array2<u8>) -> Labels {
-    let mut seen = [false; 256];
-    for &v in mask.iter() {
-        seen[v as usize] = true;
+pub fn mask_labels(mask: &Array2<u8>) -> LabelSet {
+    match mask.as_slice() {
+        Some(values) => voc_core::image::labels_of_values(values),
+        None => voc_core::image::labels_of_values(&mask.iter().copied().collect::<Vec<_>>()),
     }
-    let mut labels = [0u8; NUM_CLASSES];
-    for (c, l) in labels.iter_mut().enumerate() {
-        *l = seen[c + 1] as u8;
-    }
-    labels
 }
 
 /// Parses a label CSV: `Id` plus the 20 class columns by name, in any order; extra columns are ignored.
 /// Returns ids and labels (`None` when every label is -1).
-pub fn parse_label_csv(text: &str, path: &Path) -> Result<(Vec<String>, Option<Vec<Labels>>)> {
+pub fn parse_label_csv(text: &str, path: &Path) -> Result<(Vec<String>, Option<Vec<LabelSet>>)> {
     let mut lines = text
         .lines()
         .enumerate()
@@ -335,7 +417,7 @@ pub fn parse_label_csv(text: &str, path: &Path) -> Result<(Vec<String>, Option<V
         .split(',')
         .map(|c| c.trim().trim_matches('"'))
         .collect();
-    let expected = format!("({})", VOC_CLASSES.join(","));
+    let expected = format!("({})", CLASS_NAMES.join(","));
     let find = |name: &str| {
         columns
             .iter()
@@ -347,7 +429,7 @@ pub fn parse_label_csv(text: &str, path: &Path) -> Result<(Vec<String>, Option<V
             })
     };
     let id_col = find("Id")?;
-    let class_cols: Vec<usize> = VOC_CLASSES.iter().map(|c| find(c)).collect::<Result<_>>()?;
+    let class_cols: Vec<usize> = CLASS_NAMES.iter().map(|c| find(c)).collect::<Result<_>>()?;
     let mut ids = Vec::new();
     let mut labels = Vec::new();
     let mut unlabelled_rows = 0usize;
@@ -375,24 +457,21 @@ pub fn parse_label_csv(text: &str, path: &Path) -> Result<(Vec<String>, Option<V
                 "Id '{id}' is empty or contains a path separator"
             )));
         }
-        let mut row = [0u8; NUM_CLASSES];
+        let mut row = LabelSet::EMPTY;
         let mut minus_ones = 0;
         for (c, &col) in class_cols.iter().enumerate() {
             let v = fields[col];
             let parsed: f64 = v
                 .parse()
-                .map_err(|_| bad(format!("column {}: '{v}' is not a number", VOC_CLASSES[c])))?;
-            row[c] = if parsed == 0.0 {
-                0
-            } else if parsed == 1.0 {
-                1
+                .map_err(|_| bad(format!("column {}: '{v}' is not a number", CLASS_NAMES[c])))?;
+            if parsed == 1.0 {
+                row.insert(c);
             } else if parsed == -1.0 {
                 minus_ones += 1;
-                0
-            } else {
+            } else if parsed != 0.0 {
                 return Err(bad(format!(
                     "column {}: '{v}'; expected 0, 1 or -1 (unlabelled)",
-                    VOC_CLASSES[c]
+                    CLASS_NAMES[c]
                 )));
             };
         }
@@ -400,7 +479,7 @@ pub fn parse_label_csv(text: &str, path: &Path) -> Result<(Vec<String>, Option<V
             unlabelled_rows += 1;
         } else if minus_ones > 0 {
             return Err(bad(format!(
-                "{minus_ones} of 20 labels are -1; a row is either all -1 (unlabelled) or all 0/1"
+                "{minus_ones} of {NUM_CLASSES} labels are -1; a row is either all -1 (unlabelled) or all 0/1"
             )));
         }
         ids.push(id.to_string());
@@ -448,6 +527,8 @@ pub struct Dataset {
 }
 
 impl Dataset {
+    /// The split's samples, read now in parallel (`Eager`, failing on the first bad file) or on each
+    /// [`Dataset::get`] (`Lazy`).
     pub fn new(index: SplitIndex, mode: LoadMode) -> Result<Self> {
         let samples = match mode {
             LoadMode::Eager => Some(Arc::new(
@@ -477,23 +558,28 @@ impl Dataset {
         }
     }
 
+    /// The split's Ids and labels.
     pub fn index(&self) -> &SplitIndex {
         &self.index
     }
 
+    /// Number of samples.
     pub fn len(&self) -> usize {
         self.index.len()
     }
 
+    /// Whether there is no sample.
     pub fn is_empty(&self) -> bool {
         self.index.is_empty()
     }
 
+    /// Whether the pixels are in memory (eager or [`Dataset::from_samples`]).
     pub fn is_eager(&self) -> bool {
         self.samples.is_some()
     }
 
-    /// The `i`-th sample in CSV order.
+    /// The `i`-th sample in CSV order: shared from memory, or read from disk now (lazy, with
+    /// [`SplitIndex::read_sample`]'s errors); out of range is [`DataError::BadArgument`].
     pub fn get(&self, i: usize) -> Result<Arc<Sample>> {
         match &self.samples {
             Some(s) => s.get(i).cloned().ok_or_else(|| {
@@ -522,13 +608,7 @@ impl Dataset {
             None => self.index.label_mismatches(),
             Some(samples) => Ok(samples
                 .iter()
-                .filter_map(|s| {
-                    Some(mismatches(
-                        &s.id,
-                        s.labels.as_ref()?,
-                        &mask_labels(s.mask.as_ref()?),
-                    ))
-                })
+                .filter_map(|s| Some(mismatches(&s.id, s.labels?, mask_labels(s.mask.as_ref()?))))
                 .flatten()
                 .collect()),
         }

@@ -10,21 +10,31 @@ use std::path::Path;
 use ndarray::{Array2, Array3};
 
 use crate::error::{DataError, Result};
+use crate::VOID;
 
 /// Element types the reader understands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NpyDtype {
+    /// `u1`, uint8.
     U8,
+    /// `i1`, int8.
     I8,
+    /// `i2`, int16.
     I16,
+    /// `u2`, uint16.
     U16,
+    /// `i4`, int32.
     I32,
+    /// `u4`, uint32.
     U32,
+    /// `i8`, int64.
     I64,
+    /// `u8`, uint64.
     U64,
 }
 
 impl NpyDtype {
+    /// Bytes per element.
     pub fn size(self) -> usize {
         match self {
             Self::U8 | Self::I8 => 1,
@@ -38,11 +48,15 @@ impl NpyDtype {
 /// The parsed header of a `.npy` file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NpyHeader {
+    /// Element type.
     pub dtype: NpyDtype,
     /// The descriptor exactly as written in the file (`|u1`, `<i8`, ...), for error messages.
     pub descr: String,
+    /// Whether the elements are stored big-endian (`>`).
     pub big_endian: bool,
+    /// Whether the data is in column-major (Fortran) order.
     pub fortran_order: bool,
+    /// Dimensions, outermost first.
     pub shape: Vec<usize>,
     /// Byte offset of the data.
     pub data_offset: usize,
@@ -168,7 +182,8 @@ fn parse_header_dict(header: &str, path: &Path, data_offset: usize) -> Result<Np
     })
 }
 
-/// Reads only the header of a `.npy` file.
+/// Reads only the header of a `.npy` file; [`DataError::BadArray`] when it is not one of the
+/// integer dtypes above or is malformed.
 pub fn read_header(path: &Path) -> Result<NpyHeader> {
     let mut file = File::open(path).map_err(|e| DataError::io(path, e))?;
     read_header_from(&mut file, path)
@@ -206,7 +221,7 @@ fn to_c_order<T: Copy>(data: Vec<T>, shape: &[usize]) -> Vec<T> {
     t.as_standard_layout().iter().copied().collect()
 }
 
-/// Reads an HxWx3 uint8 image.
+/// Reads an HxWx3 uint8 image (C or Fortran order); another dtype or shape is [`DataError::BadArray`].
 pub fn read_image(path: &Path) -> Result<Array3<u8>> {
     let (header, data) = read_raw(path)?;
     if header.dtype != NpyDtype::U8 {
@@ -230,7 +245,8 @@ pub fn read_image(path: &Path) -> Result<Array3<u8>> {
     Array3::from_shape_vec((h, w, 3), data).map_err(|e| DataError::bad_array(path, e.to_string()))
 }
 
-/// Reads an HxW mask of any integer dtype; values must be 0..=20 or 255 (void).
+/// Reads an HxW mask of any integer dtype; values must be 0..=20 or 255 (void), else
+/// [`DataError::BadMaskValue`] names the first pixel that is not (an int8 -1 is void 255).
 pub fn read_mask(path: &Path) -> Result<Array2<u8>> {
     let (header, data) = read_raw(path)?;
     if header.shape.len() != 2 {
@@ -242,7 +258,7 @@ pub fn read_mask(path: &Path) -> Result<Array2<u8>> {
     let (h, w) = (header.shape[0], header.shape[1]);
     if header.dtype == NpyDtype::U8 && !header.fortran_order {
         // The common case: validate in place, no conversion.
-        if let Some(i) = data.iter().position(|&v| v > 20 && v != 255) {
+        if let Some(i) = data.iter().position(|&v| !voc_core::is_mask_value(v)) {
             return Err(DataError::BadMaskValue {
                 path: path.to_path_buf(),
                 value: data[i] as i64,
@@ -285,11 +301,11 @@ pub fn read_mask(path: &Path) -> Result<Array2<u8>> {
     for (i, &v) in values.iter().enumerate() {
         // int8 masks written from uint8 data store void 255 as -1.
         let v = if header.dtype == NpyDtype::I8 && v == -1 {
-            255
+            i64::from(VOID)
         } else {
             v
         };
-        if !(0..=20).contains(&v) && v != 255 {
+        if !u8::try_from(v).is_ok_and(voc_core::is_mask_value) {
             return Err(DataError::BadMaskValue {
                 path: path.to_path_buf(),
                 value: v,
@@ -321,14 +337,15 @@ pub fn write_u8(path: &Path, shape: &[usize], data: &[u8]) -> Result<()> {
     let unpadded = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
     header.push('\n');
-    crate::io::write_atomic(path, |w| {
+    voc_core::write_atomic(path, |w| {
         let mut w = BufWriter::new(w);
         w.write_all(b"\x93NUMPY\x01\x00")?;
         w.write_all(&(header.len() as u16).to_le_bytes())?;
         w.write_all(header.as_bytes())?;
         w.write_all(data)?;
         w.flush()
-    })
+    })?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,35 +8,16 @@ use crate::augment::{
     warp_image, warp_mask, AugmentConfig, AugmentParams, Interpolation, ResizeMode,
 };
 use crate::competition::{mask_labels, SplitIndex};
+use voc_core::PALETTE;
+
 use crate::error::{DataError, Result};
 use crate::font;
-use crate::{io, NUM_CLASSES, VOC_CLASSES, VOID};
-
-/// VOC's colour of mask value `c`: the VOCdevkit's bit-interleaving colour map (bit `k` of red, green,
-/// blue comes from bits `3j`, `3j+1`, `3j+2` of `c`, highest bits first), so 255, void, is cream
-/// (224, 224, 192).
-pub fn voc_color(c: u8) -> [u8; 3] {
-    let mut rgb = [0u8; 3];
-    let mut label = c;
-    for shift in (0..8).rev() {
-        for (channel, value) in rgb.iter_mut().enumerate() {
-            *value |= ((label >> channel) & 1) << shift;
-        }
-        label >>= 3;
-    }
-    rgb
-}
-
-/// The PASCAL VOC colour map: entry `i` is [`voc_color`]`(i)`.
-pub fn voc_palette() -> [[u8; 3]; 256] {
-    std::array::from_fn(|i| voc_color(i as u8))
-}
+use crate::{CLASS_NAMES, NUM_CLASSES, VOID};
 
 /// A mask as an HxWx3 image in the VOC palette.
 pub fn colorize_mask(mask: ArrayView2<u8>) -> Array3<u8> {
-    let palette = voc_palette();
     let (h, w) = mask.dim();
-    Array3::from_shape_fn((h, w, 3), |(y, x, c)| palette[mask[[y, x]] as usize][c])
+    Array3::from_shape_fn((h, w, 3), |(y, x, c)| PALETTE[mask[[y, x]] as usize][c])
 }
 
 /// An HxWx3 array as an image-crate RGB image.
@@ -52,17 +33,9 @@ pub fn to_rgb_image(image: ArrayView3<u8>) -> RgbImage {
 
 /// Writes an RGB image as PNG, atomically.
 pub fn write_png(path: &Path, image: &RgbImage) -> Result<()> {
-    let mut bytes = Vec::new();
-    image
-        .write_to(
-            &mut std::io::Cursor::new(&mut bytes),
-            image::ImageFormat::Png,
-        )
-        .map_err(|e| DataError::BadImage {
-            path: path.to_path_buf(),
-            msg: format!("cannot encode PNG: {e}"),
-        })?;
-    io::write_atomic(path, |f| std::io::Write::write_all(f, &bytes))
+    let (w, h) = image.dimensions();
+    let image = voc_core::RgbImage::new(h as usize, w as usize, image.as_raw().clone())?;
+    Ok(image.write_png(path)?)
 }
 
 /// Fits an image (bilinear) and its mask (nearest) into `size` x `size`, outside white.
@@ -111,13 +84,16 @@ fn blit(canvas: &mut RgbImage, tile: &Array3<u8>, x0: usize, y0: usize) {
 /// The example chosen for each class shown in a preview.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PreviewEntry {
+    /// The class name, from [`CLASS_NAMES`].
     pub class: &'static str,
+    /// The Id of the image shown for it.
     pub id: String,
 }
 
 /// A grid with, for every class present in the split, the first image (CSV order) that contains it:
 /// the class name as title, the image, and below it the mask in the VOC palette (when the split has
-/// masks). Each tile is `cell` x `cell` pixels.
+/// masks). Each tile is `cell` x `cell` pixels (at least 32), `columns` tiles per row. Returns the grid
+/// and the examples shown; a split with nothing to show is [`DataError::BadArgument`].
 pub fn class_grid(
     index: &SplitIndex,
     cell: usize,
@@ -139,10 +115,8 @@ pub fn class_grid(
                 )))
             }
         };
-        for c in 0..NUM_CLASSES {
-            if labels[c] == 1 && chosen[c].is_none() {
-                chosen[c] = Some(i);
-            }
+        for c in labels.iter() {
+            chosen[c].get_or_insert(i);
         }
     }
     let entries: Vec<(usize, usize)> = chosen
@@ -182,7 +156,7 @@ pub fn class_grid(
             margin + (k % columns) * tile_w,
             margin + (k / columns) * tile_h,
         );
-        let title = VOC_CLASSES[class];
+        let title = CLASS_NAMES[class];
         let tx = x0 + cell.saturating_sub(font::text_width(title, scale)) / 2;
         font::draw_text(&mut canvas, tx, y0, title, scale, [0, 0, 0]);
         blit(&mut canvas, &img, x0, y0 + title_h);

@@ -5,16 +5,31 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use crate::competition::Labels;
 use crate::error::{DataError, Result};
-use crate::NUM_CLASSES;
+use crate::{LabelSet, NUM_CLASSES};
 
 /// Splits sample positions into (train, validation), each sorted, with about `val_fraction` of the
 /// samples and of every label in validation. The same labels, fraction and seed give the same split.
+/// A fraction outside `0 <= f < 1` is [`DataError::BadArgument`].
+///
+/// ```
+/// use voc_data::{stratified_split, LabelSet};
+///
+/// // 100 images: every one has class 14 (person), every tenth also class 2 (bird).
+/// let labels: Vec<LabelSet> = (0..100)
+///     .map(|i| if i % 10 == 0 { LabelSet::from_classes([2, 14]) } else { LabelSet::from_classes([14]) })
+///     .collect::<Result<_, _>>()?;
+/// let (train, val) = stratified_split(&labels, 0.2, 0)?;
+/// assert_eq!((train.len(), val.len()), (80, 20));
+/// assert_eq!(val.iter().filter(|&&i| labels[i].contains(2)).count(), 2); // 20% of the 10 birds
+/// assert_eq!(stratified_split(&labels, 0.2, 0)?, (train, val)); // deterministic
+/// assert!(stratified_split(&labels, 1.0, 0).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 // Class indices address several per-class arrays at once; index loops read clearer than zips here.
 #[allow(clippy::needless_range_loop)]
 pub fn stratified_split(
-    labels: &[Labels],
+    labels: &[LabelSet],
     val_fraction: f64,
     seed: u64,
 ) -> Result<(Vec<usize>, Vec<usize>)> {
@@ -31,7 +46,7 @@ pub fn stratified_split(
     let mut wanted = [(n - n_val) as f64, n_val as f64];
     let mut wanted_per_label = [[0f64; NUM_CLASSES]; 2];
     for c in 0..NUM_CLASSES {
-        let count = labels.iter().filter(|l| l[c] == 1).count() as f64;
+        let count = labels.iter().filter(|l| l.contains(c)).count() as f64;
         for j in 0..2 {
             wanted_per_label[j][c] = count * ratios[j];
         }
@@ -44,7 +59,7 @@ pub fn stratified_split(
             assigned[i] = j;
             wanted[j] -= 1.0;
             for c in 0..NUM_CLASSES {
-                if labels[i][c] == 1 {
+                if labels[i].contains(c) {
                     per[j][c] -= 1.0;
                 }
             }
@@ -53,14 +68,14 @@ pub fn stratified_split(
         // The label with the fewest unassigned samples (ties: lowest class index, after the shuffle).
         let mut best: Option<(usize, usize)> = None;
         for c in 0..NUM_CLASSES {
-            let k = remaining.iter().filter(|&&i| labels[i][c] == 1).count();
+            let k = remaining.iter().filter(|&&i| labels[i].contains(c)).count();
             if k > 0 && best.is_none_or(|(_, bk)| k < bk) {
                 best = Some((c, k));
             }
         }
         let Some((c, _)) = best else { break };
         let (with, without): (Vec<usize>, Vec<usize>) =
-            remaining.iter().partition(|&&i| labels[i][c] == 1);
+            remaining.iter().partition(|&&i| labels[i].contains(c));
         for i in with {
             let (a, b) = (wanted_per_label[0][c], wanted_per_label[1][c]);
             let j = if wanted[0] <= 0.0 || wanted[1] <= 0.0 {

@@ -1,13 +1,14 @@
 //! Per-class statistics of a split and the class weights derived from them.
 use rayon::prelude::*;
 
-use crate::competition::{mask_labels, Labels, SplitIndex};
+use crate::competition::{mask_labels, SplitIndex};
 use crate::error::Result;
-use crate::{NUM_CLASSES, VOC_CLASSES, VOID};
+use crate::{LabelSet, CLASS_NAMES, NUM_CLASSES, NUM_MASK_CLASSES, VOID};
 
 /// Statistics of one class.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ClassStats {
+    /// The class name, from [`CLASS_NAMES`].
     pub name: &'static str,
     /// Images containing the class.
     pub images: usize,
@@ -22,29 +23,46 @@ pub struct ClassStats {
 /// Statistics of a split, serialised as `voc data stats --json` prints them.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct SplitStats {
+    /// The split's name.
     pub split: String,
+    /// Number of images.
     pub images: usize,
+    /// The 20 classes, in [`CLASS_NAMES`] order.
     pub classes: Vec<ClassStats>,
     /// Background's share of the non-void mask pixels.
     pub background_pixel_share: Option<f64>,
     /// Segmentation cross-entropy weights for the 21 mask classes (background first), balanced on pixel
     /// counts: `total / (21 * pixels_c)`; a class without pixels gets 0.
     pub seg_weights: Option<Vec<f64>>,
-    /// Where the per-image labels came from: "csv" or "masks".
+    /// Where the per-image labels came from: "csv", "masks", or "none" (an unlabelled split without masks).
     pub labels_from: &'static str,
 }
 
 impl SplitStats {
-    /// Counts labels (from the CSV, or from the masks when the CSV is unlabelled) and mask pixels.
+    /// Counts labels (from the CSV, or from the masks when the CSV is unlabelled) and mask pixels; fails
+    /// on the first mask that cannot be read.
+    ///
+    /// ```
+    /// use voc_data::{CompetitionDir, SplitStats};
+    ///
+    /// let train = CompetitionDir::open("../../assets/voc-sample".as_ref())?.split("train")?;
+    /// let stats = SplitStats::compute(&train)?;
+    /// let dog = &stats.classes[11];
+    /// assert_eq!((dog.name, dog.images), ("dog", 1));
+    /// assert_eq!(dog.pos_weight, Some(1.0)); // one image without a dog, one with
+    /// assert_eq!(stats.seg_weights.as_ref().map(Vec::len), Some(21));
+    /// print!("{}", stats.table());
+    /// # Ok::<(), voc_data::DataError>(())
+    /// ```
     pub fn compute(index: &SplitIndex) -> Result<Self> {
-        let pixel_counts: Option<Vec<([u64; 21], Labels)>> = if index.has_masks {
+        let pixel_counts: Option<Vec<([u64; NUM_MASK_CLASSES], LabelSet)>> = if index.has_masks {
             Some(
                 index
                     .ids
                     .par_iter()
                     .map(|id| {
                         let mask = index.read_mask(id)?;
-                        let mut counts = [0u64; 21];
+                        let mut counts = [0u64; NUM_MASK_CLASSES];
                         for &v in mask.iter() {
                             if v != VOID {
                                 counts[v as usize] += 1;
@@ -57,15 +75,15 @@ impl SplitStats {
         } else {
             None
         };
-        let (labels, labels_from): (Vec<Labels>, _) = match (&index.labels, &pixel_counts) {
+        let (labels, labels_from): (Vec<LabelSet>, _) = match (&index.labels, &pixel_counts) {
             (Some(l), _) => (l.clone(), "csv"),
             (None, Some(p)) => (p.iter().map(|(_, l)| *l).collect(), "masks"),
             (None, None) => (Vec::new(), "none"),
         };
-        let totals: Option<[u64; 21]> = pixel_counts.as_ref().map(|p| {
-            let mut t = [0u64; 21];
+        let totals: Option<[u64; NUM_MASK_CLASSES]> = pixel_counts.as_ref().map(|p| {
+            let mut t = [0u64; NUM_MASK_CLASSES];
             for (c, _) in p {
-                for k in 0..21 {
+                for k in 0..NUM_MASK_CLASSES {
                     t[k] += c[k];
                 }
             }
@@ -83,24 +101,24 @@ impl SplitStats {
     }
 
     /// Statistics from per-image labels alone (no pixel shares).
-    pub fn from_labels(split: &str, labels: &[Labels]) -> Self {
+    pub fn from_labels(split: &str, labels: &[LabelSet]) -> Self {
         Self::from_counts(split, labels.len(), labels, "csv", None, None)
     }
 
     fn from_counts(
         split: &str,
         n: usize,
-        labels: &[Labels],
+        labels: &[LabelSet],
         labels_from: &'static str,
-        totals: Option<[u64; 21]>,
+        totals: Option<[u64; NUM_MASK_CLASSES]>,
         all_pixels: Option<f64>,
     ) -> Self {
         let classes = (0..NUM_CLASSES)
             .map(|c| {
-                let count = labels.iter().filter(|l| l[c] == 1).count();
+                let count = labels.iter().filter(|l| l.contains(c)).count();
                 let present = count > 0 && !labels.is_empty();
                 ClassStats {
-                    name: VOC_CLASSES[c],
+                    name: CLASS_NAMES[c],
                     images: count,
                     pixel_share: totals.zip(all_pixels).map(|(t, all)| t[c + 1] as f64 / all),
                     weight: present
@@ -111,7 +129,13 @@ impl SplitStats {
             .collect();
         let seg_weights = totals.zip(all_pixels).map(|(t, all)| {
             t.iter()
-                .map(|&p| if p == 0 { 0.0 } else { all / (21.0 * p as f64) })
+                .map(|&p| {
+                    if p == 0 {
+                        0.0
+                    } else {
+                        all / (NUM_MASK_CLASSES as f64 * p as f64)
+                    }
+                })
                 .collect()
         });
         Self {

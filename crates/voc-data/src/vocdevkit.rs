@@ -6,11 +6,23 @@ use std::path::{Path, PathBuf};
 use ndarray::{Array2, Array3};
 use rayon::prelude::*;
 
-use crate::competition::{mask_labels, Labels, Sample};
+use crate::competition::{mask_labels, Sample};
 use crate::error::{DataError, Result};
-use crate::{io, npy, VOC_CLASSES, VOID};
+use crate::{io, npy, LabelSet, CLASS_NAMES, NUM_CLASSES, VOID};
 
 /// A VOCdevkit year folder (the one holding `JPEGImages/`).
+///
+/// ```
+/// use voc_data::VocDevkit;
+///
+/// // One image pair of the shared sample, vendored in this crate's test data.
+/// let devkit = VocDevkit::open("tests/data/vocdevkit".as_ref())?;
+/// assert_eq!(devkit.image_set("train")?.len(), 6);
+/// let sample = devkit.read_sample("2007_000063", false)?; // void (255) becomes background
+/// assert_eq!(sample.image.dim(), (375, 500, 3));
+/// assert_eq!(sample.labels.unwrap().names().collect::<Vec<_>>(), ["chair", "dog"]);
+/// # Ok::<(), voc_data::DataError>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct VocDevkit {
     root: PathBuf,
@@ -34,14 +46,17 @@ impl VocDevkit {
             })
     }
 
+    /// The year folder found by [`VocDevkit::open`] (the one holding `JPEGImages/`).
     pub fn root(&self) -> &Path {
         &self.root
     }
 
+    /// `JPEGImages/{name}.jpg` (whether or not it exists).
     pub fn image_path(&self, name: &str) -> PathBuf {
         self.root.join("JPEGImages").join(format!("{name}.jpg"))
     }
 
+    /// `SegmentationClass/{name}.png` (whether or not it exists).
     pub fn mask_path(&self, name: &str) -> PathBuf {
         self.root
             .join("SegmentationClass")
@@ -84,7 +99,8 @@ impl VocDevkit {
         read_index_png(&self.mask_path(name))
     }
 
-    /// Image, mask (void mapped to 0 unless `keep_void`) and labels derived from the mask.
+    /// Image, mask (void mapped to 0 unless `keep_void`) and labels derived from the mask, with `name`
+    /// as Id; [`DataError::SizeMismatch`] when the two sizes differ.
     pub fn read_sample(&self, name: &str, keep_void: bool) -> Result<Sample> {
         let image = self.read_image(name)?;
         let mut mask = self.read_mask(name)?;
@@ -163,7 +179,11 @@ pub fn read_index_png(path: &Path) -> Result<Array2<u8>> {
     for row in buf.chunks(stride).take(h) {
         out.extend_from_slice(&row[..w]);
     }
-    if let Some((i, &v)) = out.iter().enumerate().find(|(_, &v)| v > 20 && v != VOID) {
+    if let Some((i, &v)) = out
+        .iter()
+        .enumerate()
+        .find(|(_, &v)| !voc_core::is_mask_value(v))
+    {
         return Err(DataError::BadMaskValue {
             path: path.to_path_buf(),
             value: v as i64,
@@ -191,8 +211,11 @@ pub struct ConvertOptions {
 /// What [`convert`] wrote.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ConvertReport {
+    /// The output folder.
     pub out: PathBuf,
+    /// Images written to `train/`.
     pub train: usize,
+    /// Images written to `test/`.
     pub test: usize,
     /// (split, Id, VOC image name) in write order.
     pub ids: Vec<(String, String, String)>,
@@ -217,7 +240,7 @@ pub fn convert(
         let dir = out.join(split);
         io::create_dir_all(&dir.join("img"))?;
         io::create_dir_all(&dir.join("seg"))?;
-        let labels: Vec<Labels> = names
+        let labels: Vec<LabelSet> = names
             .par_iter()
             .enumerate()
             .map(|(i, name)| {
@@ -242,16 +265,16 @@ pub fn convert(
                 Ok(sample.labels.expect("read_sample derives labels"))
             })
             .collect::<Result<_>>()?;
-        let mut csv = format!("Id,{}\n", VOC_CLASSES.join(","));
+        let mut csv = format!("Id,{}\n", CLASS_NAMES.join(","));
         for (i, l) in labels.iter().enumerate() {
             let values: Vec<String> = if split == "train" || !options.hide_test_labels {
-                l.iter().map(|v| v.to_string()).collect()
+                l.to_flags().iter().map(|v| v.to_string()).collect()
             } else {
-                vec!["-1".into(); 20]
+                vec!["-1".into(); NUM_CLASSES]
             };
             csv += &format!("{i},{}\n", values.join(","));
         }
-        io::write_atomic(&dir.join(format!("{split}_set.csv")), |f| {
+        voc_core::write_atomic(&dir.join(format!("{split}_set.csv")), |f| {
             f.write_all(csv.as_bytes())
         })?;
         let mut map = String::from("Id,name\n");
@@ -259,7 +282,7 @@ pub fn convert(
             map += &format!("{i},{name}\n");
             ids.push((split.to_string(), i.to_string(), name.clone()));
         }
-        io::write_atomic(&dir.join("voc_names.csv"), |f| f.write_all(map.as_bytes()))?;
+        voc_core::write_atomic(&dir.join("voc_names.csv"), |f| f.write_all(map.as_bytes()))?;
     }
     Ok(ConvertReport {
         out: out.to_path_buf(),

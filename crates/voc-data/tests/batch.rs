@@ -1,7 +1,7 @@
 //! Batches: shapes, every sample once per epoch, padding, determinism.
 use candle_core::{DType, Device};
 use ndarray::{Array2, Array3};
-use voc_data::{AugmentConfig, BatchConfig, BatchLoader, Dataset, Normalize, ResizeMode, Sample};
+use voc_data::{AugmentConfig, BatchConfig, BatchLoader, Dataset, ResizeMode, Sample};
 
 fn synthetic(n: usize) -> Dataset {
     let samples = (0..n)
@@ -10,8 +10,7 @@ fn synthetic(n: usize) -> Dataset {
             let image =
                 Array3::from_shape_fn((h, w, 3), |(y, x, c)| ((y * 7 + x * 3 + c + i) % 256) as u8);
             let mask = Array2::from_shape_fn((h, w), |(y, x)| ((y / 4 + x / 4 + i) % 21) as u8);
-            let mut labels = [0u8; 20];
-            labels[i % 20] = 1;
+            let labels = voc_data::LabelSet::from_classes([i % 20]).unwrap();
             Sample {
                 id: format!("s{i}"),
                 image,
@@ -120,7 +119,7 @@ fn pads_to_multiple_of_32_and_records_sizes() {
         batch_size: 4,
         shuffle: false,
         pad_multiple: Some(32),
-        normalize: Normalize::MinusOneOne,
+        normalize: voc_core::Normalization::MINUS_ONE_TO_ONE,
         augment: AugmentConfig::eval(ResizeMode::Keep),
         ..BatchConfig::default()
     };

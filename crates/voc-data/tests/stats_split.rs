@@ -1,21 +1,23 @@
 //! Statistics and stratified splits.
-use voc_data::{stratified_split, CompetitionDir, Labels, LoadMode, SplitStats};
+use std::path::Path;
+
+use voc_data::{stratified_split, CompetitionDir, LabelSet, LoadMode, SplitIndex, SplitStats};
+
+/// The repository's own sample, `assets/voc-sample`: train 2 (horse) and 5 (chair and dog), with masks.
+fn repository_train() -> SplitIndex {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/voc-sample");
+    CompetitionDir::open(&dir).unwrap().split("train").unwrap()
+}
 
 #[test]
-fn stats_of_shared_sample() {
-    let Some(shared) = voc_tensor::testing::shared_or_skip("stats_of_shared_sample") else {
-        return;
-    };
-    let train = CompetitionDir::open(&shared.join("data/voc-sample"))
-        .unwrap()
-        .split("train")
-        .unwrap();
+fn stats_of_the_repository_sample() {
+    let train = repository_train();
     let stats = SplitStats::compute(&train).unwrap();
-    assert_eq!(stats.images, 6);
-    let aeroplane = &stats.classes[0];
-    assert_eq!(aeroplane.images, 2);
-    assert_eq!(aeroplane.weight, Some(6.0 / (20.0 * 2.0)));
-    assert_eq!(aeroplane.pos_weight, Some(2.0));
+    assert_eq!(stats.images, 2);
+    let horse = &stats.classes[12];
+    assert_eq!(horse.images, 1);
+    assert_eq!(horse.weight, Some(2.0 / (20.0 * 1.0)));
+    assert_eq!(horse.pos_weight, Some(1.0));
     assert_eq!(stats.classes[1].pos_weight, None, "no bicycles");
     // Pixel shares from the masks: all classes plus background sum to 1.
     let total: f64 = stats
@@ -32,31 +34,32 @@ fn stats_of_shared_sample() {
         }
     }
     let all: u64 = pixels.iter().sum();
+    assert!(pixels[12] > 0, "dog pixels in train_5");
     assert_eq!(
-        stats.classes[16].pixel_share,
-        Some(pixels[17] as f64 / all as f64),
-        "sheep"
+        stats.classes[11].pixel_share,
+        Some(pixels[12] as f64 / all as f64),
+        "dog"
     );
     let w = stats.seg_weights.as_ref().unwrap();
     assert_eq!(w[2], 0.0, "no bicycle pixels");
     assert!((w[0] - all as f64 / (21.0 * pixels[0] as f64)).abs() < 1e-12);
     let json = serde_json::to_value(&stats).unwrap();
     assert_eq!(json["split"], "train");
-    assert_eq!(json["classes"][0]["name"], "aeroplane");
-    assert_eq!(json["classes"][0]["images"], 2);
-    assert!(stats.table().contains("aeroplane"));
+    assert_eq!(json["classes"][12]["name"], "horse");
+    assert_eq!(json["classes"][12]["images"], 1);
+    assert!(stats.table().contains("horse"));
 }
 
-fn synthetic_labels(n: usize) -> Vec<Labels> {
+fn synthetic_labels(n: usize) -> Vec<LabelSet> {
     (0..n)
         .map(|i| {
-            let mut l = [0u8; 20];
-            l[i % 20] = 1;
+            let mut l = LabelSet::EMPTY;
+            l.insert(i % 20);
             if i % 3 == 0 {
-                l[14] = 1; // person: common
+                l.insert(14); // person: common
             }
             if i % 50 == 0 {
-                l[(i / 50) % 20] = 1;
+                l.insert((i / 50) % 20);
             }
             l
         })
@@ -73,8 +76,8 @@ fn stratified_split_is_deterministic_and_balanced() {
     all.sort();
     assert_eq!(all, (0..400).collect::<Vec<_>>());
     for c in 0..20 {
-        let total = labels.iter().filter(|l| l[c] == 1).count() as f64;
-        let in_val = val.iter().filter(|&&i| labels[i][c] == 1).count() as f64;
+        let total = labels.iter().filter(|l| l.contains(c)).count() as f64;
+        let in_val = val.iter().filter(|&&i| labels[i].contains(c)).count() as f64;
         assert!(
             (in_val - total * 0.25).abs() <= (0.05 * total).max(2.0),
             "class {c}: {in_val} of {total} in validation"
@@ -91,24 +94,18 @@ fn stratified_split_is_deterministic_and_balanced() {
 
 #[test]
 fn subsets_of_index_and_dataset() {
-    let Some(shared) = voc_tensor::testing::shared_or_skip("subsets_of_index_and_dataset") else {
-        return;
-    };
-    let train = CompetitionDir::open(&shared.join("data/voc-sample"))
-        .unwrap()
-        .split("train")
-        .unwrap();
-    let sub = train.subset(&[5, 0]).unwrap();
-    assert_eq!(sub.ids, ["5", "0"]);
+    let train = repository_train();
+    let sub = train.subset(&[1, 0]).unwrap();
+    assert_eq!(sub.ids, ["5", "2"]);
     assert_eq!(
         sub.labels.as_ref().unwrap()[0],
-        train.labels.as_ref().unwrap()[5]
+        train.labels.as_ref().unwrap()[1]
     );
     let data = train
         .load(LoadMode::Eager)
         .unwrap()
-        .subset(&[5, 0])
+        .subset(&[1, 0])
         .unwrap();
     assert_eq!(data.get(0).unwrap().id, "5");
-    assert!(train.subset(&[6]).is_err());
+    assert!(train.subset(&[2]).is_err());
 }

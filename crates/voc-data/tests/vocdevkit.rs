@@ -1,4 +1,6 @@
-//! The VOCdevkit reader and `convert` against the shared sample's competition layout.
+//! The VOCdevkit reader, and `convert` against the shared sample's competition layout.
+use std::path::Path;
+
 use ndarray::Array3;
 use voc_data::{convert, CompetitionDir, ConvertOptions, DataError, VocDevkit};
 
@@ -15,12 +17,15 @@ fn diff(a: &Array3<u8>, b: &Array3<u8>) -> (f64, u8) {
     (sum as f64 / a.len() as f64, max)
 }
 
+/// `tests/data/vocdevkit`: the shared sample's VOCdevkit lists (all 8 names) with one of its image pairs,
+/// 2007_000063 (train_5 of the competition layout); see tests/data/SOURCES.md.
+fn vendored_devkit() -> VocDevkit {
+    VocDevkit::open(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/vocdevkit")).unwrap()
+}
+
 #[test]
 fn reads_devkit_lists_and_masks() {
-    let Some(shared) = voc_tensor::testing::shared_or_skip("reads_devkit_lists_and_masks") else {
-        return;
-    };
-    let devkit = VocDevkit::open(&shared.join("data/voc-sample/vocdevkit")).unwrap();
+    let devkit = vendored_devkit();
     assert_eq!(
         devkit.image_set("train").unwrap(),
         [
@@ -42,7 +47,22 @@ fn reads_devkit_lists_and_masks() {
     let sample = devkit.read_sample("2007_000063", false).unwrap();
     assert!(sample.mask.as_ref().unwrap().iter().all(|&v| v <= 20));
     let labels = sample.labels.unwrap();
-    assert_eq!((labels[8], labels[11]), (1, 1), "chair and dog");
+    assert!(labels.contains(8) && labels.contains(11), "chair and dog");
+
+    // The same picture as train_5 of the repository's sample in the competition layout: the mask exactly
+    // (void mapped to 0), the image up to JPEG loss (see convert_reproduces_competition_layout).
+    let sample_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/voc-sample");
+    let train = CompetitionDir::open(&sample_dir)
+        .unwrap()
+        .split("train")
+        .unwrap();
+    assert_eq!(
+        sample.mask.as_ref().unwrap(),
+        &train.read_mask("5").unwrap()
+    );
+    assert_eq!(Some(labels), train.labels_of("5"));
+    let (mean, _) = diff(&sample.image, &train.read_image("5").unwrap());
+    assert!(mean < 3.0, "mean difference {mean}");
 }
 
 /// train.txt lists the competition's train split in Id order, val.txt its test split. Masks and labels
@@ -51,11 +71,11 @@ fn reads_devkit_lists_and_masks() {
 /// agree on these files to mean <= 0.37, max 4 levels (README).
 #[test]
 fn convert_reproduces_competition_layout() {
-    let Some(shared) = voc_tensor::testing::shared_or_skip("convert_reproduces_competition_layout")
+    let Some(sample_dir) =
+        voc_core::testing::shared_file("convert_reproduces_competition_layout", "data/voc-sample")
     else {
         return;
     };
-    let sample_dir = shared.join("data/voc-sample");
     let devkit = VocDevkit::open(&sample_dir.join("vocdevkit")).unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let report = convert(&devkit, tmp.path(), &ConvertOptions::default(), &|_, _| {}).unwrap();

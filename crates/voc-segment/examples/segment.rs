@@ -5,8 +5,6 @@
 use std::path::PathBuf;
 
 use clap::Parser;
-use voc_classify::Rgb8Image;
-use voc_segment::palette::{colorize, overlay, write_png};
 use voc_segment::{Segmenter, SegmenterPreset, SizeStrategy};
 use voc_tensor::hub::HubCache;
 use voc_tensor::DeviceSpec;
@@ -41,7 +39,8 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
-    voc_tensor::device::init_cpu_threads();
+    // SAFETY: first thing in `main`: no other thread exists yet.
+    unsafe { voc_tensor::device::init_cpu_threads() };
     let args = Args::parse();
     let device = args.device.open()?;
     let preset = SegmenterPreset::DEEPLABV3_MOBILENET_V2;
@@ -57,31 +56,25 @@ fn main() -> anyhow::Result<()> {
     segmenter.flip_tta = args.flip;
     let names = preset.class_names_in(&cache)?;
 
-    let image = Rgb8Image::read(&args.image)?;
+    let image = voc_data::read_rgb_image(&args.image)?;
     let mask = segmenter.mask(&image, &device)?;
-    write_png(&colorize(&mask, image.height, image.width)?, &args.out)?;
+    mask.colorize().write_png(&args.out)?;
 
-    let mut counts = [0usize; 256];
-    for &c in &mask {
-        counts[c as usize] += 1;
-    }
+    let pixels = mask.as_slice().len() as f64;
+    let counts = mask.value_counts();
     for (class, &count) in counts.iter().enumerate().filter(|(c, &n)| *c != 0 && n > 0) {
-        println!(
-            "{:>6.2}%  {}",
-            100.0 * count as f64 / mask.len() as f64,
-            names[class]
-        );
+        println!("{:>6.2}%  {}", 100.0 * count as f64 / pixels, names[class]);
     }
     let mut written = args.out.display().to_string();
     if let Some(path) = &args.overlay {
-        write_png(&overlay(&image, &mask, 0.6)?, path)?;
+        mask.overlay(&image, 0.6)?.write_png(path)?;
         written = format!("{written} and {}", path.display());
     }
     eprintln!(
         "segmented {} ({}x{}) at output stride {} ({}): wrote {written}",
         args.image.display(),
-        image.height,
-        image.width,
+        image.height(),
+        image.width(),
         args.output_stride,
         args.size
     );

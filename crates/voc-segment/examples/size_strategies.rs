@@ -7,7 +7,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Parser;
-use voc_classify::Rgb8Image;
 use voc_segment::{Segmenter, SegmenterPreset, SizeStrategy};
 use voc_tensor::hub::HubCache;
 use voc_tensor::DeviceSpec;
@@ -51,7 +50,8 @@ fn dice(pred: &[u8], truth: &[u8]) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
-    voc_tensor::device::init_cpu_threads();
+    // SAFETY: first thing in `main`: no other thread exists yet.
+    unsafe { voc_tensor::device::init_cpu_threads() };
     let args = Args::parse();
     let device = args.device.open()?;
     let dir = args.data.join(&args.split);
@@ -67,7 +67,7 @@ fn main() -> anyhow::Result<()> {
         let mask: ndarray::Array2<u8> = ndarray_npy::read_npy(dir.join("seg").join(name))
             .with_context(|| format!("mask of {}", img_path.display()))?;
         samples.push((
-            Rgb8Image::read(img_path)?,
+            voc_data::read_rgb_image(img_path)?,
             mask.iter().copied().collect::<Vec<u8>>(),
         ));
     }
@@ -93,7 +93,7 @@ fn main() -> anyhow::Result<()> {
                 let start = std::time::Instant::now();
                 let (mut dice_sum, mut correct, mut pixels) = (0.0, 0usize, 0usize);
                 for (image, truth) in &samples {
-                    let pred = segmenter.mask(image, &device)?;
+                    let pred = segmenter.mask(image, &device)?.into_vec();
                     dice_sum += dice(&pred, truth);
                     correct += pred.iter().zip(truth).filter(|(p, t)| p == t).count();
                     pixels += truth.len();

@@ -4,16 +4,18 @@
 //! -> 1x1 conv -> broadcast back) and a 1x1 branch on the last backbone features, concatenated, projected
 //! to 256 channels, then a 1x1 classifier. No atrous branches. Logits come out at the output stride; the
 //! model was trained to be upsampled with `align_corners=True` (see [`DeepLabV3::logits_at`]).
-use std::collections::HashMap;
-
-use candle_core::{Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+use candle_core::{ModuleT, Tensor};
+use candle_nn::VarBuilder;
 use voc_classify::layers::{Activation, ConvNormAct, ConvSpec, NormSpec};
 use voc_classify::mobilenet_v2::{MobileNetV2, MobileNetV2Config};
+use voc_classify::weights::FromWeights;
 use voc_tensor::ops::resize_bilinear;
 
 use crate::error::{Result, SegmentError};
 use crate::head;
+
+/// The architecture name of [`DeepLabV3`] (weight reports, checkpoints' `architecture`).
+pub const DEEPLABV3_ARCH: &str = "deeplabv3_mobilenet_v2";
 
 /// Architecture parameters of [`DeepLabV3`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -22,6 +24,7 @@ pub struct DeepLabV3Config {
     pub backbone: MobileNetV2Config,
     /// Batch norm of the head (eps 1e-5, PyTorch's default, unlike the backbone's 1e-3).
     pub head_norm: NormSpec,
+    /// Output channels of the classifier: 21 for VOC (background and the 20 classes).
     pub num_classes: usize,
     /// Channels of every head branch.
     pub head_channels: usize,
@@ -45,6 +48,19 @@ impl Default for DeepLabV3Config {
 }
 
 /// MobileNetV2 backbone (`mobilenet_v2.*`) + DeepLabV3 head (`segmentation_head.*`).
+///
+/// ```
+/// use candle_core::{DType, Device, Tensor};
+/// use voc_segment::{DeepLabV3, DeepLabV3Config};
+/// let vb = candle_nn::VarBuilder::zeros(DType::F32, &Device::Cpu);
+/// let mut net = DeepLabV3::new(vb, DeepLabV3Config::default())?; // output stride 16, 21 classes
+/// let x = Tensor::zeros((1, 3, 33, 33), DType::F32, &Device::Cpu)?;
+/// assert_eq!(net.forward_t(&x, false)?.dims(), [1, 21, 3, 3]); // ceil(33 / 16)
+/// assert_eq!(net.logits_at(&x, 33, 33, false)?.dims(), [1, 21, 33, 33]);
+/// net.set_output_stride(8)?;
+/// assert_eq!(net.forward_t(&x, false)?.dims(), [1, 21, 5, 5]);
+/// # Ok::<(), voc_segment::SegmentError>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct DeepLabV3 {
     backbone: MobileNetV2,
@@ -56,7 +72,8 @@ pub struct DeepLabV3 {
 }
 
 impl DeepLabV3 {
-    /// Builds the network; `vb` is the root of the weight names.
+    /// Builds the network; `vb` is the root of the weight names. No classes or head channels, or a bad
+    /// backbone config, is a bad-argument error.
     pub fn new(vb: VarBuilder, config: DeepLabV3Config) -> Result<Self> {
         if config.num_classes == 0 || config.head_channels == 0 {
             return Err(SegmentError::BadArgument(
@@ -87,57 +104,31 @@ impl DeepLabV3 {
         })
     }
 
-    /// Builds the network from named tensors as constants (inference), failing with a name report when
-    /// they are not exactly this architecture's.
-    pub fn from_tensors(
-        tensors: HashMap<String, Tensor>,
-        source: &str,
-        config: DeepLabV3Config,
-        device: &Device,
-    ) -> Result<Self> {
-        head::load_frozen(tensors, source, "deeplabv3_mobilenet_v2", device, |vb| {
-            Self::new(vb, config)
-        })
-    }
-
-    /// Builds the network on trainable variables in `varmap`, initialised from named tensors.
-    pub fn trainable_from_tensors(
-        varmap: &VarMap,
-        tensors: HashMap<String, Tensor>,
-        source: &str,
-        config: DeepLabV3Config,
-        device: &Device,
-    ) -> Result<Self> {
-        head::load_trainable(
-            varmap,
-            tensors,
-            source,
-            "deeplabv3_mobilenet_v2",
-            device,
-            |vb| Self::new(vb, config),
-        )
-    }
-
+    /// The configuration, with the current output stride.
     pub fn config(&self) -> &DeepLabV3Config {
         &self.config
     }
 
+    /// The MobileNetV2 feature extractor.
     pub fn backbone(&self) -> &MobileNetV2 {
         &self.backbone
     }
 
+    /// The current output stride (16 as trained, or 8).
     pub fn output_stride(&self) -> usize {
         self.config.backbone.output_stride
     }
 
-    /// Switches between output stride 16 and 8 (or 32) without touching the weights.
+    /// Switches between output stride 16 and 8 (or 32) without touching the weights; any other value is
+    /// a bad-argument error.
     pub fn set_output_stride(&mut self, output_stride: usize) -> Result<()> {
         self.backbone.set_output_stride(output_stride)?;
         self.config.backbone.output_stride = output_stride;
         Ok(())
     }
 
-    /// Logits `N x classes x h x w` at the output stride: `h = ceil(H / output_stride)`.
+    /// Logits `N x classes x h x w` at the output stride for an `N x 3 x H x W` batch:
+    /// `h = ceil(H / output_stride)`. `train`: batch norms use batch statistics, dropout is on.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let features = self.backbone.features_t(x, train)?.stride32;
         let pooled =
@@ -156,5 +147,25 @@ impl DeepLabV3 {
     pub fn logits_at(&self, x: &Tensor, out_h: usize, out_w: usize, train: bool) -> Result<Tensor> {
         let logits = self.forward_t(x, train)?;
         Ok(resize_bilinear(&logits, out_h, out_w, true)?)
+    }
+}
+
+impl FromWeights for DeepLabV3 {
+    type Config = DeepLabV3Config;
+    type Error = SegmentError;
+
+    fn architecture(_: &DeepLabV3Config) -> &'static str {
+        DEEPLABV3_ARCH
+    }
+
+    fn build(vb: VarBuilder, config: DeepLabV3Config) -> Result<Self> {
+        Self::new(vb, config)
+    }
+}
+
+impl ModuleT for DeepLabV3 {
+    /// [`DeepLabV3::forward_t`]: logits at the output stride.
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        Ok(DeepLabV3::forward_t(self, xs, train)?)
     }
 }

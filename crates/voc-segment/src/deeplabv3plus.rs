@@ -6,15 +6,18 @@
 //! input size. Every resize here uses `align_corners=False`.
 use std::collections::HashMap;
 
-use candle_core::{Device, Tensor};
+use candle_core::{Device, ModuleT, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use voc_classify::layers::{Activation, ConvNormAct, ConvPadding, ConvSpec, NormSpec};
 use voc_classify::mobilenet_v2::{MobileNetV2, MobileNetV2Config};
-use voc_classify::weights;
+use voc_classify::weights::FromWeights;
 use voc_tensor::ops::resize_bilinear;
 
 use crate::error::{Result, SegmentError};
-use crate::head::{self, into_classify};
+use crate::head;
+
+/// The architecture name of [`DeepLabV3Plus`] (weight reports, checkpoints' `architecture`).
+pub const DEEPLABV3PLUS_ARCH: &str = "deeplabv3plus_mobilenet_v2";
 
 /// Architecture parameters of [`DeepLabV3Plus`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -23,6 +26,7 @@ pub struct DeepLabV3PlusConfig {
     pub backbone: MobileNetV2Config,
     /// Batch norm of the decoder head (eps 1e-5).
     pub head_norm: NormSpec,
+    /// Output channels of the classifier: 21 for VOC (background and the 20 classes).
     pub num_classes: usize,
     /// Dilations of the three atrous branches at output stride 16; at output stride 8 they are doubled,
     /// so each branch keeps its field of view in input pixels.
@@ -59,6 +63,29 @@ impl DeepLabV3PlusConfig {
 }
 
 /// MobileNetV2 backbone (`mobilenet_v2.*`) + DeepLabV3+ decoder (`decode_head.*`).
+///
+/// Started from a DeepLabV3's tensors (here a fresh one's; usually the pretrained file's), the backbone
+/// comes from them and the decoder is new:
+///
+/// ```
+/// use std::collections::HashMap;
+/// use candle_core::{DType, Device, Tensor};
+/// use candle_nn::{VarBuilder, VarMap};
+/// use voc_segment::{DeepLabV3, DeepLabV3Plus, DeepLabV3PlusConfig};
+///
+/// let device = Device::Cpu;
+/// let deeplabv3 = VarMap::new();
+/// DeepLabV3::new(VarBuilder::from_varmap(&deeplabv3, DType::F32, &device), Default::default())?;
+/// let tensors: HashMap<String, Tensor> = deeplabv3.data().lock().unwrap().iter()
+///     .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+///     .collect();
+/// let varmap = VarMap::new();
+/// let config = DeepLabV3PlusConfig::default();
+/// let net = DeepLabV3Plus::trainable_with_backbone(&varmap, tensors, "deeplabv3", config, &device)?;
+/// let x = Tensor::randn(0f32, 1.0, (2, 3, 48, 40), &device)?;
+/// assert_eq!(net.forward_t(&x, true)?.dims(), [2, 21, 48, 40]); // logits at the input size
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct DeepLabV3Plus {
     backbone: MobileNetV2,
@@ -73,7 +100,8 @@ pub struct DeepLabV3Plus {
 }
 
 impl DeepLabV3Plus {
-    /// Builds the network; `vb` is the root of the weight names.
+    /// Builds the network; `vb` is the root of the weight names. No classes or channels, or a bad
+    /// backbone config, is a bad-argument error.
     pub fn new(vb: VarBuilder, config: DeepLabV3PlusConfig) -> Result<Self> {
         if config.num_classes == 0 || config.aspp_channels == 0 || config.low_level_channels == 0 {
             return Err(SegmentError::BadArgument(
@@ -126,44 +154,10 @@ impl DeepLabV3Plus {
         })
     }
 
-    /// Builds the network from named tensors as constants (inference), failing with a name report when
-    /// they are not exactly this architecture's.
-    pub fn from_tensors(
-        tensors: HashMap<String, Tensor>,
-        source: &str,
-        config: DeepLabV3PlusConfig,
-        device: &Device,
-    ) -> Result<Self> {
-        head::load_frozen(
-            tensors,
-            source,
-            "deeplabv3plus_mobilenet_v2",
-            device,
-            |vb| Self::new(vb, config),
-        )
-    }
-
-    /// Builds the network on trainable variables in `varmap`, every one initialised from `tensors`.
-    pub fn trainable_from_tensors(
-        varmap: &VarMap,
-        tensors: HashMap<String, Tensor>,
-        source: &str,
-        config: DeepLabV3PlusConfig,
-        device: &Device,
-    ) -> Result<Self> {
-        head::load_trainable(
-            varmap,
-            tensors,
-            source,
-            "deeplabv3plus_mobilenet_v2",
-            device,
-            |vb| Self::new(vb, config),
-        )
-    }
-
     /// Builds the network on trainable variables in `varmap` with a pretrained backbone: every
     /// `mobilenet_v2.*` tensor comes from `tensors` (names checked; other tensors there, such as a
     /// DeepLabV3 or ImageNet head, are ignored) and the decoder starts from a fresh initialisation.
+    /// Tensors without a complete MobileNetV2 backbone are an error naming `source` and what differs.
     pub fn trainable_with_backbone(
         varmap: &VarMap,
         tensors: HashMap<String, Tensor>,
@@ -171,30 +165,26 @@ impl DeepLabV3Plus {
         config: DeepLabV3PlusConfig,
         device: &Device,
     ) -> Result<Self> {
-        Ok(weights::load_trainable_prefix(
-            varmap,
-            tensors,
-            "mobilenet_v2.",
-            source,
-            "deeplabv3plus_mobilenet_v2",
-            device,
-            |vb| Self::new(vb, config).map_err(into_classify),
-        )?)
+        Self::trainable_with_prefix(varmap, tensors, "mobilenet_v2.", source, config, device)
     }
 
+    /// The configuration, with the current output stride.
     pub fn config(&self) -> &DeepLabV3PlusConfig {
         &self.config
     }
 
+    /// The MobileNetV2 feature extractor.
     pub fn backbone(&self) -> &MobileNetV2 {
         &self.backbone
     }
 
+    /// The current output stride (16 or 8).
     pub fn output_stride(&self) -> usize {
         self.config.backbone.output_stride
     }
 
-    /// Switches the output stride (16 or 8) without touching the weights; the atrous rates follow.
+    /// Switches the output stride (16 or 8) without touching the weights; the atrous rates follow. A
+    /// value other than 8, 16 or 32 is a bad-argument error.
     pub fn set_output_stride(&mut self, output_stride: usize) -> Result<()> {
         self.backbone.set_output_stride(output_stride)?;
         self.config.backbone.output_stride = output_stride;
@@ -208,7 +198,8 @@ impl DeepLabV3Plus {
         Ok(())
     }
 
-    /// Logits `N x classes x H x W` at the input size.
+    /// Logits `N x classes x H x W` at the input size for an `N x 3 x H x W` batch. `train`: batch norms
+    /// use batch statistics, dropout is on.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (_, _, in_h, in_w) = x.dims4()?;
         let features = self.backbone.features_t(x, train)?;
@@ -239,5 +230,25 @@ impl DeepLabV3Plus {
         }
         let logits = self.classifier.forward_t(&y, train)?;
         Ok(resize_bilinear(&logits, in_h, in_w, false)?)
+    }
+}
+
+impl FromWeights for DeepLabV3Plus {
+    type Config = DeepLabV3PlusConfig;
+    type Error = SegmentError;
+
+    fn architecture(_: &DeepLabV3PlusConfig) -> &'static str {
+        DEEPLABV3PLUS_ARCH
+    }
+
+    fn build(vb: VarBuilder, config: DeepLabV3PlusConfig) -> Result<Self> {
+        Self::new(vb, config)
+    }
+}
+
+impl ModuleT for DeepLabV3Plus {
+    /// [`DeepLabV3Plus::forward_t`]: logits at the input size.
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        Ok(DeepLabV3Plus::forward_t(self, xs, train)?)
     }
 }

@@ -1,15 +1,12 @@
-//! Pieces both DeepLab heads are built from: the image-pooling branch, the 1x1 classifier, channel
-//! dropout, and loading through the classifier crate's name-checked weight loaders.
-use std::collections::HashMap;
-
-use candle_core::{Device, Tensor};
-use candle_nn::{VarBuilder, VarMap};
+//! Pieces both DeepLab heads are built from: the image-pooling branch, the 1x1 classifier and channel
+//! dropout.
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
 use voc_classify::layers::{
     global_avg_pool, Activation, ConvNormAct, ConvPadding, ConvSpec, NormSpec,
 };
-use voc_classify::weights::{self, Unexpected};
 
-use crate::error::{Result, SegmentError};
+use crate::error::Result;
 
 /// The final 1x1 conv with bias and no norm or activation, `channels -> num_classes` logits.
 pub(crate) fn classifier(
@@ -50,53 +47,4 @@ pub(crate) fn dropout2d(x: &Tensor, p: f32) -> Result<Tensor> {
         .ge(p as f64)?
         .to_dtype(x.dtype())?;
     Ok(x.broadcast_mul(&(keep / (1.0 - p as f64))?)?)
-}
-
-/// Builds a network from named tensors as constants; a tensor set that is not exactly the
-/// architecture's fails with the loader's name report.
-pub(crate) fn load_frozen<T>(
-    tensors: HashMap<String, Tensor>,
-    source: &str,
-    architecture: &str,
-    device: &Device,
-    build: impl Fn(VarBuilder) -> Result<T>,
-) -> Result<T> {
-    Ok(weights::load_frozen(
-        tensors,
-        source,
-        architecture,
-        Unexpected::Error,
-        device,
-        |vb| build(vb).map_err(into_classify),
-    )?)
-}
-
-/// Builds a network on trainable variables in `varmap`, every one initialised from `tensors`.
-pub(crate) fn load_trainable<T>(
-    varmap: &VarMap,
-    tensors: HashMap<String, Tensor>,
-    source: &str,
-    architecture: &str,
-    device: &Device,
-    build: impl Fn(VarBuilder) -> Result<T>,
-) -> Result<T> {
-    Ok(weights::load_trainable(
-        varmap,
-        tensors,
-        source,
-        architecture,
-        Unexpected::Error,
-        device,
-        |vb| build(vb).map_err(into_classify),
-    )?)
-}
-
-/// Carries a segmentation error through the classifier crate's loader (which owns the name check).
-pub(crate) fn into_classify(e: SegmentError) -> voc_classify::ClassifyError {
-    match e {
-        SegmentError::Classify(e) => e,
-        SegmentError::Tensor(e) => voc_classify::ClassifyError::Tensor(e),
-        SegmentError::Candle(e) => voc_classify::ClassifyError::Candle(e),
-        other => voc_classify::ClassifyError::BadArgument(other.to_string()),
-    }
 }

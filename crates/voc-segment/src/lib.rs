@@ -1,15 +1,20 @@
-//! Semantic segmentation of the 21 VOC classes: DeepLabV3 and DeepLabV3+ on MobileNetV2.
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+#![forbid(unsafe_code)]
+
 pub mod deeplabv3;
 pub mod deeplabv3plus;
 pub mod error;
 mod head;
-pub mod palette;
+pub mod load;
 pub mod preset;
 pub mod segmenter;
 
-pub use deeplabv3::{DeepLabV3, DeepLabV3Config};
-pub use deeplabv3plus::{DeepLabV3Plus, DeepLabV3PlusConfig};
+pub use deeplabv3::{DeepLabV3, DeepLabV3Config, DEEPLABV3_ARCH};
+pub use deeplabv3plus::{DeepLabV3Plus, DeepLabV3PlusConfig, DEEPLABV3PLUS_ARCH};
 pub use error::{Result, SegmentError};
-pub use palette::VOC_CLASSES;
+pub use load::{load_segmenter, LoadedSegmenter, DEFAULT_SEGMENTER};
 pub use preset::SegmenterPreset;
 pub use segmenter::{argmax_mask, SegmentationNet, Segmenter, SizeStrategy};
+pub use voc_classify::{Eval, FromWeights};
+pub use voc_core::{Mask, RgbImage, MASK_CLASS_NAMES, NUM_MASK_CLASSES};

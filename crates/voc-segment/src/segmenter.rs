@@ -3,8 +3,9 @@
 use std::fmt;
 use std::str::FromStr;
 
-use candle_core::{DType, Device, Tensor};
-use voc_classify::{Normalization, Rgb8Image};
+use candle_core::{DType, Device, ModuleT, Tensor};
+use voc_classify::preprocess::{image_input, rgb_to_tensor};
+use voc_core::{Mask, Normalization, RgbImage};
 use voc_tensor::hub::{HubCache, WeightsSource};
 use voc_tensor::ops::resize_bilinear;
 
@@ -14,6 +15,18 @@ use crate::error::{Result, SegmentError};
 use crate::preset::SegmenterPreset;
 
 /// How an image of any size is brought to the network and the logits back to the image.
+///
+/// Written and parsed as on command lines:
+///
+/// ```
+/// use voc_segment::SizeStrategy;
+/// assert_eq!(SizeStrategy::default(), SizeStrategy::Pad { min_size: 513 });
+/// assert_eq!("pad:0".parse::<SizeStrategy>()?, SizeStrategy::Pad { min_size: 0 });
+/// assert_eq!("resize".parse::<SizeStrategy>()?, SizeStrategy::Resize(513));
+/// assert_eq!(SizeStrategy::Resize(321).to_string(), "resize:321");
+/// assert!("crop:5".parse::<SizeStrategy>().is_err());
+/// # Ok::<(), voc_segment::SegmentError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SizeStrategy {
     /// Resize the photo to `size x size` (bilinear, anti-aliased when shrinking), run the network and
@@ -23,7 +36,10 @@ pub enum SizeStrategy {
     /// `k * output_stride + 1` that is at least its size and at least `min_size`, run the network,
     /// upsample the logits to the padded size and crop the photo's part: what DeepLab's own evaluation
     /// does (with `min_size` 513). `min_size` 0 pads only to the stride grid.
-    Pad { min_size: usize },
+    Pad {
+        /// The smallest side the padded photo has (513 as DeepLab evaluates).
+        min_size: usize,
+    },
 }
 
 impl Default for SizeStrategy {
@@ -45,6 +61,7 @@ impl FromStr for SizeStrategy {
     type Err = SegmentError;
 
     /// `resize[:SIZE]` (default 513) or `pad[:MIN_SIZE]` (default 513; `pad:0` pads only to the stride).
+    /// Anything else, a size that is not a number, or `resize:0` is a bad-argument error.
     fn from_str(s: &str) -> Result<Self> {
         let (kind, value) = match s.split_once(':') {
             Some((k, v)) => (k, Some(v)),
@@ -74,10 +91,12 @@ impl FromStr for SizeStrategy {
     }
 }
 
-/// One of the segmentation networks.
+/// One of the segmentation networks, as a [`Segmenter`] holds it; a [`ModuleT`] like each of them.
 #[derive(Debug, Clone)]
 pub enum SegmentationNet {
+    /// DeepLabV3 (logits at the output stride).
     DeepLabV3(Box<DeepLabV3>),
+    /// DeepLabV3+ (logits at the input size).
     DeepLabV3Plus(Box<DeepLabV3Plus>),
 }
 
@@ -108,6 +127,7 @@ impl SegmentationNet {
         }
     }
 
+    /// The current output stride.
     pub fn output_stride(&self) -> usize {
         match self {
             Self::DeepLabV3(m) => m.output_stride(),
@@ -115,6 +135,8 @@ impl SegmentationNet {
         }
     }
 
+    /// Switches the output stride (16 or 8) without touching the weights; a value other than 8, 16 or
+    /// 32 is a bad-argument error.
     pub fn set_output_stride(&mut self, output_stride: usize) -> Result<()> {
         match self {
             Self::DeepLabV3(m) => m.set_output_stride(output_stride),
@@ -122,6 +144,7 @@ impl SegmentationNet {
         }
     }
 
+    /// Classes of the logits (21 for VOC).
     pub fn num_classes(&self) -> usize {
         match self {
             Self::DeepLabV3(m) => m.config().num_classes,
@@ -130,17 +153,49 @@ impl SegmentationNet {
     }
 }
 
+impl ModuleT for SegmentationNet {
+    /// [`SegmentationNet::forward_t`]: the raw logits.
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        Ok(SegmentationNet::forward_t(self, xs, train)?)
+    }
+}
+
 /// A network with its preprocessing: photos in, logits or class masks at the photo's size out.
+///
+/// ```
+/// use candle_core::{DType, Device};
+/// use voc_segment::{DeepLabV3, Mask, RgbImage, SegmentationNet, Segmenter, SizeStrategy};
+///
+/// // A fresh network stands in for a pretrained one (`load_segmenter`, `Segmenter::from_preset`).
+/// let vb = candle_nn::VarBuilder::zeros(DType::F32, &Device::Cpu);
+/// let net = SegmentationNet::DeepLabV3(Box::new(DeepLabV3::new(vb, Default::default())?));
+/// let strategy = SizeStrategy::Pad { min_size: 0 };
+/// let mut segmenter = Segmenter::new(net, voc_core::Normalization::MINUS_ONE_TO_ONE, strategy);
+/// segmenter.flip_tta = true;
+/// let photo = RgbImage::new(37, 51, vec![90; 37 * 51 * 3])?;
+/// let logits = segmenter.logits(&photo, &Device::Cpu)?;
+/// assert_eq!(logits.dims(), [1, 21, 37, 51]); // at the photo's size, whatever the network's grid
+/// let mask: Mask = segmenter.mask(&photo, &Device::Cpu)?;
+/// assert_eq!((mask.height(), mask.width()), (37, 51));
+/// assert!(mask.labels().is_empty()); // all background: the zero network has no preference
+/// let overlay = mask.overlay(&photo, 0.6)?; // mask.colorize() paints the mask alone
+/// assert_eq!(overlay, photo);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug, Clone)]
 pub struct Segmenter {
+    /// The network.
     pub net: SegmentationNet,
+    /// How pixels become network inputs.
     pub normalization: Normalization,
+    /// How a photo of any size is fitted to the network.
     pub strategy: SizeStrategy,
     /// Also run the left-right mirrored photo and average the two logits.
     pub flip_tta: bool,
 }
 
 impl Segmenter {
+    /// `net` with its input normalisation and size strategy, without flip averaging.
     pub fn new(net: SegmentationNet, normalization: Normalization, strategy: SizeStrategy) -> Self {
         Self {
             net,
@@ -150,7 +205,8 @@ impl Segmenter {
         }
     }
 
-    /// The pretrained preset from `cache` (or a local weights file as `source`) at `output_stride`.
+    /// The pretrained preset from `cache` (or a local weights file as `source`) at `output_stride`. A
+    /// source that cannot be found (not cached while offline) or does not fit is an error naming it.
     pub fn from_preset(
         preset: &SegmenterPreset,
         cache: &HubCache,
@@ -167,21 +223,23 @@ impl Segmenter {
         ))
     }
 
-    /// Logits `1 x classes x H x W` for a photo of `H x W` pixels.
-    pub fn logits(&self, image: &Rgb8Image, device: &Device) -> Result<Tensor> {
-        let (h, w) = (image.height, image.width);
+    /// Logits `1 x classes x H x W` for a photo of `H x W` pixels, fitted to the network by
+    /// [`Self::strategy`] and, with [`Self::flip_tta`], averaged with the mirrored photo's.
+    pub fn logits(&self, image: &RgbImage, device: &Device) -> Result<Tensor> {
+        let (h, w) = (image.height(), image.width());
         match self.strategy {
             SizeStrategy::Resize(size) => {
-                let x = self
-                    .normalization
-                    .apply(&image.resize(size, size)?.to_tensor(device)?)?;
+                let x = image_input(image, (size, size), &self.normalization, device)?;
                 self.run(&x, h, w)
             }
             SizeStrategy::Pad { min_size } => {
                 let os = self.net.output_stride();
                 let grid = |side: usize| (side.max(min_size).max(1) - 1).div_ceil(os) * os + 1;
                 let (ph, pw) = (grid(h), grid(w));
-                let x = self.normalization.apply(&image.to_tensor(device)?)?;
+                let x = voc_tensor::preprocess::normalize(
+                    &rgb_to_tensor(image, device)?,
+                    &self.normalization,
+                )?;
                 let x = x
                     .pad_with_zeros(2, 0, ph - h)?
                     .pad_with_zeros(3, 0, pw - w)?;
@@ -200,8 +258,10 @@ impl Segmenter {
         Ok(((logits + flip_width(&mirrored)?)? * 0.5)?)
     }
 
-    /// The class of every pixel, `H x W` row-major.
-    pub fn mask(&self, image: &Rgb8Image, device: &Device) -> Result<Vec<u8>> {
+    /// The class of every pixel, at the photo's size: the arg-max of [`Self::logits`]. The `Mask`
+    /// (voc-core's) gives the classes present (`labels`), the VOC-palette picture (`colorize`, then
+    /// `write_png`) and a blend over the photo (`overlay`).
+    pub fn mask(&self, image: &RgbImage, device: &Device) -> Result<Mask> {
         argmax_mask(&self.logits(image, device)?)
     }
 }
@@ -213,9 +273,20 @@ pub fn flip_width(x: &Tensor) -> Result<Tensor> {
     Ok(x.index_select(&Tensor::from_vec(idx, w, x.device())?, 3)?)
 }
 
-/// The arg-max class of `1 x C x H x W` logits as an `H x W` row-major mask (C <= 256).
-pub fn argmax_mask(logits: &Tensor) -> Result<Vec<u8>> {
-    let (n, c, _, _) = logits.dims4()?;
+/// The arg-max class of `1 x C x H x W` logits as an `H x W` mask; a batch of more than one, or more
+/// than 256 classes, is a bad-argument error.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// // 3 classes on a 1 x 2 image: background left, class 2 (bicycle, the 2nd VOC class) right.
+/// let logits = Tensor::new(&[[[[5f32, 0.0]], [[0.0, 1.0]], [[0.0, 3.0]]]], &Device::Cpu)?;
+/// let mask = voc_segment::argmax_mask(&logits)?;
+/// assert_eq!(mask.as_slice(), [0, 2]);
+/// assert_eq!(mask.labels().names().collect::<Vec<_>>(), ["bicycle"]);
+/// # Ok::<(), voc_segment::SegmentError>(())
+/// ```
+pub fn argmax_mask(logits: &Tensor) -> Result<Mask> {
+    let (n, c, h, w) = logits.dims4()?;
     if n != 1 || c > 256 {
         return Err(SegmentError::BadArgument(format!(
             "argmax_mask wants 1 x C x H x W logits with C <= 256, got {:?}",
@@ -227,5 +298,9 @@ pub fn argmax_mask(logits: &Tensor) -> Result<Vec<u8>> {
         .flatten_all()?
         .to_dtype(DType::U32)?
         .to_vec1::<u32>()?;
-    Ok(classes.into_iter().map(|c| c as u8).collect())
+    Ok(Mask::new(
+        h,
+        w,
+        classes.into_iter().map(|c| c as u8).collect(),
+    )?)
 }

@@ -5,24 +5,36 @@ use std::collections::HashMap;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
-use voc_segment::{argmax_mask, DeepLabV3Plus, DeepLabV3PlusConfig, SegmenterPreset};
+use voc_core::testing::{hub_model, shared_with};
+use voc_segment::{argmax_mask, DeepLabV3Plus, DeepLabV3PlusConfig, FromWeights, SegmenterPreset};
 use voc_tensor::hub::{load_tensors, HubCache};
 use voc_tensor::ops::{cross_entropy_2d, resize_bilinear};
-use voc_tensor::testing::{load_golden, rel_err, shared_or_skip};
+use voc_tensor::testing::{load_golden, rel_err};
 
 fn mask_agreement(logits: &Tensor, expected: &Tensor) -> anyhow::Result<f64> {
     let (h, w) = expected.dims2()?;
     let up = resize_bilinear(logits, h, w, true)?;
     let mask = argmax_mask(&up)?;
     let expected = expected.flatten_all()?.to_vec1::<u8>()?;
-    let same = mask.iter().zip(&expected).filter(|(a, b)| a == b).count();
+    let same = mask
+        .as_slice()
+        .iter()
+        .zip(&expected)
+        .filter(|(a, b)| a == b)
+        .count();
     Ok(same as f64 / expected.len() as f64)
 }
 
 /// DeepLabV3 at output stride 16 and, switched on the same loaded network, 8.
 #[test]
 fn deeplabv3_matches_reference_logits_and_masks() -> anyhow::Result<()> {
-    let Some(shared) = shared_or_skip("deeplabv3_matches_reference_logits_and_masks") else {
+    let Some(shared) = shared_with(
+        "deeplabv3_matches_reference_logits_and_masks",
+        &[
+            hub_model("google/deeplabv3_mobilenet_v2_1.0_513"),
+            "reference/deeplabv3_mobilenet_v2_1.0_513.safetensors".into(),
+        ],
+    ) else {
         return Ok(());
     };
     let cache = HubCache::new(shared.join("hf").join("hub"), true);
@@ -48,6 +60,12 @@ fn deeplabv3_matches_reference_logits_and_masks() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The PyTorch twin's DeepLabV3+ run and its initial weights.
+const TWIN_FILES: [&str; 2] = [
+    "reference/train_deeplabv3plus.safetensors",
+    "reference/train_deeplabv3plus.init.safetensors",
+];
+
 fn deeplabv3plus_twin(shared: &Path, varmap: &VarMap) -> anyhow::Result<DeepLabV3Plus> {
     let path = shared.join("reference/train_deeplabv3plus.init.safetensors");
     let tensors = load_tensors(&path, &Device::Cpu)?;
@@ -70,7 +88,7 @@ fn deeplabv3plus_twin(shared: &Path, varmap: &VarMap) -> anyhow::Result<DeepLabV
 /// only the well-conditioned classifier gradient is held to 1e-3.
 #[test]
 fn deeplabv3plus_matches_training_step0() -> anyhow::Result<()> {
-    let Some(shared) = shared_or_skip("deeplabv3plus_matches_training_step0") else {
+    let Some(shared) = shared_with("deeplabv3plus_matches_training_step0", &TWIN_FILES) else {
         return Ok(());
     };
     let golden = load_golden(&shared.join("reference/train_deeplabv3plus.safetensors"))?;
@@ -116,7 +134,7 @@ fn deeplabv3plus_matches_training_step0() -> anyhow::Result<()> {
 /// the f32 reference with the f64 truth (up to 1.6%), with margin.
 #[test]
 fn deeplabv3plus_step0_gradients_in_f64() -> anyhow::Result<()> {
-    let Some(shared) = shared_or_skip("deeplabv3plus_step0_gradients_in_f64") else {
+    let Some(shared) = shared_with("deeplabv3plus_step0_gradients_in_f64", &TWIN_FILES) else {
         return Ok(());
     };
     let golden = load_golden(&shared.join("reference/train_deeplabv3plus.safetensors"))?;

@@ -2,17 +2,24 @@
 //! and the size strategies keep the photo's size.
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarMap;
-use voc_classify::Rgb8Image;
+use voc_core::testing::{hub_model, shared_with};
+use voc_core::RgbImage;
 use voc_segment::{
     DeepLabV3, DeepLabV3Plus, DeepLabV3PlusConfig, SegmentationNet, Segmenter, SegmenterPreset,
     SizeStrategy,
 };
 use voc_tensor::hub::{load_tensors, HubCache, WeightsSource};
-use voc_tensor::testing::{shared_hub_file, shared_or_skip};
+use voc_tensor::testing::shared_hub_file;
 
 #[test]
 fn an_imagenet_classifier_is_not_a_segmenter() {
-    let Some(shared) = shared_or_skip("an_imagenet_classifier_is_not_a_segmenter") else {
+    let Some(shared) = shared_with(
+        "an_imagenet_classifier_is_not_a_segmenter",
+        &[
+            hub_model("google/mobilenet_v2_1.0_224"),
+            "reference/train_deeplabv3plus.init.safetensors".into(),
+        ],
+    ) else {
         return;
     };
     let cache = HubCache::new(shared.join("hf/hub"), true);
@@ -52,7 +59,13 @@ fn an_imagenet_classifier_is_not_a_segmenter() {
 
 #[test]
 fn deeplabv3plus_starts_from_the_pretrained_backbone() -> anyhow::Result<()> {
-    let Some(shared) = shared_or_skip("deeplabv3plus_starts_from_the_pretrained_backbone") else {
+    let Some(shared) = shared_with(
+        "deeplabv3plus_starts_from_the_pretrained_backbone",
+        &[
+            hub_model("google/deeplabv3_mobilenet_v2_1.0_513"),
+            hub_model("timm/tf_efficientnet_lite0.in1k"),
+        ],
+    ) else {
         return Ok(());
     };
     let path = shared_hub_file(
@@ -104,7 +117,7 @@ fn every_strategy_returns_logits_at_the_photo_size() -> anyhow::Result<()> {
     // A fresh network is enough to check the geometry; odd sizes exercise the padding and cropping.
     let vb = candle_nn::VarBuilder::from_varmap(&VarMap::new(), DType::F32, &Device::Cpu);
     let net = DeepLabV3::new(vb, Default::default())?;
-    let image = Rgb8Image::new(37, 51, (0..37 * 51 * 3).map(|i| (i % 251) as u8).collect())?;
+    let image = RgbImage::new(37, 51, (0..37 * 51 * 3).map(|i| (i % 251) as u8).collect())?;
     for strategy in [
         SizeStrategy::Resize(65),
         SizeStrategy::Pad { min_size: 0 },
@@ -113,14 +126,15 @@ fn every_strategy_returns_logits_at_the_photo_size() -> anyhow::Result<()> {
         for os in [16, 8] {
             let mut segmenter = Segmenter::new(
                 SegmentationNet::DeepLabV3(Box::new(net.clone())),
-                voc_classify::Normalization::MinusOneToOne,
+                voc_core::Normalization::MINUS_ONE_TO_ONE,
                 strategy,
             );
             segmenter.net.set_output_stride(os)?;
             segmenter.flip_tta = os == 8;
             let logits = segmenter.logits(&image, &Device::Cpu)?;
             assert_eq!(logits.dims(), &[1, 21, 37, 51], "{strategy} os{os}");
-            assert_eq!(segmenter.mask(&image, &Device::Cpu)?.len(), 37 * 51);
+            let mask = segmenter.mask(&image, &Device::Cpu)?;
+            assert_eq!((mask.height(), mask.width()), (37, 51));
         }
     }
     Ok(())

@@ -12,7 +12,9 @@ use crate::writer::HEADER;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RowKind {
+    /// `{id}_classification`: the RLE of the 20 labels.
     Classification,
+    /// `{id}_segmentation`: the RLE of the 20xHxW class stack.
     Segmentation,
 }
 
@@ -41,9 +43,13 @@ impl RowKind {
 /// One row of a submission as read: its line (1-based, the header is line 1), Id parts and RLE text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubmissionRow {
+    /// Line in the file, 1-based.
     pub line: usize,
+    /// The image Id (the row Id without its suffix).
     pub image_id: String,
+    /// Which of the image's two rows.
     pub kind: RowKind,
+    /// The `Predicted` field, unchecked.
     pub rle: String,
 }
 
@@ -57,11 +63,14 @@ impl SubmissionRow {
 /// Something wrong with a submission, at a line when there is one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Problem {
+    /// Line in the file, 1-based; `None` for a problem of the whole file (a missing row).
     pub line: Option<usize>,
+    /// What is wrong.
     pub message: String,
 }
 
 impl Problem {
+    /// A problem on `line`.
     pub fn at(line: usize, message: impl Into<String>) -> Self {
         Self {
             line: Some(line),
@@ -69,6 +78,7 @@ impl Problem {
         }
     }
 
+    /// A problem of the whole file.
     pub fn general(message: impl Into<String>) -> Self {
         Self {
             line: None,
@@ -89,6 +99,7 @@ impl fmt::Display for Problem {
 /// The rows of a submission file, in file order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Submission {
+    /// The data rows (not the header).
     pub rows: Vec<SubmissionRow>,
 }
 
@@ -96,8 +107,11 @@ pub struct Submission {
 /// invalid and warnings that do not.
 #[derive(Debug, Clone, Default)]
 pub struct ParsedSubmission {
+    /// The rows that had the right form.
     pub submission: Submission,
+    /// What makes the file invalid, in line order.
     pub problems: Vec<Problem>,
+    /// What does not (a missing final line break).
     pub warnings: Vec<Problem>,
 }
 
@@ -113,7 +127,7 @@ fn unquote(field: &str) -> Option<&str> {
 impl Submission {
     /// Reads the file's structure: the header, two fields per line, row Ids of the form
     /// `{image id}_classification` / `{image id}_segmentation`. The RLE text is kept as is; see
-    /// [`crate::validate`] for checking it against a test set.
+    /// [`crate::validate()`] for checking it against a test set.
     pub fn parse(bytes: &[u8]) -> ParsedSubmission {
         let mut parsed = ParsedSubmission::default();
         let text = match std::str::from_utf8(bytes) {
@@ -193,7 +207,8 @@ impl Submission {
         parsed
     }
 
-    /// Reads a submission file, failing with every structural problem listed when there is any.
+    /// Reads a submission file, failing with every structural problem listed when there is any
+    /// ([`SubmitError::Invalid`]), or [`SubmitError::Io`] when it cannot be read.
     pub fn read(path: &Path) -> Result<Submission> {
         let bytes = std::fs::read(path).map_err(|source| SubmitError::Io {
             path: path.to_path_buf(),

@@ -13,7 +13,9 @@ use crate::{CLASS_NAMES, NUM_CLASSES};
 /// A run of ones in a flattened array: `start` is 0-based here (the text form is 1-based).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Run {
+    /// First position, 0-based.
     pub start: u64,
+    /// Number of ones.
     pub len: u64,
 }
 
@@ -181,7 +183,8 @@ pub struct MaskView<'a> {
 }
 
 impl<'a> MaskView<'a> {
-    /// Wraps `data`, which must hold exactly `height * width` values.
+    /// Wraps `data`, which must hold exactly `height * width` values ([`SubmitError::SizeMismatch`]
+    /// otherwise). Values are checked when the mask is encoded.
     pub fn new(data: &'a [u8], height: usize, width: usize) -> Result<Self> {
         let expected = height
             .checked_mul(width)
@@ -200,14 +203,17 @@ impl<'a> MaskView<'a> {
         })
     }
 
+    /// The values, row-major.
     pub fn data(&self) -> &'a [u8] {
         self.data
     }
 
+    /// Rows.
     pub fn height(&self) -> usize {
         self.height
     }
 
+    /// Columns.
     pub fn width(&self) -> usize {
         self.width
     }
@@ -246,6 +252,7 @@ pub struct ClassRuns {
 }
 
 impl ClassRuns {
+    /// No runs, planes of 0 pixels.
     pub fn new() -> Self {
         Self::default()
     }
@@ -271,11 +278,13 @@ impl ClassRuns {
             let start = i;
             i = run_end(data, i + 1, value);
             match value {
-                0 | 255 => {}
-                1..=20 => self.classes[value as usize - 1].push(Run {
-                    start: start as u64,
-                    len: (i - start) as u64,
-                }),
+                voc_core::BACKGROUND | voc_core::VOID => {}
+                class if voc_core::is_mask_value(class) => {
+                    self.classes[value as usize - 1].push(Run {
+                        start: start as u64,
+                        len: (i - start) as u64,
+                    })
+                }
                 _ => {
                     return Err(SubmitError::BadMaskValue {
                         value,
@@ -288,7 +297,8 @@ impl ClassRuns {
         Ok(())
     }
 
-    /// Splits runs of a flattened 20xHxW stack (`plane` = H*W) into runs per class.
+    /// Splits runs of a flattened 20xHxW stack (`plane` = H*W) into runs per class; a run past the
+    /// stack is [`SubmitError::Invalid`].
     pub fn from_stack_runs(runs: &[Run], plane: u64) -> Result<Self> {
         let mut out = Self {
             plane,
@@ -322,7 +332,7 @@ impl ClassRuns {
         self.plane
     }
 
-    /// Runs of class index `class` (0 = aeroplane), 0-based within the plane.
+    /// Runs of class index `class` (0 = aeroplane), 0-based within the plane; panics for `class >= 20`.
     pub fn class(&self, class: usize) -> &[Run] {
         &self.classes[class]
     }

@@ -62,6 +62,32 @@ pub struct Score {
 }
 
 /// Scores a submission image by image against ground truth, so the truth need not be held in memory.
+///
+/// ```
+/// use voc_submit::{MaskView, Scorer, Submission, SubmissionWriter};
+///
+/// // Truth: a dog (class 11, mask value 12) on the left half of a 2x4 image.
+/// let mut dog = [0u8; 20];
+/// dog[11] = 1;
+/// let truth = [12u8, 12, 0, 0, 12, 12, 0, 0];
+///
+/// // A prediction that finds the dog but covers only three of its four pixels.
+/// let predicted = [12u8, 12, 0, 0, 12, 0, 0, 0];
+/// let mut writer = SubmissionWriter::new(Vec::new())?;
+/// writer.write_image("3", &dog, MaskView::new(&predicted, 2, 4)?)?;
+/// let bytes = writer.into_inner()?;
+/// let parsed = Submission::parse(&bytes);
+/// assert!(parsed.problems.is_empty());
+///
+/// let mut scorer = Scorer::new(&parsed.submission)?;
+/// scorer.add_image("3", &dog, MaskView::new(&truth, 2, 4)?)?;
+/// let score = scorer.finish()?;
+/// assert_eq!(score.classification_dice, 1.0);
+/// assert_eq!(score.segmentation_dice, 2.0 * 3.0 / 7.0); // 2|A∩B| / (|A| + |B|)
+/// assert_eq!(score.dice, (1.0 + 6.0 / 7.0) / 2.0);
+/// assert_eq!(score.class_iou[11], Some(0.75));
+/// # Ok::<(), voc_submit::SubmitError>(())
+/// ```
 pub struct Scorer<'a> {
     rows: HashMap<(&'a str, RowKind), &'a SubmissionRow>,
     scored: HashSet<&'a str>,
@@ -110,7 +136,8 @@ impl<'a> Scorer<'a> {
         })
     }
 
-    /// Scores both rows of image `id` against its true labels and mask.
+    /// Scores both rows of image `id` against its true labels and mask. Errors: bad truth (labels or mask
+    /// values), a missing row, an image added twice, or malformed RLE in its rows.
     pub fn add_image(&mut self, id: &str, labels: &[u8], mask: MaskView<'_>) -> Result<()> {
         let truth_labels = runs_of_labels(labels)?;
         self.truth.fill(mask)?;

@@ -12,8 +12,11 @@ use crate::NUM_CLASSES;
 /// An image the submission must have rows for, in test-set order, with its size from the image file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExpectedImage {
+    /// The image Id, as in `test_set.csv`.
     pub id: String,
+    /// Image rows.
     pub height: usize,
+    /// Image columns.
     pub width: usize,
 }
 
@@ -23,11 +26,14 @@ pub struct ExpectedImage {
 pub struct ValidationReport {
     /// Data rows read (lines after the header that had the right form).
     pub rows: usize,
+    /// What makes the file invalid: lines in file order, then missing rows.
     pub problems: Vec<Problem>,
+    /// What does not (a missing final line break: check the file was not cut short).
     pub warnings: Vec<Problem>,
 }
 
 impl ValidationReport {
+    /// Whether there is no problem (warnings allowed).
     pub fn is_valid(&self) -> bool {
         self.problems.is_empty()
     }
@@ -37,6 +43,30 @@ impl ValidationReport {
 /// line form, unknown (extra) Ids, duplicate rows, rows out of test-set order, malformed RLE, runs past
 /// the end of the array (20 for classification, 20 x H x W of the test image for segmentation), and
 /// missing rows.
+///
+/// ```
+/// use voc_submit::{validate, ExpectedImage};
+///
+/// let expected = [
+///     ExpectedImage { id: "1".into(), height: 2, width: 2 },
+///     ExpectedImage { id: "7".into(), height: 2, width: 2 },
+/// ];
+/// let good = "Id,Predicted\n1_classification,1 1\n1_segmentation,2 1\n7_classification,\n7_segmentation,\n";
+/// let report = validate(good.as_bytes(), &expected);
+/// assert!(report.is_valid() && report.warnings.is_empty());
+/// assert_eq!(report.rows, 4);
+///
+/// // A run past the 20x2x2 stack, an unknown Id, no rows for image 7, and a cut last line.
+/// let bad = "Id,Predicted\n1_classification,1 1\n1_segmentation,80 2\n9_classification,";
+/// let report = validate(bad.as_bytes(), &expected);
+/// assert!(!report.is_valid());
+/// for problem in &report.problems {
+///     println!("{problem}"); // "line 3: 1_segmentation: run 1 (80 2) ends at 81, past the end ..."
+/// }
+/// assert_eq!(report.problems[0].line, Some(3));
+/// assert_eq!(report.problems.len(), 4); // line 3, line 4, missing 7_classification, 7_segmentation
+/// assert_eq!(report.warnings.len(), 1);
+/// ```
 pub fn validate(bytes: &[u8], expected: &[ExpectedImage]) -> ValidationReport {
     let parsed = Submission::parse(bytes);
     let mut problems = parsed.problems;
@@ -122,7 +152,7 @@ pub fn validate(bytes: &[u8], expected: &[ExpectedImage]) -> ValidationReport {
     }
 }
 
-/// [`validate`] on a file; only failing to read it is an error.
+/// [`validate()`] on a file; only failing to read it is an error ([`SubmitError::Io`]).
 pub fn validate_file(path: &Path, expected: &[ExpectedImage]) -> Result<ValidationReport> {
     let bytes = std::fs::read(path).map_err(|source| SubmitError::Io {
         path: path.to_path_buf(),

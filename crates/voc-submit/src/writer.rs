@@ -1,7 +1,8 @@
 //! Writing `submission.csv`: streaming rows into any writer, and an atomic file target.
-use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use voc_core::AtomicFile;
 
 use crate::error::{Result, SubmitError};
 use crate::reader::RowKind;
@@ -9,89 +10,6 @@ use crate::rle::{write_labels, ClassRuns, MaskView};
 
 /// The header line of a submission.
 pub const HEADER: &str = "Id,Predicted";
-
-/// A file written under a temporary name in the same folder and renamed into place by
-/// [`AtomicFile::commit`], so a reader never sees half a file. Dropped without a commit, the
-/// temporary file is removed.
-#[derive(Debug)]
-pub struct AtomicFile {
-    file: Option<BufWriter<File>>,
-    tmp: PathBuf,
-    path: PathBuf,
-}
-
-impl AtomicFile {
-    pub fn create(path: &Path) -> Result<Self> {
-        let name = path
-            .file_name()
-            .ok_or_else(|| SubmitError::Invalid(format!("{}: not a file path", path.display())))?;
-        let tmp = path.with_file_name(format!(
-            ".{}.{}.tmp",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        let file = File::create(&tmp).map_err(|source| SubmitError::Io {
-            path: tmp.clone(),
-            source,
-        })?;
-        Ok(Self {
-            file: Some(BufWriter::with_capacity(1 << 20, file)),
-            tmp,
-            path: path.to_path_buf(),
-        })
-    }
-
-    /// Flushes, syncs and renames the file to its final name; returns that name.
-    pub fn commit(mut self) -> Result<PathBuf> {
-        let io_err = |source| SubmitError::Io {
-            path: self.tmp.clone(),
-            source,
-        };
-        let file = self
-            .file
-            .take()
-            .expect("an AtomicFile holds its file until commit");
-        let file = file.into_inner().map_err(|e| io_err(e.into_error()))?;
-        file.sync_all().map_err(io_err)?;
-        drop(file);
-        std::fs::rename(&self.tmp, &self.path).map_err(|source| SubmitError::Io {
-            path: self.path.clone(),
-            source,
-        })?;
-        Ok(self.path.clone())
-    }
-}
-
-impl Write for AtomicFile {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.file
-            .as_mut()
-            .expect("an AtomicFile holds its file until commit")
-            .write(buf)
-    }
-
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.file
-            .as_mut()
-            .expect("an AtomicFile holds its file until commit")
-            .write_all(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.file
-            .as_mut()
-            .expect("an AtomicFile holds its file until commit")
-            .flush()
-    }
-}
-
-impl Drop for AtomicFile {
-    fn drop(&mut self) {
-        if self.file.take().is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-    }
-}
 
 fn check_id(id: &str) -> Result<()> {
     if id.is_empty() || id.contains([',', '"', '\n', '\r']) {
@@ -105,6 +23,32 @@ fn check_id(id: &str) -> Result<()> {
 ///
 /// Each row is checked (labels 0/1, mask values 0..=20 or 255) before any of its bytes are written, so
 /// after an error the output still holds only whole rows.
+///
+/// ```
+/// use voc_submit::{MaskView, SubmissionWriter};
+///
+/// let mut labels = [0u8; 20];
+/// labels[0] = 1; // aeroplane
+/// let mask = [0u8, 1, 1, 255]; // 2x2: aeroplane at (0, 1) and (1, 0), void counts as background
+///
+/// let mut writer = SubmissionWriter::new(Vec::new())?;
+/// writer.write_image("17", &labels, MaskView::new(&mask, 2, 2)?)?;
+/// assert!(writer.write_classification("18", &[2; 20]).is_err()); // checked first: nothing written
+/// assert_eq!(writer.rows(), 2);
+/// let bytes = writer.into_inner()?;
+/// assert_eq!(
+///     String::from_utf8(bytes).unwrap(),
+///     "Id,Predicted\n17_classification,1 1\n17_segmentation,2 2\n"
+/// );
+///
+/// // To a file: written under a temporary name, renamed into place by `finish`.
+/// let dir = tempfile::tempdir()?;
+/// let mut writer = SubmissionWriter::create(&dir.path().join("submission.csv"))?;
+/// writer.write_image("17", &labels, MaskView::new(&mask, 2, 2)?)?;
+/// let path = writer.finish()?;
+/// assert!(std::fs::read_to_string(path)?.ends_with("17_segmentation,2 2\n"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub struct SubmissionWriter<W: Write> {
     out: W,
     runs: ClassRuns,
@@ -112,7 +56,7 @@ pub struct SubmissionWriter<W: Write> {
 }
 
 impl<W: Write> SubmissionWriter<W> {
-    /// Writes the header.
+    /// Writes the header to `out`; then rows follow.
     pub fn new(mut out: W) -> Result<Self> {
         out.write_all(HEADER.as_bytes())?;
         out.write_all(b"\n")?;
@@ -189,12 +133,13 @@ impl<W: Write> SubmissionWriter<W> {
 
 impl SubmissionWriter<AtomicFile> {
     /// A submission written to `path` atomically: call [`SubmissionWriter::finish`] at the end.
+    /// Dropped without it, the temporary file is removed and `path` is left as it was.
     pub fn create(path: &Path) -> Result<Self> {
         Self::new(AtomicFile::create(path)?)
     }
 
     /// Moves the finished file into place; returns its path.
     pub fn finish(self) -> Result<PathBuf> {
-        self.into_inner()?.commit()
+        Ok(self.into_inner()?.commit()?)
     }
 }

@@ -1,5 +1,5 @@
 //! Writing, reading, validating and scoring whole submissions, and the golden file of the sample data.
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ndarray::Array2;
 use voc_submit::{
@@ -75,33 +75,84 @@ fn score_of(bytes: &[u8], images: &[Image]) -> voc_submit::Result<voc_submit::Sc
     scorer.finish()
 }
 
-#[test]
-fn sample_ground_truth_matches_the_competition_encoder_byte_for_byte() {
-    let Some(shared) = voc_tensor::testing::shared_or_skip("sample_ground_truth_matches") else {
-        return;
-    };
-    let images = read_split(&shared.join("data/voc-sample/train"), "train");
-    assert_eq!(images.len(), 6);
+/// `tests/data/NAME`: files vendored with the crate (tests/data/SOURCES.md).
+fn data_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+/// The header and the rows of `ids` of the competition encoder's submission for the ground truth of the
+/// shared sample's 6 train images.
+fn reference_rows(ids: &[&str]) -> Vec<u8> {
+    let text = std::fs::read_to_string(data_file("submission_voc_sample_train.csv")).unwrap();
+    let mut lines = text.split_inclusive('\n');
+    let mut out = lines.next().unwrap().to_string();
+    for line in lines {
+        let id = line.rsplit_once(',').unwrap().0.rsplit_once('_').unwrap().0;
+        if ids.contains(&id) {
+            out += line;
+        }
+    }
+    out.into_bytes()
+}
+
+/// Encodes the ground truth of the train split in `dir` and checks it against the competition encoder's
+/// rows for the same images, byte for byte; then validates and scores those rows.
+fn check_sample_ground_truth(dir: &Path, present_classes: &[usize]) {
+    let images = read_split(dir, "train");
+    let ids: Vec<&str> = images.iter().map(|i| i.id.as_str()).collect();
+    let reference = reference_rows(&ids);
+    assert_eq!(
+        reference.iter().filter(|&&b| b == b'\n').count(),
+        1 + 2 * images.len(),
+        "the reference holds every image of {}",
+        dir.display()
+    );
     let ours = encode(&images);
-    let reference =
-        std::fs::read(shared.join("reference/submission_voc_sample_train.csv")).unwrap();
     assert_eq!(ours.len(), reference.len());
     assert!(ours == reference, "encoding differs from the reference");
 
     let report = validate(&reference, &expected(&images));
     assert!(report.is_valid(), "{:?}", report.problems);
     assert!(report.warnings.is_empty());
-    assert_eq!(report.rows, 12);
+    assert_eq!(report.rows, 2 * images.len());
 
     let score = score_of(&reference, &images).unwrap();
-    assert_eq!(score.images, 6);
+    assert_eq!(score.images, images.len());
     assert_eq!(score.dice, 1.0);
     assert_eq!(score.classification_dice, 1.0);
     assert_eq!(score.segmentation_dice, 1.0);
     assert_eq!(score.mean_iou, Some(1.0));
-    // Classes in the sample: aeroplane, chair, dog, horse, sheep.
     let present: Vec<usize> = (0..20).filter(|&c| score.class_iou[c].is_some()).collect();
-    assert_eq!(present, vec![0, 8, 11, 12, 16]);
+    assert_eq!(present, present_classes);
+}
+
+/// The repository's sample (`assets/voc-sample`: train images 2 and 5 of the shared sample, the same
+/// files) against the reference's rows for those images: runs on every checkout.
+#[test]
+fn sample_ground_truth_matches_the_competition_encoder_byte_for_byte() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../assets/voc-sample/train");
+    // Classes: horse (train_2), chair and dog (train_5).
+    check_sample_ground_truth(&dir, &[8, 11, 12]);
+}
+
+/// The whole reference file against all 6 train images of the shared sample.
+#[test]
+fn shared_sample_ground_truth_matches_the_competition_encoder_byte_for_byte() {
+    let Some(dir) = voc_core::testing::shared_file(
+        "shared_sample_ground_truth_matches_the_competition_encoder_byte_for_byte",
+        "data/voc-sample/train",
+    ) else {
+        return;
+    };
+    assert_eq!(read_split(&dir, "train").len(), 6);
+    assert_eq!(
+        reference_rows(&["0", "1", "2", "3", "4", "5"]),
+        std::fs::read(data_file("submission_voc_sample_train.csv")).unwrap()
+    );
+    // Classes in the sample: aeroplane, chair, dog, horse, sheep.
+    check_sample_ground_truth(&dir, &[0, 8, 11, 12, 16]);
 }
 
 fn toy_images() -> Vec<Image> {

@@ -1,7 +1,7 @@
 """PyTorch twin of benches/ops.rs: the same ops, shapes and `sum(y * g)` backward, on 2 CPU threads.
 
 Run right after `RAYON_NUM_THREADS=2 cargo bench -p voc-tensor`, in the same session:
-    /work/torch-venv/bin/python crates/voc-tensor/benches/torch_ops.py
+    path/to/python crates/voc-tensor/benches/torch_ops.py
 Prints the median time of each case in milliseconds (median of 20 timed runs after 3 warm-up runs).
 """
 import statistics

@@ -15,6 +15,8 @@ use voc_tensor::{Device, VocError};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    // SAFETY: first thing in `main`: no other thread exists yet.
+    unsafe { voc_tensor::device::init_cpu_threads() };
     if let Err(e) = run() {
         eprintln!("error: {e}");
         std::process::exit(1);
@@ -22,7 +24,6 @@ fn main() {
 }
 
 fn run() -> voc_tensor::Result<()> {
-    voc_tensor::device::init_cpu_threads();
     let mut repo_id = "google/mobilenet_v2_1.0_224".to_string();
     let mut weights: Option<PathBuf> = None;
     let mut args = std::env::args().skip(1);

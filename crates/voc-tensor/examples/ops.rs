@@ -20,7 +20,8 @@ fn values(shape: &[usize], seed: f32, scale: f32) -> voc_tensor::Result<Tensor> 
 }
 
 fn main() -> voc_tensor::Result<()> {
-    voc_tensor::device::init_cpu_threads();
+    // SAFETY: first thing in `main`: no other thread exists yet.
+    unsafe { voc_tensor::device::init_cpu_threads() };
     let dev = Device::Cpu;
     // A 9x10 "image": H and W leave different remainders at stride 2.
     let x = Var::from_tensor(&values(&[2, 3, 9, 10], 1.0, 1.0)?)?;

@@ -21,7 +21,6 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -35,25 +34,8 @@ pub const FORMAT: &str = "voc-checkpoint";
 pub const FORMAT_VERSION: u32 = 1;
 const META_KEY: &str = "voc_meta";
 
-/// Per-channel input normalisation: a pixel `p` in `[0, 255]` is fed as `(p / 255 - mean) / std`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Normalization {
-    pub mean: [f32; 3],
-    pub std: [f32; 3],
-}
-
-impl Normalization {
-    /// `x / 127.5 - 1`, inputs in `[-1, 1]` (TF MobileNet/DeepLab, EfficientNet-Lite).
-    pub const MINUS_ONE_TO_ONE: Self = Self {
-        mean: [0.5; 3],
-        std: [0.5; 3],
-    };
-    /// The ImageNet channel statistics used by torchvision models.
-    pub const IMAGENET: Self = Self {
-        mean: [0.485, 0.456, 0.406],
-        std: [0.229, 0.224, 0.225],
-    };
-}
+/// The input normalisation recorded in a checkpoint (defined in voc-core).
+pub use voc_core::Normalization;
 
 /// What a checkpoint needs to be used without other flags.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,11 +46,13 @@ pub struct CheckpointMeta {
     pub class_names: Vec<String>,
     /// `(height, width)` the model was trained at, when it has a fixed one.
     pub input_size: Option<(usize, usize)>,
+    /// How pixels become inputs (see [`crate::preprocess::normalize`]).
     pub normalization: Normalization,
     /// Per-class decision thresholds of a multi-label classifier.
     pub thresholds: Option<Vec<f32>>,
     /// The training configuration (optimiser, schedule, epochs, data, ...), as the trainer records it.
     pub training: serde_json::Value,
+    /// The random seed of the run that produced the weights.
     pub seed: Option<u64>,
     /// Version of voc-tensor that wrote the file.
     pub crate_version: String,
@@ -145,48 +129,7 @@ pub fn save_checkpoint_tensors(
             path.display()
         ))
     })?;
-    write_atomic(path, &bytes)
-}
-
-/// Writes `bytes` to a temporary file next to `path`, flushes it to disk and renames it over `path`, so
-/// that `path` is either the old file or the complete new one, never a partial write.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic_with(path, |file| file.write_all(bytes))
-}
-
-/// [`write_atomic`] for output produced while it is written: `write` fills the temporary file (wrap it
-/// in a `BufWriter` for many small writes), which is then flushed to disk and renamed over `path`. On
-/// any error the temporary file is removed and `path` is left as it was.
-pub fn write_atomic_with(
-    path: &Path,
-    write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>,
-) -> Result<()> {
-    // A per-process counter keeps two writes of the same path from different threads apart.
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| VocError::bad_file(path, "output path has no file name"))?
-        .to_string_lossy();
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let tmp = dir.join(format!(
-        ".{file_name}.tmp-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let written = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        write(&mut file)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(VocError::io(path, e));
-    }
-    Ok(())
+    Ok(voc_core::write_atomic(path, |f| f.write_all(&bytes))?)
 }
 
 /// Reads a checkpoint written by [`save_checkpoint`]: its tensors by name (on `device`) and its

@@ -12,7 +12,9 @@ pub enum DeviceSpec {
     /// CUDA device 0 when built with `cuda` and a GPU is present, otherwise the CPU.
     #[default]
     Auto,
+    /// The CPU (`cpu`).
     Cpu,
+    /// CUDA device `N` (`cuda:N`; `cuda` and `gpu` mean 0). Needs the `cuda` feature.
     Cuda(usize),
 }
 
@@ -85,41 +87,46 @@ pub fn device_name(device: &Device) -> String {
     }
 }
 
-/// Sets `RAYON_NUM_THREADS` to the available cores when the user has not set it.
-///
-/// candle asks for the thread count on every matmul and, without the variable, re-reads /proc/cpuinfo
-/// each time; on small convolutions that costs more than the arithmetic. Call this first thing in every
-/// binary, example, bench and test harness, before any thread pool starts. Returns the thread count.
-pub fn init_cpu_threads() -> usize {
-    if let Some(n) = std::env::var("RAYON_NUM_THREADS")
+/// The number of CPU threads voc runs with: `RAYON_NUM_THREADS` when it holds a positive integer,
+/// otherwise every core this process may use. Reads the environment, never changes it.
+pub fn cpu_threads() -> usize {
+    threads_from_env().unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
+}
+
+/// `RAYON_NUM_THREADS` when it holds a positive integer (what candle and rayon accept).
+fn threads_from_env() -> Option<usize> {
+    std::env::var("RAYON_NUM_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
         .filter(|&n| n > 0)
-    {
-        return n;
-    }
-    let n = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    // SAFETY: called at start-up before other threads read the environment.
-    unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
-    n
 }
 
-/// mimalloc's `purge_delay` option (index 15 in both its v2 and v3 option enums).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// For programs whose global allocator is mimalloc (`voc`, the examples and benches): keeps memory it
-/// has freed mapped for reuse instead of handing it back to the OS after a delay. A network's
-/// activations are the same large buffers every batch, and returning them made the kernel zero ~1 GB
-/// of fresh pages per training step (a third of its time, measured with `perf`; an attack step's
-/// system time went from 7.4 s to 1.6 s in a 10-second criterion run). `MIMALLOC_PURGE_DELAY` in the
-/// environment still wins. Call it first thing in `main`; it changes nothing under another allocator.
-pub fn keep_freed_memory_mapped() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets a plain integer option of mimalloc, which reads it on its next purge decision.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+/// Sets `RAYON_NUM_THREADS` to [`cpu_threads`] unless it already holds a positive integer; returns the
+/// thread count.
+///
+/// candle asks for the thread count on every matmul and, without the variable, re-reads /proc/cpuinfo
+/// each time; on small convolutions that costs more than the arithmetic. So every program (the `voc`
+/// binary, examples, benches) calls this first thing in `main`. Libraries and tests must not: they
+/// read the count with [`cpu_threads`].
+///
+/// # Safety
+///
+/// This writes the process environment ([`std::env::set_var`]), which is undefined behaviour while
+/// another thread may read or write it (glibc's `getenv` is not synchronised with `setenv`). Call it
+/// only while the calling thread is the process's only thread: first thing in `main`, before any
+/// thread pool, runtime or spawned thread exists, and never from a test (the harness runs tests on
+/// several threads).
+pub unsafe fn init_cpu_threads() -> usize {
+    let n = cpu_threads();
+    if threads_from_env().is_none() {
+        // SAFETY: the caller guarantees no other thread exists (this function's contract).
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
     }
+    n
 }
 
 #[cfg(test)]
@@ -154,6 +161,6 @@ mod tests {
 
     #[test]
     fn thread_count_is_positive() {
-        assert!(init_cpu_threads() >= 1);
+        assert!(cpu_threads() >= 1);
     }
 }

@@ -179,14 +179,19 @@ pub fn resolve_file(repo_id: &str, revision: Option<&str>, filename: &str) -> Re
 /// Where a model's weights come from: a hub repo, or a local file (`--weights FILE`) that overrides it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WeightsSource {
+    /// A file of a hub repo, resolved through the cache.
     Hub {
+        /// The hub repo, e.g. `google/mobilenet_v2_1.0_224`.
         repo_id: String,
+        /// Branch, tag or commit; `None` is `main`.
         revision: Option<String>,
     },
+    /// A local weights file.
     File(PathBuf),
 }
 
 impl WeightsSource {
+    /// [`WeightsSource::Hub`] for `repo_id` at `revision` (`None`: `main`).
     pub fn hub(repo_id: impl Into<String>, revision: Option<&str>) -> Self {
         Self::Hub {
             repo_id: repo_id.into(),
@@ -286,6 +291,7 @@ pub fn resolve_weights_in(cache: &HubCache, src: &WeightsSource) -> Result<PathB
 /// The file formats [`load_tensors`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightsFormat {
+    /// A safetensors file.
     Safetensors,
     /// A PyTorch `torch.save` zip archive (`pytorch_model.bin`, `.pt`, `.pth`).
     PyTorchZip,

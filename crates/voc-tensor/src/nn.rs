@@ -49,26 +49,32 @@ impl BatchNorm2d {
         })
     }
 
+    /// The scale `gamma`, shape `C`.
     pub fn weight(&self) -> &Tensor {
         &self.weight
     }
 
+    /// The shift `beta`, shape `C`.
     pub fn bias(&self) -> &Tensor {
         &self.bias
     }
 
+    /// The running mean used in eval mode, shape `C` (never gets a gradient).
     pub fn running_mean(&self) -> &Var {
         &self.running_mean
     }
 
+    /// The running (unbiased) variance used in eval mode, shape `C`.
     pub fn running_var(&self) -> &Var {
         &self.running_var
     }
 
+    /// The `eps` added to the variance.
     pub fn eps(&self) -> f64 {
         self.eps
     }
 
+    /// The running-stat update factor (PyTorch's `momentum`, e.g. 0.1).
     pub fn momentum(&self) -> f64 {
         self.momentum
     }

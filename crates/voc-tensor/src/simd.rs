@@ -190,9 +190,9 @@ pub(crate) mod avx2 {
         let (d, s) = (dst.as_mut_ptr(), src.as_ptr());
         let va = _mm256_set1_ps(a);
         let mut i = 0;
-        // SAFETY (all blocks): every access is below `n`, the length of both slices; the tail's
-        // masked loads and stores touch only the enabled lanes.
         while i + 16 <= n {
+            // SAFETY: elements i..i + 16 of both slices, below `n` (the shorter length); the CPU
+            // features are the caller's guarantee.
             unsafe {
                 let y0 = _mm256_fmadd_ps(va, _mm256_loadu_ps(s.add(i)), _mm256_loadu_ps(d.add(i)));
                 let y1 = _mm256_fmadd_ps(
@@ -206,6 +206,7 @@ pub(crate) mod avx2 {
             i += 16;
         }
         if i + 8 <= n {
+            // SAFETY: elements i..i + 8 of both slices, below `n`.
             unsafe {
                 let y = _mm256_fmadd_ps(va, _mm256_loadu_ps(s.add(i)), _mm256_loadu_ps(d.add(i)));
                 _mm256_storeu_ps(d.add(i), y);
@@ -214,6 +215,8 @@ pub(crate) mod avx2 {
         }
         if i < n {
             let m = tail_mask(n - i);
+            // SAFETY: the mask enables the n - i lanes left, so the masked loads and store touch
+            // elements below `n` only.
             unsafe {
                 let y = _mm256_fmadd_ps(
                     va,
@@ -236,8 +239,9 @@ pub(crate) mod avx2 {
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
         let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let mut i = 0;
-        // SAFETY (all blocks): accesses below `n`, masked in the tail.
         while i + 16 <= n {
+            // SAFETY: elements i..i + 16 of both slices, below `n` (the shorter length); the CPU
+            // features are the caller's guarantee.
             unsafe {
                 acc0 =
                     _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
@@ -250,6 +254,7 @@ pub(crate) mod avx2 {
             i += 16;
         }
         if i + 8 <= n {
+            // SAFETY: elements i..i + 8 of both slices, below `n`.
             unsafe {
                 acc0 =
                     _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc0);
@@ -258,6 +263,7 @@ pub(crate) mod avx2 {
         }
         if i < n {
             let m = tail_mask(n - i);
+            // SAFETY: the mask enables the n - i lanes left, so the masked loads read below `n` only.
             unsafe {
                 acc1 = _mm256_fmadd_ps(
                     _mm256_maskload_ps(pa.add(i), m),
@@ -346,12 +352,13 @@ pub(crate) mod avx2 {
         let (n, p) = (a.len(), a.as_ptr());
         let mut acc = _mm256_setzero_ps();
         let mut i = 0;
-        // SAFETY (all blocks): accesses below `n`, masked in the tail.
         while i + 8 <= n {
+            // SAFETY: elements i..i + 8, below `n`; the CPU features are the caller's guarantee.
             acc = _mm256_add_ps(acc, unsafe { _mm256_loadu_ps(p.add(i)) });
             i += 8;
         }
         if i < n {
+            // SAFETY: the mask enables the n - i lanes left, so the masked load reads below `n` only.
             acc = _mm256_add_ps(acc, unsafe {
                 _mm256_maskload_ps(p.add(i), tail_mask(n - i))
             });
@@ -549,12 +556,14 @@ mod tests {
             }
             assert_eq!(&dst[n..], &a[n..], "axpy n {n} wrote past the row");
             let want: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            // SAFETY: AVX2 and FMA checked above.
             let got = unsafe { avx2::dot(&a, &b) } as f64;
             assert!(
                 (got - want).abs() <= 1e-4 * (n as f64 + 1.0),
                 "dot n {n}: {got} vs {want}"
             );
             let want: f64 = b.iter().map(|&x| x as f64).sum();
+            // SAFETY: AVX2 and FMA checked above.
             let got = unsafe { avx2::sum(&b) } as f64;
             assert!(
                 (got - want).abs() <= 1e-4 * (n as f64 + 1.0),

@@ -1,40 +1,13 @@
-//! Helpers for tests, examples and benches across the workspace: finding the shared reference data and
-//! comparing tensors against golden values.
+//! Helpers for tests, examples and benches across the workspace: comparing tensors against golden values,
+//! and finding hub files in the shared offline cache. Finding the shared folder itself (and skipping, or
+//! failing under `VOC_REQUIRE_SHARED=1`, when a file is missing) is `voc_core::testing`, which needs no
+//! tensor library.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
 
 use crate::error::{Result, VocError};
-
-/// The shared data folder (`../shared` next to the project checkout): `$VOC_SHARED` when set, otherwise
-/// the first ancestor of `start` that holds `shared/reference`.
-pub fn shared_dir_from(start: &Path) -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("VOC_SHARED").map(PathBuf::from) {
-        return dir.is_dir().then_some(dir);
-    }
-    start
-        .ancestors()
-        .map(|a| a.join("shared"))
-        .find(|d| d.join("reference").is_dir())
-}
-
-/// [`shared_dir_from`] starting at the current directory (cargo runs tests in the crate's folder).
-pub fn shared_dir() -> Option<PathBuf> {
-    shared_dir_from(&std::env::current_dir().ok()?)
-}
-
-/// Returns the shared folder, or prints why the calling test is skipped and returns `None`.
-///
-/// Tests that need the reference data start with
-/// `let Some(shared) = voc_tensor::testing::shared_or_skip("name") else { return };`.
-pub fn shared_or_skip(test: &str) -> Option<PathBuf> {
-    let dir = shared_dir();
-    if dir.is_none() {
-        eprintln!("SKIPPED {test}: no shared/ folder with reference data above the checkout (set VOC_SHARED)");
-    }
-    dir
-}
 
 /// The path of `filename` of hub repo `repo_id` (e.g. `google/mobilenet_v2_1.0_224`) in the shared
 /// offline hub cache `shared/hf/hub`, resolved as [`crate::hub::HubCache`] does for the models.

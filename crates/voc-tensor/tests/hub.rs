@@ -11,9 +11,12 @@ const MOBILENET: &str = "google/mobilenet_v2_1.0_224";
 /// Tests that set process-wide environment variables hold this lock.
 static ENV_LOCK: Mutex<()> = Mutex::new(());
 
+/// The shared hub cache `shared/hf/hub`, once it holds MobileNetV2 (else the test is skipped, or fails
+/// under `VOC_REQUIRE_SHARED=1`).
 fn shared_hub(test: &str) -> Option<PathBuf> {
-    let shared = voc_tensor::testing::shared_or_skip(test)?;
-    Some(shared.join("hf").join("hub"))
+    let model =
+        voc_core::testing::shared_file(test, "hf/hub/models--google--mobilenet_v2_1.0_224")?;
+    Some(model.parent().unwrap().to_path_buf())
 }
 
 #[test]

@@ -1,13 +1,14 @@
-//! Every op case of `shared/reference/ops.safetensors` (PyTorch, float64, stored f32): forward and every
-//! stored input gradient `dxI = d sum(y * g) / d xI` must match to a relative error of 1e-4.
+//! Every op case of `tests/data/ops.safetensors` (PyTorch, float64, stored f32; a copy of
+//! `shared/reference/ops.safetensors`, see tests/data/SOURCES.md): forward and every stored input gradient
+//! `dxI = d sum(y * g) / d xI` must match to a relative error of 1e-4.
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{VarBuilder, VarMap};
 use voc_tensor::nn::BatchNorm2d;
 use voc_tensor::ops::{self, Padding};
-use voc_tensor::testing::{load_golden, rel_err, shared_or_skip};
+use voc_tensor::testing::{load_golden, rel_err};
 
 const TOL: f32 = 1e-4;
 
@@ -157,17 +158,20 @@ fn check_case(golden: &HashMap<String, Tensor>, name: &str, device: &Device) {
     );
 }
 
-fn golden(test: &str) -> Option<HashMap<String, Tensor>> {
-    let shared = shared_or_skip(test)?;
-    Some(load_golden(&shared.join("reference/ops.safetensors")).unwrap())
+/// `tests/data/NAME`, vendored with the crate so these tests run on every checkout.
+fn data_file(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(name)
+}
+
+fn golden() -> HashMap<String, Tensor> {
+    load_golden(&data_file("ops.safetensors")).unwrap()
 }
 
 #[test]
 fn every_reference_case_is_covered() {
-    let Some(shared) = shared_or_skip("every_reference_case_is_covered") else {
-        return;
-    };
-    let text = std::fs::read_to_string(Path::new(&shared).join("reference/ops.json")).unwrap();
+    let text = std::fs::read_to_string(data_file("ops.json")).unwrap();
     let calls: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text).unwrap();
     for name in calls.keys() {
         assert!(
@@ -182,8 +186,7 @@ macro_rules! golden_cases {
     ($($test:ident => $case:literal),* $(,)?) => {$(
         #[test]
         fn $test() {
-            let Some(golden) = golden(stringify!($test)) else { return };
-            check_case(&golden, $case, &Device::Cpu);
+            check_case(&golden(), $case, &Device::Cpu);
         }
     )*};
 }
@@ -218,9 +221,7 @@ fn every_case_on_cuda_when_available() {
         eprintln!("SKIPPED every_case_on_cuda_when_available: no CUDA device in this build");
         return;
     }
-    let Some(golden) = golden("every_case_on_cuda_when_available") else {
-        return;
-    };
+    let golden = golden();
     let device = Device::new_cuda(0).unwrap();
     for name in CASES {
         check_case(&golden, name, &device);

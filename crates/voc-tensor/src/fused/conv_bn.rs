@@ -14,10 +14,9 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
-use super::{
-    affine_act, bn_act_grads, on_cpu_f32, pointwise_backward, pointwise_forward,
-    update_running_stats, Act, BatchStats,
-};
+use super::batch_norm::{affine_act, bn_act_grads, update_running_stats, BatchStats};
+use super::pointwise::{pointwise_backward, pointwise_forward};
+use super::{on_cpu_f32, Act};
 use crate::error::{Result, VocError};
 use crate::nn::BatchNorm2d;
 use crate::ops::depthwise::{self, DwParams};
@@ -26,8 +25,14 @@ use crate::ops::{self, contiguous_f32, Padding};
 static FUSION: AtomicBool = AtomicBool::new(true);
 
 /// Switches [`conv_bn_act_train`] between its fused kernel (the default) and the same maths composed
-/// from separate ops, process-wide: for checking a whole network's fused training step against the
-/// composed one, as PyTorch's backend flags do.
+/// from separate ops, for the whole process.
+///
+/// A test and benchmark knob, not a model option (as PyTorch's backend flags): it exists to check or
+/// time a whole network's fused training step against the composed one, and library and program code
+/// never call it. It is global: once set, every later call on every thread follows it, including the
+/// other tests running at the same time in the same test binary. That is harmless to their results,
+/// since both paths compute the same values to f32 rounding (only the speed differs), but a test that
+/// turns fusion off must turn it back on when it is done, whether or not its step failed.
 pub fn set_conv_bn_fusion(enabled: bool) {
     FUSION.store(enabled, Ordering::Relaxed);
 }
@@ -44,8 +49,11 @@ pub enum ConvKind {
     Pointwise,
     /// One filter per channel: weight `C x 1 x kh x kw`.
     Depthwise {
+        /// The stride, both axes.
         stride: usize,
+        /// Zero padding of the four sides.
         padding: Padding,
+        /// The dilation, both axes.
         dilation: usize,
     },
 }
@@ -384,7 +392,8 @@ impl CustomOp3 for ConvBnActBwd {
                     dx,
                     &mut rest[..self.weight_len],
                 );
-                // SAFETY: pointwise_backward wrote all of dx and dweight.
+                // SAFETY: pointwise_backward fully writes both slices it is given, dx and dweight:
+                // the first dx_len + weight_len values.
                 unsafe { packed.set_len(dx_len + self.weight_len) };
                 packed
             }

@@ -8,9 +8,13 @@ use crate::error::{Result, VocError};
 /// Zero padding of the four sides of an NCHW tensor's spatial axes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Padding {
+    /// Rows added above.
     pub top: usize,
+    /// Rows added below.
     pub bottom: usize,
+    /// Columns added on the left.
     pub left: usize,
+    /// Columns added on the right.
     pub right: usize,
 }
 

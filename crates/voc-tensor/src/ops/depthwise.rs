@@ -360,8 +360,8 @@ unsafe fn backward_plane<L: Lanes>(
 ) {
     let (kw, taps) = (g.kw, g.kh * g.kw);
     for (oy, grow) in gs.chunks_exact(g.p.ow).enumerate() {
-        // SAFETY (all calls): the caller guarantees L's instructions.
         if weight_grads {
+            // SAFETY: the caller guarantees L's instructions; `sum` reads only the slice it is given.
             part[taps] += unsafe { L::sum(grow) } as f64;
         }
         for ki in 0..g.kh {
@@ -373,8 +373,11 @@ unsafe fn backward_plane<L: Lanes>(
                     let start = g.row_start(iy, sp);
                     let len = sp.hi - sp.lo;
                     let gv = &grow[sp.lo..sp.hi];
+                    // SAFETY: the caller guarantees L's instructions; `axpy` and `dot` touch only the
+                    // (bounds-checked) slices they are given.
                     unsafe { L::axpy(&mut dacc[start..start + len], gv, ws[ki * kw + kj]) };
                     if weight_grads {
+                        // SAFETY: as for `axpy` just above.
                         part[ki * kw + kj] += unsafe { L::dot(gv, &xs[start..start + len]) } as f64;
                     }
                 }

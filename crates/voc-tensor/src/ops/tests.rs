@@ -534,3 +534,24 @@ fn im2col_conv_in_batch_chunks_matches_one_pass() {
         .unwrap()
         .is_none());
 }
+
+/// The one-pass plane writer initialises every value whatever its iterator yields: a short iterator
+/// leaves zeros, a long one is cut at the plane; appending keeps what the buffer held.
+#[test]
+fn planes_from_iterators_are_fully_initialised() {
+    let mut plane = [std::mem::MaybeUninit::<f32>::uninit(); 5];
+    assert_eq!(
+        init_plane_from(&mut plane, [1.0, 2.0].into_iter()),
+        [1.0, 2.0, 0.0, 0.0, 0.0]
+    );
+    assert_eq!(
+        init_plane_from(&mut plane, (0..9).map(|v| v as f32)),
+        [0.0, 1.0, 2.0, 3.0, 4.0]
+    );
+    let mut out = vec![-1.0];
+    // Planes of 3 with the last one short, and one plane yielding fewer values than it holds.
+    append_planes_from(&mut out, 8, 3, 1, |i| {
+        (0..if i == 1 { 1 } else { 3 }).map(move |k| (10 * i + k) as f32)
+    });
+    assert_eq!(out, [-1.0, 0.0, 1.0, 2.0, 10.0, 0.0, 0.0, 20.0, 21.0]);
+}

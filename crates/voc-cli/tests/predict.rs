@@ -1,27 +1,28 @@
-//! End-to-end tests of `voc predict` and `voc segment`: the built `voc` binary is run on the sample data
-//! and its outputs read back. Build it first (`cargo build -p voc-cli`; `make test` does).
+//! End-to-end tests of `voc predict` and `voc segment`: the `voc` binary (cargo builds it for these tests)
+//! is run on the sample data and its outputs read back.
 //!
 //! The pretrained segmenter comes from the offline hub cache in `shared/hf`; tests that need it are
-//! skipped (with a message) where the shared folder is absent. Bad-input tests that fail before any
-//! model is loaded use only the sample bundled in `assets/`.
+//! skipped (with a `SKIPPED` line naming the missing file) where the shared folder is absent, and fail
+//! under `VOC_REQUIRE_SHARED=1`. Bad-input tests that fail before any model is loaded use only the sample
+//! bundled in `assets/`.
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use voc_core::testing::{hub_model, shared_with};
 use voc_tensor::checkpoint::{save_checkpoint_tensors, CheckpointMeta};
-use voc_tensor::testing::shared_or_skip;
 use voc_tensor::{Device, Tensor};
 
-mod common;
-use common::voc_binary;
+/// The `voc` binary cargo built for these tests.
+const VOC: &str = env!("CARGO_BIN_EXE_voc");
 
 fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// Runs `voc ARGS` offline against the shared hub cache (or none, when `hf` is `None`).
 fn voc(args: &[&str], hf: Option<&Path>) -> Output {
-    let mut cmd = Command::new(voc_binary());
+    let mut cmd = Command::new(VOC);
     cmd.args(args)
         .env("RAYON_NUM_THREADS", "2")
         .env("HF_HUB_OFFLINE", "1")
@@ -109,7 +110,13 @@ fn write_npy(path: &Path, descr: &str, shape: &[usize], item_size: usize) {
 /// `voc score` (an independent port scores 0.88 segmentation, 1.0 classification).
 #[test]
 fn predict_and_score_voc_sample_train() {
-    let Some(shared) = shared_or_skip("predict_and_score_voc_sample_train") else {
+    let Some(shared) = shared_with(
+        "predict_and_score_voc_sample_train",
+        &[
+            hub_model("google/deeplabv3_mobilenet_v2_1.0_513"),
+            "data/voc-sample".into(),
+        ],
+    ) else {
         return;
     };
     let hf = shared.join("hf");
@@ -166,7 +173,13 @@ fn predict_and_score_voc_sample_train() {
 
 #[test]
 fn segment_writes_palette_mask_and_overlay() {
-    let Some(shared) = shared_or_skip("segment_writes_palette_mask_and_overlay") else {
+    let Some(shared) = shared_with(
+        "segment_writes_palette_mask_and_overlay",
+        &[
+            hub_model("google/deeplabv3_mobilenet_v2_1.0_513"),
+            "data/photos/bird.png".into(),
+        ],
+    ) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -270,7 +283,7 @@ fn image_that_is_not_hxwx3_uint8_is_named() {
         ],
         None,
     );
-    assert_fails_naming(&out, &[path_str(&image), "HxWx3"]);
+    assert_fails_naming(&out, &[path_str(&image), "(H, W, 3)"]);
 }
 
 #[test]
@@ -307,6 +320,14 @@ fn unknown_hub_id_offline_is_a_clear_error() {
     assert_fails_naming(&out, &["unknown segmenter 'not-a-model'"]);
 }
 
+/// The pretrained segmenter and the ImageNet MobileNetV2, in the shared hub cache.
+fn both_models() -> [String; 2] {
+    [
+        hub_model("google/deeplabv3_mobilenet_v2_1.0_513"),
+        hub_model("google/mobilenet_v2_1.0_224"),
+    ]
+}
+
 fn tiny_checkpoint(path: &Path, architecture: &str, class_names: Vec<String>) {
     let tensors = HashMap::from([(
         "classifier.weight".to_string(),
@@ -324,7 +345,7 @@ fn voc_names(background: bool) -> Vec<String> {
     background
         .then_some("background")
         .into_iter()
-        .chain(voc_data::VOC_CLASSES)
+        .chain(voc_data::CLASS_NAMES)
         .map(String::from)
         .collect()
 }
@@ -362,7 +383,10 @@ fn checkpoint_of_the_wrong_architecture_is_named() {
         ],
     );
 
-    let Some(shared) = shared_or_skip("checkpoint_of_the_wrong_architecture_is_named") else {
+    let Some(shared) = shared_with(
+        "checkpoint_of_the_wrong_architecture_is_named",
+        &both_models(),
+    ) else {
         return;
     };
     let hf = shared.join("hf");
@@ -400,7 +424,8 @@ fn checkpoint_of_the_wrong_architecture_is_named() {
 /// `--classifier`: labels come from the checkpoint's network and thresholds, not from the masks.
 #[test]
 fn classifier_checkpoint_decides_the_labels() {
-    let Some(shared) = shared_or_skip("classifier_checkpoint_decides_the_labels") else {
+    let Some(shared) = shared_with("classifier_checkpoint_decides_the_labels", &both_models())
+    else {
         return;
     };
     let hf = shared.join("hf");

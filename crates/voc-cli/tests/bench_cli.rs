@@ -1,12 +1,9 @@
-//! End-to-end tests of `voc bench`: the built `voc` binary is run on tiny inputs and its JSON read back.
-//! Build it first (`cargo build -p voc-cli`; `make test` does).
+//! End-to-end tests of `voc bench`: the `voc` binary (cargo builds it for these tests) is run on tiny
+//! inputs and its JSON read back.
 use std::process::{Command, Output};
 
-mod common;
-use common::voc_binary;
-
 fn bench(args: &[&str]) -> Output {
-    Command::new(voc_binary())
+    Command::new(env!("CARGO_BIN_EXE_voc"))
         .arg("bench")
         .args(args)
         .env("RAYON_NUM_THREADS", "2")

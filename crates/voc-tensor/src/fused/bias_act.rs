@@ -1,0 +1,264 @@
+//! `act(x + bias[c])`: the epilogue of a convolution whose eval-mode batch norm was folded into its
+//! weights, as one pass forward and one backward, or in place on the convolution's fresh output.
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, InplaceOp1, Layout, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::{on_cpu_f32, planes, Act, MIN_PARALLEL_ELEMS};
+use crate::error::{Result, VocError};
+use crate::ops::contiguous_f32;
+
+/// `act(x + bias[c])` over an `N x C x H x W` tensor in one pass; `bias` (length C) may be absent.
+///
+/// The gradient flows to `x` (one pass, from the output); the bias must be a constant here (it is the
+/// folded shift of an eval-mode batch norm): a bias that needs a gradient takes the composed path.
+pub fn bias_act(x: &Tensor, bias: Option<&Tensor>, act: Act) -> Result<Tensor> {
+    let (_, c, _, _) = crate::ops::dims4(x, "bias_act")?;
+    if let Some(b) = bias {
+        if b.elem_count() != c {
+            return Err(VocError::BadArgument(format!(
+                "bias_act: bias has shape {:?}, expected ({c})",
+                b.dims()
+            )));
+        }
+    }
+    let fused = on_cpu_f32(&[x]) && bias.iter().all(|b| on_cpu_f32(&[b]) && !b.track_op());
+    if !fused {
+        let y = match bias {
+            Some(b) => x.broadcast_add(&b.reshape((1, c, 1, 1))?)?,
+            None => x.clone(),
+        };
+        return act.compose(&y);
+    }
+    let bias = match bias {
+        Some(b) => Some(b.flatten_all()?.to_vec1::<f32>()?),
+        None => None,
+    };
+    Ok(x.contiguous()?.apply_op1(BiasAct { bias, act })?)
+}
+
+/// `act(conv2d(x, weight) + shift[c])`: a bias-free convolution (as [`crate::ops::conv2d`]) and the
+/// epilogue of a folded eval-mode batch norm.
+///
+/// When nothing needs a gradient (constant weights and input: plain inference) the epilogue runs in
+/// place on the convolution's fresh output, one read-modify-write pass instead of a pass into a new
+/// buffer; otherwise it is [`bias_act`], whose gradient flows to `x`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_bias_act(
+    x: &Tensor,
+    weight: &Tensor,
+    shift: &Tensor,
+    stride: usize,
+    padding: crate::ops::Padding,
+    dilation: usize,
+    groups: usize,
+    act: Act,
+) -> Result<Tensor> {
+    let y = crate::ops::conv2d(x, weight, None, stride, padding, dilation, groups)?;
+    let (_, c, h, w) = crate::ops::dims4(&y, "conv2d_bias_act")?;
+    let in_place = !y.track_op()
+        && !shift.track_op()
+        && on_cpu_f32(&[&y, shift])
+        && y.is_contiguous()
+        && shift.elem_count() == c;
+    if !in_place {
+        return bias_act(&y, Some(shift), act);
+    }
+    // `y` was just made by the convolution and nothing else holds its storage (no graph either: it
+    // tracks no op), so writing into it changes no other tensor.
+    y.inplace_op1(&BiasActInPlace {
+        bias: shift.flatten_all()?.to_vec1::<f32>()?,
+        act,
+        plane: h * w,
+    })?;
+    Ok(y)
+}
+
+struct BiasActInPlace {
+    bias: Vec<f32>,
+    act: Act,
+    plane: usize,
+}
+
+impl InplaceOp1 for BiasActInPlace {
+    fn name(&self) -> &'static str {
+        "voc-bias-act-inplace"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> candle_core::Result<()> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("bias_act in place: expected f32 storage");
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("bias_act in place: expected a contiguous tensor");
+        };
+        let (c, plane) = (self.bias.len(), self.plane.max(1));
+        let data = &mut data[start..end];
+        if data.len() % (c * plane) != 0 {
+            candle_core::bail!(
+                "bias_act in place: {} values are not N x {c} x {plane}",
+                data.len()
+            );
+        }
+        with_act!(self.act, |f, _pass| data
+            .par_chunks_mut(plane)
+            .with_min_len((MIN_PARALLEL_ELEMS / plane).max(1))
+            .enumerate()
+            .for_each(|(p, ys)| {
+                let b = self.bias[p % c];
+                for y in ys {
+                    *y = f(*y + b);
+                }
+            }));
+        Ok(())
+    }
+}
+
+struct BiasAct {
+    bias: Option<Vec<f32>>,
+    act: Act,
+}
+
+impl CustomOp1 for BiasAct {
+    fn name(&self) -> &'static str {
+        "voc-bias-act"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s, l, "bias_act")?;
+        let (_, c, h, w) = l.shape().dims4()?;
+        let plane = (h * w).max(1);
+        let out = with_act!(self.act, |f, _pass| planes(x.len(), plane, |p| {
+            let b = self.bias.as_ref().map_or(0.0, |b| b[p % c]);
+            x[p * plane..(p + 1) * plane].iter().map(move |&v| f(v + b))
+        }));
+        Ok((CpuStorage::F32(out), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> candle_core::Result<Option<Tensor>> {
+        if self.act == Act::Identity {
+            return Ok(Some(grad.clone()));
+        }
+        Ok(Some(res.apply_op2_no_bwd(
+            &grad.contiguous()?,
+            &ActBwd(self.act),
+        )?))
+    }
+}
+
+/// `grad * [act passes at out]`, one pass.
+struct ActBwd(Act);
+
+impl CustomOp2 for ActBwd {
+    fn name(&self) -> &'static str {
+        "voc-act-bwd"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let out = contiguous_f32(s1, l1, "act backward (output)")?;
+        let grad = contiguous_f32(s2, l2, "act backward (gradient)")?;
+        let chunk = MIN_PARALLEL_ELEMS;
+        let dx = with_act!(self.0, |_f, pass| planes(out.len(), chunk, |p| {
+            let range = p * chunk..out.len().min((p + 1) * chunk);
+            out[range.clone()]
+                .iter()
+                .zip(&grad[range])
+                .map(move |(&o, &g)| if pass(o) { g } else { 0.0 })
+        }));
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{Device, Var};
+
+    use super::*;
+    use crate::fused::test_support::{self, ramp};
+    use crate::testing::max_abs_diff;
+
+    /// The in-place epilogue (constant input and weights) and the graph one (a variable input) give
+    /// the same values as convolution then [`bias_act`], leave the input untouched, and the graph one
+    /// passes a gradient to the input.
+    #[test]
+    fn conv2d_bias_act_in_place_and_with_gradient_agree() {
+        let x = ramp(&[2, 3, 9, 8], 0.2, 0.1, 0);
+        let shift = Tensor::new(&[0.5f32, -1.0, 4.0], &Device::Cpu).unwrap();
+        let pointwise = ramp(&[3, 3, 1, 1], 0.3, 0.0, 0);
+        let depthwise = ramp(&[3, 1, 3, 3], 0.3, 0.1, 0);
+        let pad = crate::ops::Padding::same(1);
+        for act in [Act::Identity, Act::Relu, Act::Relu6] {
+            for (weight, stride, padding, groups) in [
+                (&pointwise, 1, crate::ops::Padding::default(), 1),
+                (&depthwise, 2, pad, 3),
+                (&depthwise, 1, pad, 3),
+            ] {
+                let reference = bias_act(
+                    &crate::ops::conv2d(&x, weight, None, stride, padding, 1, groups).unwrap(),
+                    Some(&shift),
+                    act,
+                )
+                .unwrap();
+                let x_before = x.copy().unwrap();
+                let in_place =
+                    conv2d_bias_act(&x, weight, &shift, stride, padding, 1, groups, act).unwrap();
+                assert_eq!(max_abs_diff(&in_place, &reference).unwrap(), 0.0, "{act:?}");
+                assert_eq!(
+                    max_abs_diff(&x, &x_before).unwrap(),
+                    0.0,
+                    "{act:?}: input changed"
+                );
+                let xv = Var::from_tensor(&x).unwrap();
+                let y = conv2d_bias_act(
+                    xv.as_tensor(),
+                    weight,
+                    &shift,
+                    stride,
+                    padding,
+                    1,
+                    groups,
+                    act,
+                )
+                .unwrap();
+                assert_eq!(
+                    max_abs_diff(&y, &reference).unwrap(),
+                    0.0,
+                    "{act:?} (graph)"
+                );
+                let grads = y.sum_all().unwrap().backward().unwrap();
+                assert!(
+                    grads.get(xv.as_tensor()).is_some(),
+                    "{act:?}: no input gradient"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bias_act_matches_composed_ops_and_passes_gradients() {
+        let bias = Tensor::new(&[0.5f32, -2.0, 5.5], &Device::Cpu).unwrap();
+        for act in [Act::Identity, Act::Relu, Act::Relu6] {
+            let x = Var::from_tensor(&ramp(&[2, 3, 4, 3], 0.9, 0.0, 0)).unwrap();
+            let fused = bias_act(x.as_tensor(), Some(&bias), act).unwrap();
+            let plain = act
+                .compose(
+                    &x.as_tensor()
+                        .broadcast_add(&bias.reshape((1, 3, 1, 1)).unwrap())
+                        .unwrap(),
+                )
+                .unwrap();
+            assert_eq!(max_abs_diff(&fused, &plain).unwrap(), 0.0, "{act:?}");
+            let mix = ramp(&[2, 3, 4, 3], 0.1, 0.2, 0);
+            let a = test_support::weighted_sum_grads(&fused, &mix);
+            let b = test_support::weighted_sum_grads(&plain, &mix);
+            let (a, b) = (a.get(x.as_tensor()).unwrap(), b.get(x.as_tensor()).unwrap());
+            assert_eq!(max_abs_diff(a, b).unwrap(), 0.0, "{act:?} gradient");
+        }
+        assert!(bias_act(&ramp(&[1, 2, 2, 2], 1.0, 0.0, 0), Some(&bias), Act::Relu).is_err());
+    }
+}
