@@ -40,6 +40,7 @@ pub trait Optimizer {
     fn step(&mut self, grads: &GradStore) -> Result<()>;
     /// The base learning rate (each group uses `base * lr_scale`).
     fn learning_rate(&self) -> f64;
+    /// Sets the base learning rate (what schedules call each step).
     fn set_learning_rate(&mut self, lr: f64);
 
     /// `loss.backward()` then [`Optimizer::step`].
@@ -54,12 +55,14 @@ pub trait Optimizer {
 pub struct ParamGroup {
     /// `(name, variable)`; the names are for reports and tests.
     pub vars: Vec<(String, Var)>,
+    /// L2 / decoupled weight decay of every variable in the group.
     pub weight_decay: f64,
     /// The group's learning rate is the optimiser's times this (e.g. 0.1 for a pretrained backbone).
     pub lr_scale: f64,
 }
 
 impl ParamGroup {
+    /// A group with `lr_scale` 1.
     pub fn new(vars: Vec<(String, Var)>, weight_decay: f64) -> Self {
         Self {
             vars,
@@ -68,11 +71,13 @@ impl ParamGroup {
         }
     }
 
+    /// This group with its learning rate multiplied by `lr_scale`.
     pub fn with_lr_scale(mut self, lr_scale: f64) -> Self {
         self.lr_scale = lr_scale;
         self
     }
 
+    /// The variables' names, in order.
     pub fn names(&self) -> Vec<&str> {
         self.vars.iter().map(|(n, _)| n.as_str()).collect()
     }
@@ -164,9 +169,13 @@ fn check_groups(groups: &[ParamGroup], lr: f64) -> Result<()> {
 /// [`Sgd`] hyper-parameters (weight decay is per [`ParamGroup`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SgdConfig {
+    /// Base learning rate (default 0.01).
     pub lr: f64,
+    /// Momentum factor; 0 (the default) is plain SGD.
     pub momentum: f64,
+    /// Dampening of the momentum buffer's gradient term (default 0).
     pub dampening: f64,
+    /// Nesterov momentum; needs `momentum > 0` and `dampening == 0`.
     pub nesterov: bool,
 }
 
@@ -191,6 +200,12 @@ pub struct Sgd {
 }
 
 impl Sgd {
+    /// An SGD optimiser over `groups`.
+    ///
+    /// # Errors
+    ///
+    /// [`VocError::BadArgument`] for a negative or non-finite learning rate, weight decay, `lr_scale`
+    /// or momentum, a dampening outside [0, 1], or Nesterov without momentum or with dampening.
     pub fn new(groups: Vec<ParamGroup>, config: SgdConfig) -> Result<Self> {
         check_groups(&groups, config.lr)?;
         if !finite_non_negative(config.momentum) || !(0.0..=1.0).contains(&config.dampening) {
@@ -212,10 +227,12 @@ impl Sgd {
         })
     }
 
+    /// The parameter groups, as given.
     pub fn groups(&self) -> &[ParamGroup] {
         &self.groups
     }
 
+    /// The hyper-parameters (with the current learning rate).
     pub fn config(&self) -> &SgdConfig {
         &self.config
     }
@@ -267,9 +284,13 @@ impl Optimizer for Sgd {
 /// [`AdamW`] hyper-parameters (weight decay is per [`ParamGroup`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AdamWConfig {
+    /// Base learning rate (default 1e-3).
     pub lr: f64,
+    /// Decay of the first-moment average (default 0.9).
     pub beta1: f64,
+    /// Decay of the second-moment average (default 0.999).
     pub beta2: f64,
+    /// Added to the square root of the second moment (default 1e-8).
     pub eps: f64,
     /// `true`: AdamW, `p *= 1 - lr·wd` before the Adam step. `false`: Adam with L2, `grad += wd·p`.
     pub decoupled_weight_decay: bool,
@@ -302,6 +323,12 @@ pub struct AdamW {
 }
 
 impl AdamW {
+    /// An AdamW (or Adam, see [`AdamWConfig::decoupled_weight_decay`]) optimiser over `groups`.
+    ///
+    /// # Errors
+    ///
+    /// [`VocError::BadArgument`] for a negative or non-finite learning rate, weight decay, `lr_scale`
+    /// or `eps`, or betas outside [0, 1).
     pub fn new(groups: Vec<ParamGroup>, config: AdamWConfig) -> Result<Self> {
         check_groups(&groups, config.lr)?;
         let beta_ok = |b: f64| (0.0..1.0).contains(&b);
@@ -322,10 +349,12 @@ impl AdamW {
         })
     }
 
+    /// The parameter groups, as given.
     pub fn groups(&self) -> &[ParamGroup] {
         &self.groups
     }
 
+    /// The hyper-parameters (with the current learning rate).
     pub fn config(&self) -> &AdamWConfig {
         &self.config
     }
@@ -394,25 +423,34 @@ impl Optimizer for AdamW {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LrSchedule {
+    /// `base` at every step.
     Constant,
     /// `base · gamma^(t / step_size)` (integer division), as `torch.optim.lr_scheduler.StepLR`.
     Step {
+        /// Steps between cuts.
         step_size: usize,
+        /// Factor of each cut.
         gamma: f64,
     },
     /// `min_lr + (base - min_lr)·(1 + cos(π·t/total))/2`, then `min_lr` from `total` on.
     Cosine {
+        /// Steps of the half cosine.
         total: usize,
+        /// The rate it ends at.
         min_lr: f64,
     },
     /// `base · (1 - t/total)^power` (DeepLab's "poly" uses power 0.9), then 0 from `total` on.
     Poly {
+        /// Steps until the rate reaches 0.
         total: usize,
+        /// The exponent.
         power: f64,
     },
     /// Linear warm-up: `base · (t + 1)/steps` for `t < steps`, then `then` evaluated at `t - steps`.
     Warmup {
+        /// Warm-up steps.
         steps: usize,
+        /// The schedule after the warm-up, started from its step 0.
         then: Box<LrSchedule>,
     },
 }
@@ -470,7 +508,9 @@ impl LrSchedule {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
+    /// Lower is better (a loss).
     Min,
+    /// Higher is better (mAP, accuracy, IoU).
     Max,
 }
 
@@ -480,11 +520,17 @@ pub enum Mode {
 /// After a cut, `cooldown` epochs pass before bad epochs count again; the rate never goes below `min_lr`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReduceLrOnPlateau {
+    /// Whether the metric should go down or up.
     pub mode: Mode,
+    /// Multiplier of each cut, in (0, 1).
     pub factor: f64,
+    /// Bad epochs tolerated before a cut.
     pub patience: usize,
+    /// Relative improvement needed to count as better.
     pub threshold: f64,
+    /// Epochs after a cut during which bad epochs are not counted.
     pub cooldown: usize,
+    /// The rate is never cut below this.
     pub min_lr: f64,
     best: Option<f64>,
     bad_epochs: usize,
@@ -493,6 +539,10 @@ pub struct ReduceLrOnPlateau {
 
 impl ReduceLrOnPlateau {
     /// PyTorch's defaults for the rest: `threshold = 1e-4`, `cooldown = 0`, `min_lr = 0`.
+    ///
+    /// # Errors
+    ///
+    /// [`VocError::BadArgument`] when `factor` is not in (0, 1).
     pub fn new(mode: Mode, factor: f64, patience: usize) -> Result<Self> {
         if !(factor > 0.0 && factor < 1.0) {
             return Err(VocError::BadArgument(format!(
@@ -512,16 +562,19 @@ impl ReduceLrOnPlateau {
         })
     }
 
+    /// Sets [`Self::min_lr`].
     pub fn with_min_lr(mut self, min_lr: f64) -> Self {
         self.min_lr = min_lr;
         self
     }
 
+    /// Sets [`Self::threshold`] (relative).
     pub fn with_threshold(mut self, threshold: f64) -> Self {
         self.threshold = threshold;
         self
     }
 
+    /// Sets [`Self::cooldown`].
     pub fn with_cooldown(mut self, cooldown: usize) -> Self {
         self.cooldown = cooldown;
         self
@@ -565,6 +618,7 @@ impl ReduceLrOnPlateau {
         next < lr
     }
 
+    /// The best metric so far; `None` before the first epoch.
     pub fn best(&self) -> Option<f64> {
         self.best
     }
@@ -574,8 +628,11 @@ impl ReduceLrOnPlateau {
 /// epochs in a row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EarlyStopping {
+    /// Whether the metric should go down or up.
     pub mode: Mode,
+    /// Epochs without improvement tolerated before stopping.
     pub patience: usize,
+    /// The least change that counts as an improvement (absolute, >= 0).
     pub min_delta: f64,
     best: Option<f64>,
     bad_epochs: usize,
@@ -583,6 +640,7 @@ pub struct EarlyStopping {
 }
 
 impl EarlyStopping {
+    /// Nothing recorded yet; `min_delta` is taken as its absolute value.
     pub fn new(mode: Mode, patience: usize, min_delta: f64) -> Self {
         Self {
             mode,
@@ -616,6 +674,7 @@ impl EarlyStopping {
         self.improved
     }
 
+    /// The best metric so far; `None` before the first epoch.
     pub fn best(&self) -> Option<f64> {
         self.best
     }
