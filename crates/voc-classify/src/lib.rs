@@ -12,6 +12,7 @@ pub mod mobilenet_v2;
 pub mod module;
 pub mod preprocess;
 pub mod preset;
+pub mod scratch;
 pub mod weights;
 
 pub use backbone::{Backbone, BackboneFeatures, FeatureChannels};
@@ -23,5 +24,6 @@ pub use mobilenet_v2::{MobileNetV2, MobileNetV2Config};
 pub use module::Eval;
 pub use preprocess::{image_input, resize_rgb, rgb_to_tensor};
 pub use preset::ModelPreset;
+pub use scratch::{ScratchCnn, ScratchCnnConfig};
 pub use voc_core::{Normalization, RgbImage};
 pub use weights::FromWeights;
