@@ -281,6 +281,152 @@ impl Optimizer for Sgd {
     }
 }
 
+/// [`RmsProp`] hyper-parameters (weight decay, added to the gradient, is per [`ParamGroup`]).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RmsPropConfig {
+    /// Base learning rate (default 0.01, PyTorch's; Keras's is 1e-3).
+    pub lr: f64,
+    /// Decay of the squared-gradient average (default 0.99, PyTorch's; Keras's `rho` is 0.9).
+    pub alpha: f64,
+    /// Added to the root of the average (default 1e-8).
+    pub eps: f64,
+    /// Momentum of the scaled step (default 0).
+    pub momentum: f64,
+    /// Divide by the root of the gradient's variance (average of `g²` minus the square of the average
+    /// of `g`) instead of its second moment (default false).
+    pub centered: bool,
+}
+
+impl Default for RmsPropConfig {
+    fn default() -> Self {
+        Self {
+            lr: 0.01,
+            alpha: 0.99,
+            eps: 1e-8,
+            momentum: 0.0,
+            centered: false,
+        }
+    }
+}
+
+struct RmsPropState {
+    square_avg: Tensor,
+    grad_avg: Option<Tensor>,
+    momentum_buffer: Option<Tensor>,
+}
+
+/// RMSprop as `torch.optim.RMSprop`: `g = grad + wd·p`; `v = alpha·v + (1 - alpha)·g²` (from 0);
+/// centered: `m = alpha·m + (1 - alpha)·g` and `avg = sqrt(v - m²) + eps`, else `avg = sqrt(v) + eps`;
+/// with momentum `buf = momentum·buf + g/avg` and `p -= lr·buf`, else `p -= lr·g/avg`.
+pub struct RmsProp {
+    groups: Vec<ParamGroup>,
+    config: RmsPropConfig,
+    state: Vec<Vec<Option<RmsPropState>>>,
+}
+
+impl RmsProp {
+    /// An RMSprop optimiser over `groups`.
+    ///
+    /// # Errors
+    ///
+    /// [`VocError::BadArgument`] for a negative or non-finite learning rate, weight decay, `lr_scale`,
+    /// `eps` or momentum, or `alpha` outside [0, 1].
+    pub fn new(groups: Vec<ParamGroup>, config: RmsPropConfig) -> Result<Self> {
+        check_groups(&groups, config.lr)?;
+        if !(0.0..=1.0).contains(&config.alpha)
+            || !finite_non_negative(config.eps)
+            || !finite_non_negative(config.momentum)
+        {
+            return Err(VocError::BadArgument(format!(
+                "RMSprop: alpha must be in [0, 1], eps and momentum >= 0, got alpha {}, eps {}, momentum {}",
+                config.alpha, config.eps, config.momentum
+            )));
+        }
+        let state = groups
+            .iter()
+            .map(|g| g.vars.iter().map(|_| None).collect())
+            .collect();
+        Ok(Self {
+            groups,
+            config,
+            state,
+        })
+    }
+
+    /// The parameter groups, as given.
+    pub fn groups(&self) -> &[ParamGroup] {
+        &self.groups
+    }
+
+    /// The hyper-parameters (with the current learning rate).
+    pub fn config(&self) -> &RmsPropConfig {
+        &self.config
+    }
+}
+
+impl Optimizer for RmsProp {
+    fn step(&mut self, grads: &GradStore) -> Result<()> {
+        let c = self.config;
+        for (group, states) in self.groups.iter().zip(self.state.iter_mut()) {
+            let lr = c.lr * group.lr_scale;
+            for ((_, var), state) in group.vars.iter().zip(states.iter_mut()) {
+                let Some(grad) = grads.get(var.as_tensor()) else {
+                    continue;
+                };
+                let param = var.as_tensor().detach();
+                let mut g = grad.detach();
+                if group.weight_decay != 0.0 {
+                    g = (g + param.affine(group.weight_decay, 0.0)?)?;
+                }
+                let s = match state.take() {
+                    Some(s) => s,
+                    None => RmsPropState {
+                        square_avg: g.zeros_like()?,
+                        grad_avg: c.centered.then(|| g.zeros_like()).transpose()?,
+                        momentum_buffer: None,
+                    },
+                };
+                let square_avg =
+                    (s.square_avg.affine(c.alpha, 0.0)? + g.sqr()?.affine(1.0 - c.alpha, 0.0)?)?;
+                let grad_avg = match s.grad_avg {
+                    Some(m) => Some((m.affine(c.alpha, 0.0)? + g.affine(1.0 - c.alpha, 0.0)?)?),
+                    None => None,
+                };
+                let variance = match &grad_avg {
+                    Some(m) => (&square_avg - m.sqr()?)?,
+                    None => square_avg.clone(),
+                };
+                let avg = variance.sqrt()?.affine(1.0, c.eps)?;
+                let scaled = (g / avg)?;
+                let (direction, momentum_buffer) = if c.momentum > 0.0 {
+                    let buf = match s.momentum_buffer {
+                        Some(buf) => (buf.affine(c.momentum, 0.0)? + &scaled)?,
+                        None => scaled,
+                    };
+                    (buf.clone(), Some(buf))
+                } else {
+                    (scaled, None)
+                };
+                var.set(&(param - direction.affine(lr, 0.0)?)?)?;
+                *state = Some(RmsPropState {
+                    square_avg,
+                    grad_avg,
+                    momentum_buffer,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn learning_rate(&self) -> f64 {
+        self.config.lr
+    }
+
+    fn set_learning_rate(&mut self, lr: f64) {
+        self.config.lr = lr;
+    }
+}
+
 /// [`AdamW`] hyper-parameters (weight decay is per [`ParamGroup`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct AdamWConfig {

@@ -4,7 +4,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::{Init, VarBuilder, VarMap};
 use voc_tensor::optim::{
     self, AdamW, AdamWConfig, EarlyStopping, LrSchedule, Mode, Optimizer, ParamGroup,
-    ReduceLrOnPlateau, Sgd, SgdConfig,
+    ReduceLrOnPlateau, RmsProp, RmsPropConfig, Sgd, SgdConfig,
 };
 use voc_tensor::testing::{load_golden, rel_err};
 
@@ -233,6 +233,95 @@ fn adam_first_steps_by_hand() {
         "step 2: {} vs {expected}",
         value(&p)
     );
+}
+
+#[test]
+fn rmsprop_steps_by_hand() {
+    // From p = 1 on 0.5·p² (gradient p), PyTorch's update rules written out in f64.
+    let run = |config: RmsPropConfig, wd: f64, steps: usize| {
+        let p = scalar_var(1.0);
+        let mut opt = RmsProp::new(
+            vec![ParamGroup::new(vec![("p".into(), p.clone())], wd)],
+            config,
+        )
+        .unwrap();
+        for _ in 0..steps {
+            quadratic_step(&mut opt, &p);
+        }
+        value(&p) as f64
+    };
+    let reference = |c: RmsPropConfig, wd: f64, steps: usize| {
+        let (mut p, mut v, mut m, mut buf) = (1.0f64, 0.0, 0.0, None::<f64>);
+        for _ in 0..steps {
+            let g = p + wd * p;
+            v = c.alpha * v + (1.0 - c.alpha) * g * g;
+            let var = if c.centered {
+                m = c.alpha * m + (1.0 - c.alpha) * g;
+                v - m * m
+            } else {
+                v
+            };
+            let scaled = g / (var.sqrt() + c.eps);
+            let direction = if c.momentum > 0.0 {
+                let b = buf.map_or(scaled, |b| c.momentum * b + scaled);
+                buf = Some(b);
+                b
+            } else {
+                scaled
+            };
+            p -= c.lr * direction;
+        }
+        p
+    };
+    let plain = RmsPropConfig::default();
+    // Step 1: v = 0.01, so p moves by lr·1/0.1 = 0.1.
+    assert!(
+        close(run(plain, 0.0, 1), 0.9, 1e-6),
+        "{}",
+        run(plain, 0.0, 1)
+    );
+    for (config, wd) in [
+        (plain, 0.0),
+        (plain, 0.1),
+        (
+            RmsPropConfig {
+                momentum: 0.9,
+                ..plain
+            },
+            0.0,
+        ),
+        (
+            RmsPropConfig {
+                centered: true,
+                lr: 1e-3,
+                ..plain
+            },
+            0.0,
+        ),
+        (
+            RmsPropConfig {
+                alpha: 0.9,
+                eps: 1e-7,
+                lr: 1e-3,
+                ..plain
+            },
+            0.0,
+        ),
+    ] {
+        for steps in [1, 2, 5] {
+            let (got, want) = (run(config, wd, steps), reference(config, wd, steps));
+            assert!(
+                close(got, want, 1e-5),
+                "{config:?} wd {wd}, {steps} steps: {got} vs {want}"
+            );
+        }
+    }
+    let bad = RmsPropConfig {
+        alpha: 1.5,
+        ..plain
+    };
+    let err = RmsProp::new(vec![], bad).err().unwrap().to_string();
+    assert!(err.contains("alpha"), "{err}");
 }
 
 /// A small model: conv weight, conv bias, a batch norm (weight, bias, running stats) and a head.
