@@ -166,6 +166,37 @@ fn check_groups(groups: &[ParamGroup], lr: f64) -> Result<()> {
     Ok(())
 }
 
+/// Calls `update(lr, weight_decay, var, param, grad, state)` for every variable of `groups` that has
+/// a gradient in `grads`, with the group's learning rate (`base_lr·lr_scale`), the variable's value
+/// and gradient detached from the graph, and its slot of optimiser state.
+fn for_each_gradient<T>(
+    groups: &[ParamGroup],
+    states: &mut [Vec<Option<T>>],
+    grads: &GradStore,
+    base_lr: f64,
+    mut update: impl FnMut(f64, f64, &Var, Tensor, Tensor, &mut Option<T>) -> Result<()>,
+) -> Result<()> {
+    for (group, states) in groups.iter().zip(states.iter_mut()) {
+        let lr = base_lr * group.lr_scale;
+        for ((_, var), state) in group.vars.iter().zip(states.iter_mut()) {
+            let Some(grad) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let param = var.as_tensor().detach();
+            update(lr, group.weight_decay, var, param, grad.detach(), state)?;
+        }
+    }
+    Ok(())
+}
+
+/// No optimiser state yet for any variable of `groups` (state is made on a variable's first step).
+fn empty_state<T>(groups: &[ParamGroup]) -> Vec<Vec<Option<T>>> {
+    groups
+        .iter()
+        .map(|g| g.vars.iter().map(|_| None).collect())
+        .collect()
+}
+
 /// [`Sgd`] hyper-parameters (weight decay is per [`ParamGroup`]).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SgdConfig {
@@ -219,7 +250,7 @@ impl Sgd {
                 "SGD: Nesterov momentum needs momentum > 0 and dampening 0".into(),
             ));
         }
-        let momentum_buffers = groups.iter().map(|g| vec![None; g.vars.len()]).collect();
+        let momentum_buffers = empty_state(&groups);
         Ok(Self {
             groups,
             config,
@@ -241,16 +272,15 @@ impl Sgd {
 impl Optimizer for Sgd {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         let c = self.config;
-        for (group, buffers) in self.groups.iter().zip(self.momentum_buffers.iter_mut()) {
-            let lr = c.lr * group.lr_scale;
-            for ((_, var), buffer) in group.vars.iter().zip(buffers.iter_mut()) {
-                let Some(grad) = grads.get(var.as_tensor()) else {
-                    continue;
-                };
-                let param = var.as_tensor().detach();
-                let mut g = grad.detach();
-                if group.weight_decay != 0.0 {
-                    g = (g + param.affine(group.weight_decay, 0.0)?)?;
+        let groups = &self.groups;
+        for_each_gradient(
+            groups,
+            &mut self.momentum_buffers,
+            grads,
+            c.lr,
+            |lr, wd, var, param, mut g, buffer| {
+                if wd != 0.0 {
+                    g = (g + param.affine(wd, 0.0)?)?;
                 }
                 if c.momentum != 0.0 {
                     let buf = match buffer.take() {
@@ -267,9 +297,9 @@ impl Optimizer for Sgd {
                     *buffer = Some(buf);
                 }
                 var.set(&(param - g.affine(lr, 0.0)?)?)?;
-            }
-        }
-        Ok(())
+                Ok(())
+            },
+        )
     }
 
     fn learning_rate(&self) -> f64 {
@@ -342,10 +372,7 @@ impl RmsProp {
                 config.alpha, config.eps, config.momentum
             )));
         }
-        let state = groups
-            .iter()
-            .map(|g| g.vars.iter().map(|_| None).collect())
-            .collect();
+        let state = empty_state(&groups);
         Ok(Self {
             groups,
             config,
@@ -367,16 +394,15 @@ impl RmsProp {
 impl Optimizer for RmsProp {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         let c = self.config;
-        for (group, states) in self.groups.iter().zip(self.state.iter_mut()) {
-            let lr = c.lr * group.lr_scale;
-            for ((_, var), state) in group.vars.iter().zip(states.iter_mut()) {
-                let Some(grad) = grads.get(var.as_tensor()) else {
-                    continue;
-                };
-                let param = var.as_tensor().detach();
-                let mut g = grad.detach();
-                if group.weight_decay != 0.0 {
-                    g = (g + param.affine(group.weight_decay, 0.0)?)?;
+        let groups = &self.groups;
+        for_each_gradient(
+            groups,
+            &mut self.state,
+            grads,
+            c.lr,
+            |lr, wd, var, param, mut g, state| {
+                if wd != 0.0 {
+                    g = (g + param.affine(wd, 0.0)?)?;
                 }
                 let s = match state.take() {
                     Some(s) => s,
@@ -413,9 +439,9 @@ impl Optimizer for RmsProp {
                     grad_avg,
                     momentum_buffer,
                 });
-            }
-        }
-        Ok(())
+                Ok(())
+            },
+        )
     }
 
     fn learning_rate(&self) -> f64 {
@@ -484,10 +510,7 @@ impl AdamW {
                 config.beta1, config.beta2, config.eps
             )));
         }
-        let state = groups
-            .iter()
-            .map(|g| g.vars.iter().map(|_| None).collect())
-            .collect();
+        let state = empty_state(&groups);
         Ok(Self {
             groups,
             config,
@@ -509,15 +532,13 @@ impl AdamW {
 impl Optimizer for AdamW {
     fn step(&mut self, grads: &GradStore) -> Result<()> {
         let c = self.config;
-        for (group, states) in self.groups.iter().zip(self.state.iter_mut()) {
-            let lr = c.lr * group.lr_scale;
-            let wd = group.weight_decay;
-            for ((_, var), state) in group.vars.iter().zip(states.iter_mut()) {
-                let Some(grad) = grads.get(var.as_tensor()) else {
-                    continue;
-                };
-                let mut param = var.as_tensor().detach();
-                let mut grad = grad.detach();
+        let groups = &self.groups;
+        for_each_gradient(
+            groups,
+            &mut self.state,
+            grads,
+            c.lr,
+            |lr, wd, var, mut param, mut grad, state| {
                 if wd != 0.0 {
                     if c.decoupled_weight_decay {
                         param = param.affine(1.0 - lr * wd, 0.0)?;
@@ -551,9 +572,9 @@ impl Optimizer for AdamW {
                     exp_avg,
                     exp_avg_sq,
                 });
-            }
-        }
-        Ok(())
+                Ok(())
+            },
+        )
     }
 
     fn learning_rate(&self) -> f64 {
