@@ -165,20 +165,13 @@ impl Mask {
     /// The classes the mask shows: value `c + 1` present means class `c`; background and void are not
     /// classes.
     pub fn labels(&self) -> LabelSet {
-        labels_of_values(&self.data)
+        labels_with_at_least(&self.value_counts(), 0.0)
     }
 
     /// The classes covering at least `min_area` of the image (a fraction, 0..1) and at least one
     /// pixel: the labels of a predicted mask, where specks of a class are noise.
     pub fn labels_with_min_area(&self, min_area: f64) -> LabelSet {
-        let counts = self.value_counts();
-        let needed = min_area * self.data.len() as f64;
-        (0..NUM_CLASSES)
-            .filter(|&c| {
-                let n = counts[c + 1];
-                n > 0 && n as f64 >= needed
-            })
-            .collect()
+        labels_with_at_least(&self.value_counts(), min_area * self.data.len() as f64)
     }
 
     /// The mask painted with the VOC palette (void in its cream colour).
@@ -239,8 +232,9 @@ fn check_size(
     Ok(())
 }
 
-/// How many of `values` hold each of the 256 mask values.
-pub fn value_counts(values: &[u8]) -> [u64; 256] {
+/// How many of `values` hold each of the 256 mask values (any container of mask values: a slice, an
+/// array's iterator).
+pub fn value_counts<'a>(values: impl IntoIterator<Item = &'a u8>) -> [u64; 256] {
     let mut counts = [0u64; 256];
     for &v in values {
         counts[v as usize] += 1;
@@ -248,13 +242,15 @@ pub fn value_counts(values: &[u8]) -> [u64; 256] {
     counts
 }
 
-/// The classes present in a slice of mask values (for masks held in other containers, e.g. arrays).
-pub fn labels_of_values(values: &[u8]) -> LabelSet {
-    let mut seen = [false; 256];
-    for &v in values {
-        seen[v as usize] = true;
-    }
-    (0..NUM_CLASSES).filter(|&c| seen[c + 1]).collect()
+/// The classes (value `c + 1` is class `c`) with at least one pixel and at least `min_pixels` pixels in
+/// `counts`, as [`value_counts`] gives them; background and void are not classes.
+pub fn labels_with_at_least(counts: &[u64; 256], min_pixels: f64) -> LabelSet {
+    (0..NUM_CLASSES)
+        .filter(|&c| {
+            let n = counts[c + 1];
+            n > 0 && n as f64 >= min_pixels
+        })
+        .collect()
 }
 
 #[cfg(test)]

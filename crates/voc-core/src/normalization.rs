@@ -59,16 +59,19 @@ impl Normalization {
 
     /// The preset's name (`imagenet`, `minus-one-one`, `zero-one`), if this is a preset.
     pub fn preset_name(&self) -> Option<&'static str> {
-        [
-            (Self::IMAGENET, "imagenet"),
-            (Self::MINUS_ONE_TO_ONE, "minus-one-one"),
-            (Self::ZERO_ONE, "zero-one"),
-        ]
-        .into_iter()
-        .find(|(preset, _)| preset == self)
-        .map(|(_, name)| name)
+        PRESETS
+            .iter()
+            .find(|(_, preset)| preset == self)
+            .map(|(name, _)| *name)
     }
 }
+
+/// The presets by the names [`Normalization::preset_name`] gives and [`str::parse`] takes.
+const PRESETS: [(&str, Normalization); 3] = [
+    ("imagenet", Normalization::IMAGENET),
+    ("minus-one-one", Normalization::MINUS_ONE_TO_ONE),
+    ("zero-one", Normalization::ZERO_ONE),
+];
 
 impl fmt::Display for Normalization {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -83,14 +86,20 @@ impl FromStr for Normalization {
     type Err = CoreError;
 
     fn from_str(s: &str) -> Result<Self, CoreError> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "imagenet" => Ok(Self::IMAGENET),
-            "minus-one-one" | "-1,1" | "[-1,1]" | "tf" => Ok(Self::MINUS_ONE_TO_ONE),
-            "zero-one" | "0,1" | "[0,1]" => Ok(Self::ZERO_ONE),
-            _ => Err(CoreError::BadArgument(format!(
-                "normalisation '{s}': expected imagenet, minus-one-one or zero-one"
-            ))),
-        }
+        let name = match s.trim().to_ascii_lowercase().as_str() {
+            "-1,1" | "[-1,1]" | "tf" => "minus-one-one".to_string(),
+            "0,1" | "[0,1]" => "zero-one".to_string(),
+            other => other.to_string(),
+        };
+        PRESETS
+            .iter()
+            .find(|(preset_name, _)| *preset_name == name)
+            .map(|(_, preset)| *preset)
+            .ok_or_else(|| {
+                CoreError::BadArgument(format!(
+                    "normalisation '{s}': expected imagenet, minus-one-one or zero-one"
+                ))
+            })
     }
 }
 

@@ -269,12 +269,11 @@ impl SplitIndex {
                 mask_w,
             });
         }
-        let values = if mask.is_standard_layout() {
-            mask.into_raw_vec_and_offset().0
-        } else {
-            mask.iter().copied().collect()
-        };
-        Ok(voc_core::Mask::new(mask_h, mask_w, values)?)
+        Ok(voc_core::Mask::new(
+            mask_h,
+            mask_w,
+            crate::image_io::into_row_major(mask),
+        )?)
     }
 
     /// HxW mask of `id` (values 0..=20, 255), from any integer dtype; [`DataError::Missing`] when the
@@ -394,10 +393,7 @@ pub fn mismatches(id: &str, csv: LabelSet, from_mask: LabelSet) -> Vec<LabelMism
 
 /// Which classes a mask contains (value v in 1..=20 is class v-1; 0 and 255 are ignored).
 pub fn mask_labels(mask: &Array2<u8>) -> LabelSet {
-    match mask.as_slice() {
-        Some(values) => voc_core::image::labels_of_values(values),
-        None => voc_core::image::labels_of_values(&mask.iter().copied().collect::<Vec<_>>()),
-    }
+    voc_core::image::labels_with_at_least(&voc_core::image::value_counts(mask), 0.0)
 }
 
 /// Parses a label CSV: `Id` plus the 20 class columns by name, in any order; extra columns are ignored.

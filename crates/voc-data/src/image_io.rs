@@ -2,7 +2,7 @@
 //! and the HxWx3 arrays the augmentation works on.
 use std::path::Path;
 
-use ndarray::{Array3, ArrayView3};
+use ndarray::{Array, Array3, ArrayView3, Dimension};
 use voc_core::RgbImage;
 
 use crate::error::{DataError, Result};
@@ -55,12 +55,21 @@ pub fn rgb_from_array(array: Array3<u8>) -> Result<RgbImage> {
             "an RGB image array has shape HxWx3, got {h}x{w}x{c}"
         )));
     }
-    let data = if array.is_standard_layout() {
-        array.into_raw_vec_and_offset().0
-    } else {
-        array.iter().copied().collect()
-    };
-    Ok(RgbImage::new(h, w, data)?)
+    Ok(RgbImage::new(h, w, into_row_major(array))?)
+}
+
+/// The elements of `array` in row-major order: its own buffer when it is in standard layout (trimmed
+/// to the elements a sliced array still shows), a copy otherwise.
+pub(crate) fn into_row_major<D: Dimension>(array: Array<u8, D>) -> Vec<u8> {
+    if !array.is_standard_layout() {
+        return array.iter().copied().collect();
+    }
+    let len = array.len();
+    let (mut raw, offset) = array.into_raw_vec_and_offset();
+    let start = offset.unwrap_or(0);
+    raw.truncate(start + len);
+    raw.drain(..start);
+    raw
 }
 
 /// An [`RgbImage`] seen as an HxWx3 array.
@@ -84,6 +93,23 @@ mod tests {
         assert_eq!((image.height(), image.width()), (3, 2));
         assert_eq!(image.pixel(2, 1), [15, 16, 17]);
         assert!(rgb_from_array(Array3::zeros((2, 2, 4))).is_err());
+    }
+
+    #[test]
+    fn row_major_keeps_only_the_elements_a_sliced_array_shows() {
+        let array = Array3::from_shape_fn((4, 2, 3), |(y, x, c)| (y * 6 + x * 3 + c) as u8);
+        let mut rows = array.clone();
+        rows.slice_axis_inplace(ndarray::Axis(0), ndarray::Slice::from(1..3));
+        assert!(rows.is_standard_layout());
+        assert_eq!(into_row_major(rows), (6..18).collect::<Vec<u8>>());
+        let mut columns = array.clone();
+        columns.slice_axis_inplace(ndarray::Axis(1), ndarray::Slice::from(1..));
+        let expected: Vec<u8> = columns.iter().copied().collect();
+        assert_eq!(into_row_major(columns), expected);
+        assert_eq!(
+            into_row_major(array.clone()),
+            array.iter().copied().collect::<Vec<_>>()
+        );
     }
 
     #[test]

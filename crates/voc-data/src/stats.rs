@@ -1,9 +1,11 @@
 //! Per-class statistics of a split and the class weights derived from them.
 use rayon::prelude::*;
 
-use crate::competition::{mask_labels, SplitIndex};
+use voc_core::image::{labels_with_at_least, value_counts};
+
+use crate::competition::SplitIndex;
 use crate::error::Result;
-use crate::{LabelSet, CLASS_NAMES, NUM_CLASSES, NUM_MASK_CLASSES, VOID};
+use crate::{LabelSet, CLASS_NAMES, NUM_CLASSES, NUM_MASK_CLASSES};
 
 /// Statistics of one class.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -61,14 +63,10 @@ impl SplitStats {
                     .ids
                     .par_iter()
                     .map(|id| {
-                        let mask = index.read_mask(id)?;
-                        let mut counts = [0u64; NUM_MASK_CLASSES];
-                        for &v in mask.iter() {
-                            if v != VOID {
-                                counts[v as usize] += 1;
-                            }
-                        }
-                        Ok((counts, mask_labels(&mask)))
+                        // One pass: the 21 class counts (void, 255, left out) and the labels.
+                        let all = value_counts(&index.read_mask(id)?);
+                        let counts: [u64; NUM_MASK_CLASSES] = std::array::from_fn(|v| all[v]);
+                        Ok((counts, labels_with_at_least(&all, 0.0)))
                     })
                     .collect::<Result<_>>()?,
             )
