@@ -36,6 +36,7 @@ fn classifier_step(c: &mut Criterion) {
         arch: ClassifierArch::MobileNetV2(MobileNetV2Config::default()),
         num_classes: 20,
         dropout: 0.2,
+        head: voc_classify::HeadKind::Linear,
     };
     let model = ImageClassifier::new(
         VarBuilder::from_varmap(&varmap, DType::F32, &device),

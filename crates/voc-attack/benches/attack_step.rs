@@ -37,6 +37,7 @@ fn mobilenet_v2(c: &mut Criterion) {
         arch: ClassifierArch::MobileNetV2(MobileNetV2Config::default()),
         num_classes: 1001,
         dropout: 0.0,
+        head: voc_classify::HeadKind::Linear,
     };
     let varmap = VarMap::new();
     ImageClassifier::new(

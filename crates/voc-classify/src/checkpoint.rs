@@ -140,6 +140,7 @@ impl CheckpointClassifier {
             arch,
             num_classes,
             dropout: 0.0,
+            head: crate::HeadKind::Linear,
         };
         let model =
             ImageClassifier::from_tensors(tensors, &path.display().to_string(), config, device)?;

@@ -6,6 +6,7 @@ use candle_nn::VarBuilder;
 use crate::backbone::Backbone;
 use crate::efficientnet::{EfficientNetLite, EfficientNetLiteConfig, LITE_HEAD_CHANNELS};
 use crate::error::{ClassifyError, Result};
+use crate::head::{Head, HeadKind};
 use crate::layers::{self, Activation, ConvNormAct, ConvSpec};
 use crate::mobilenet_v2::{MobileNetV2, MobileNetV2Config};
 use crate::weights::FromWeights;
@@ -37,8 +38,10 @@ pub struct ClassifierConfig {
     pub arch: ClassifierArch,
     /// Outputs of the last linear layer (1001 or 1000 for the ImageNet presets, 20 for VOC).
     pub num_classes: usize,
-    /// Probability of zeroing a pooled feature in training mode; 0 disables it.
+    /// Probability of zeroing a feature before the head's last layer in training mode; 0 disables it.
     pub dropout: f32,
+    /// The head on the pooled features (the pretrained presets: [`HeadKind::Linear`]).
+    pub head: HeadKind,
 }
 
 /// A backbone with a global-pooling classification head.
@@ -49,7 +52,7 @@ pub struct ClassifierConfig {
 /// ```
 /// use candle_core::{DType, Device, Tensor};
 /// use candle_nn::{VarBuilder, VarMap};
-/// use voc_classify::{ClassifierArch, ClassifierConfig, ImageClassifier, MobileNetV2Config};
+/// use voc_classify::{ClassifierArch, ClassifierConfig, HeadKind, ImageClassifier, MobileNetV2Config};
 ///
 /// let varmap = VarMap::new();
 /// let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
@@ -57,6 +60,7 @@ pub struct ClassifierConfig {
 ///     arch: ClassifierArch::MobileNetV2(MobileNetV2Config::default()),
 ///     num_classes: 20,
 ///     dropout: 0.2,
+///     head: HeadKind::Linear,
 /// };
 /// let net = ImageClassifier::new(vb, config)?;
 /// let x = Tensor::randn(0f32, 1.0, (2, 3, 64, 64), &Device::Cpu)?;
@@ -70,7 +74,7 @@ pub struct ClassifierConfig {
 pub struct ImageClassifier {
     backbone: Backbone,
     head_conv: ConvNormAct,
-    classifier: candle_nn::Linear,
+    head: Head,
     config: ClassifierConfig,
 }
 
@@ -83,12 +87,6 @@ impl ImageClassifier {
             return Err(ClassifyError::BadArgument(
                 "a classifier needs at least one class".into(),
             ));
-        }
-        if !(0.0..1.0).contains(&config.dropout) {
-            return Err(ClassifyError::BadArgument(format!(
-                "dropout {} is not in [0, 1)",
-                config.dropout
-            )));
         }
         let (backbone, head_conv, features) = match config.arch {
             ClassifierArch::MobileNetV2(cfg) => {
@@ -116,11 +114,17 @@ impl ImageClassifier {
                 )
             }
         };
-        let classifier = layers::linear(vb.pp("classifier"), features, config.num_classes)?;
+        let head = Head::new(
+            vb.pp("classifier"),
+            config.head,
+            features,
+            config.num_classes,
+            config.dropout,
+        )?;
         Ok(Self {
             backbone,
             head_conv,
-            classifier,
+            head,
             config,
         })
     }
@@ -147,14 +151,15 @@ impl ImageClassifier {
         Ok(layers::global_avg_pool(&h)?.flatten_from(1)?)
     }
 
+    /// The head on the pooled features.
+    pub fn head(&self) -> &Head {
+        &self.head
+    }
+
     /// Logits `N x num_classes` for an `N x 3 x H x W` batch normalised as the preset says. `train`:
     /// batch norms use batch statistics (and update their running averages), dropout is on.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let mut pooled = self.pooled_t(x, train)?;
-        if train && self.config.dropout > 0.0 {
-            pooled = candle_nn::ops::dropout(&pooled, self.config.dropout)?;
-        }
-        layers::linear_forward(&self.classifier, &pooled)
+        self.head.forward_t(&self.pooled_t(x, train)?, train)
     }
 }
 

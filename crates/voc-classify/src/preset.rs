@@ -94,6 +94,7 @@ impl ModelPreset {
             arch: self.arch,
             num_classes: self.num_classes,
             dropout: 0.0,
+            head: crate::HeadKind::Linear,
         }
     }
 

@@ -48,6 +48,7 @@ fn classifiers_are_candle_modules() -> anyhow::Result<()> {
             arch,
             num_classes: 5,
             dropout: 0.0,
+            head: voc_classify::HeadKind::Linear,
         };
         let net = fresh(|vb| ImageClassifier::new(vb, config))?;
         let x = input()?;
@@ -116,6 +117,7 @@ fn errors_through_the_traits_keep_their_message() -> anyhow::Result<()> {
         }),
         num_classes: 5,
         dropout: 0.0,
+        head: voc_classify::HeadKind::Linear,
     };
     let net = fresh(|vb| ImageClassifier::new(vb, config))?;
     for bad in [

@@ -34,6 +34,7 @@ fn mobilenet_v2_matches_training_step0() -> anyhow::Result<()> {
         arch: ClassifierArch::MobileNetV2(MobileNetV2Config::default()),
         num_classes: 20,
         dropout: 0.0,
+        head: voc_classify::HeadKind::Linear,
     };
     let model = ImageClassifier::trainable_from_tensors(
         &varmap,

@@ -29,6 +29,7 @@ fn feature_maps_have_the_documented_strides() -> anyhow::Result<()> {
                     arch,
                     num_classes: 20,
                     dropout: 0.0,
+                    head: voc_classify::HeadKind::Linear,
                 },
             )?;
             let f = model.backbone().features_t(&x, false)?;
@@ -62,6 +63,7 @@ fn switching_the_output_stride_equals_building_with_it() -> anyhow::Result<()> {
             arch: built32,
             num_classes: 5,
             dropout: 0.0,
+            head: voc_classify::HeadKind::Linear,
         };
         let mut switched = ImageClassifier::new(vb.clone(), cfg)?.backbone().clone();
         let direct = ImageClassifier::new(
@@ -98,6 +100,7 @@ fn every_weight_gets_a_gradient_in_training_mode() -> anyhow::Result<()> {
                 arch,
                 num_classes: 3,
                 dropout: 0.2,
+                head: voc_classify::HeadKind::Linear,
             },
         )?;
         let logits = model.forward_t(&x, true)?;
@@ -136,6 +139,7 @@ fn fused_training_step_matches_the_composed_one() -> anyhow::Result<()> {
             arch,
             num_classes: 5,
             dropout: 0.0,
+            head: voc_classify::HeadKind::Linear,
         };
         let step = |fused: bool| -> anyhow::Result<(Tensor, Vec<(String, Tensor)>)> {
             // The same seeded weights both times: a fresh VarMap from the same tensors.

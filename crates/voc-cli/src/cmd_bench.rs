@@ -123,6 +123,7 @@ impl Workload {
             arch,
             num_classes: CLASSIFIER_OUTPUTS,
             dropout: 0.2,
+            head: voc_classify::HeadKind::Linear,
         };
         Ok(match model {
             BenchModel::MobileNetV2 => Self::Classifier(Box::new(ImageClassifier::new(

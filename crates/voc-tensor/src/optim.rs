@@ -27,6 +27,8 @@
 //! assert!(w.to_vec1::<f32>()?.iter().all(|v| (v - 3.0).abs() < 0.1));
 //! # Ok(()) }
 //! ```
+use std::collections::HashMap;
+
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -48,6 +50,82 @@ pub trait Optimizer {
         let grads = loss.backward()?;
         self.step(&grads)
     }
+
+    /// The optimiser's per-variable state (momentum buffers, moment estimates, step counts) as named
+    /// tensors `VARIABLE.SLOT`, to be saved with a checkpoint so a resumed run continues exactly.
+    fn state_tensors(&self) -> Result<HashMap<String, Tensor>>;
+
+    /// Restores what [`Optimizer::state_tensors`] returned (variables matched by name). A slot for an
+    /// unknown variable or of the wrong shape is an error and changes nothing.
+    fn load_state_tensors(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()>;
+}
+
+/// Named optimiser state: `(variable name, slot) -> tensor` for every variable that has state.
+fn collect_state<T>(
+    groups: &[ParamGroup],
+    states: &[Vec<Option<T>>],
+    slots: impl Fn(&T) -> Result<Vec<(&'static str, Tensor)>>,
+) -> Result<HashMap<String, Tensor>> {
+    let mut out = HashMap::new();
+    for (group, states) in groups.iter().zip(states) {
+        for ((name, _), state) in group.vars.iter().zip(states) {
+            if let Some(state) = state {
+                for (slot, t) in slots(state)? {
+                    out.insert(format!("{name}.{slot}"), t);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Rebuilds every variable's state from `tensors` with `make(name, var, get_slot)`; all-or-nothing.
+fn restore_state<T>(
+    groups: &[ParamGroup],
+    states: &mut [Vec<Option<T>>],
+    tensors: &HashMap<String, Tensor>,
+    make: impl Fn(&Var, &dyn Fn(&str) -> Option<Tensor>) -> Result<Option<T>>,
+) -> Result<()> {
+    let mut known = std::collections::HashSet::new();
+    let mut fresh: Vec<Vec<Option<T>>> = Vec::with_capacity(groups.len());
+    for group in groups {
+        let mut row = Vec::with_capacity(group.vars.len());
+        for (name, var) in &group.vars {
+            let get = |slot: &str| -> Option<Tensor> {
+                tensors.get(&format!("{name}.{slot}")).cloned()
+            };
+            for key in tensors.keys() {
+                if key.strip_prefix(name.as_str()).is_some_and(|rest| {
+                    rest.starts_with('.') && !rest[1..].contains('.')
+                }) {
+                    known.insert(key.clone());
+                }
+            }
+            row.push(make(var, &get)?);
+        }
+        fresh.push(row);
+    }
+    if let Some(unknown) = tensors.keys().find(|k| !known.contains(*k)) {
+        return Err(VocError::BadArgument(format!(
+            "optimiser state '{unknown}' belongs to no variable of this optimiser"
+        )));
+    }
+    for (dst, src) in states.iter_mut().zip(fresh) {
+        *dst = src;
+    }
+    Ok(())
+}
+
+/// `t` on `var`'s device and dtype, or an error naming the slot when the shape differs.
+fn state_like(var: &Var, t: Tensor, what: &str) -> Result<Tensor> {
+    if t.dims() != var.dims() {
+        return Err(VocError::BadArgument(format!(
+            "optimiser state {what} has shape {:?}, its variable {:?}",
+            t.dims(),
+            var.dims()
+        )));
+    }
+    Ok(t.to_device(var.device())?.to_dtype(var.dtype())?)
 }
 
 /// Variables that share a weight decay and a learning-rate multiplier.
@@ -309,6 +387,20 @@ impl Optimizer for Sgd {
     fn set_learning_rate(&mut self, lr: f64) {
         self.config.lr = lr;
     }
+
+    fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        collect_state(&self.groups, &self.momentum_buffers, |buf| {
+            Ok(vec![("momentum_buffer", buf.clone())])
+        })
+    }
+
+    fn load_state_tensors(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        restore_state(&self.groups, &mut self.momentum_buffers, tensors, |var, get| {
+            get("momentum_buffer")
+                .map(|t| state_like(var, t, "momentum_buffer"))
+                .transpose()
+        })
+    }
 }
 
 /// [`RmsProp`] hyper-parameters (weight decay, added to the gradient, is per [`ParamGroup`]).
@@ -451,6 +543,33 @@ impl Optimizer for RmsProp {
     fn set_learning_rate(&mut self, lr: f64) {
         self.config.lr = lr;
     }
+
+    fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        collect_state(&self.groups, &self.state, |s| {
+            let mut slots = vec![("square_avg", s.square_avg.clone())];
+            if let Some(t) = &s.grad_avg {
+                slots.push(("grad_avg", t.clone()));
+            }
+            if let Some(t) = &s.momentum_buffer {
+                slots.push(("momentum_buffer", t.clone()));
+            }
+            Ok(slots)
+        })
+    }
+
+    fn load_state_tensors(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        restore_state(&self.groups, &mut self.state, tensors, |var, get| {
+            let Some(square_avg) = get("square_avg") else {
+                return Ok(None);
+            };
+            let slot = |name: &str| get(name).map(|t| state_like(var, t, name)).transpose();
+            Ok(Some(RmsPropState {
+                square_avg: state_like(var, square_avg, "square_avg")?,
+                grad_avg: slot("grad_avg")?,
+                momentum_buffer: slot("momentum_buffer")?,
+            }))
+        })
+    }
 }
 
 /// [`AdamW`] hyper-parameters (weight decay is per [`ParamGroup`]).
@@ -583,6 +702,41 @@ impl Optimizer for AdamW {
 
     fn set_learning_rate(&mut self, lr: f64) {
         self.config.lr = lr;
+    }
+
+    fn state_tensors(&self) -> Result<HashMap<String, Tensor>> {
+        collect_state(&self.groups, &self.state, |s| {
+            // The step count as f64: exact up to 2^53 steps, and safetensors stores it as is.
+            let step = Tensor::new(&[s.step as f64], s.exp_avg.device())?;
+            Ok(vec![
+                ("step", step),
+                ("exp_avg", s.exp_avg.clone()),
+                ("exp_avg_sq", s.exp_avg_sq.clone()),
+            ])
+        })
+    }
+
+    fn load_state_tensors(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
+        restore_state(&self.groups, &mut self.state, tensors, |var, get| {
+            let (Some(step), Some(m), Some(v)) = (get("step"), get("exp_avg"), get("exp_avg_sq"))
+            else {
+                return Ok(None);
+            };
+            let step = step.flatten_all()?.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+            let step = match step.as_slice() {
+                [s] if *s >= 0.0 && s.fract() == 0.0 => *s as u64,
+                _ => {
+                    return Err(VocError::BadArgument(format!(
+                        "optimiser state step {step:?} is not one whole number"
+                    )))
+                }
+            };
+            Ok(Some(AdamState {
+                step,
+                exp_avg: state_like(var, m, "exp_avg")?,
+                exp_avg_sq: state_like(var, v, "exp_avg_sq")?,
+            }))
+        })
     }
 }
 

@@ -647,3 +647,56 @@ fn early_stopping_waits_patience_epochs() {
     assert!(stop.should_stop(0.45));
     assert_eq!(stop.bad_epochs(), 2);
 }
+
+/// Saving an optimiser's state after some steps and loading it into a fresh optimiser over fresh
+/// copies of the variables continues exactly as the uninterrupted run (what `--resume` relies on).
+#[test]
+fn state_round_trip_continues_exactly() -> voc_tensor::Result<()> {
+    use voc_tensor::optim::{AdamW, AdamWConfig, RmsProp, RmsPropConfig, Sgd, SgdConfig};
+    type Make = fn(Vec<ParamGroup>) -> voc_tensor::Result<Box<dyn Optimizer>>;
+    let makers: [(&str, Make); 3] = [
+        ("sgd", |g| {
+            Ok(Box::new(Sgd::new(
+                g,
+                SgdConfig { lr: 0.1, momentum: 0.9, nesterov: true, ..Default::default() },
+            )?))
+        }),
+        ("adamw", |g| Ok(Box::new(AdamW::new(g, AdamWConfig { lr: 0.05, ..Default::default() })?))),
+        ("rmsprop", |g| {
+            Ok(Box::new(RmsProp::new(
+                g,
+                RmsPropConfig { lr: 0.01, momentum: 0.5, centered: true, ..Default::default() },
+            )?))
+        }),
+    ];
+    let start = [0.5f32, -1.0, 2.0];
+    let loss = |p: &Var| -> voc_tensor::Result<Tensor> {
+        Ok(p.as_tensor().sqr()?.sum_all()?.affine(0.5, 0.0)?)
+    };
+    for (name, make) in makers {
+        let p = Var::new(&start, &Device::Cpu)?;
+        let mut opt = make(vec![ParamGroup::new(vec![("p".into(), p.clone())], 0.01)])?;
+        for _ in 0..3 {
+            opt.backward_step(&loss(&p)?)?;
+        }
+        let state = opt.state_tensors()?;
+        assert!(!state.is_empty(), "{name}: no state");
+        let q = Var::from_tensor(&p.as_tensor().copy()?)?;
+        let mut resumed = make(vec![ParamGroup::new(vec![("p".into(), q.clone())], 0.01)])?;
+        resumed.load_state_tensors(&state)?;
+        for _ in 0..3 {
+            opt.backward_step(&loss(&p)?)?;
+            resumed.backward_step(&loss(&q)?)?;
+        }
+        assert_eq!(
+            p.as_tensor().to_vec1::<f32>()?,
+            q.as_tensor().to_vec1::<f32>()?,
+            "{name}: resumed run differs"
+        );
+        let mut foreign = state.clone();
+        let (k, v) = foreign.iter().next().map(|(k, v)| (k.clone(), v.clone())).unwrap();
+        foreign.insert(k.replacen('p', "other", 1), v);
+        assert!(resumed.load_state_tensors(&foreign).is_err(), "{name}: foreign state accepted");
+    }
+    Ok(())
+}

@@ -1,0 +1,383 @@
+//! What a training run does, as recorded in `RUN/config.json` and compared on `--resume`.
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ClassifyError, Result};
+use crate::head::HeadKind;
+use crate::metrics::ThresholdRule;
+
+/// How the network is trained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrainMode {
+    /// The pretrained backbone runs once per image (and view); only the head trains, on cached features.
+    Frozen,
+    /// Head warm-up on cached features, then the last `--unfreeze` blocks train with the head.
+    Finetune,
+    /// Every weight from a random start (the scratch CNN).
+    Scratch,
+}
+
+/// How many backbone blocks train in fine-tuning (the head convolution and the head always do).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Unfreeze {
+    /// The last `n` blocks (the stem counts as the first block).
+    Last(usize),
+    /// Every block, stem included.
+    All,
+}
+
+/// Batch norm during fine-tuning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BnMode {
+    /// Eval mode: running statistics, no updates, scale and shift not trained. Needed for the offline
+    /// weights (their batch norms are folded) and usual for small-batch transfer learning.
+    Frozen,
+    /// Training mode: batch statistics, running statistics updated, scale and shift of trained blocks
+    /// trained (real hub weights, large batches).
+    Train,
+}
+
+/// Per-class weight of the positive term of the loss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClassWeights {
+    /// `pos_weight[c] = negatives[c] / positives[c]` on the training images (1 for a class without
+    /// positives): each class's positives weigh as much as its negatives, as PyTorch's
+    /// `BCEWithLogitsLoss(pos_weight=...)` recipe does.
+    Balanced,
+    /// Plain BCE.
+    None,
+}
+
+/// The optimiser.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    /// `torch.optim.AdamW` (betas 0.9/0.999, eps 1e-8), decoupled weight decay.
+    Adamw,
+    /// SGD with momentum 0.9 (Nesterov), weight decay added to the gradient.
+    Sgd,
+    /// `torch.optim.RMSprop` with Keras's rho 0.9 (the seed notebook's optimiser).
+    Rmsprop,
+}
+
+/// How the learning rate moves over the epochs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    /// Linear warm-up over `warmup_epochs`, then cosine decay to `lr * 0.01` at the last epoch (per step).
+    Cosine,
+    /// Keras's `ReduceLROnPlateau` on the validation mAP (the notebook's): cut by `plateau_factor` after
+    /// `plateau_patience` epochs without improvement, never below `min_lr`.
+    Plateau,
+    /// The same rate throughout.
+    Constant,
+}
+
+/// Where validation images come from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Validation {
+    /// A labelled split of the data folder (e.g. `test` after `voc data convert`).
+    Split(String),
+    /// A stratified fraction of the training split, drawn from the run's seed.
+    Fraction(f64),
+}
+
+/// Everything that decides what a run computes. Two runs with equal configs and data give the same
+/// weights on the same device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// `--model`: a name of [`crate::train::MODEL_NAMES`].
+    pub model: String,
+    /// `--mode`.
+    pub mode: TrainMode,
+    /// Epochs of the main phase (fine-tuning: after the head warm-up).
+    pub epochs: usize,
+    /// Head-only epochs on cached features before fine-tuning (fine-tune mode only).
+    pub warmup_head_epochs: usize,
+    /// Images per batch (feature rows per batch in frozen mode).
+    pub batch: usize,
+    /// Square input side.
+    pub image_size: usize,
+    /// Seed of every random choice: initialisation, shuffles, augmentation, dropout, the validation split.
+    pub seed: u64,
+    /// Augmented views per training image whose features are cached (frozen mode; view 0 is unaugmented).
+    pub views: usize,
+    /// Blocks to fine-tune.
+    pub unfreeze: Unfreeze,
+    /// Batch norm while fine-tuning.
+    pub bn: BnMode,
+    /// The head.
+    pub head: HeadKind,
+    /// Dropout before the head's last layer.
+    pub dropout: f32,
+    /// Positive-term weights of the loss.
+    pub class_weights: ClassWeights,
+    /// Focal loss with this gamma instead of plain BCE-with-logits (`None`: BCE).
+    pub focal_gamma: Option<f64>,
+    /// The optimiser.
+    pub optimizer: OptimizerKind,
+    /// Learning rate of the head (and of the scratch CNN).
+    pub lr: f64,
+    /// Learning rate of the fine-tuned backbone blocks.
+    pub backbone_lr: f64,
+    /// Weight decay of weights (biases and norms get none).
+    pub weight_decay: f64,
+    /// The learning-rate schedule.
+    pub schedule: ScheduleKind,
+    /// Warm-up epochs of the cosine schedule.
+    pub warmup_epochs: usize,
+    /// Plateau schedule: multiplier of each cut.
+    pub plateau_factor: f64,
+    /// Plateau schedule: epochs without improvement before a cut.
+    pub plateau_patience: usize,
+    /// Plateau schedule: the floor.
+    pub min_lr: f64,
+    /// Early stopping: epochs without a better validation mAP before stopping (0: never stop early).
+    pub patience: usize,
+    /// Training augmentation (flip, rotation, shear, zoom, colour jitter) on.
+    pub augment: bool,
+    /// Validation images.
+    pub validation: Validation,
+    /// How the decision thresholds are chosen on validation.
+    pub threshold: ThresholdRule,
+}
+
+impl TrainConfig {
+    /// The defaults for `model` trained in `mode`: what `voc train classify` uses for flags not given.
+    pub fn defaults(model: &str, mode: TrainMode, image_size: usize) -> Self {
+        let base = Self {
+            model: model.to_string(),
+            mode,
+            epochs: 10,
+            warmup_head_epochs: 0,
+            batch: 16,
+            image_size,
+            seed: 0,
+            views: 1,
+            unfreeze: Unfreeze::Last(5),
+            bn: BnMode::Frozen,
+            head: HeadKind::Linear,
+            dropout: 0.2,
+            class_weights: ClassWeights::None,
+            focal_gamma: None,
+            optimizer: OptimizerKind::Adamw,
+            lr: 1e-3,
+            backbone_lr: 1e-4,
+            weight_decay: 1e-4,
+            schedule: ScheduleKind::Cosine,
+            warmup_epochs: 1,
+            plateau_factor: 0.2,
+            plateau_patience: 3,
+            min_lr: 1e-6,
+            patience: 0,
+            augment: true,
+            validation: Validation::Fraction(0.2),
+            threshold: ThresholdRule::Global,
+        };
+        match mode {
+            TrainMode::Frozen => Self {
+                epochs: 50,
+                batch: 64,
+                views: 4,
+                lr: 1e-3,
+                weight_decay: 1e-3,
+                dropout: 0.0,
+                warmup_epochs: 0,
+                ..base
+            },
+            TrainMode::Finetune => Self {
+                warmup_head_epochs: 10,
+                ..base
+            },
+            TrainMode::Scratch => Self {
+                epochs: 60,
+                batch: 32,
+                head: HeadKind::Mlp,
+                dropout: 0.5,
+                optimizer: OptimizerKind::Rmsprop,
+                schedule: ScheduleKind::Plateau,
+                warmup_epochs: 0,
+                lr: 1e-3,
+                weight_decay: 0.0,
+                patience: 15,
+                ..base
+            },
+        }
+    }
+
+    /// Checks the values that no type rules out; the error names the flag.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |flag: &str, why: String| Err(ClassifyError::BadArgument(format!("--{flag}: {why}")));
+        if self.epochs == 0 && self.warmup_head_epochs == 0 {
+            return bad("epochs", "nothing to train: 0 epochs".into());
+        }
+        if self.batch == 0 {
+            return bad("batch", "must be at least 1".into());
+        }
+        if self.image_size < 32 {
+            return bad("image-size", format!("{} is too small (at least 32)", self.image_size));
+        }
+        if self.views == 0 {
+            return bad("views", "must be at least 1".into());
+        }
+        for (flag, v) in [("lr", self.lr), ("backbone-lr", self.backbone_lr), ("min-lr", self.min_lr)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(flag, format!("{v} is not a finite rate >= 0"));
+            }
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad("weight-decay", format!("{} is not finite and >= 0", self.weight_decay));
+        }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return bad("dropout", format!("{} is not in [0, 1)", self.dropout));
+        }
+        if !(self.plateau_factor > 0.0 && self.plateau_factor < 1.0) {
+            return bad("plateau-factor", format!("{} is not in (0, 1)", self.plateau_factor));
+        }
+        if let Some(g) = self.focal_gamma {
+            if !(g.is_finite() && g >= 0.0) {
+                return bad("focal-gamma", format!("{g} is not finite and >= 0"));
+            }
+        }
+        if let Validation::Fraction(f) = self.validation {
+            if !(f > 0.0 && f < 1.0) {
+                return bad("val-fraction", format!("{f} is not in (0, 1)"));
+            }
+        }
+        if let Unfreeze::Last(0) = self.unfreeze {
+            if self.mode == TrainMode::Finetune {
+                return bad("unfreeze", "0 blocks: use --mode frozen to train only the head".into());
+            }
+        }
+        match (self.mode, self.model.as_str()) {
+            (TrainMode::Scratch, m) if m != "scratch" => bad(
+                "mode",
+                format!("scratch trains the scratch CNN from random weights; '{m}' is pretrained: use frozen or finetune"),
+            ),
+            (TrainMode::Frozen | TrainMode::Finetune, "scratch") => bad(
+                "mode",
+                "the scratch CNN has no pretrained weights to freeze or fine-tune: use --mode scratch".into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// The fields in which `other` differs from `self`, as `name: ours -> theirs` (resume checks).
+    pub fn differences(&self, other: &Self) -> Vec<String> {
+        let (a, b) = (
+            serde_json::to_value(self).unwrap_or_default(),
+            serde_json::to_value(other).unwrap_or_default(),
+        );
+        let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+            return vec!["config".into()];
+        };
+        a.iter()
+            .filter(|(k, v)| b.get(*k) != Some(v))
+            .map(|(k, v)| format!("{k}: {v} -> {}", b.get(k).cloned().unwrap_or_default()))
+            .collect()
+    }
+}
+
+macro_rules! cli_enum {
+    ($ty:ident, $what:literal, [$($variant:ident = $name:literal),+ $(,)?]) => {
+        impl $ty {
+            /// The names accepted on the command line.
+            pub const NAMES: &'static [&'static str] = &[$($name),+];
+
+            /// The command-line name.
+            pub fn name(self) -> &'static str {
+                match self { $(Self::$variant => $name),+ }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = ClassifyError;
+
+            fn from_str(s: &str) -> Result<Self> {
+                match s.to_ascii_lowercase().as_str() {
+                    $($name => Ok(Self::$variant),)+
+                    _ => Err(ClassifyError::BadArgument(format!(
+                        concat!("unknown ", $what, " '{}': expected one of {}"),
+                        s,
+                        Self::NAMES.join(", ")
+                    ))),
+                }
+            }
+        }
+    };
+}
+
+cli_enum!(TrainMode, "mode", [Frozen = "frozen", Finetune = "finetune", Scratch = "scratch"]);
+cli_enum!(BnMode, "batch-norm mode", [Frozen = "frozen", Train = "train"]);
+cli_enum!(ClassWeights, "class weighting", [Balanced = "balanced", None = "none"]);
+cli_enum!(OptimizerKind, "optimiser", [Adamw = "adamw", Sgd = "sgd", Rmsprop = "rmsprop"]);
+cli_enum!(ScheduleKind, "schedule", [Cosine = "cosine", Plateau = "plateau", Constant = "constant"]);
+
+impl fmt::Display for Unfreeze {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Last(n) => write!(f, "{n}"),
+            Self::All => f.write_str("all"),
+        }
+    }
+}
+
+impl FromStr for Unfreeze {
+    type Err = ClassifyError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        if s.eq_ignore_ascii_case("all") {
+            return Ok(Self::All);
+        }
+        s.parse().map(Self::Last).map_err(|_| {
+            ClassifyError::BadArgument(format!(
+                "--unfreeze '{s}': expected a number of blocks or 'all'"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for m in [TrainMode::Frozen, TrainMode::Finetune, TrainMode::Scratch] {
+            assert_eq!(m.name().parse::<TrainMode>().unwrap(), m);
+        }
+        assert!("warm".parse::<TrainMode>().unwrap_err().to_string().contains("frozen, finetune, scratch"));
+        assert_eq!("all".parse::<Unfreeze>().unwrap(), Unfreeze::All);
+        assert_eq!("5".parse::<Unfreeze>().unwrap(), Unfreeze::Last(5));
+        assert!("five".parse::<Unfreeze>().is_err());
+    }
+
+    #[test]
+    fn defaults_validate_and_differences_name_fields() {
+        for (model, mode) in [
+            ("mobilenet_v2", TrainMode::Frozen),
+            ("mobilenet_v2", TrainMode::Finetune),
+            ("scratch", TrainMode::Scratch),
+        ] {
+            TrainConfig::defaults(model, mode, 224).validate().unwrap();
+        }
+        let a = TrainConfig::defaults("mobilenet_v2", TrainMode::Frozen, 224);
+        let b = TrainConfig { lr: 0.5, ..a.clone() };
+        assert_eq!(a.differences(&b), vec!["lr: 0.001 -> 0.5".to_string()]);
+        let wrong = TrainConfig::defaults("mobilenet_v2", TrainMode::Scratch, 224);
+        assert!(wrong.validate().unwrap_err().to_string().contains("--mode"));
+    }
+}
