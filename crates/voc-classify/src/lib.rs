@@ -8,6 +8,7 @@ pub mod classifier;
 pub mod efficientnet;
 pub mod error;
 pub mod layers;
+pub mod metrics;
 pub mod mobilenet_v2;
 pub mod module;
 pub mod preprocess;
@@ -20,6 +21,11 @@ pub use checkpoint::CheckpointClassifier;
 pub use classifier::{top_k, ClassifierArch, ClassifierConfig, ImageClassifier, Prediction};
 pub use efficientnet::{EfficientNetLite, EfficientNetLiteConfig};
 pub use error::{ClassifyError, Result};
+pub use metrics::{
+    average_precision, choose_thresholds, classification_dice, evaluate, macro_f1,
+    mean_average_precision, per_class_average_precision, per_class_f1, ClassificationReport,
+    ThresholdRule, Thresholds, SEED_THRESHOLD,
+};
 pub use mobilenet_v2::{MobileNetV2, MobileNetV2Config};
 pub use module::Eval;
 pub use preprocess::{image_input, resize_rgb, rgb_to_tensor};
