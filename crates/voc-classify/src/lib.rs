@@ -9,6 +9,7 @@ pub mod efficientnet;
 pub mod head;
 pub mod error;
 pub mod layers;
+pub mod metrics;
 pub mod mobilenet_v2;
 pub mod module;
 pub mod preprocess;
@@ -22,6 +23,11 @@ pub use classifier::{top_k, ClassifierArch, ClassifierConfig, ImageClassifier, P
 pub use efficientnet::{EfficientNetLite, EfficientNetLiteConfig};
 pub use head::{Head, HeadKind};
 pub use error::{ClassifyError, Result};
+pub use metrics::{
+    average_precision, choose_thresholds, classification_dice, evaluate, macro_f1,
+    mean_average_precision, per_class_average_precision, per_class_f1, ClassificationReport,
+    ThresholdRule, Thresholds, SEED_THRESHOLD,
+};
 pub use mobilenet_v2::{MobileNetV2, MobileNetV2Config};
 pub use module::Eval;
 pub use preprocess::{image_input, resize_rgb, rgb_to_tensor};

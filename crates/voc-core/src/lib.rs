@@ -7,6 +7,7 @@ pub mod classes;
 pub mod error;
 pub mod image;
 pub mod labels;
+pub mod metrics;
 pub mod normalization;
 pub mod palette;
 pub mod testing;

@@ -5,6 +5,7 @@
 pub mod augment;
 #[cfg(feature = "candle")]
 pub mod batch;
+pub mod chart;
 pub mod competition;
 pub mod error;
 pub mod font;
@@ -19,6 +20,7 @@ pub mod vocdevkit;
 pub use augment::{AugmentConfig, AugmentParams, ResizeMode};
 #[cfg(feature = "candle")]
 pub use batch::{Batch, BatchConfig, BatchLoader, EpochIter};
+pub use chart::{render_panels, write_panels_png, Panel, Series, YScale, SERIES_COLORS};
 pub use competition::{CompetitionDir, Dataset, LabelMismatch, LoadMode, Sample, SplitIndex};
 pub use error::{DataError, Result};
 pub use image_io::read_rgb_image;

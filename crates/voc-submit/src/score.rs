@@ -29,14 +29,9 @@ pub fn intersection(a: &[Run], b: &[Run]) -> u64 {
     total
 }
 
-/// Dice coefficient `2|A∩B| / (|A|+|B|)` of two binary arrays given as counts; 1 when both are empty.
-pub fn dice_from_counts(both: u64, a: u64, b: u64) -> f64 {
-    if a + b == 0 {
-        1.0
-    } else {
-        2.0 * both as f64 / (a + b) as f64
-    }
-}
+/// The competition's Dice of two binary arrays given as counts (1 when both are empty); the one
+/// definition lives in voc-core.
+pub use voc_core::metrics::dice_from_counts;
 
 /// Dice of two run lists.
 pub fn dice(a: &[Run], b: &[Run]) -> f64 {
