@@ -11,11 +11,15 @@ use std::path::{Path, PathBuf};
 use candle_core::{DType, Device};
 use voc_tensor::checkpoint::{self, CheckpointMeta};
 
-use crate::classifier::{ClassifierArch, ClassifierConfig, ImageClassifier};
+use crate::classifier::ClassifierArch;
+use crate::head::HeadKind;
+use crate::metrics::Thresholds;
+use crate::models::{ClassifierNet, ModelChoice};
 use crate::error::{ClassifyError, Result};
 use voc_core::{Normalization, RgbImage};
 
-use crate::preset::ModelPreset;
+use crate::classifier::{ClassifierConfig, ImageClassifier};
+use crate::scratch::{ScratchCnn, ScratchCnnConfig};
 use crate::weights::FromWeights;
 
 /// Suffix of the `architecture` of a classifier checkpoint: `{backbone}_classifier`.
@@ -29,17 +33,19 @@ pub fn checkpoint_architecture(arch: &ClassifierArch) -> String {
     format!("{}{CLASSIFIER_SUFFIX}", arch.name())
 }
 
-/// The classifier architecture a checkpoint's `architecture` string names (the pretrained presets'
-/// backbones); any other string is a [`ClassifyError::BadConfig`] on `path` listing the known ones.
-pub fn arch_from_checkpoint(path: &Path, architecture: &str) -> Result<ClassifierArch> {
-    let known: Vec<String> = ModelPreset::ALL
-        .iter()
-        .map(|p| checkpoint_architecture(&p.arch))
+/// The model a checkpoint's `architecture` string names (a pretrained backbone's `{name}_classifier`, or
+/// the scratch CNN's `scratch_classifier`); any other string is a [`ClassifyError::BadConfig`] on `path`
+/// listing the known ones.
+pub fn model_from_checkpoint(path: &Path, architecture: &str) -> Result<ModelChoice> {
+    let known: Vec<String> = crate::models::model_names()
+        .into_iter()
+        .filter_map(|n| ModelChoice::by_name(n).ok())
+        .map(|c| c.architecture())
         .collect();
-    ModelPreset::ALL
-        .iter()
-        .find(|p| checkpoint_architecture(&p.arch) == architecture)
-        .map(|p| p.arch)
+    crate::models::model_names()
+        .into_iter()
+        .filter_map(|n| ModelChoice::by_name(n).ok())
+        .find(|c| c.architecture() == architecture)
         .ok_or_else(|| ClassifyError::BadConfig {
             path: path.to_path_buf(),
             message: format!(
@@ -47,6 +53,15 @@ pub fn arch_from_checkpoint(path: &Path, architecture: &str) -> Result<Classifie
                 known.join(", ")
             ),
         })
+}
+
+/// How a checkpoint's images are fitted to its input size (`extra.resize`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputResize {
+    /// voc-data's evaluation geometry (bilinear warp to the input size), as voc's trainer feeds images.
+    Stretch,
+    /// [`crate::resize_rgb`] (PIL-style anti-aliased bilinear): checkpoints that record no resize.
+    Pil,
 }
 
 /// A multi-label classifier with everything needed to use it.
@@ -84,7 +99,7 @@ pub fn arch_from_checkpoint(path: &Path, architecture: &str) -> Result<Classifie
 #[derive(Debug, Clone)]
 pub struct CheckpointClassifier {
     /// The network, for inference.
-    pub model: ImageClassifier,
+    pub model: ClassifierNet,
     /// The checkpoint's metadata as written (training configuration, seed, extras).
     pub meta: CheckpointMeta,
     /// The file it was read from.
@@ -99,6 +114,11 @@ pub struct CheckpointClassifier {
     pub normalization: Normalization,
     /// `(height, width)` images are resized to (the checkpoint's, else the preset's square size).
     pub input_size: (usize, usize),
+    /// How images are fitted to `input_size`.
+    pub resize: InputResize,
+    /// With no class at or above its threshold, label the most probable class (every VOC image shows
+    /// at least one object); checkpoints of voc's trainer record it.
+    pub argmax_fallback: bool,
 }
 
 impl CheckpointClassifier {
@@ -110,7 +130,7 @@ impl CheckpointClassifier {
             path: path.to_path_buf(),
             message,
         };
-        let arch = arch_from_checkpoint(path, &meta.architecture)?;
+        let choice = model_from_checkpoint(path, &meta.architecture)?;
         let num_classes = meta.class_names.len();
         if num_classes == 0 {
             return Err(bad("the checkpoint metadata lists no class names".into()));
@@ -128,22 +148,60 @@ impl CheckpointClassifier {
         if let Some(t) = thresholds.iter().find(|t| !(0.0..=1.0).contains(*t)) {
             return Err(bad(format!("threshold {t} is not a probability in [0, 1]")));
         }
-        let preset_size = ModelPreset::ALL
-            .iter()
-            .find(|p| p.arch == arch)
-            .map_or(224, |p| p.input_size);
-        let input_size = meta.input_size.unwrap_or((preset_size, preset_size));
+        let input_size = meta
+            .input_size
+            .unwrap_or((choice.input_size(), choice.input_size()));
         if input_size.0 == 0 || input_size.1 == 0 {
             return Err(bad(format!("input size {input_size:?} is empty")));
         }
-        let config = ClassifierConfig {
-            arch,
-            num_classes,
-            dropout: 0.0,
-            head: crate::HeadKind::Linear,
+        let extra = |key: &str| meta.extra.get(key).and_then(|v| v.as_str());
+        let head = match extra("head") {
+            Some(h) => h.parse::<HeadKind>().map_err(|e| bad(e.to_string()))?,
+            None => HeadKind::Linear,
         };
-        let model =
-            ImageClassifier::from_tensors(tensors, &path.display().to_string(), config, device)?;
+        let resize = match extra("resize") {
+            Some(crate::train::run::RESIZE_STRETCH) => InputResize::Stretch,
+            None => InputResize::Pil,
+            Some(other) => return Err(bad(format!("unknown resize '{other}' in the metadata"))),
+        };
+        let argmax_fallback = meta
+            .extra
+            .get("argmax_fallback")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false);
+        let source = path.display().to_string();
+        let model = match choice {
+            ModelChoice::Pretrained(preset) => ClassifierNet::Transfer(ImageClassifier::from_tensors(
+                tensors,
+                &source,
+                ClassifierConfig {
+                    arch: preset.arch,
+                    num_classes,
+                    dropout: 0.0,
+                    head,
+                },
+                device,
+            )?),
+            ModelChoice::Scratch => {
+                if input_size.0 != input_size.1 {
+                    return Err(bad(format!("the scratch CNN takes square inputs, not {input_size:?}")));
+                }
+                let config = ScratchCnnConfig {
+                    input_size: input_size.0,
+                    num_classes,
+                    dropout: 0.0,
+                    ..ScratchCnnConfig::default()
+                };
+                ClassifierNet::Scratch(crate::weights::load_frozen(
+                    tensors,
+                    &source,
+                    crate::models::SCRATCH_ARCHITECTURE,
+                    crate::weights::Unexpected::Error,
+                    device,
+                    |vb| ScratchCnn::new(vb, config),
+                )?)
+            }
+        };
         Ok(Self {
             model,
             normalization: meta.normalization,
@@ -152,28 +210,53 @@ impl CheckpointClassifier {
             thresholds,
             thresholds_from_checkpoint,
             input_size,
+            resize,
+            argmax_fallback,
             meta,
         })
+    }
+
+    /// The thresholds and fallback rule that turn probabilities into labels.
+    pub fn decision(&self) -> Thresholds {
+        Thresholds {
+            per_class: self.thresholds.clone(),
+            argmax_fallback: self.argmax_fallback,
+        }
+    }
+
+    /// The network input `1 x 3 x H x W` for one photo, prepared as the checkpoint was trained.
+    pub fn input(&self, image: &RgbImage, device: &Device) -> Result<candle_core::Tensor> {
+        match self.resize {
+            InputResize::Pil => {
+                crate::preprocess::image_input(image, self.input_size, &self.normalization, device)
+            }
+            InputResize::Stretch => {
+                let (h, w) = self.input_size;
+                let view = voc_data::image_io::rgb_view(image);
+                let eval = voc_data::AugmentConfig::eval(voc_data::ResizeMode::Stretch {
+                    height: h,
+                    width: w,
+                });
+                let (out, _) = eval.augment(view, None, 0);
+                let chw = voc_data::augment::to_chw(&self.normalization, out.view());
+                Ok(candle_core::Tensor::from_vec(chw, (1, 3, h, w), device)?)
+            }
+        }
     }
 
     /// Sigmoid probability of every class for one photo of any size (resized to `input_size`, then
     /// normalised), in `class_names` order.
     pub fn probabilities(&self, image: &RgbImage, device: &Device) -> Result<Vec<f32>> {
-        let x =
-            crate::preprocess::image_input(image, self.input_size, &self.normalization, device)?;
-        let logits = self.model.forward_t(&x, false)?;
+        let x = self.input(image, device)?;
+        let logits = self.model.logits(&x, false, false)?;
         Ok(candle_nn::ops::sigmoid(&logits.to_dtype(DType::F32)?)?
             .flatten_all()?
             .to_vec1()?)
     }
 
-    /// 0/1 per class: probability at or above the class's threshold.
+    /// 0/1 per class: probability at or above the class's threshold (and, with the argmax fallback,
+    /// the most probable class when none is).
     pub fn labels(&self, image: &RgbImage, device: &Device) -> Result<Vec<u8>> {
-        Ok(self
-            .probabilities(image, device)?
-            .iter()
-            .zip(&self.thresholds)
-            .map(|(p, t)| u8::from(p >= t))
-            .collect())
+        Ok(self.decision().decide(&self.probabilities(image, device)?))
     }
 }

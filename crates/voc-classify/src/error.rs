@@ -64,6 +64,10 @@ pub enum ClassifyError {
     #[error("bad argument: {0}")]
     BadArgument(String),
 
+    /// An error of the data layer (a data folder, split, image file or batch), with its source.
+    #[error(transparent)]
+    Data(#[from] voc_data::DataError),
+
     /// An error of the shared vocabulary layer (images, masks, atomic writes), with its source.
     #[error(transparent)]
     Core(#[from] voc_core::CoreError),

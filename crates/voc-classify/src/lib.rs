@@ -11,10 +11,12 @@ pub mod error;
 pub mod layers;
 pub mod metrics;
 pub mod mobilenet_v2;
+pub mod models;
 pub mod module;
 pub mod preprocess;
 pub mod preset;
 pub mod scratch;
+pub mod train;
 pub mod weights;
 
 pub use backbone::{Backbone, BackboneFeatures, FeatureChannels};
@@ -29,6 +31,7 @@ pub use metrics::{
     ThresholdRule, Thresholds, SEED_THRESHOLD,
 };
 pub use mobilenet_v2::{MobileNetV2, MobileNetV2Config};
+pub use models::{ClassifierNet, ModelChoice, NetPart};
 pub use module::Eval;
 pub use preprocess::{image_input, resize_rgb, rgb_to_tensor};
 pub use preset::ModelPreset;

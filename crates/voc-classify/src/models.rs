@@ -1,0 +1,212 @@
+//! The classifiers voc trains, by `--model` name, and the network type that holds any of them.
+//!
+//! A new backbone is one file: its network (implementing the backbone interface of [`crate::backbone`]),
+//! a [`crate::ClassifierArch`] variant with its [`ClassifierArch::part_of`] naming rule, and a
+//! [`crate::ModelPreset`]; the trainer, checkpoints and the CLI find it through [`ModelChoice`].
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+use voc_core::Normalization;
+
+use crate::classifier::{ClassifierArch, ClassifierConfig, ImageClassifier};
+use crate::error::{ClassifyError, Result};
+use crate::head::HeadKind;
+use crate::preset::ModelPreset;
+use crate::scratch::{ScratchCnn, ScratchCnnConfig};
+
+/// The `architecture` of a scratch-CNN checkpoint.
+pub const SCRATCH_ARCHITECTURE: &str = "scratch_classifier";
+
+/// Name of the scratch CNN on command lines.
+pub const SCRATCH_NAME: &str = "scratch";
+
+/// Every `--model` name, in help order.
+pub fn model_names() -> Vec<&'static str> {
+    std::iter::once(SCRATCH_NAME)
+        .chain(ModelPreset::ALL.iter().map(|p| p.name))
+        .collect()
+}
+
+/// A model `voc train classify` can train.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ModelChoice {
+    /// A pretrained ImageNet backbone from the hub, with a new head.
+    Pretrained(ModelPreset),
+    /// The seed notebook's CNN from random weights.
+    Scratch,
+}
+
+impl ModelChoice {
+    /// The model called `name`; an unknown name is a [`ClassifyError::BadArgument`] listing the known ones.
+    ///
+    /// ```
+    /// use voc_classify::models::ModelChoice;
+    /// assert_eq!(ModelChoice::by_name("scratch")?.input_size(), 150);
+    /// assert_eq!(ModelChoice::by_name("mobilenet_v2")?.input_size(), 224);
+    /// let err = ModelChoice::by_name("alexnet").unwrap_err().to_string();
+    /// assert!(err.contains("scratch, mobilenet_v2, efficientnet_lite0"), "{err}");
+    /// # Ok::<(), voc_classify::ClassifyError>(())
+    /// ```
+    pub fn by_name(name: &str) -> Result<Self> {
+        if name == SCRATCH_NAME {
+            return Ok(Self::Scratch);
+        }
+        ModelPreset::ALL
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| Self::Pretrained(*p))
+            .ok_or_else(|| {
+                ClassifyError::BadArgument(format!(
+                    "unknown model '{name}': expected one of {}",
+                    model_names().join(", ")
+                ))
+            })
+    }
+
+    /// The command-line name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Pretrained(p) => p.name,
+            Self::Scratch => SCRATCH_NAME,
+        }
+    }
+
+    /// The square input side it is trained at by default (the pretrained size; the notebook's 150).
+    pub fn input_size(&self) -> usize {
+        match self {
+            Self::Pretrained(p) => p.input_size,
+            Self::Scratch => ScratchCnnConfig::default().input_size,
+        }
+    }
+
+    /// How pixels become inputs: the pretrained weights' normalisation, or Keras's `rescale=1/255`.
+    pub fn normalization(&self) -> Normalization {
+        match self {
+            Self::Pretrained(p) => p.normalization,
+            Self::Scratch => Normalization::ZERO_ONE,
+        }
+    }
+
+    /// The `architecture` its checkpoints carry.
+    pub fn architecture(&self) -> String {
+        match self {
+            Self::Pretrained(p) => crate::checkpoint::checkpoint_architecture(&p.arch),
+            Self::Scratch => SCRATCH_ARCHITECTURE.to_string(),
+        }
+    }
+}
+
+/// Which part of a backbone classifier a weight belongs to: what `--unfreeze` counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NetPart {
+    /// The first convolutions (counted as block 0 by `--unfreeze`).
+    Stem,
+    /// A backbone block, by (stage, index) in forward order.
+    Block(usize, usize),
+    /// The 1x1 widening convolution before pooling.
+    HeadConv,
+    /// The classification head.
+    Head,
+}
+
+impl ClassifierArch {
+    /// The part the weight `name` belongs to (`None` for a name of another architecture).
+    ///
+    /// ```
+    /// use voc_classify::models::NetPart;
+    /// use voc_classify::ModelPreset;
+    /// let arch = ModelPreset::MOBILENET_V2.arch;
+    /// assert_eq!(arch.part_of("mobilenet_v2.layer.12.expand_1x1.convolution.weight"), Some(NetPart::Block(0, 12)));
+    /// assert_eq!(arch.part_of("mobilenet_v2.conv_1x1.convolution.weight"), Some(NetPart::HeadConv));
+    /// let lite = ModelPreset::EFFICIENTNET_LITE0.arch;
+    /// assert_eq!(lite.part_of("blocks.5.3.conv_pw.weight"), Some(NetPart::Block(5, 3)));
+    /// assert_eq!(lite.part_of("bn2.running_var"), Some(NetPart::HeadConv));
+    /// ```
+    pub fn part_of(&self, name: &str) -> Option<NetPart> {
+        if name.starts_with("classifier.") {
+            return Some(NetPart::Head);
+        }
+        let index = |rest: &str| -> Option<usize> { rest.split('.').next()?.parse().ok() };
+        match self {
+            Self::MobileNetV2(_) => {
+                let rest = name.strip_prefix("mobilenet_v2.")?;
+                if rest.starts_with("conv_stem.") {
+                    Some(NetPart::Stem)
+                } else if rest.starts_with("conv_1x1.") {
+                    Some(NetPart::HeadConv)
+                } else {
+                    Some(NetPart::Block(0, index(rest.strip_prefix("layer.")?)?))
+                }
+            }
+            Self::EfficientNetLite0(_) => {
+                if name.starts_with("conv_stem.") || name.starts_with("bn1.") {
+                    Some(NetPart::Stem)
+                } else if name.starts_with("conv_head.") || name.starts_with("bn2.") {
+                    Some(NetPart::HeadConv)
+                } else {
+                    let rest = name.strip_prefix("blocks.")?;
+                    let stage = index(rest)?;
+                    let block = index(rest.split_once('.')?.1)?;
+                    Some(NetPart::Block(stage, block))
+                }
+            }
+        }
+    }
+}
+
+/// Any classifier voc trains or loads: a backbone with a head, or the scratch CNN.
+#[derive(Debug, Clone)]
+pub enum ClassifierNet {
+    /// A pretrained backbone, its widening convolution and a head.
+    Transfer(ImageClassifier),
+    /// The seed notebook's CNN.
+    Scratch(ScratchCnn),
+}
+
+impl ClassifierNet {
+    /// Builds the network of `choice` with `num_classes` outputs under `vb`.
+    pub fn new(
+        vb: VarBuilder,
+        choice: ModelChoice,
+        num_classes: usize,
+        head: HeadKind,
+        dropout: f32,
+        input_size: usize,
+    ) -> Result<Self> {
+        Ok(match choice {
+            ModelChoice::Pretrained(p) => Self::Transfer(ImageClassifier::new(
+                vb,
+                ClassifierConfig {
+                    arch: p.arch,
+                    num_classes,
+                    dropout,
+                    head,
+                },
+            )?),
+            ModelChoice::Scratch => Self::Scratch(ScratchCnn::new(
+                vb,
+                ScratchCnnConfig {
+                    input_size,
+                    num_classes,
+                    dropout,
+                    ..ScratchCnnConfig::default()
+                },
+            )?),
+        })
+    }
+
+    /// Logits `N x C`. `bn_train`: batch norms use batch statistics and update their running ones;
+    /// `dropout`: the head's dropout is on. (The scratch CNN trains its batch norms whenever it trains.)
+    pub fn logits(&self, x: &Tensor, bn_train: bool, dropout: bool) -> Result<Tensor> {
+        match self {
+            Self::Transfer(m) => m.head().forward_t(&m.pooled_t(x, bn_train)?, dropout),
+            Self::Scratch(m) => m.forward_t(x, bn_train || dropout),
+        }
+    }
+}
+
+impl candle_core::ModuleT for ClassifierNet {
+    /// Logits; `train` puts batch norm and dropout in training mode.
+    fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
+        Ok(self.logits(xs, train, train)?)
+    }
+}

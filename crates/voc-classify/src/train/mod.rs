@@ -1,0 +1,16 @@
+//! Training multi-label classifiers: the scratch CNN from random weights, and pretrained backbones
+//! with frozen features or fine-tuned — what `voc train classify` runs.
+pub mod config;
+pub mod learner;
+pub mod params;
+pub mod run;
+
+pub use config::{
+    BnMode, ClassWeights, OptimizerKind, ScheduleKind, TrainConfig, TrainMode, Unfreeze, Validation,
+};
+pub use learner::{backbone_blocks, balanced_pos_weight, variable_rule, Learner, Loss, Phase};
+pub use params::{build_mixed, MixedParams};
+pub use run::{
+    read_records, train_augment, train_classifier, write_curves, EpochRecord, Quiet, RunPaths,
+    TrainObserver, TrainOptions, TrainSummary,
+};

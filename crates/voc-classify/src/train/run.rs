@@ -1,0 +1,878 @@
+//! A training run end to end: data, phases, validation, thresholds, checkpoints, metrics, curves, resume.
+//!
+//! RUN holds `config.json` (the [`TrainConfig`] and the data folder), `metrics.jsonl` (one
+//! [`EpochRecord`] per epoch), `best.safetensors` and `last.safetensors` (classifier checkpoints with
+//! their thresholds, loadable by [`crate::CheckpointClassifier`]), `resume.safetensors` (weights,
+//! optimiser state and counters), `curves.png` and, for the head phases, `features.safetensors` (the
+//! cached backbone features). Every file is written to a temporary name and renamed, and an epoch's
+//! files are written before its metrics line, so a run killed at any moment resumes from its last
+//! complete epoch.
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use candle_core::{DType, Device, Tensor};
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use voc_core::{CLASS_NAMES, NUM_CLASSES};
+use voc_data::{
+    AugmentConfig, BatchConfig, BatchLoader, CompetitionDir, Dataset, LoadMode, ResizeMode,
+    SplitIndex,
+};
+use voc_tensor::checkpoint::{self, CheckpointMeta};
+use voc_tensor::hub::{self, HubCache};
+use voc_tensor::optim::{EarlyStopping, LrSchedule, Mode, ReduceLrOnPlateau};
+
+use crate::error::{ClassifyError, Result};
+use crate::metrics::{self, Thresholds};
+use crate::models::{ClassifierNet, ModelChoice};
+use crate::train::config::{
+    ClassWeights, ScheduleKind, TrainConfig, TrainMode, Validation,
+};
+use crate::train::learner::{balanced_pos_weight, Learner, Loss, Phase};
+
+/// How images are fitted to the network input, at training and at prediction (recorded in checkpoints
+/// as `extra.resize`).
+pub const RESIZE_STRETCH: &str = "stretch";
+
+/// Batch size of the feature pass (the backbone in eval mode).
+const FEATURE_BATCH: usize = 16;
+
+/// The files of a run folder.
+#[derive(Debug, Clone)]
+pub struct RunPaths {
+    /// The folder.
+    pub dir: PathBuf,
+}
+
+impl RunPaths {
+    /// `RUN/config.json`.
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config.json")
+    }
+    /// `RUN/metrics.jsonl`.
+    pub fn metrics(&self) -> PathBuf {
+        self.dir.join("metrics.jsonl")
+    }
+    /// `RUN/best.safetensors`.
+    pub fn best(&self) -> PathBuf {
+        self.dir.join("best.safetensors")
+    }
+    /// `RUN/last.safetensors`.
+    pub fn last(&self) -> PathBuf {
+        self.dir.join("last.safetensors")
+    }
+    /// `RUN/resume.safetensors`.
+    pub fn resume(&self) -> PathBuf {
+        self.dir.join("resume.safetensors")
+    }
+    /// `RUN/curves.png`.
+    pub fn curves(&self) -> PathBuf {
+        self.dir.join("curves.png")
+    }
+    /// `RUN/features.safetensors`.
+    pub fn features(&self) -> PathBuf {
+        self.dir.join("features.safetensors")
+    }
+}
+
+/// One epoch, as a line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochRecord {
+    /// 1-based, counted over all phases.
+    pub epoch: usize,
+    /// `head`, `finetune` or `scratch`.
+    pub phase: String,
+    /// Mean training loss over the epoch's batches.
+    pub train_loss: f64,
+    /// Loss on the validation images (no augmentation).
+    pub val_loss: f64,
+    /// Mean average precision over the classes with a positive validation image.
+    pub val_map: f64,
+    /// Average precision per class (`null`: no positive).
+    pub val_ap: Vec<Option<f64>>,
+    /// Macro F1 at the chosen thresholds.
+    pub val_macro_f1: f64,
+    /// The competition's classification Dice at the chosen thresholds.
+    pub val_dice: f64,
+    /// The thresholds chosen on validation this epoch.
+    pub thresholds: Vec<f32>,
+    /// Learning rate at the end of the epoch.
+    pub lr: f64,
+    /// Wall time of the epoch, validation included.
+    pub seconds: f64,
+    /// Training images (or feature rows) per second.
+    pub images_per_s: f64,
+}
+
+/// Progress reports from a run (the CLI draws progress bars; tests ignore them).
+pub trait TrainObserver {
+    /// A stage of `total` steps starts (`what`: e.g. "epoch 3/10").
+    fn start(&mut self, _what: &str, _total: usize) {}
+    /// `n` more steps of the stage are done; `loss` is the running training loss, when there is one.
+    fn advance(&mut self, _n: usize, _loss: Option<f64>) {}
+    /// The stage is over.
+    fn finish(&mut self) {}
+    /// An epoch ended and its files are written.
+    fn epoch(&mut self, _record: &EpochRecord) {}
+}
+
+/// An observer that ignores everything.
+pub struct Quiet;
+impl TrainObserver for Quiet {}
+
+/// Where a run reads and writes, and on what.
+#[derive(Debug, Clone)]
+pub struct TrainOptions {
+    /// The competition-layout data folder.
+    pub data: PathBuf,
+    /// The run folder.
+    pub out: PathBuf,
+    /// The device training runs on.
+    pub device: Device,
+    /// Threads preparing batches.
+    pub workers: usize,
+    /// Continue the run in `out` from its last complete epoch.
+    pub resume: bool,
+    /// Where pretrained weights come from.
+    pub hub: HubCache,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainSummary {
+    /// The run folder.
+    pub run: PathBuf,
+    /// The best checkpoint.
+    pub best: PathBuf,
+    /// Epoch of the best validation mAP.
+    pub best_epoch: usize,
+    /// Its validation mAP.
+    pub best_map: f64,
+    /// Its classification Dice.
+    pub best_dice: f64,
+    /// Epochs completed (over all phases, resumed ones included).
+    pub epochs: usize,
+    /// Whether early stopping ended the run.
+    pub stopped_early: bool,
+    /// Training images and validation images.
+    pub images: (usize, usize),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SavedConfig {
+    config: TrainConfig,
+    data: PathBuf,
+}
+
+/// Counters a resumed run continues from (in `resume.safetensors`'s metadata).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ResumeState {
+    epoch: usize,
+    phase: String,
+    lr: f64,
+    best_map: Option<f64>,
+    best_epoch: usize,
+    best_dice: f64,
+    early_stop: Option<EarlyStopping>,
+    plateau: Option<ReduceLrOnPlateau>,
+}
+
+const OPTIMIZER_PREFIX: &str = "optimizer::";
+
+/// The data of a run: training and validation images with their 0/1 label rows.
+struct RunData {
+    train: Dataset,
+    val: Dataset,
+    train_labels: Vec<u8>,
+    val_labels: Vec<u8>,
+}
+
+fn label_rows(index: &SplitIndex, what: &str) -> Result<Vec<u8>> {
+    let labels = index.labels.as_ref().ok_or_else(|| {
+        ClassifyError::BadArgument(format!(
+            "the {what} split '{}' ({}) has no labels (every label is -1): choose a labelled split",
+            index.name,
+            index.csv_path().display()
+        ))
+    })?;
+    if labels.is_empty() {
+        return Err(ClassifyError::BadArgument(format!(
+            "the {what} split '{}' ({}) has no images",
+            index.name,
+            index.csv_path().display()
+        )));
+    }
+    Ok(labels.iter().flat_map(|l| l.to_flags()).collect())
+}
+
+fn load_data(config: &TrainConfig, data: &Path) -> Result<RunData> {
+    let dir = CompetitionDir::open(data)?;
+    let train = dir.split("train")?;
+    label_rows(&train, "training")?;
+    let (train, val) = match &config.validation {
+        Validation::Split(name) => (train, dir.split(name)?),
+        Validation::Fraction(f) => {
+            let labels = train.labels.clone().unwrap_or_default();
+            let (t, v) = voc_data::stratified_split(&labels, *f, config.seed)?;
+            if v.is_empty() || t.is_empty() {
+                return Err(ClassifyError::BadArgument(format!(
+                    "--val-fraction {f} of {} images leaves an empty split",
+                    labels.len()
+                )));
+            }
+            (train.subset(&t)?, train.subset(&v)?)
+        }
+    };
+    let train_labels = label_rows(&train, "training")?;
+    let val_labels = label_rows(&val, "validation")?;
+    Ok(RunData {
+        train: Dataset::new(train, LoadMode::Eager)?,
+        val: Dataset::new(val, LoadMode::Eager)?,
+        train_labels,
+        val_labels,
+    })
+}
+
+/// The training augmentation of a run: voc-data's classification recipe (flip, +-20 deg, shear 0.2,
+/// zoom 0.8-1.2, colour jitter 0.2) at the input size, stretched like the evaluation geometry.
+pub fn train_augment(config: &TrainConfig) -> AugmentConfig {
+    let size = config.image_size;
+    if config.augment {
+        AugmentConfig {
+            resize: stretch(size),
+            ..AugmentConfig::classification(size)
+        }
+    } else {
+        AugmentConfig::eval(stretch(size))
+    }
+}
+
+fn stretch(size: usize) -> ResizeMode {
+    ResizeMode::Stretch {
+        height: size,
+        width: size,
+    }
+}
+
+fn loader(
+    dataset: &Dataset,
+    config: &TrainConfig,
+    augment: AugmentConfig,
+    batch: usize,
+    shuffle: bool,
+    drop_last: bool,
+    choice: ModelChoice,
+    opts: &TrainOptions,
+) -> Result<BatchLoader> {
+    Ok(BatchLoader::new(
+        dataset.clone(),
+        BatchConfig {
+            batch_size: batch,
+            shuffle,
+            drop_last,
+            seed: config.seed,
+            workers: opts.workers.max(1),
+            prefetch: 2,
+            pad_multiple: None,
+            augment,
+            normalize: choice.normalization(),
+            masks: false,
+        },
+        opts.device.clone(),
+    )?)
+}
+
+fn sigmoid_rows(logits: &Tensor) -> Result<Vec<f32>> {
+    Ok(candle_nn::ops::sigmoid(&logits.to_dtype(DType::F32)?)?
+        .flatten_all()?
+        .to_vec1::<f32>()?)
+}
+
+fn fnv(text: &str) -> u64 {
+    text.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// Pooled backbone features of every image of `dataset` under `augment` (seeded by `view`), `N x F`.
+#[allow(clippy::too_many_arguments)]
+fn feature_pass(
+    net: &ClassifierNet,
+    dataset: &Dataset,
+    config: &TrainConfig,
+    augment: AugmentConfig,
+    view: usize,
+    choice: ModelChoice,
+    opts: &TrainOptions,
+    observer: &mut dyn TrainObserver,
+    what: &str,
+) -> Result<Tensor> {
+    let ClassifierNet::Transfer(model) = net else {
+        return Err(ClassifyError::BadArgument(
+            "frozen features need a pretrained backbone".into(),
+        ));
+    };
+    let batches = loader(dataset, config, augment, FEATURE_BATCH, false, false, choice, opts)?;
+    observer.start(what, dataset.len());
+    let mut rows = Vec::new();
+    for batch in batches.epoch(view) {
+        let batch = batch?;
+        rows.push(model.pooled_t(&batch.images, false)?.to_device(&Device::Cpu)?);
+        observer.advance(batch.len(), None);
+    }
+    observer.finish();
+    Ok(Tensor::cat(&rows, 0)?)
+}
+
+/// Cached features: `train` is `views * N_train x F` (view-major), `val` is `N_val x F`.
+struct Features {
+    train: Tensor,
+    val: Tensor,
+}
+
+fn cached_features(
+    net: &ClassifierNet,
+    data: &RunData,
+    config: &TrainConfig,
+    choice: ModelChoice,
+    opts: &TrainOptions,
+    paths: &RunPaths,
+    observer: &mut dyn TrainObserver,
+) -> Result<Features> {
+    let key = serde_json::json!({
+        "model": config.model,
+        "image_size": config.image_size,
+        "views": config.views,
+        "augment": config.augment,
+        "seed": config.seed,
+        "train_ids": fnv(&data.train.index().ids.join("\n")).to_string(),
+        "val_ids": fnv(&data.val.index().ids.join("\n")).to_string(),
+    });
+    let path = paths.features();
+    if path.is_file() {
+        if let Ok((tensors, meta)) = checkpoint::load_checkpoint(&path, &Device::Cpu) {
+            if meta.extra == key {
+                if let (Some(train), Some(val)) = (tensors.get("train"), tensors.get("val")) {
+                    return Ok(Features {
+                        train: train.clone(),
+                        val: val.clone(),
+                    });
+                }
+            }
+        }
+    }
+    let mut views = Vec::with_capacity(config.views);
+    for view in 0..config.views {
+        // View 0 is the image as evaluated; the others are augmented, each with its own seeds.
+        let augment = if view == 0 {
+            AugmentConfig::eval(stretch(config.image_size))
+        } else {
+            train_augment(config)
+        };
+        let what = format!("features: training view {}/{}", view + 1, config.views);
+        views.push(feature_pass(
+            net, &data.train, config, augment, view, choice, opts, observer, &what,
+        )?);
+    }
+    let val = feature_pass(
+        net,
+        &data.val,
+        config,
+        AugmentConfig::eval(stretch(config.image_size)),
+        0,
+        choice,
+        opts,
+        observer,
+        "features: validation",
+    )?;
+    let train = Tensor::cat(&views, 0)?;
+    let mut meta = CheckpointMeta::new("feature_cache", CLASS_NAMES.map(String::from).to_vec());
+    meta.extra = key;
+    let tensors = HashMap::from([("train".to_string(), train.clone()), ("val".to_string(), val.clone())]);
+    checkpoint::save_checkpoint_tensors(&path, &tensors, &meta)?;
+    Ok(Features { train, val })
+}
+
+/// The pretrained backbone's weights (the ImageNet head left out: the new head replaces it).
+fn pretrained_backbone(choice: ModelChoice, opts: &TrainOptions) -> Result<HashMap<String, Tensor>> {
+    let ModelChoice::Pretrained(preset) = choice else {
+        return Ok(HashMap::new());
+    };
+    let path = hub::resolve_weights_in(&opts.hub, &preset.weights_source())?;
+    let mut tensors = crate::weights::read_weights(&path, &opts.device)?;
+    tensors.retain(|name, _| preset.arch.part_of(name) != Some(crate::models::NetPart::Head));
+    Ok(tensors)
+}
+
+/// Runs (or resumes) the training `config` describes; see the module docs for what RUN holds.
+///
+/// Errors: an invalid config, data without labels or images, a RUN that already holds a run (without
+/// `resume`), resuming with another config or a RUN without a run, weights that do not fit.
+pub fn train_classifier(
+    config: &TrainConfig,
+    opts: &TrainOptions,
+    observer: &mut dyn TrainObserver,
+) -> Result<TrainSummary> {
+    config.validate()?;
+    let choice = ModelChoice::by_name(&config.model)?;
+    let paths = RunPaths {
+        dir: opts.out.clone(),
+    };
+    let saved = SavedConfig {
+        config: config.clone(),
+        data: opts.data.clone(),
+    };
+    if opts.resume {
+        let text = std::fs::read_to_string(paths.config()).map_err(|e| {
+            ClassifyError::BadArgument(format!(
+                "--resume {}: no run there ({}: {e})",
+                paths.dir.display(),
+                paths.config().display()
+            ))
+        })?;
+        let previous: SavedConfig = serde_json::from_str(&text).map_err(|e| ClassifyError::BadConfig {
+            path: paths.config(),
+            message: format!("not a voc training config: {e}"),
+        })?;
+        let diff = previous.config.differences(config);
+        if !diff.is_empty() {
+            return Err(ClassifyError::BadArgument(format!(
+                "--resume {}: the run was started with another configuration ({}); resume with the same flags or start a new run",
+                paths.dir.display(),
+                diff.join("; ")
+            )));
+        }
+    } else {
+        if paths.config().exists() {
+            return Err(ClassifyError::BadArgument(format!(
+                "{} already holds a training run: continue it with --resume or choose another --out",
+                paths.dir.display()
+            )));
+        }
+        std::fs::create_dir_all(&paths.dir).map_err(|e| {
+            ClassifyError::BadArgument(format!("cannot create {}: {e}", paths.dir.display()))
+        })?;
+        let json = serde_json::to_string_pretty(&saved).map_err(|e| ClassifyError::BadArgument(e.to_string()))?;
+        voc_core::write_atomic(&paths.config(), |f| {
+            std::io::Write::write_all(f, json.as_bytes())
+        })?;
+    }
+
+    let data = load_data(config, &opts.data)?;
+    let pos_weight = match config.class_weights {
+        ClassWeights::Balanced => Some(Tensor::new(
+            balanced_pos_weight(&data.train_labels, NUM_CLASSES),
+            &opts.device,
+        )?),
+        ClassWeights::None => None,
+    };
+    let loss = Loss {
+        pos_weight,
+        focal_gamma: config.focal_gamma,
+    };
+
+    // The phases: (phase, first epoch, last epoch), epochs 1-based over the whole run.
+    let phases: Vec<(Phase, usize, usize)> = match config.mode {
+        TrainMode::Frozen => vec![(Phase::Head, 1, config.epochs)],
+        TrainMode::Finetune => {
+            let w = config.warmup_head_epochs;
+            vec![(Phase::Head, 1, w), (Phase::Finetune, w + 1, w + config.epochs)]
+        }
+        TrainMode::Scratch => vec![(Phase::Scratch, 1, config.epochs)],
+    }
+    .into_iter()
+    .filter(|(_, first, last)| first <= last)
+    .collect();
+
+    let mut resume: Option<(ResumeState, HashMap<String, Tensor>, HashMap<String, Tensor>)> = None;
+    let mut records: Vec<EpochRecord> = Vec::new();
+    if opts.resume && paths.resume().is_file() {
+        let (tensors, meta) = checkpoint::load_checkpoint(&paths.resume(), &opts.device)?;
+        let state: ResumeState = serde_json::from_value(meta.extra.clone()).map_err(|e| {
+            ClassifyError::BadConfig {
+                path: paths.resume(),
+                message: format!("no resume state: {e}"),
+            }
+        })?;
+        let (opt_state, weights): (HashMap<_, _>, HashMap<_, _>) = tensors
+            .into_iter()
+            .partition(|(k, _)| k.starts_with(OPTIMIZER_PREFIX));
+        let opt_state = opt_state
+            .into_iter()
+            .map(|(k, v)| (k[OPTIMIZER_PREFIX.len()..].to_string(), v))
+            .collect();
+        records = read_records(&paths.metrics())?
+            .into_iter()
+            .filter(|r| r.epoch <= state.epoch)
+            .collect();
+        write_records(&paths.metrics(), &records)?;
+        resume = Some((state, weights, opt_state));
+    } else if opts.resume {
+        // Killed before the first epoch ended: start over in the same folder.
+        write_records(&paths.metrics(), &[])?;
+    }
+
+    let mut best_map = resume.as_ref().and_then(|r| r.0.best_map);
+    let mut best_epoch = resume.as_ref().map_or(0, |r| r.0.best_epoch);
+    let mut best_dice = resume.as_ref().map_or(0.0, |r| r.0.best_dice);
+    let done = resume.as_ref().map_or(0, |r| r.0.epoch);
+    let mut stopped_early = false;
+    let mut values: HashMap<String, Tensor> = match &resume {
+        Some((_, weights, _)) => weights.clone(),
+        None => pretrained_backbone(choice, opts)?,
+    };
+    let mut epochs_run = done;
+
+    'phases: for (phase, first, last) in phases {
+        if last <= done {
+            continue;
+        }
+        let mut learner = Learner::new(choice, config, phase, values.clone(), loss.clone(), &opts.device)?;
+        let phase_epochs = last - first + 1;
+        let steps_per_epoch = match phase {
+            Phase::Head => (data.train.len() * config.views).div_ceil(config.batch),
+            _ => {
+                let n = data.train.len();
+                if learner_drops_last(config, phase) && n >= config.batch {
+                    n / config.batch
+                } else {
+                    n.div_ceil(config.batch)
+                }
+            }
+        };
+        let schedule = match config.schedule {
+            ScheduleKind::Cosine => Some(
+                LrSchedule::Cosine {
+                    total: phase_epochs * steps_per_epoch,
+                    min_lr: config.lr * 0.01,
+                }
+                .with_warmup(config.warmup_epochs.min(phase_epochs.saturating_sub(1)) * steps_per_epoch),
+            ),
+            _ => None,
+        };
+        let mut plateau = (config.schedule == ScheduleKind::Plateau)
+            .then(|| {
+                ReduceLrOnPlateau::new(Mode::Max, config.plateau_factor, config.plateau_patience)
+                    .map(|p| p.with_min_lr(config.min_lr))
+            })
+            .transpose()?;
+        let mut early_stop =
+            (config.patience > 0).then(|| EarlyStopping::new(Mode::Max, config.patience, 0.0));
+        let mut start = first;
+        if let Some((state, _, opt_state)) = &resume {
+            if state.epoch >= first && state.phase == phase.name() {
+                learner.load_optimizer_state(opt_state)?;
+                learner.set_learning_rate(state.lr);
+                plateau = state.plateau.clone();
+                early_stop = state.early_stop.clone();
+                start = state.epoch + 1;
+            }
+        }
+
+        let features = if phase == Phase::Head {
+            Some(cached_features(&learner.net, &data, config, choice, opts, &paths, observer)?)
+        } else {
+            None
+        };
+        let train_loader = loader(
+            &data.train,
+            config,
+            train_augment(config),
+            config.batch,
+            true,
+            learner_drops_last(config, phase),
+            choice,
+            opts,
+        )?;
+        let val_loader = loader(
+            &data.val,
+            config,
+            AugmentConfig::eval(stretch(config.image_size)),
+            FEATURE_BATCH,
+            false,
+            false,
+            choice,
+            opts,
+        )?;
+        let val_targets = Tensor::from_vec(
+            data.val_labels.iter().map(|&v| f32::from(v)).collect::<Vec<f32>>(),
+            (data.val.len(), NUM_CLASSES),
+            &opts.device,
+        )?;
+
+        for epoch in start..=last {
+            let t0 = Instant::now();
+            let step0 = (epoch - first) * steps_per_epoch;
+            let set_lr = |learner: &mut Learner, step: usize| {
+                if let Some(s) = &schedule {
+                    learner.set_learning_rate(s.lr_at(config.lr, step));
+                }
+            };
+            let (mut loss_sum, mut batches, mut images) = (0f64, 0usize, 0usize);
+            observer.start(
+                &format!("epoch {epoch}/{} ({})", last, phase.name()),
+                steps_per_epoch,
+            );
+            match &features {
+                Some(f) => {
+                    let rows = f.train.dim(0)?;
+                    let mut order: Vec<u32> = (0..rows as u32).collect();
+                    order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+                        config.seed ^ (epoch as u64).wrapping_mul(0x9E3779B97F4A7C15),
+                    ));
+                    let n_train = data.train.len();
+                    for (i, chunk) in order.chunks(config.batch).enumerate() {
+                        set_lr(&mut learner, step0 + i);
+                        let idx = Tensor::new(chunk, &Device::Cpu)?;
+                        let x = f.train.index_select(&idx, 0)?.to_device(&opts.device)?;
+                        let y: Vec<f32> = chunk
+                            .iter()
+                            .flat_map(|&r| {
+                                let img = r as usize % n_train;
+                                data.train_labels[img * NUM_CLASSES..(img + 1) * NUM_CLASSES]
+                                    .iter()
+                                    .map(|&v| f32::from(v))
+                            })
+                            .collect();
+                        let y = Tensor::from_vec(y, (chunk.len(), NUM_CLASSES), &opts.device)?;
+                        let l = learner.head_step(&x, &y)?;
+                        loss_sum += f64::from(l);
+                        batches += 1;
+                        images += chunk.len();
+                        observer.advance(1, Some(loss_sum / batches as f64));
+                    }
+                }
+                None => {
+                    for (i, batch) in train_loader.epoch(epoch).enumerate() {
+                        let batch = batch?;
+                        set_lr(&mut learner, step0 + i);
+                        let y = batch.labels.as_ref().ok_or_else(|| {
+                            ClassifyError::BadArgument("a training batch without labels".into())
+                        })?;
+                        let l = learner.step(&batch.images, y)?;
+                        if !l.is_finite() {
+                            return Err(ClassifyError::BadArgument(format!(
+                                "the training loss became {l} at epoch {epoch}: lower --lr"
+                            )));
+                        }
+                        loss_sum += f64::from(l);
+                        batches += 1;
+                        images += batch.len();
+                        observer.advance(1, Some(loss_sum / batches as f64));
+                    }
+                }
+            }
+            observer.finish();
+
+            // Validation.
+            let val_logits = match &features {
+                Some(f) => {
+                    let ClassifierNet::Transfer(net) = &learner.net else {
+                        unreachable!("head phases have a backbone classifier")
+                    };
+                    net.head().forward_t(&f.val.to_device(&opts.device)?, false)?
+                }
+                None => {
+                    let mut rows = Vec::new();
+                    observer.start(&format!("epoch {epoch}/{last}: validation"), data.val.len());
+                    for batch in val_loader.epoch(0) {
+                        let batch = batch?;
+                        rows.push(learner.eval_logits(&batch.images)?);
+                        observer.advance(batch.len(), None);
+                    }
+                    observer.finish();
+                    Tensor::cat(&rows, 0)?
+                }
+            };
+            let val_loss = f64::from(learner.loss_of(&val_logits, &val_targets)?);
+            let probs = sigmoid_rows(&val_logits)?;
+            let thresholds =
+                metrics::choose_thresholds(&probs, &data.val_labels, NUM_CLASSES, config.threshold)?;
+            let report = metrics::evaluate(&probs, &data.val_labels, NUM_CLASSES, &thresholds)?;
+            if let Some(p) = plateau.as_mut() {
+                let next = p.step(report.map, learner.learning_rate());
+                learner.set_learning_rate(next);
+            }
+            let stop = early_stop.as_mut().is_some_and(|e| e.should_stop(report.map));
+            let seconds = t0.elapsed().as_secs_f64();
+            let record = EpochRecord {
+                epoch,
+                phase: phase.name().to_string(),
+                train_loss: loss_sum / batches.max(1) as f64,
+                val_loss,
+                val_map: report.map,
+                val_ap: report.per_class_ap.clone(),
+                val_macro_f1: report.macro_f1,
+                val_dice: report.dice,
+                thresholds: thresholds.per_class.clone(),
+                lr: learner.learning_rate(),
+                seconds,
+                images_per_s: images as f64 / seconds.max(1e-9),
+            };
+
+            // Files: resume state and last, best when improved, then the metrics line and curves.
+            let weights = learner.params.all_tensors()?;
+            let improved = best_map.is_none_or(|b| report.map > b);
+            if improved {
+                best_map = Some(report.map);
+                best_epoch = epoch;
+                best_dice = report.dice;
+            }
+            let state = ResumeState {
+                epoch,
+                phase: phase.name().to_string(),
+                lr: learner.learning_rate(),
+                best_map,
+                best_epoch,
+                best_dice,
+                early_stop: early_stop.clone(),
+                plateau: plateau.clone(),
+            };
+            let mut resume_tensors = weights.clone();
+            for (k, v) in learner.optimizer_state()? {
+                resume_tensors.insert(format!("{OPTIMIZER_PREFIX}{k}"), v);
+            }
+            let mut meta = classifier_meta(choice, config, &thresholds, &record);
+            let checkpoint_meta = meta.clone();
+            meta.extra = serde_json::to_value(&state).map_err(|e| ClassifyError::BadArgument(e.to_string()))?;
+            checkpoint::save_checkpoint_tensors(&paths.resume(), &resume_tensors, &meta)?;
+            checkpoint::save_checkpoint_tensors(&paths.last(), &weights, &checkpoint_meta)?;
+            if improved {
+                checkpoint::save_checkpoint_tensors(&paths.best(), &weights, &checkpoint_meta)?;
+            }
+            records.push(record.clone());
+            write_records(&paths.metrics(), &records)?;
+            write_curves(&paths.curves(), &records)?;
+            observer.epoch(&record);
+            epochs_run = epoch;
+            if stop {
+                stopped_early = true;
+                break 'phases;
+            }
+        }
+        values = learner.params.all_tensors()?;
+    }
+
+    Ok(TrainSummary {
+        run: paths.dir.clone(),
+        best: paths.best(),
+        best_epoch,
+        best_map: best_map.unwrap_or(0.0),
+        best_dice,
+        epochs: epochs_run,
+        stopped_early,
+        images: (data.train.len(), data.val.len()),
+    })
+}
+
+/// Training-mode batch norm cannot take a batch of one image: such runs drop a last short batch.
+fn learner_drops_last(config: &TrainConfig, phase: Phase) -> bool {
+    match phase {
+        Phase::Head => false,
+        Phase::Finetune => config.bn == crate::train::config::BnMode::Train,
+        Phase::Scratch => true,
+    }
+}
+
+/// The metadata of a classifier checkpoint of this run.
+fn classifier_meta(
+    choice: ModelChoice,
+    config: &TrainConfig,
+    thresholds: &Thresholds,
+    record: &EpochRecord,
+) -> CheckpointMeta {
+    let mut meta = CheckpointMeta::new(choice.architecture(), CLASS_NAMES.map(String::from).to_vec());
+    meta.input_size = Some((config.image_size, config.image_size));
+    meta.normalization = choice.normalization();
+    meta.thresholds = Some(thresholds.per_class.clone());
+    meta.training = serde_json::to_value(config).unwrap_or_default();
+    meta.seed = Some(config.seed);
+    meta.extra = serde_json::json!({
+        "head": config.head,
+        "resize": RESIZE_STRETCH,
+        "argmax_fallback": thresholds.argmax_fallback,
+        "threshold_rule": config.threshold,
+        "epoch": record.epoch,
+        "val_map": record.val_map,
+        "val_dice": record.val_dice,
+    });
+    meta
+}
+
+/// The records of `metrics.jsonl` (none when it does not exist); a malformed line is an error naming it.
+pub fn read_records(path: &Path) -> Result<Vec<EpochRecord>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(ClassifyError::BadArgument(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| ClassifyError::BadConfig {
+                path: path.to_path_buf(),
+                message: format!("line {}: {e}", i + 1),
+            })
+        })
+        .collect()
+}
+
+fn write_records(path: &Path, records: &[EpochRecord]) -> Result<()> {
+    let mut text = String::new();
+    for r in records {
+        text.push_str(&serde_json::to_string(r).map_err(|e| ClassifyError::BadArgument(e.to_string()))?);
+        text.push('\n');
+    }
+    Ok(voc_core::write_atomic(path, |f| {
+        std::io::Write::write_all(f, text.as_bytes())
+    })?)
+}
+
+/// `curves.png`: losses, validation scores and the learning rate per epoch.
+pub fn write_curves(path: &Path, records: &[EpochRecord]) -> Result<()> {
+    use voc_data::chart::{Panel, Series, YScale, SERIES_COLORS};
+    let series = |name: &str, color: usize, f: &dyn Fn(&EpochRecord) -> f64| {
+        Series::new(
+            name,
+            SERIES_COLORS[color],
+            records.iter().map(|r| (r.epoch as f64, f(r))).collect(),
+        )
+    };
+    let panels = [
+        Panel::new(
+            "LOSS",
+            "EPOCH",
+            vec![
+                series("TRAIN", 0, &|r| r.train_loss),
+                series("VALIDATION", 1, &|r| r.val_loss),
+            ],
+        ),
+        Panel {
+            y_range: Some((0.0, 1.0)),
+            ..Panel::new(
+                "VALIDATION SCORES",
+                "EPOCH",
+                vec![
+                    series("MAP", 0, &|r| r.val_map),
+                    series("DICE", 2, &|r| r.val_dice),
+                    series("MACRO F1", 3, &|r| r.val_macro_f1),
+                ],
+            )
+        },
+        Panel {
+            y_scale: YScale::Log10,
+            ..Panel::new("LEARNING RATE", "EPOCH", vec![series("LR", 4, &|r| r.lr)])
+        },
+    ];
+    voc_data::chart::write_panels_png(path, &panels, 420, 300)
+        .map_err(|e| ClassifyError::BadArgument(format!("curves: {e}")))
+}
