@@ -137,8 +137,11 @@ impl ConvSpec {
 ///
 /// In eval mode, when the weights are constants (a loaded pretrained model, not variables an optimiser
 /// may change), the batch norm is folded into the convolution once and the shift and activation run as
-/// one pass; a forward in training mode (which moves the running statistics) drops the folded copy. In
-/// training mode batch norm and activation run as one fused op.
+/// one pass. When only the convolution's weights are variables and the batch norm is constant
+/// (fine-tuning with batch norm frozen), its per-channel scale and shift are computed once and each
+/// call scales the kernel by them (a cheap, differentiable product), then runs the same conv + shift +
+/// activation. A forward in training mode (which moves the running statistics) drops both cached copies.
+/// In training mode batch norm and activation run as one fused op.
 ///
 /// ```
 /// use candle_core::{DType, Device, Tensor};
@@ -160,6 +163,9 @@ pub struct ConvNormAct {
     spec: ConvSpec,
     /// `(weight, bias)` with the eval-mode batch norm folded in; shared by clones, as the weights are.
     folded: Arc<Mutex<Option<(Tensor, Tensor)>>>,
+    /// The constant eval-mode batch norm as `(scale, shift)`, scale shaped `C_out x 1 x 1 x 1` to
+    /// multiply a variable kernel, both in its dtype; shared by clones.
+    bn_scale_shift: Arc<Mutex<Option<(Tensor, Tensor)>>>,
 }
 
 impl ConvNormAct {
@@ -203,6 +209,7 @@ impl ConvNormAct {
             norm,
             spec,
             folded: Arc::new(Mutex::new(None)),
+            bn_scale_shift: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -295,7 +302,7 @@ impl ConvNormAct {
                 let y = conv(&self.weight, self.bias.as_ref())?;
                 return add_residual(fused::batch_norm_act_train(bn, &y, s.activation.fused())?);
             }
-            if let Some((weight, shift)) = self.folded_weights(bn)? {
+            if let Some((weight, shift)) = self.eval_weights(bn)? {
                 let y = fused::conv2d_bias_act(
                     x,
                     &weight,
@@ -317,33 +324,65 @@ impl ConvNormAct {
         add_residual(s.activation.forward(&y)?)
     }
 
-    /// The conv weights with the eval-mode batch norm folded in, or `None` when any weight is a
-    /// variable (folding once would go stale after an optimiser step; folding per call costs more than
-    /// it saves).
-    fn folded_weights(&self, bn: &BatchNorm2d) -> Result<Option<(Tensor, Tensor)>> {
-        let variable = self.weight.track_op()
-            || self.bias.as_ref().is_some_and(|b| b.track_op())
-            || bn.weight().track_op()
-            || bn.bias().track_op();
-        if variable {
+    /// The conv weights and per-channel shift with the eval-mode batch norm folded in, or `None` when
+    /// the batch norm's weight or bias is a variable (it then runs as its own ops, so they get their
+    /// gradients).
+    ///
+    /// Constant conv weights are folded once and cached. Variable ones (frozen batch norm,
+    /// fine-tuned convolution) cannot be: a fold would go stale after an optimiser step. They are
+    /// scaled per call by the batch norm's cached `scale` instead, `weight · scale` (and
+    /// `shift + bias · scale`), so the gradient reaches them through that product.
+    fn eval_weights(&self, bn: &BatchNorm2d) -> Result<Option<(Tensor, Tensor)>> {
+        if bn.weight().track_op() || bn.bias().track_op() {
             return Ok(None);
         }
-        let mut cache = self
-            .folded
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if cache.is_none() {
-            *cache = Some(bn.fold_into(&self.weight, self.bias.as_ref())?);
+        let conv_variable =
+            self.weight.track_op() || self.bias.as_ref().is_some_and(|b| b.track_op());
+        if !conv_variable {
+            let mut cache = lock(&self.folded);
+            if cache.is_none() {
+                *cache = Some(bn.fold_into(&self.weight, self.bias.as_ref())?);
+            }
+            return Ok(cache.clone());
         }
-        Ok(cache.clone())
+        let (scale, shift) = {
+            let mut cache = lock(&self.bn_scale_shift);
+            match &*cache {
+                Some(cached) => cached.clone(),
+                None => {
+                    let dtype = self.weight.dtype();
+                    let (scale, shift) = bn.scale_shift()?;
+                    let mut shape = vec![1usize; self.weight.rank()];
+                    shape[0] = scale.elem_count();
+                    let cached = (
+                        scale.reshape(shape)?.to_dtype(dtype)?,
+                        shift.to_dtype(dtype)?,
+                    );
+                    *cache = Some(cached.clone());
+                    cached
+                }
+            }
+        };
+        let weight = self.weight.broadcast_mul(&scale)?;
+        let shift = match &self.bias {
+            Some(b) => (shift + (b * scale.flatten_all()?)?)?,
+            None => shift,
+        };
+        Ok(Some((weight, shift)))
     }
 
+    /// Forgets what eval mode cached from the running statistics (a training forward moves them).
     fn drop_folded(&self) {
-        *self
-            .folded
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = None;
+        *lock(&self.folded) = None;
+        *lock(&self.bn_scale_shift) = None;
     }
+}
+
+/// Locks an eval-mode cache; a poisoned lock still holds a whole value (it is only ever replaced).
+fn lock<T>(cache: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    cache
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Global average pooling over H and W, keeping them as 1x1: `N x C x H x W -> N x C x 1 x 1`.

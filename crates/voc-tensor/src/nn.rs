@@ -146,6 +146,20 @@ impl BatchNorm2d {
         Ok(())
     }
 
+    /// This batch norm in eval mode as a per-channel affine map, `bn(x) = x·scale + shift` with
+    /// `scale = weight / sqrt(running_var + eps)` and `shift = bias - running_mean·scale`: two f64
+    /// tensors of `C` values, detached (the running statistics as they are now; no gradient reaches
+    /// `weight` or `bias` through them). [`BatchNorm2d::fold_into`] is built on it.
+    pub fn scale_shift(&self) -> Result<(Tensor, Tensor)> {
+        let scale = ((self.running_var.as_tensor().to_dtype(DType::F64)? + self.eps)?
+            .sqrt()?
+            .recip()?
+            * self.weight.to_dtype(DType::F64)?)?;
+        let shift = (self.bias.to_dtype(DType::F64)?
+            - (self.running_mean.as_tensor().to_dtype(DType::F64)? * &scale)?)?;
+        Ok((scale.detach(), shift.detach()))
+    }
+
     /// Folds this (eval-mode) batch norm into the conv before it: returns `(weight', bias')` with
     /// `conv(x, weight') + bias' == bn(conv(x, weight) + bias)`. `conv_weight` is `C_out x .. x ..`.
     pub fn fold_into(
@@ -162,22 +176,17 @@ impl BatchNorm2d {
             )));
         }
         let dtype = conv_weight.dtype();
-        let scale = ((self.running_var.as_tensor().to_dtype(DType::F64)? + self.eps)?
-            .sqrt()?
-            .recip()?
-            * self.weight.to_dtype(DType::F64)?)?;
+        let (scale, shift) = self.scale_shift()?;
         let mut bshape = vec![1usize; conv_weight.rank()];
         bshape[0] = c_out;
         let weight = conv_weight
             .to_dtype(DType::F64)?
             .broadcast_mul(&scale.reshape(bshape)?)?
             .to_dtype(dtype)?;
-        let conv_bias = match conv_bias {
-            Some(b) => b.to_dtype(DType::F64)?.flatten_all()?,
-            None => Tensor::zeros(c_out, DType::F64, conv_weight.device())?,
-        };
-        let bias = (((conv_bias - self.running_mean.as_tensor().to_dtype(DType::F64)?)? * scale)?
-            + self.bias.to_dtype(DType::F64)?)?
+        let bias = match conv_bias {
+            Some(b) => ((b.to_dtype(DType::F64)?.flatten_all()? * scale)? + shift)?,
+            None => shift,
+        }
         .to_dtype(dtype)?;
         Ok((weight.detach(), bias.detach()))
     }
@@ -341,5 +350,28 @@ mod tests {
         let folded = conv2d(&x, &fw, Some(&fb), 1, Padding::same(1), 1, 1).unwrap();
         assert!(max_abs_diff(&reference, &folded).unwrap() < 1e-5);
         assert!(bn.fold_into(&ramp((3, 3, 1, 1), 1.0), None).is_err());
+        // The same map as a per-channel scale and shift (f64, constants).
+        let (scale, shift) = bn.scale_shift().unwrap();
+        assert_eq!((scale.dtype(), shift.dims()), (DType::F64, &[4usize][..]));
+        let y = ramp((2, 4, 3, 5), 0.3);
+        let affine = y
+            .broadcast_mul(
+                &scale
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .reshape((1, 4, 1, 1))
+                    .unwrap(),
+            )
+            .unwrap()
+            .broadcast_add(
+                &shift
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .reshape((1, 4, 1, 1))
+                    .unwrap(),
+            )
+            .unwrap();
+        let eval = bn.forward_t(&y, false).unwrap();
+        assert!(max_abs_diff(&eval, &affine).unwrap() < 1e-5);
     }
 }

@@ -18,9 +18,78 @@ pub fn bce_with_logits(
     targets: &Tensor,
     pos_weight: Option<&Tensor>,
 ) -> Result<Tensor> {
+    mean_all(&bce_terms(logits, targets, pos_weight, "bce_with_logits")?.loss)
+}
+
+/// Sigmoid focal loss, mean over all elements: the per-element loss of torchvision's
+/// `sigmoid_focal_loss(logits, targets, alpha, gamma, reduction="mean")`,
+/// `alpha_t · ce · (1 - p_t)^gamma` with `p = sigmoid(x)`, `p_t = p·t + (1-p)·(1-t)` and
+/// `alpha_t = alpha·t + (1-alpha)·(1-t)` (no `alpha_t` factor when `alpha` is `None`, torchvision's
+/// `alpha < 0`).
+///
+/// `ce` is the per-element [`bce_with_logits`], `pos_weight` (one weight per class, the last axis)
+/// multiplying its positive term as PyTorch's `BCEWithLogitsLoss` does (torchvision has no
+/// `pos_weight`). `p` and `1 - p` are `exp(-softplus(∓x))` from the same stable softplus as the BCE,
+/// so logits of ±100 (or more) give finite values and gradients; with `gamma = 0` and no `alpha` this
+/// is exactly [`bce_with_logits`]. `gamma` must be finite and ≥ 0, `alpha` finite.
+pub fn sigmoid_focal_loss(
+    logits: &Tensor,
+    targets: &Tensor,
+    gamma: f64,
+    alpha: Option<f64>,
+    pos_weight: Option<&Tensor>,
+) -> Result<Tensor> {
+    if !gamma.is_finite() || gamma < 0.0 || alpha.is_some_and(|a| !a.is_finite()) {
+        return Err(VocError::BadArgument(format!(
+            "sigmoid_focal_loss: gamma must be finite and >= 0 and alpha finite, got gamma {gamma}, alpha {alpha:?}"
+        )));
+    }
+    let BceTerms {
+        mut loss,
+        softplus_neg,
+        targets,
+    } = bce_terms(logits, targets, pos_weight, "sigmoid_focal_loss")?;
+    if gamma != 0.0 {
+        // 1 - p_t = p·(1-t) + (1-p)·t, with p = e^{-softplus(-x)} and 1-p = e^{-softplus(x)}: no
+        // cancellation, and a sum of non-negative terms for targets in [0, 1].
+        let p = softplus_neg.neg()?.exp()?;
+        let one_minus_p = (&softplus_neg + logits)?.neg()?.exp()?;
+        let base = ((p * targets.affine(-1.0, 1.0)?)? + (one_minus_p * &targets)?)?;
+        // base^gamma, 0 where the base underflowed to 0. The power reads a base of 1 there instead
+        // (a constant), so its backward never evaluates 0^(gamma-1) = inf, which times the zero
+        // gradient of the unselected branch would be NaN.
+        let positive = base.gt(0.0)?;
+        let safe_base = positive.where_cond(&base, &base.ones_like()?)?;
+        let modulating = positive.where_cond(&safe_base.powf(gamma)?, &base.zeros_like()?)?;
+        loss = (loss * modulating)?;
+    }
+    if let Some(alpha) = alpha {
+        // alpha_t = alpha·t + (1-alpha)·(1-t), a constant.
+        loss = (loss * targets.affine(2.0 * alpha - 1.0, 1.0 - alpha)?)?;
+    }
+    mean_all(&loss)
+}
+
+/// The per-element pieces of [`bce_with_logits`], which [`sigmoid_focal_loss`] reuses.
+struct BceTerms {
+    /// The per-element loss, the shape of the logits.
+    loss: Tensor,
+    /// `softplus(-x) = -log sigmoid(x)`, computed stably.
+    softplus_neg: Tensor,
+    /// The targets on the logits' device, in their dtype.
+    targets: Tensor,
+}
+
+/// Checks the shapes and computes [`BceTerms`]; `op` names the caller in errors.
+fn bce_terms(
+    logits: &Tensor,
+    targets: &Tensor,
+    pos_weight: Option<&Tensor>,
+    op: &str,
+) -> Result<BceTerms> {
     if logits.dims() != targets.dims() {
         return Err(VocError::BadArgument(format!(
-            "bce_with_logits: logits {:?} and targets {:?} must have the same shape",
+            "{op}: logits {:?} and targets {:?} must have the same shape",
             logits.dims(),
             targets.dims()
         )));
@@ -41,7 +110,7 @@ pub fn bce_with_logits(
             let classes = *logits.dims().last().unwrap_or(&1);
             if pw.elem_count() != classes && pw.elem_count() != 1 {
                 return Err(VocError::BadArgument(format!(
-                    "bce_with_logits: pos_weight has shape {:?}, expected one weight per class ({classes})",
+                    "{op}: pos_weight has shape {:?}, expected one weight per class ({classes})",
                     pw.dims()
                 )));
             }
@@ -58,11 +127,15 @@ pub fn bce_with_logits(
         }
     };
     let weighted = match positive_scale {
-        None => softplus_neg,
-        Some(s) => (softplus_neg * s)?,
+        None => softplus_neg.clone(),
+        Some(s) => (&softplus_neg * s)?,
     };
     let loss = ((targets.affine(-1.0, 1.0)? * logits)? + weighted)?;
-    mean_all(&loss)
+    Ok(BceTerms {
+        loss,
+        softplus_neg,
+        targets,
+    })
 }
 
 /// Cross-entropy over class logits with PyTorch `F.cross_entropy(logits, targets, weight=class_weight,
