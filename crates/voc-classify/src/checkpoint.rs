@@ -12,10 +12,10 @@ use candle_core::{DType, Device};
 use voc_tensor::checkpoint::{self, CheckpointMeta};
 
 use crate::classifier::ClassifierArch;
+use crate::error::{ClassifyError, Result};
 use crate::head::HeadKind;
 use crate::metrics::Thresholds;
 use crate::models::{ClassifierNet, ModelChoice};
-use crate::error::{ClassifyError, Result};
 use voc_core::{Normalization, RgbImage};
 
 use crate::classifier::{ClassifierConfig, ImageClassifier};
@@ -171,20 +171,24 @@ impl CheckpointClassifier {
             .unwrap_or(false);
         let source = path.display().to_string();
         let model = match choice {
-            ModelChoice::Pretrained(preset) => ClassifierNet::Transfer(ImageClassifier::from_tensors(
-                tensors,
-                &source,
-                ClassifierConfig {
-                    arch: preset.arch,
-                    num_classes,
-                    dropout: 0.0,
-                    head,
-                },
-                device,
-            )?),
+            ModelChoice::Pretrained(preset) => {
+                ClassifierNet::Transfer(ImageClassifier::from_tensors(
+                    tensors,
+                    &source,
+                    ClassifierConfig {
+                        arch: preset.arch,
+                        num_classes,
+                        dropout: 0.0,
+                        head,
+                    },
+                    device,
+                )?)
+            }
             ModelChoice::Scratch => {
                 if input_size.0 != input_size.1 {
-                    return Err(bad(format!("the scratch CNN takes square inputs, not {input_size:?}")));
+                    return Err(bad(format!(
+                        "the scratch CNN takes square inputs, not {input_size:?}"
+                    )));
                 }
                 let config = ScratchCnnConfig {
                     input_size: input_size.0,

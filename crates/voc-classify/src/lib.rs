@@ -6,8 +6,8 @@ pub mod backbone;
 pub mod checkpoint;
 pub mod classifier;
 pub mod efficientnet;
-pub mod head;
 pub mod error;
+pub mod head;
 pub mod layers;
 pub mod metrics;
 pub mod mobilenet_v2;
@@ -23,8 +23,8 @@ pub use backbone::{Backbone, BackboneFeatures, FeatureChannels};
 pub use checkpoint::CheckpointClassifier;
 pub use classifier::{top_k, ClassifierArch, ClassifierConfig, ImageClassifier, Prediction};
 pub use efficientnet::{EfficientNetLite, EfficientNetLiteConfig};
-pub use head::{Head, HeadKind};
 pub use error::{ClassifyError, Result};
+pub use head::{Head, HeadKind};
 pub use metrics::{
     average_precision, choose_thresholds, classification_dice, evaluate, macro_f1,
     mean_average_precision, per_class_average_precision, per_class_f1, ClassificationReport,

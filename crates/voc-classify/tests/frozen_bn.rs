@@ -392,6 +392,7 @@ fn mobilenet_v2_with_frozen_batch_norm_matches_folded_and_composed() -> anyhow::
         }),
         num_classes: 7,
         dropout: 0.0,
+        head: voc_classify::HeadKind::Linear,
     };
     let fresh = VarMap::new();
     ImageClassifier::new(VarBuilder::from_varmap(&fresh, DType::F32, &dev), config)?;

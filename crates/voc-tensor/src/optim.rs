@@ -91,13 +91,13 @@ fn restore_state<T>(
     for group in groups {
         let mut row = Vec::with_capacity(group.vars.len());
         for (name, var) in &group.vars {
-            let get = |slot: &str| -> Option<Tensor> {
-                tensors.get(&format!("{name}.{slot}")).cloned()
-            };
+            let get =
+                |slot: &str| -> Option<Tensor> { tensors.get(&format!("{name}.{slot}")).cloned() };
             for key in tensors.keys() {
-                if key.strip_prefix(name.as_str()).is_some_and(|rest| {
-                    rest.starts_with('.') && !rest[1..].contains('.')
-                }) {
+                if key
+                    .strip_prefix(name.as_str())
+                    .is_some_and(|rest| rest.starts_with('.') && !rest[1..].contains('.'))
+                {
                     known.insert(key.clone());
                 }
             }
@@ -395,11 +395,16 @@ impl Optimizer for Sgd {
     }
 
     fn load_state_tensors(&mut self, tensors: &HashMap<String, Tensor>) -> Result<()> {
-        restore_state(&self.groups, &mut self.momentum_buffers, tensors, |var, get| {
-            get("momentum_buffer")
-                .map(|t| state_like(var, t, "momentum_buffer"))
-                .transpose()
-        })
+        restore_state(
+            &self.groups,
+            &mut self.momentum_buffers,
+            tensors,
+            |var, get| {
+                get("momentum_buffer")
+                    .map(|t| state_like(var, t, "momentum_buffer"))
+                    .transpose()
+            },
+        )
     }
 }
 
@@ -722,7 +727,10 @@ impl Optimizer for AdamW {
             else {
                 return Ok(None);
             };
-            let step = step.flatten_all()?.to_dtype(candle_core::DType::F64)?.to_vec1::<f64>()?;
+            let step = step
+                .flatten_all()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_vec1::<f64>()?;
             let step = match step.as_slice() {
                 [s] if *s >= 0.0 && s.fract() == 0.0 => *s as u64,
                 _ => {

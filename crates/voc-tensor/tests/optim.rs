@@ -658,14 +658,32 @@ fn state_round_trip_continues_exactly() -> voc_tensor::Result<()> {
         ("sgd", |g| {
             Ok(Box::new(Sgd::new(
                 g,
-                SgdConfig { lr: 0.1, momentum: 0.9, nesterov: true, ..Default::default() },
+                SgdConfig {
+                    lr: 0.1,
+                    momentum: 0.9,
+                    nesterov: true,
+                    ..Default::default()
+                },
             )?))
         }),
-        ("adamw", |g| Ok(Box::new(AdamW::new(g, AdamWConfig { lr: 0.05, ..Default::default() })?))),
+        ("adamw", |g| {
+            Ok(Box::new(AdamW::new(
+                g,
+                AdamWConfig {
+                    lr: 0.05,
+                    ..Default::default()
+                },
+            )?))
+        }),
         ("rmsprop", |g| {
             Ok(Box::new(RmsProp::new(
                 g,
-                RmsPropConfig { lr: 0.01, momentum: 0.5, centered: true, ..Default::default() },
+                RmsPropConfig {
+                    lr: 0.01,
+                    momentum: 0.5,
+                    centered: true,
+                    ..Default::default()
+                },
             )?))
         }),
     ];
@@ -694,9 +712,16 @@ fn state_round_trip_continues_exactly() -> voc_tensor::Result<()> {
             "{name}: resumed run differs"
         );
         let mut foreign = state.clone();
-        let (k, v) = foreign.iter().next().map(|(k, v)| (k.clone(), v.clone())).unwrap();
+        let (k, v) = foreign
+            .iter()
+            .next()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .unwrap();
         foreign.insert(k.replacen('p', "other", 1), v);
-        assert!(resumed.load_state_tensors(&foreign).is_err(), "{name}: foreign state accepted");
+        assert!(
+            resumed.load_state_tensors(&foreign).is_err(),
+            "{name}: foreign state accepted"
+        );
     }
     Ok(())
 }

@@ -214,7 +214,8 @@ impl TrainConfig {
 
     /// Checks the values that no type rules out; the error names the flag.
     pub fn validate(&self) -> Result<()> {
-        let bad = |flag: &str, why: String| Err(ClassifyError::BadArgument(format!("--{flag}: {why}")));
+        let bad =
+            |flag: &str, why: String| Err(ClassifyError::BadArgument(format!("--{flag}: {why}")));
         if self.epochs == 0 && self.warmup_head_epochs == 0 {
             return bad("epochs", "nothing to train: 0 epochs".into());
         }
@@ -222,24 +223,37 @@ impl TrainConfig {
             return bad("batch", "must be at least 1".into());
         }
         if self.image_size < 32 {
-            return bad("image-size", format!("{} is too small (at least 32)", self.image_size));
+            return bad(
+                "image-size",
+                format!("{} is too small (at least 32)", self.image_size),
+            );
         }
         if self.views == 0 {
             return bad("views", "must be at least 1".into());
         }
-        for (flag, v) in [("lr", self.lr), ("backbone-lr", self.backbone_lr), ("min-lr", self.min_lr)] {
+        for (flag, v) in [
+            ("lr", self.lr),
+            ("backbone-lr", self.backbone_lr),
+            ("min-lr", self.min_lr),
+        ] {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(flag, format!("{v} is not a finite rate >= 0"));
             }
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return bad("weight-decay", format!("{} is not finite and >= 0", self.weight_decay));
+            return bad(
+                "weight-decay",
+                format!("{} is not finite and >= 0", self.weight_decay),
+            );
         }
         if !(0.0..1.0).contains(&self.dropout) {
             return bad("dropout", format!("{} is not in [0, 1)", self.dropout));
         }
         if !(self.plateau_factor > 0.0 && self.plateau_factor < 1.0) {
-            return bad("plateau-factor", format!("{} is not in (0, 1)", self.plateau_factor));
+            return bad(
+                "plateau-factor",
+                format!("{} is not in (0, 1)", self.plateau_factor),
+            );
         }
         if let Some(g) = self.focal_gamma {
             if !(g.is_finite() && g >= 0.0) {
@@ -253,7 +267,10 @@ impl TrainConfig {
         }
         if let Unfreeze::Last(0) = self.unfreeze {
             if self.mode == TrainMode::Finetune {
-                return bad("unfreeze", "0 blocks: use --mode frozen to train only the head".into());
+                return bad(
+                    "unfreeze",
+                    "0 blocks: use --mode frozen to train only the head".into(),
+                );
             }
         }
         match (self.mode, self.model.as_str()) {
@@ -320,11 +337,39 @@ macro_rules! cli_enum {
     };
 }
 
-cli_enum!(TrainMode, "mode", [Frozen = "frozen", Finetune = "finetune", Scratch = "scratch"]);
-cli_enum!(BnMode, "batch-norm mode", [Frozen = "frozen", Train = "train"]);
-cli_enum!(ClassWeights, "class weighting", [Balanced = "balanced", None = "none"]);
-cli_enum!(OptimizerKind, "optimiser", [Adamw = "adamw", Sgd = "sgd", Rmsprop = "rmsprop"]);
-cli_enum!(ScheduleKind, "schedule", [Cosine = "cosine", Plateau = "plateau", Constant = "constant"]);
+cli_enum!(
+    TrainMode,
+    "mode",
+    [
+        Frozen = "frozen",
+        Finetune = "finetune",
+        Scratch = "scratch"
+    ]
+);
+cli_enum!(
+    BnMode,
+    "batch-norm mode",
+    [Frozen = "frozen", Train = "train"]
+);
+cli_enum!(
+    ClassWeights,
+    "class weighting",
+    [Balanced = "balanced", None = "none"]
+);
+cli_enum!(
+    OptimizerKind,
+    "optimiser",
+    [Adamw = "adamw", Sgd = "sgd", Rmsprop = "rmsprop"]
+);
+cli_enum!(
+    ScheduleKind,
+    "schedule",
+    [
+        Cosine = "cosine",
+        Plateau = "plateau",
+        Constant = "constant"
+    ]
+);
 
 impl fmt::Display for Unfreeze {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -359,7 +404,11 @@ mod tests {
         for m in [TrainMode::Frozen, TrainMode::Finetune, TrainMode::Scratch] {
             assert_eq!(m.name().parse::<TrainMode>().unwrap(), m);
         }
-        assert!("warm".parse::<TrainMode>().unwrap_err().to_string().contains("frozen, finetune, scratch"));
+        assert!("warm"
+            .parse::<TrainMode>()
+            .unwrap_err()
+            .to_string()
+            .contains("frozen, finetune, scratch"));
         assert_eq!("all".parse::<Unfreeze>().unwrap(), Unfreeze::All);
         assert_eq!("5".parse::<Unfreeze>().unwrap(), Unfreeze::Last(5));
         assert!("five".parse::<Unfreeze>().is_err());
@@ -375,7 +424,10 @@ mod tests {
             TrainConfig::defaults(model, mode, 224).validate().unwrap();
         }
         let a = TrainConfig::defaults("mobilenet_v2", TrainMode::Frozen, 224);
-        let b = TrainConfig { lr: 0.5, ..a.clone() };
+        let b = TrainConfig {
+            lr: 0.5,
+            ..a.clone()
+        };
         assert_eq!(a.differences(&b), vec!["lr: 0.001 -> 0.5".to_string()]);
         let wrong = TrainConfig::defaults("mobilenet_v2", TrainMode::Scratch, 224);
         assert!(wrong.validate().unwrap_err().to_string().contains("--mode"));

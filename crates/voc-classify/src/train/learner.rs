@@ -51,7 +51,12 @@ pub fn balanced_pos_weight(labels: &[u8], num_classes: usize) -> Vec<f32> {
     let rows = labels.len() / num_classes.max(1);
     (0..num_classes)
         .map(|c| {
-            let pos = labels.iter().skip(c).step_by(num_classes).filter(|&&v| v == 1).count();
+            let pos = labels
+                .iter()
+                .skip(c)
+                .step_by(num_classes)
+                .filter(|&&v| v == 1)
+                .count();
             let neg = rows - pos;
             if pos == 0 || neg == 0 {
                 1.0
@@ -321,7 +326,10 @@ fn make_optimizer(
         };
         for g in optim::param_groups(&params.varmap, config.weight_decay, &|n| is_head(n) != head) {
             if !g.vars.is_empty() {
-                groups.push(ParamGroup { lr_scale: scale, ..g });
+                groups.push(ParamGroup {
+                    lr_scale: scale,
+                    ..g
+                });
             }
         }
     }

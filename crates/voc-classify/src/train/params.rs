@@ -37,7 +37,12 @@ fn name_hash(name: &str) -> u64 {
 
 /// `shape` filled as candle's `init` would, from a seeded generator (candle's CPU generator cannot be
 /// seeded).
-fn seeded_init(init: Init, shape: &Shape, seed: u64, device: &Device) -> candle_core::Result<Tensor> {
+fn seeded_init(
+    init: Init,
+    shape: &Shape,
+    seed: u64,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
     let n = shape.elem_count();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut normal = |mean: f64, std: f64| -> Vec<f32> {
@@ -59,7 +64,10 @@ fn seeded_init(init: Init, shape: &Shape, seed: u64, device: &Device) -> candle_
         }
         Init::Kaiming { .. } => {
             // Fall back to candle for the rarely used Kaiming hints (not used by voc's layers).
-            return Ok(init.var(shape.clone(), DType::F32, device)?.as_tensor().clone());
+            return Ok(init
+                .var(shape.clone(), DType::F32, device)?
+                .as_tensor()
+                .clone());
         }
     };
     Tensor::from_vec(data, shape.clone(), device)
@@ -102,8 +110,9 @@ impl SimpleBackend for MixedBackend {
         }
         let value = match value {
             Some(v) => v,
-            None => seeded_init(init, &shape, self.seed ^ name_hash(name), device)?
-                .to_dtype(dtype)?,
+            None => {
+                seeded_init(init, &shape, self.seed ^ name_hash(name), device)?.to_dtype(dtype)?
+            }
         };
         let var = Var::from_tensor(&value)?;
         let tensor = var.as_tensor().clone();

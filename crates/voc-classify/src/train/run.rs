@@ -28,9 +28,7 @@ use voc_tensor::optim::{EarlyStopping, LrSchedule, Mode, ReduceLrOnPlateau};
 use crate::error::{ClassifyError, Result};
 use crate::metrics::{self, Thresholds};
 use crate::models::{ClassifierNet, ModelChoice};
-use crate::train::config::{
-    ClassWeights, ScheduleKind, TrainConfig, TrainMode, Validation,
-};
+use crate::train::config::{ClassWeights, ScheduleKind, TrainConfig, TrainMode, Validation};
 use crate::train::learner::{balanced_pos_weight, Learner, Loss, Phase};
 
 /// How images are fitted to the network input, at training and at prediction (recorded in checkpoints
@@ -315,12 +313,25 @@ fn feature_pass(
             "frozen features need a pretrained backbone".into(),
         ));
     };
-    let batches = loader(dataset, config, augment, FEATURE_BATCH, false, false, choice, opts)?;
+    let batches = loader(
+        dataset,
+        config,
+        augment,
+        FEATURE_BATCH,
+        false,
+        false,
+        choice,
+        opts,
+    )?;
     observer.start(what, dataset.len());
     let mut rows = Vec::new();
     for batch in batches.epoch(view) {
         let batch = batch?;
-        rows.push(model.pooled_t(&batch.images, false)?.to_device(&Device::Cpu)?);
+        rows.push(
+            model
+                .pooled_t(&batch.images, false)?
+                .to_device(&Device::Cpu)?,
+        );
         observer.advance(batch.len(), None);
     }
     observer.finish();
@@ -374,7 +385,15 @@ fn cached_features(
         };
         let what = format!("features: training view {}/{}", view + 1, config.views);
         views.push(feature_pass(
-            net, &data.train, config, augment, view, choice, opts, observer, &what,
+            net,
+            &data.train,
+            config,
+            augment,
+            view,
+            choice,
+            opts,
+            observer,
+            &what,
         )?);
     }
     let val = feature_pass(
@@ -391,13 +410,19 @@ fn cached_features(
     let train = Tensor::cat(&views, 0)?;
     let mut meta = CheckpointMeta::new("feature_cache", CLASS_NAMES.map(String::from).to_vec());
     meta.extra = key;
-    let tensors = HashMap::from([("train".to_string(), train.clone()), ("val".to_string(), val.clone())]);
+    let tensors = HashMap::from([
+        ("train".to_string(), train.clone()),
+        ("val".to_string(), val.clone()),
+    ]);
     checkpoint::save_checkpoint_tensors(&path, &tensors, &meta)?;
     Ok(Features { train, val })
 }
 
 /// The pretrained backbone's weights (the ImageNet head left out: the new head replaces it).
-fn pretrained_backbone(choice: ModelChoice, opts: &TrainOptions) -> Result<HashMap<String, Tensor>> {
+fn pretrained_backbone(
+    choice: ModelChoice,
+    opts: &TrainOptions,
+) -> Result<HashMap<String, Tensor>> {
     let ModelChoice::Pretrained(preset) = choice else {
         return Ok(HashMap::new());
     };
@@ -433,10 +458,11 @@ pub fn train_classifier(
                 paths.config().display()
             ))
         })?;
-        let previous: SavedConfig = serde_json::from_str(&text).map_err(|e| ClassifyError::BadConfig {
-            path: paths.config(),
-            message: format!("not a voc training config: {e}"),
-        })?;
+        let previous: SavedConfig =
+            serde_json::from_str(&text).map_err(|e| ClassifyError::BadConfig {
+                path: paths.config(),
+                message: format!("not a voc training config: {e}"),
+            })?;
         let diff = previous.config.differences(config);
         if !diff.is_empty() {
             return Err(ClassifyError::BadArgument(format!(
@@ -455,7 +481,8 @@ pub fn train_classifier(
         std::fs::create_dir_all(&paths.dir).map_err(|e| {
             ClassifyError::BadArgument(format!("cannot create {}: {e}", paths.dir.display()))
         })?;
-        let json = serde_json::to_string_pretty(&saved).map_err(|e| ClassifyError::BadArgument(e.to_string()))?;
+        let json = serde_json::to_string_pretty(&saved)
+            .map_err(|e| ClassifyError::BadArgument(e.to_string()))?;
         voc_core::write_atomic(&paths.config(), |f| {
             std::io::Write::write_all(f, json.as_bytes())
         })?;
@@ -479,7 +506,10 @@ pub fn train_classifier(
         TrainMode::Frozen => vec![(Phase::Head, 1, config.epochs)],
         TrainMode::Finetune => {
             let w = config.warmup_head_epochs;
-            vec![(Phase::Head, 1, w), (Phase::Finetune, w + 1, w + config.epochs)]
+            vec![
+                (Phase::Head, 1, w),
+                (Phase::Finetune, w + 1, w + config.epochs),
+            ]
         }
         TrainMode::Scratch => vec![(Phase::Scratch, 1, config.epochs)],
     }
@@ -487,16 +517,19 @@ pub fn train_classifier(
     .filter(|(_, first, last)| first <= last)
     .collect();
 
-    let mut resume: Option<(ResumeState, HashMap<String, Tensor>, HashMap<String, Tensor>)> = None;
+    let mut resume: Option<(
+        ResumeState,
+        HashMap<String, Tensor>,
+        HashMap<String, Tensor>,
+    )> = None;
     let mut records: Vec<EpochRecord> = Vec::new();
     if opts.resume && paths.resume().is_file() {
         let (tensors, meta) = checkpoint::load_checkpoint(&paths.resume(), &opts.device)?;
-        let state: ResumeState = serde_json::from_value(meta.extra.clone()).map_err(|e| {
-            ClassifyError::BadConfig {
+        let state: ResumeState =
+            serde_json::from_value(meta.extra.clone()).map_err(|e| ClassifyError::BadConfig {
                 path: paths.resume(),
                 message: format!("no resume state: {e}"),
-            }
-        })?;
+            })?;
         let (opt_state, weights): (HashMap<_, _>, HashMap<_, _>) = tensors
             .into_iter()
             .partition(|(k, _)| k.starts_with(OPTIMIZER_PREFIX));
@@ -530,7 +563,14 @@ pub fn train_classifier(
         if last <= done {
             continue;
         }
-        let mut learner = Learner::new(choice, config, phase, values.clone(), loss.clone(), &opts.device)?;
+        let mut learner = Learner::new(
+            choice,
+            config,
+            phase,
+            values.clone(),
+            loss.clone(),
+            &opts.device,
+        )?;
         let phase_epochs = last - first + 1;
         let steps_per_epoch = match phase {
             Phase::Head => (data.train.len() * config.views).div_ceil(config.batch),
@@ -549,7 +589,9 @@ pub fn train_classifier(
                     total: phase_epochs * steps_per_epoch,
                     min_lr: config.lr * 0.01,
                 }
-                .with_warmup(config.warmup_epochs.min(phase_epochs.saturating_sub(1)) * steps_per_epoch),
+                .with_warmup(
+                    config.warmup_epochs.min(phase_epochs.saturating_sub(1)) * steps_per_epoch,
+                ),
             ),
             _ => None,
         };
@@ -573,7 +615,15 @@ pub fn train_classifier(
         }
 
         let features = if phase == Phase::Head {
-            Some(cached_features(&learner.net, &data, config, choice, opts, &paths, observer)?)
+            Some(cached_features(
+                &learner.net,
+                &data,
+                config,
+                choice,
+                opts,
+                &paths,
+                observer,
+            )?)
         } else {
             None
         };
@@ -598,7 +648,10 @@ pub fn train_classifier(
             opts,
         )?;
         let val_targets = Tensor::from_vec(
-            data.val_labels.iter().map(|&v| f32::from(v)).collect::<Vec<f32>>(),
+            data.val_labels
+                .iter()
+                .map(|&v| f32::from(v))
+                .collect::<Vec<f32>>(),
             (data.val.len(), NUM_CLASSES),
             &opts.device,
         )?;
@@ -673,7 +726,8 @@ pub fn train_classifier(
                     let ClassifierNet::Transfer(net) = &learner.net else {
                         unreachable!("head phases have a backbone classifier")
                     };
-                    net.head().forward_t(&f.val.to_device(&opts.device)?, false)?
+                    net.head()
+                        .forward_t(&f.val.to_device(&opts.device)?, false)?
                 }
                 None => {
                     let mut rows = Vec::new();
@@ -689,14 +743,20 @@ pub fn train_classifier(
             };
             let val_loss = f64::from(learner.loss_of(&val_logits, &val_targets)?);
             let probs = sigmoid_rows(&val_logits)?;
-            let thresholds =
-                metrics::choose_thresholds(&probs, &data.val_labels, NUM_CLASSES, config.threshold)?;
+            let thresholds = metrics::choose_thresholds(
+                &probs,
+                &data.val_labels,
+                NUM_CLASSES,
+                config.threshold,
+            )?;
             let report = metrics::evaluate(&probs, &data.val_labels, NUM_CLASSES, &thresholds)?;
             if let Some(p) = plateau.as_mut() {
                 let next = p.step(report.map, learner.learning_rate());
                 learner.set_learning_rate(next);
             }
-            let stop = early_stop.as_mut().is_some_and(|e| e.should_stop(report.map));
+            let stop = early_stop
+                .as_mut()
+                .is_some_and(|e| e.should_stop(report.map));
             let seconds = t0.elapsed().as_secs_f64();
             let record = EpochRecord {
                 epoch,
@@ -737,7 +797,8 @@ pub fn train_classifier(
             }
             let mut meta = classifier_meta(choice, config, &thresholds, &record);
             let checkpoint_meta = meta.clone();
-            meta.extra = serde_json::to_value(&state).map_err(|e| ClassifyError::BadArgument(e.to_string()))?;
+            meta.extra = serde_json::to_value(&state)
+                .map_err(|e| ClassifyError::BadArgument(e.to_string()))?;
             checkpoint::save_checkpoint_tensors(&paths.resume(), &resume_tensors, &meta)?;
             checkpoint::save_checkpoint_tensors(&paths.last(), &weights, &checkpoint_meta)?;
             if improved {
@@ -784,7 +845,10 @@ fn classifier_meta(
     thresholds: &Thresholds,
     record: &EpochRecord,
 ) -> CheckpointMeta {
-    let mut meta = CheckpointMeta::new(choice.architecture(), CLASS_NAMES.map(String::from).to_vec());
+    let mut meta = CheckpointMeta::new(
+        choice.architecture(),
+        CLASS_NAMES.map(String::from).to_vec(),
+    );
     meta.input_size = Some((config.image_size, config.image_size));
     meta.normalization = choice.normalization();
     meta.thresholds = Some(thresholds.per_class.clone());
@@ -829,7 +893,9 @@ pub fn read_records(path: &Path) -> Result<Vec<EpochRecord>> {
 fn write_records(path: &Path, records: &[EpochRecord]) -> Result<()> {
     let mut text = String::new();
     for r in records {
-        text.push_str(&serde_json::to_string(r).map_err(|e| ClassifyError::BadArgument(e.to_string()))?);
+        text.push_str(
+            &serde_json::to_string(r).map_err(|e| ClassifyError::BadArgument(e.to_string()))?,
+        );
         text.push('\n');
     }
     Ok(voc_core::write_atomic(path, |f| {
