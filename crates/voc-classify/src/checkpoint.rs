@@ -55,12 +55,13 @@ pub fn model_from_checkpoint(path: &Path, architecture: &str) -> Result<ModelCho
         })
 }
 
-/// How a checkpoint's images are fitted to its input size (`extra.resize`).
+/// How a checkpoint's images are fitted to its input size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InputResize {
-    /// voc-data's evaluation geometry (bilinear warp to the input size), as voc's trainer feeds images.
-    Stretch,
-    /// [`crate::resize_rgb`] (PIL-style anti-aliased bilinear): checkpoints that record no resize.
+    /// voc-data's evaluation warp in the recorded geometry (`extra.geometry`), as voc's trainer fed
+    /// the images.
+    Geometry(crate::train::Geometry),
+    /// [`crate::resize_rgb`] (PIL-style anti-aliased bilinear): checkpoints that record no geometry.
     Pil,
 }
 
@@ -159,10 +160,12 @@ impl CheckpointClassifier {
             Some(h) => h.parse::<HeadKind>().map_err(|e| bad(e.to_string()))?,
             None => HeadKind::Linear,
         };
-        let resize = match extra("resize") {
-            Some(crate::train::run::RESIZE_STRETCH) => InputResize::Stretch,
+        let resize = match meta.extra.get("geometry") {
+            Some(g) => InputResize::Geometry(
+                serde_json::from_value(g.clone())
+                    .map_err(|e| bad(format!("geometry {g} in the metadata: {e}")))?,
+            ),
             None => InputResize::Pil,
-            Some(other) => return Err(bad(format!("unknown resize '{other}' in the metadata"))),
         };
         let argmax_fallback = meta
             .extra
@@ -234,13 +237,17 @@ impl CheckpointClassifier {
             InputResize::Pil => {
                 crate::preprocess::image_input(image, self.input_size, &self.normalization, device)
             }
-            InputResize::Stretch => {
+            InputResize::Geometry(geometry) => {
                 let (h, w) = self.input_size;
                 let view = voc_data::image_io::rgb_view(image);
-                let eval = voc_data::AugmentConfig::eval(voc_data::ResizeMode::Stretch {
-                    height: h,
-                    width: w,
-                });
+                let mode = match geometry.resize_mode(h) {
+                    voc_data::ResizeMode::Stretch { .. } => voc_data::ResizeMode::Stretch {
+                        height: h,
+                        width: w,
+                    },
+                    square => square,
+                };
+                let eval = voc_data::AugmentConfig::eval(mode);
                 let (out, _) = eval.augment(view, None, 0);
                 let chw = voc_data::augment::to_chw(&self.normalization, out.view());
                 Ok(candle_core::Tensor::from_vec(chw, (1, 3, h, w), device)?)

@@ -34,13 +34,19 @@ enum Command {
     Segment(cmd_predict::SegmentArgs),
     /// Time inference or one training step of a network on random data: ms/batch, images/s, peak memory.
     Bench(cmd_bench::BenchArgs),
+    /// Train a model on the competition's data (`voc train classify`).
+    Train(cmd_train::TrainArgs),
+    /// Score a trained model on a labelled split (`voc eval classify`).
+    Eval(cmd_eval::EvalArgs),
 }
 
 mod cmd_bench;
 mod cmd_data;
+mod cmd_eval;
 mod cmd_info;
 mod cmd_predict;
 mod cmd_submit;
+mod cmd_train;
 mod progress;
 
 fn main() -> anyhow::Result<()> {
@@ -66,5 +72,7 @@ fn main() -> anyhow::Result<()> {
         Command::Predict(args) => cmd_predict::predict(args),
         Command::Segment(args) => cmd_predict::segment(args),
         Command::Bench(args) => cmd_bench::run(args),
+        Command::Train(args) => cmd_train::run(args),
+        Command::Eval(args) => cmd_eval::run(args),
     }
 }

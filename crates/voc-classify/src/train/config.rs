@@ -79,6 +79,41 @@ pub enum ScheduleKind {
     Constant,
 }
 
+/// How an image is fitted to the square network input, in training and at prediction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Geometry {
+    /// Scale each side to the input size (aspect ratio not kept): every pixel of the photo is seen.
+    Stretch,
+    /// Scale the whole photo into the square and pad the rest (TensorFlow's `resize_with_pad`, the
+    /// notebook's).
+    Letterbox,
+    /// Scale the shorter side to the input size and keep the centre square (ImageNet evaluation's).
+    CenterCrop,
+}
+
+impl Geometry {
+    /// The voc-data resize of this geometry at a square `size`.
+    pub fn resize_mode(self, size: usize) -> voc_data::ResizeMode {
+        use voc_data::ResizeMode;
+        match self {
+            Self::Stretch => ResizeMode::Stretch {
+                height: size,
+                width: size,
+            },
+            Self::Letterbox => ResizeMode::Letterbox {
+                height: size,
+                width: size,
+            },
+            Self::CenterCrop => ResizeMode::ShortestCenterCrop {
+                shortest: size,
+                height: size,
+                width: size,
+            },
+        }
+    }
+}
+
 /// Where validation images come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -105,6 +140,8 @@ pub struct TrainConfig {
     pub batch: usize,
     /// Square input side.
     pub image_size: usize,
+    /// How images are fitted to the input.
+    pub geometry: Geometry,
     /// Seed of every random choice: initialisation, shuffles, augmentation, dropout, the validation split.
     pub seed: u64,
     /// Augmented views per training image whose features are cached (frozen mode; view 0 is unaugmented).
@@ -159,6 +196,7 @@ impl TrainConfig {
             warmup_head_epochs: 0,
             batch: 16,
             image_size,
+            geometry: Geometry::CenterCrop,
             seed: 0,
             views: 1,
             unfreeze: Unfreeze::Last(5),
@@ -344,6 +382,15 @@ cli_enum!(
         Frozen = "frozen",
         Finetune = "finetune",
         Scratch = "scratch"
+    ]
+);
+cli_enum!(
+    Geometry,
+    "geometry",
+    [
+        Stretch = "stretch",
+        Letterbox = "letterbox",
+        CenterCrop = "center-crop"
     ]
 );
 cli_enum!(

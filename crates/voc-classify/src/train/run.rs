@@ -18,22 +18,18 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 use voc_core::{CLASS_NAMES, NUM_CLASSES};
 use voc_data::{
-    AugmentConfig, BatchConfig, BatchLoader, CompetitionDir, Dataset, LoadMode, ResizeMode,
-    SplitIndex,
+    AugmentConfig, BatchConfig, BatchLoader, CompetitionDir, Dataset, LoadMode, SplitIndex,
 };
 use voc_tensor::checkpoint::{self, CheckpointMeta};
 use voc_tensor::hub::{self, HubCache};
 use voc_tensor::optim::{EarlyStopping, LrSchedule, Mode, ReduceLrOnPlateau};
 
 use crate::error::{ClassifyError, Result};
+use crate::head::HeadKind;
 use crate::metrics::{self, Thresholds};
 use crate::models::{ClassifierNet, ModelChoice};
 use crate::train::config::{ClassWeights, ScheduleKind, TrainConfig, TrainMode, Validation};
 use crate::train::learner::{balanced_pos_weight, Learner, Loss, Phase};
-
-/// How images are fitted to the network input, at training and at prediction (recorded in checkpoints
-/// as `extra.resize`).
-pub const RESIZE_STRETCH: &str = "stretch";
 
 /// Batch size of the feature pass (the backbone in eval mode).
 const FEATURE_BATCH: usize = 16;
@@ -178,6 +174,13 @@ struct ResumeState {
     plateau: Option<ReduceLrOnPlateau>,
 }
 
+/// A saved run's counters, weights and optimiser state.
+type Resumed = (
+    ResumeState,
+    HashMap<String, Tensor>,
+    HashMap<String, Tensor>,
+);
+
 const OPTIMIZER_PREFIX: &str = "optimizer::";
 
 /// The data of a run: training and validation images with their 0/1 label rows.
@@ -189,6 +192,13 @@ struct RunData {
 }
 
 fn label_rows(index: &SplitIndex, what: &str) -> Result<Vec<u8>> {
+    if index.is_empty() {
+        return Err(ClassifyError::BadArgument(format!(
+            "the {what} split '{}' ({}) has no images",
+            index.name,
+            index.csv_path().display()
+        )));
+    }
     let labels = index.labels.as_ref().ok_or_else(|| {
         ClassifyError::BadArgument(format!(
             "the {what} split '{}' ({}) has no labels (every label is -1): choose a labelled split",
@@ -196,13 +206,6 @@ fn label_rows(index: &SplitIndex, what: &str) -> Result<Vec<u8>> {
             index.csv_path().display()
         ))
     })?;
-    if labels.is_empty() {
-        return Err(ClassifyError::BadArgument(format!(
-            "the {what} split '{}' ({}) has no images",
-            index.name,
-            index.csv_path().display()
-        )));
-    }
     Ok(labels.iter().flat_map(|l| l.to_flags()).collect())
 }
 
@@ -235,33 +238,27 @@ fn load_data(config: &TrainConfig, data: &Path) -> Result<RunData> {
 }
 
 /// The training augmentation of a run: voc-data's classification recipe (flip, +-20 deg, shear 0.2,
-/// zoom 0.8-1.2, colour jitter 0.2) at the input size, stretched like the evaluation geometry.
+/// zoom 0.8-1.2, colour jitter 0.2) at the input size, in the run's geometry.
 pub fn train_augment(config: &TrainConfig) -> AugmentConfig {
     let size = config.image_size;
     if config.augment {
         AugmentConfig {
-            resize: stretch(size),
+            resize: config.geometry.resize_mode(size),
             ..AugmentConfig::classification(size)
         }
     } else {
-        AugmentConfig::eval(stretch(size))
+        AugmentConfig::eval(config.geometry.resize_mode(size))
     }
 }
 
-fn stretch(size: usize) -> ResizeMode {
-    ResizeMode::Stretch {
-        height: size,
-        width: size,
-    }
-}
+/// How a loader batches: `(batch size, shuffle, drop a short last batch)`.
+type Batching = (usize, bool, bool);
 
 fn loader(
     dataset: &Dataset,
     config: &TrainConfig,
     augment: AugmentConfig,
-    batch: usize,
-    shuffle: bool,
-    drop_last: bool,
+    (batch, shuffle, drop_last): Batching,
     choice: ModelChoice,
     opts: &TrainOptions,
 ) -> Result<BatchLoader> {
@@ -317,9 +314,7 @@ fn feature_pass(
         dataset,
         config,
         augment,
-        FEATURE_BATCH,
-        false,
-        false,
+        (FEATURE_BATCH, false, false),
         choice,
         opts,
     )?;
@@ -342,6 +337,60 @@ fn feature_pass(
 struct Features {
     train: Tensor,
     val: Tensor,
+}
+
+/// Cached features standardised with the training rows' mean and standard deviation, which the head
+/// trains on: pooled ReLU6 features differ in scale by orders of magnitude across channels, and on
+/// standardised inputs AdamW reaches the regularised optimum a linear probe gets (on voc2012-subset,
+/// MobileNetV2 center-crop features: 0.773 val mAP instead of 0.726). Saved heads have the
+/// standardisation folded into their first layer ([`Standardized::fold`]), so checkpoints stay plain.
+struct Standardized {
+    train: Tensor,
+    val: Tensor,
+    mean: Tensor,
+    std: Tensor,
+}
+
+impl Standardized {
+    fn new(f: &Features) -> Result<Self> {
+        let mean = f.train.mean_keepdim(0)?;
+        let centred = f.train.broadcast_sub(&mean)?;
+        // A floor keeps near-constant channels (always-zero ReLU6 outputs) from blowing up.
+        let std = centred.sqr()?.mean_keepdim(0)?.sqrt()?.maximum(1e-3)?;
+        Ok(Self {
+            train: centred.broadcast_div(&std)?,
+            val: f.val.broadcast_sub(&mean)?.broadcast_div(&std)?,
+            mean,
+            std,
+        })
+    }
+
+    /// `weights` with the head's first layer taking raw features: `W' = W / std`, `b' = b - W' mean`.
+    fn fold(
+        &self,
+        mut weights: HashMap<String, Tensor>,
+        head: HeadKind,
+    ) -> Result<HashMap<String, Tensor>> {
+        let prefix = match head {
+            HeadKind::Linear => "classifier.",
+            HeadKind::Mlp => "classifier.fc1.",
+        };
+        let (wn, bn) = (format!("{prefix}weight"), format!("{prefix}bias"));
+        let (Some(w), Some(b)) = (weights.get(&wn), weights.get(&bn)) else {
+            return Err(ClassifyError::BadArgument(format!(
+                "no head layer {prefix}* to fold"
+            )));
+        };
+        let device = w.device().clone();
+        let w_folded = w.broadcast_div(&self.std.to_device(&device)?)?;
+        let shift = w_folded
+            .broadcast_mul(&self.mean.to_device(&device)?)?
+            .sum(1)?;
+        let b_folded = (b - shift)?;
+        weights.insert(wn, w_folded);
+        weights.insert(bn, b_folded);
+        Ok(weights)
+    }
 }
 
 fn cached_features(
@@ -379,7 +428,7 @@ fn cached_features(
     for view in 0..config.views {
         // View 0 is the image as evaluated; the others are augmented, each with its own seeds.
         let augment = if view == 0 {
-            AugmentConfig::eval(stretch(config.image_size))
+            AugmentConfig::eval(config.geometry.resize_mode(config.image_size))
         } else {
             train_augment(config)
         };
@@ -400,7 +449,7 @@ fn cached_features(
         net,
         &data.val,
         config,
-        AugmentConfig::eval(stretch(config.image_size)),
+        AugmentConfig::eval(config.geometry.resize_mode(config.image_size)),
         0,
         choice,
         opts,
@@ -441,8 +490,9 @@ pub fn train_classifier(
     opts: &TrainOptions,
     observer: &mut dyn TrainObserver,
 ) -> Result<TrainSummary> {
-    config.validate()?;
+    // The model first: an unknown name is an error listing the known ones, whatever the mode.
     let choice = ModelChoice::by_name(&config.model)?;
+    config.validate()?;
     let paths = RunPaths {
         dir: opts.out.clone(),
     };
@@ -478,6 +528,11 @@ pub fn train_classifier(
                 paths.dir.display()
             )));
         }
+    }
+
+    // The data before RUN/config.json: data that cannot train must not leave a run behind.
+    let data = load_data(config, &opts.data)?;
+    if !opts.resume {
         std::fs::create_dir_all(&paths.dir).map_err(|e| {
             ClassifyError::BadArgument(format!("cannot create {}: {e}", paths.dir.display()))
         })?;
@@ -487,8 +542,6 @@ pub fn train_classifier(
             std::io::Write::write_all(f, json.as_bytes())
         })?;
     }
-
-    let data = load_data(config, &opts.data)?;
     let pos_weight = match config.class_weights {
         ClassWeights::Balanced => Some(Tensor::new(
             balanced_pos_weight(&data.train_labels, NUM_CLASSES),
@@ -517,11 +570,7 @@ pub fn train_classifier(
     .filter(|(_, first, last)| first <= last)
     .collect();
 
-    let mut resume: Option<(
-        ResumeState,
-        HashMap<String, Tensor>,
-        HashMap<String, Tensor>,
-    )> = None;
+    let mut resume: Option<Resumed> = None;
     let mut records: Vec<EpochRecord> = Vec::new();
     if opts.resume && paths.resume().is_file() {
         let (tensors, meta) = checkpoint::load_checkpoint(&paths.resume(), &opts.device)?;
@@ -561,6 +610,22 @@ pub fn train_classifier(
 
     'phases: for (phase, first, last) in phases {
         if last <= done {
+            let resumed_in_this_phase = resume.as_ref().is_some_and(|r| r.0.phase == phase.name());
+            if phase == Phase::Head && resumed_in_this_phase {
+                // The run stopped right at the end of the head phase: its saved head is the
+                // standardised one, which the next phase needs folded.
+                let learner = Learner::new(
+                    choice,
+                    config,
+                    phase,
+                    values.clone(),
+                    loss.clone(),
+                    &opts.device,
+                )?;
+                let f =
+                    cached_features(&learner.net, &data, config, choice, opts, &paths, observer)?;
+                values = Standardized::new(&f)?.fold(values, config.head)?;
+            }
             continue;
         }
         let mut learner = Learner::new(
@@ -615,15 +680,8 @@ pub fn train_classifier(
         }
 
         let features = if phase == Phase::Head {
-            Some(cached_features(
-                &learner.net,
-                &data,
-                config,
-                choice,
-                opts,
-                &paths,
-                observer,
-            )?)
+            let f = cached_features(&learner.net, &data, config, choice, opts, &paths, observer)?;
+            Some(Standardized::new(&f)?)
         } else {
             None
         };
@@ -631,19 +689,15 @@ pub fn train_classifier(
             &data.train,
             config,
             train_augment(config),
-            config.batch,
-            true,
-            learner_drops_last(config, phase),
+            (config.batch, true, learner_drops_last(config, phase)),
             choice,
             opts,
         )?;
         let val_loader = loader(
             &data.val,
             config,
-            AugmentConfig::eval(stretch(config.image_size)),
-            FEATURE_BATCH,
-            false,
-            false,
+            AugmentConfig::eval(config.geometry.resize_mode(config.image_size)),
+            (FEATURE_BATCH, false, false),
             choice,
             opts,
         )?;
@@ -774,7 +828,11 @@ pub fn train_classifier(
             };
 
             // Files: resume state and last, best when improved, then the metrics line and curves.
-            let weights = learner.params.all_tensors()?;
+            let raw_weights = learner.params.all_tensors()?;
+            let weights = match &features {
+                Some(f) => f.fold(raw_weights.clone(), config.head)?,
+                None => raw_weights.clone(),
+            };
             let improved = best_map.is_none_or(|b| report.map > b);
             if improved {
                 best_map = Some(report.map);
@@ -791,7 +849,7 @@ pub fn train_classifier(
                 early_stop: early_stop.clone(),
                 plateau: plateau.clone(),
             };
-            let mut resume_tensors = weights.clone();
+            let mut resume_tensors = raw_weights;
             for (k, v) in learner.optimizer_state()? {
                 resume_tensors.insert(format!("{OPTIMIZER_PREFIX}{k}"), v);
             }
@@ -814,7 +872,10 @@ pub fn train_classifier(
                 break 'phases;
             }
         }
-        values = learner.params.all_tensors()?;
+        values = match &features {
+            Some(f) => f.fold(learner.params.all_tensors()?, config.head)?,
+            None => learner.params.all_tensors()?,
+        };
     }
 
     Ok(TrainSummary {
@@ -856,7 +917,7 @@ fn classifier_meta(
     meta.seed = Some(config.seed);
     meta.extra = serde_json::json!({
         "head": config.head,
-        "resize": RESIZE_STRETCH,
+        "geometry": config.geometry,
         "argmax_fallback": thresholds.argmax_fallback,
         "threshold_rule": config.threshold,
         "epoch": record.epoch,

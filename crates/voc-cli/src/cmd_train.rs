@@ -1,0 +1,336 @@
+//! `voc train classify`: train a multi-label classifier (the scratch CNN, or a pretrained backbone frozen
+//! or fine-tuned) on the competition's data, with validation, checkpoints, curves and resume.
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use indicatif::ProgressBar;
+use voc_classify::metrics::ThresholdRule;
+use voc_classify::models::{model_names, ModelChoice};
+use voc_classify::train::{
+    self, BnMode, ClassWeights, EpochRecord, Geometry, OptimizerKind, ScheduleKind, TrainConfig,
+    TrainMode, TrainObserver, TrainOptions, Unfreeze, Validation,
+};
+use voc_classify::HeadKind;
+use voc_tensor::hub::HubCache;
+use voc_tensor::DeviceSpec;
+
+#[derive(Args)]
+pub struct TrainArgs {
+    #[command(subcommand)]
+    what: TrainCommand,
+}
+
+#[derive(Subcommand)]
+enum TrainCommand {
+    /// Train a multi-label classifier of the 20 VOC classes: RUN gets best/last checkpoints (with
+    /// thresholds tuned on validation), metrics.jsonl, curves.png and what --resume needs.
+    Classify(Box<ClassifyArgs>),
+}
+
+fn parse<T: std::str::FromStr>(s: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse::<T>().map_err(|e| e.to_string())
+}
+
+/// Every flag but the paths is optional: a new run fills in the defaults of its model and mode, a
+/// resumed run takes its saved configuration, and a flag given with --resume must agree with it.
+#[derive(Args)]
+pub struct ClassifyArgs {
+    /// Competition data folder (train/train_set.csv, train/img/train_{Id}.npy, ...).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Network: scratch (the notebook's CNN), mobilenet_v2, efficientnet_lite0.
+    #[arg(long)]
+    model: Option<String>,
+    /// frozen: train a head on cached backbone features; finetune: head warm-up, then the last
+    /// --unfreeze blocks too; scratch: every weight from random (the scratch CNN).
+    #[arg(long, value_parser = parse::<TrainMode>)]
+    mode: Option<TrainMode>,
+    /// Run folder to create.
+    #[arg(long, conflicts_with = "resume")]
+    out: Option<PathBuf>,
+    /// Continue the run in this folder from its last complete epoch, with its configuration.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Epochs (fine-tuning: after the head warm-up).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Head-only epochs on cached features before fine-tuning.
+    #[arg(long)]
+    warmup_head_epochs: Option<usize>,
+    /// Images per batch (feature rows per batch in frozen mode).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Square input side (default: the model's, 224 for the backbones, 150 for the scratch CNN).
+    #[arg(long)]
+    image_size: Option<usize>,
+    /// How photos are fitted to the square input: center-crop (default), stretch, letterbox (the
+    /// notebook's resize-with-pad)
+    #[arg(long, value_parser = parse::<Geometry>)]
+    geometry: Option<Geometry>,
+    /// Seed of every random choice (initialisation, shuffles, augmentation, validation split).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Augmented views per training image in the feature cache (frozen mode and the warm-up).
+    #[arg(long)]
+    views: Option<usize>,
+    /// Blocks to fine-tune, counted from the end (the stem is the first block), or `all`.
+    #[arg(long, value_parser = parse::<Unfreeze>)]
+    unfreeze: Option<Unfreeze>,
+    /// Batch norm while fine-tuning: frozen (eval mode; needed for the offline weights, whose batch
+    /// norms are folded) or train (real hub weights, larger batches).
+    #[arg(long, value_parser = parse::<BnMode>)]
+    bn: Option<BnMode>,
+    /// Head on the pooled features: linear, or mlp (the notebook's dense 64 -> 64 -> dropout -> 20).
+    #[arg(long, value_parser = parse::<HeadKind>)]
+    head: Option<HeadKind>,
+    /// Dropout before the head's last layer.
+    #[arg(long)]
+    dropout: Option<f32>,
+    /// Positive-term weights: balanced (negatives / positives per class on the training images) or none.
+    #[arg(long, value_parser = parse::<ClassWeights>)]
+    class_weights: Option<ClassWeights>,
+    /// Focal loss with this gamma (e.g. 2) instead of plain BCE-with-logits.
+    #[arg(long)]
+    focal_gamma: Option<f64>,
+    /// adamw, sgd (momentum 0.9) or rmsprop (the notebook's).
+    #[arg(long, value_parser = parse::<OptimizerKind>)]
+    optimizer: Option<OptimizerKind>,
+    /// Learning rate of the head (and of the scratch CNN).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Learning rate of the fine-tuned backbone blocks.
+    #[arg(long)]
+    backbone_lr: Option<f64>,
+    /// Weight decay (not applied to biases and norms).
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// cosine (with --warmup-epochs), plateau (ReduceLROnPlateau on val mAP) or constant.
+    #[arg(long, value_parser = parse::<ScheduleKind>)]
+    schedule: Option<ScheduleKind>,
+    /// Linear warm-up epochs of the cosine schedule.
+    #[arg(long)]
+    warmup_epochs: Option<usize>,
+    /// Plateau schedule: multiplier of each cut.
+    #[arg(long)]
+    plateau_factor: Option<f64>,
+    /// Plateau schedule: epochs without a better val mAP before a cut.
+    #[arg(long)]
+    plateau_patience: Option<usize>,
+    /// Plateau schedule: the lowest learning rate.
+    #[arg(long)]
+    min_lr: Option<f64>,
+    /// Stop after this many epochs without a better val mAP (0: never).
+    #[arg(long)]
+    patience: Option<usize>,
+    /// Training augmentation: default (flip, rotation 20, shear 0.2, zoom 0.2, colour jitter) or none.
+    #[arg(long, value_parser = ["default", "none"])]
+    augment: Option<String>,
+    /// Validate on this labelled split of --data (e.g. `test` after `voc data convert`).
+    #[arg(long, conflicts_with = "val_fraction")]
+    val_split: Option<String>,
+    /// Validate on a stratified, seeded fraction of train (default 0.2).
+    #[arg(long)]
+    val_fraction: Option<f64>,
+    /// Decision thresholds tuned on validation to maximise the classification Dice: per-class,
+    /// global, or seed (the notebook's 0.15); all with the argmax fallback.
+    #[arg(long, value_parser = parse::<ThresholdRule>)]
+    threshold: Option<ThresholdRule>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: DeviceSpec,
+    /// Threads preparing batches.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Print the summary as one JSON line.
+    #[arg(long)]
+    json: bool,
+}
+
+impl ClassifyArgs {
+    /// `base` with every flag given on the command line applied; the names of those flags.
+    fn apply(&self, mut c: TrainConfig) -> anyhow::Result<(TrainConfig, Vec<&'static str>)> {
+        let mut given = Vec::new();
+        macro_rules! set {
+            ($($field:ident => $flag:literal),+ $(,)?) => {$(
+                if let Some(v) = &self.$field {
+                    c.$field = v.clone();
+                    given.push($flag);
+                }
+            )+};
+        }
+        set!(
+            epochs => "--epochs", warmup_head_epochs => "--warmup-head-epochs", batch => "--batch",
+            image_size => "--image-size", geometry => "--geometry", seed => "--seed", views => "--views", unfreeze => "--unfreeze",
+            bn => "--bn", head => "--head", dropout => "--dropout", class_weights => "--class-weights",
+            optimizer => "--optimizer", lr => "--lr", backbone_lr => "--backbone-lr",
+            weight_decay => "--weight-decay", schedule => "--schedule", warmup_epochs => "--warmup-epochs",
+            plateau_factor => "--plateau-factor", plateau_patience => "--plateau-patience",
+            min_lr => "--min-lr", patience => "--patience", threshold => "--threshold",
+        );
+        if let Some(g) = self.focal_gamma {
+            c.focal_gamma = Some(g);
+            given.push("--focal-gamma");
+        }
+        if let Some(a) = &self.augment {
+            c.augment = a == "default";
+            given.push("--augment");
+        }
+        if let Some(s) = &self.val_split {
+            c.validation = Validation::Split(s.clone());
+            given.push("--val-split");
+        }
+        if let Some(f) = self.val_fraction {
+            c.validation = Validation::Fraction(f);
+            given.push("--val-fraction");
+        }
+        Ok((c, given))
+    }
+}
+
+pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    match args.what {
+        TrainCommand::Classify(a) => classify(*a),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct SavedRun {
+    config: TrainConfig,
+    data: PathBuf,
+}
+
+fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
+    let device = args.device.open()?;
+    let (config, data, out, resume) = match &args.resume {
+        Some(run) => {
+            let path = run.join("config.json");
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "--resume {}: no run there (cannot read {})",
+                    run.display(),
+                    path.display()
+                )
+            })?;
+            let saved: SavedRun = serde_json::from_str(&text)
+                .with_context(|| format!("{}: not a voc training config", path.display()))?;
+            for (given, flag, saved_value) in [
+                (
+                    args.model.as_deref(),
+                    "--model",
+                    saved.config.model.as_str(),
+                ),
+                (
+                    args.mode.map(|m| m.name()),
+                    "--mode",
+                    saved.config.mode.name(),
+                ),
+            ] {
+                if let Some(g) = given {
+                    if g != saved_value {
+                        bail!(
+                            "--resume {}: the run was started with {flag} {saved_value}, not {g}",
+                            run.display()
+                        );
+                    }
+                }
+            }
+            let (config, _) = args.apply(saved.config.clone())?;
+            let data = args.data.clone().unwrap_or(saved.data);
+            (config, data, run.clone(), true)
+        }
+        None => {
+            let Some(out) = args.out.clone() else {
+                bail!("--out RUN (a new run folder) or --resume RUN is required");
+            };
+            let Some(data) = args.data.clone() else {
+                bail!("--data DIR is required (the competition-layout data folder)");
+            };
+            let Some(model) = args.model.clone() else {
+                bail!("--model is required: one of {}", model_names().join(", "));
+            };
+            let choice = ModelChoice::by_name(&model)?;
+            let mode = args.mode.unwrap_or(match choice {
+                ModelChoice::Scratch => TrainMode::Scratch,
+                ModelChoice::Pretrained(_) => TrainMode::Finetune,
+            });
+            let size = args.image_size.unwrap_or(choice.input_size());
+            let (config, _) = args.apply(TrainConfig::defaults(&model, mode, size))?;
+            (config, data, out, false)
+        }
+    };
+    let opts = TrainOptions {
+        data,
+        out: out.clone(),
+        device,
+        workers: args.workers.max(1),
+        resume,
+        hub: HubCache::from_env(),
+    };
+    let mut observer = Bars::default();
+    let summary = train::train_classifier(&config, &opts, &mut observer).with_context(|| {
+        format!(
+            "training {} ({}) into {}",
+            config.model,
+            config.mode,
+            out.display()
+        )
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!(
+            "trained {} ({}) for {} epochs on {} images: best validation mAP {:.3}, Dice {:.3} at epoch {}{} -> {} (curves: {})",
+            config.model,
+            config.mode,
+            summary.epochs,
+            summary.images.0,
+            summary.best_map,
+            summary.best_dice,
+            summary.best_epoch,
+            if summary.stopped_early { " (stopped early)" } else { "" },
+            summary.best.display(),
+            out.join("curves.png").display(),
+        );
+    }
+    Ok(())
+}
+
+/// Progress bars on stderr: one per stage, and a line per finished epoch.
+#[derive(Default)]
+struct Bars {
+    bar: Option<ProgressBar>,
+}
+
+impl TrainObserver for Bars {
+    fn start(&mut self, what: &str, total: usize) {
+        self.bar = Some(crate::progress::bar(total, what));
+    }
+
+    fn advance(&mut self, n: usize, loss: Option<f64>) {
+        if let Some(bar) = &self.bar {
+            bar.inc(n as u64);
+            if let Some(l) = loss {
+                let msg = bar.message();
+                let base = msg.split(" loss ").next().unwrap_or_default().to_string();
+                bar.set_message(format!("{base} loss {l:.4}"));
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+
+    fn epoch(&mut self, r: &EpochRecord) {
+        eprintln!(
+            "epoch {:>3} {:<8} train loss {:.4}  val loss {:.4}  mAP {:.3}  Dice {:.3}  F1 {:.3}  lr {:.2e}  {:.1}s ({:.0} img/s)",
+            r.epoch, r.phase, r.train_loss, r.val_loss, r.val_map, r.val_dice, r.val_macro_f1, r.lr, r.seconds, r.images_per_s
+        );
+    }
+}

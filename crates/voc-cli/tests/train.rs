@@ -1,0 +1,368 @@
+//! End-to-end tests of `voc train classify` and `voc eval classify`: the `voc` binary trains the scratch
+//! CNN (no download) on a small folder built from the bundled sample, is killed mid-run and resumed, and
+//! rejects bad input with errors that say what is wrong. Tests that need the pretrained backbones skip
+//! without the shared hub cache (and fail under `VOC_REQUIRE_SHARED=1`).
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const VOC: &str = env!("CARGO_BIN_EXE_voc");
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn command(args: &[&str], hf: Option<&Path>) -> Command {
+    let mut cmd = Command::new(VOC);
+    cmd.args(args)
+        .env("RAYON_NUM_THREADS", "2")
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("HF_HUB_CACHE");
+    match hf {
+        Some(dir) => cmd.env("HF_HOME", dir),
+        None => cmd.env("HF_HOME", std::env::temp_dir().join("voc-test-no-hf-cache")),
+    };
+    cmd
+}
+
+fn voc(args: &[&str], hf: Option<&Path>) -> Output {
+    command(args, hf).output().expect("running voc")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// A competition folder with `copies` training images made from the sample's two (a person; a chair and
+/// a dog), and the sample's unlabelled test split.
+fn small_data(dir: &Path, copies: usize) -> PathBuf {
+    let sample = repo_root().join("assets/voc-sample");
+    let data = dir.join("data");
+    std::fs::create_dir_all(data.join("train/img")).unwrap();
+    let csv = std::fs::read_to_string(sample.join("train/train_set.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header = lines.next().unwrap();
+    let rows: Vec<&str> = lines.collect();
+    let mut out = format!("{header}\n");
+    for i in 0..copies {
+        let row = rows[i % rows.len()];
+        let (id, labels) = row.split_once(',').unwrap();
+        let new_id = format!("{}{i}", id);
+        std::fs::copy(
+            sample.join(format!("train/img/train_{id}.npy")),
+            data.join(format!("train/img/train_{new_id}.npy")),
+        )
+        .unwrap();
+        out.push_str(&format!("{new_id},{labels}\n"));
+    }
+    std::fs::write(data.join("train/train_set.csv"), out).unwrap();
+    copy_dir(&sample.join("test"), &data.join("test"));
+    data
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+fn metrics_epochs(run: &Path) -> Vec<usize> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+            v["epoch"].as_u64().expect("an epoch") as usize
+        })
+        .collect()
+}
+
+const SCRATCH: [&str; 12] = [
+    "--model",
+    "scratch",
+    "--image-size",
+    "108",
+    "--batch",
+    "4",
+    "--val-fraction",
+    "0.25",
+    "--device",
+    "cpu",
+    "--seed",
+    "3",
+];
+
+#[test]
+fn a_killed_run_stays_loadable_and_resumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = small_data(tmp.path(), 16);
+    let run = tmp.path().join("run");
+    let (data_s, run_s) = (data.to_str().unwrap(), run.to_str().unwrap());
+    let mut args = vec![
+        "train", "classify", "--data", data_s, "--out", run_s, "--epochs", "6",
+    ];
+    args.extend(SCRATCH);
+    let mut child = command(&args, None)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning voc");
+    // Kill it (SIGKILL: no clean-up) once the first epoch's files are written, mid-way through the next.
+    let t0 = Instant::now();
+    while metrics_epochs(&run).is_empty() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no epoch after 120 s"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "voc ended before it was killed"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(150));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let done = metrics_epochs(&run);
+    assert!(
+        !done.is_empty() && done.len() < 6,
+        "killed after epochs {done:?}"
+    );
+
+    // Loadable as it is: the last checkpoint scores.
+    let last = run.join("last.safetensors");
+    let out = voc(
+        &[
+            "eval",
+            "classify",
+            "--data",
+            data_s,
+            "--split",
+            "train",
+            "--classifier",
+            last.to_str().unwrap(),
+            "--json",
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["report"]["map"].as_f64().unwrap() > 0.0, "{report}");
+
+    // Resumed, it ends where an uninterrupted run would: every epoch once, in order.
+    let out = voc(
+        &[
+            "train", "classify", "--resume", run_s, "--device", "cpu", "--json",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(metrics_epochs(&run), [1, 2, 3, 4, 5, 6]);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["epochs"], 6, "{summary}");
+    for file in [
+        "best.safetensors",
+        "last.safetensors",
+        "curves.png",
+        "config.json",
+    ] {
+        assert!(run.join(file).is_file(), "{file} missing");
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(&run)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    eprintln!("temporary files left by the kill: {leftovers:?}");
+
+    // Resuming with another configuration is refused, naming the difference.
+    let out = voc(
+        &[
+            "train", "classify", "--resume", run_s, "--lr", "0.5", "--device", "cpu",
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    let err = text(&out);
+    assert!(err.contains("lr: 0.001 -> 0.5"), "{err}");
+}
+
+#[test]
+fn bad_input_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = small_data(tmp.path(), 4);
+    let data_s = data.to_str().unwrap();
+    let run = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
+    let check = |args: &[&str], expected: &str| {
+        let out = voc(args, None);
+        let t = text(&out);
+        assert!(!out.status.success(), "{args:?} succeeded: {t}");
+        assert!(
+            t.contains(expected),
+            "{args:?}: expected '{expected}' in {t}"
+        );
+    };
+    let r1 = run("r1");
+    check(
+        &[
+            "train", "classify", "--data", data_s, "--out", &r1, "--model", "alexnet",
+        ],
+        "unknown model 'alexnet': expected one of scratch, mobilenet_v2, efficientnet_lite0",
+    );
+    check(
+        &[
+            "train", "classify", "--data", data_s, "--out", &r1, "--model", "scratch", "--mode",
+            "finetune",
+        ],
+        "has no pretrained weights",
+    );
+    check(
+        &[
+            "train",
+            "classify",
+            "--data",
+            data_s,
+            "--out",
+            &r1,
+            "--model",
+            "scratch",
+            "--val-split",
+            "test",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+        ],
+        "has no labels",
+    );
+    // An empty training split.
+    let empty = tmp.path().join("empty");
+    copy_dir(&data, &empty);
+    let header = std::fs::read_to_string(data.join("train/train_set.csv")).unwrap();
+    std::fs::write(
+        empty.join("train/train_set.csv"),
+        format!("{}\n", header.lines().next().unwrap()),
+    )
+    .unwrap();
+    check(
+        &[
+            "train",
+            "classify",
+            "--data",
+            empty.to_str().unwrap(),
+            "--out",
+            &run("r2"),
+            "--model",
+            "scratch",
+            "--device",
+            "cpu",
+        ],
+        "no images",
+    );
+    check(
+        &["train", "classify", "--resume", &run("nothing-here")],
+        "no run there",
+    );
+    check(
+        &[
+            "train",
+            "classify",
+            "--data",
+            data_s,
+            "--out",
+            &r1,
+            "--model",
+            "scratch",
+            "--unfreeze",
+            "lots",
+        ],
+        "expected a number of blocks or 'all'",
+    );
+    // A file that is not a classifier checkpoint.
+    let not_a_checkpoint = tmp.path().join("x.safetensors");
+    std::fs::write(&not_a_checkpoint, b"not a checkpoint").unwrap();
+    check(
+        &[
+            "eval",
+            "classify",
+            "--data",
+            data_s,
+            "--split",
+            "train",
+            "--classifier",
+            not_a_checkpoint.to_str().unwrap(),
+        ],
+        "x.safetensors",
+    );
+    check(
+        &[
+            "eval",
+            "classify",
+            "--data",
+            data_s,
+            "--split",
+            "test",
+            "--classifier",
+            not_a_checkpoint.to_str().unwrap(),
+        ],
+        "has no labels",
+    );
+}
+
+/// `--unfreeze` beyond the backbone's blocks, and a checkpoint of another architecture, need a pretrained
+/// model: they run against the shared hub cache.
+#[test]
+fn pretrained_bad_input_is_a_clear_error() {
+    let Some(shared) = voc_core::testing::shared_with(
+        "pretrained_bad_input_is_a_clear_error",
+        &[voc_core::testing::hub_model("google/mobilenet_v2_1.0_224")],
+    ) else {
+        return;
+    };
+    let hf = shared.join("hf");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = small_data(tmp.path(), 4);
+    let run = tmp.path().join("run");
+    let out = voc(
+        &[
+            "train",
+            "classify",
+            "--data",
+            data.to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+            "--model",
+            "mobilenet_v2",
+            "--unfreeze",
+            "40",
+            "--warmup-head-epochs",
+            "0",
+            "--epochs",
+            "1",
+            "--device",
+            "cpu",
+        ],
+        Some(&hf),
+    );
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("--unfreeze 40: mobilenet_v2 has 17 blocks"),
+        "{t}"
+    );
+}
