@@ -4,7 +4,10 @@
 #
 # 1. `voc predict` segments the labelled train split and writes its submission (so it can be scored),
 # 2. `voc validate` and `voc score` check and grade it against the true labels and masks,
-# 3. `voc predict` writes the submission for the test split, with the masks and overlays of every image.
+# 3. `voc train classify` trains a multi-label classifier head on frozen MobileNetV2 features (seconds;
+#    with 2 labelled images it validates on them too: a demonstration, not a measurement),
+# 4. `voc predict` writes the submission for the test split, labels from that classifier, with the masks
+#    and overlays of every image.
 #
 # The segmenter's weights come from the Hugging Face hub cache: `make` sets HF_HOME=../shared/hf and
 # HF_HUB_OFFLINE=1 when that folder exists; otherwise they are downloaded into ~/.cache/huggingface.
@@ -32,8 +35,15 @@ echo "== 2. validate and score it against the ground truth"
 "$VOC" score --data "$DATA" --split train --submission "$OUT/train_submission.csv" | tee "$OUT/train_score.txt"
 
 echo
-echo "== 3. predict the test split (the file to upload)"
+echo "== 3. train a classifier head on frozen MobileNetV2 features"
+rm -rf "$OUT/classifier"
+"$VOC" train classify --data "$DATA" --model mobilenet_v2 --mode frozen --val-split train \
+  --epochs 20 --views 2 --out "$OUT/classifier"
+
+echo
+echo "== 4. predict the test split (the file to upload), labels from the classifier"
 "$VOC" predict --data "$DATA" --split test --out "$OUT/submission.csv" \
+  --classifier "$OUT/classifier/best.safetensors" \
   --save-masks "$OUT/test_masks" --save-overlays "$OUT/test_overlays"
 "$VOC" validate --data "$DATA" --split test --submission "$OUT/submission.csv"
 
@@ -43,3 +53,4 @@ echo "  $OUT/submission.csv            submission for the test split"
 echo "  $OUT/train_submission.csv      submission for the labelled train split, scored in $OUT/train_score.txt"
 echo "  $OUT/{train,test}_masks/       predicted masks: {split}_{Id}.npy (HxW uint8) and .png (VOC colours)"
 echo "  $OUT/{train,test}_overlays/    each photo with its predicted mask blended over it"
+echo "  $OUT/classifier/               the classifier run: best.safetensors, metrics.jsonl, curves.png"

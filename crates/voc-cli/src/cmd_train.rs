@@ -8,7 +8,7 @@ use indicatif::ProgressBar;
 use voc_classify::metrics::ThresholdRule;
 use voc_classify::models::{model_names, ModelChoice};
 use voc_classify::train::{
-    self, BnMode, ClassWeights, EpochRecord, Geometry, OptimizerKind, ScheduleKind, TrainConfig,
+    self, Augment, BnMode, ClassWeights, EpochRecord, Geometry, OptimizerKind, ScheduleKind, TrainConfig,
     TrainMode, TrainObserver, TrainOptions, Unfreeze, Validation,
 };
 use voc_classify::HeadKind;
@@ -126,9 +126,10 @@ pub struct ClassifyArgs {
     /// Stop after this many epochs without a better val mAP (0: never).
     #[arg(long)]
     patience: Option<usize>,
-    /// Training augmentation: default (flip, rotation 20, shear 0.2, zoom 0.2, colour jitter) or none.
-    #[arg(long, value_parser = ["default", "none"])]
-    augment: Option<String>,
+    /// Training augmentation: notebook (flip, rotation 20, shear 0.2, zoom 0.2, colour jitter), crop
+    /// (random part of the photo at zoom 1-2x, flip, colour jitter) or none.
+    #[arg(long, value_parser = parse::<Augment>)]
+    augment: Option<Augment>,
     /// Validate on this labelled split of --data (e.g. `test` after `voc data convert`).
     #[arg(long, conflicts_with = "val_fraction")]
     val_split: Option<String>,
@@ -164,7 +165,7 @@ impl ClassifyArgs {
         }
         set!(
             epochs => "--epochs", warmup_head_epochs => "--warmup-head-epochs", batch => "--batch",
-            image_size => "--image-size", geometry => "--geometry", seed => "--seed", views => "--views", unfreeze => "--unfreeze",
+            image_size => "--image-size", geometry => "--geometry", augment => "--augment", seed => "--seed", views => "--views", unfreeze => "--unfreeze",
             bn => "--bn", head => "--head", dropout => "--dropout", class_weights => "--class-weights",
             optimizer => "--optimizer", lr => "--lr", backbone_lr => "--backbone-lr",
             weight_decay => "--weight-decay", schedule => "--schedule", warmup_epochs => "--warmup-epochs",
@@ -174,10 +175,6 @@ impl ClassifyArgs {
         if let Some(g) = self.focal_gamma {
             c.focal_gamma = Some(g);
             given.push("--focal-gamma");
-        }
-        if let Some(a) = &self.augment {
-            c.augment = a == "default";
-            given.push("--augment");
         }
         if let Some(s) = &self.val_split {
             c.validation = Validation::Split(s.clone());

@@ -119,6 +119,11 @@ pub struct AugmentConfig {
     pub interpolation: Interpolation,
     /// Image value for areas from outside the source.
     pub fill: [u8; 3],
+    /// Move the output window uniformly over the whole (zoomed) content instead of keeping it centred
+    /// (plus `translate_px`): with a zoom above 1 this is torchvision's `RandomResizedCrop`, a random
+    /// part of the photo at a random scale, never leaving the photo.
+    #[serde(default)]
+    pub pan: bool,
 }
 
 impl Default for AugmentConfig {
@@ -137,6 +142,7 @@ impl Default for AugmentConfig {
             blur_sigma: (0.1, 2.0),
             interpolation: Interpolation::Bilinear,
             fill: [0, 0, 0],
+            pan: false,
         }
     }
 }
@@ -212,6 +218,7 @@ impl AugmentConfig {
             || self.saturation > 0.0
             || self.blur_prob > 0.0
             || matches!(self.resize, ResizeMode::RandomCrop { .. })
+            || self.pan
     }
 
     /// Draws the parameters for one source image of `src_h` x `src_w`.
@@ -225,6 +232,14 @@ impl AugmentConfig {
             uniform(-self.translate_px, self.translate_px),
             uniform(-self.translate_px, self.translate_px),
         );
+        if self.pan {
+            let (kx, ky) = self.base_scale(src_h, src_w);
+            let (oh, ow) = self.output_size(src_h, src_w);
+            let slack_x = ((src_w as f64 * kx * scale as f64 - ow as f64) / 2.0).max(0.0) as f32;
+            let slack_y = ((src_h as f64 * ky * scale as f64 - oh as f64) / 2.0).max(0.0) as f32;
+            tx += uniform(-slack_x, slack_x);
+            ty += uniform(-slack_y, slack_y);
+        }
         if let ResizeMode::RandomCrop { height, width, pad } = self.resize {
             // Half the slack between the scaled image and the window, plus the padding.
             let slack_x = (src_w as f32 * scale - width as f32).abs() / 2.0 + pad as f32;
@@ -258,12 +273,11 @@ impl AugmentConfig {
         }
     }
 
-    /// The affine map from source to output pixel coordinates for `params`.
-    pub fn affine(&self, src_h: usize, src_w: usize, params: &AugmentParams) -> Affine {
+    /// The scale `(kx, ky)` of the fit of a `src_h` x `src_w` source to the canvas, before the random part.
+    fn base_scale(&self, src_h: usize, src_w: usize) -> (f64, f64) {
         let (oh, ow) = self.output_size(src_h, src_w);
         let (sh, sw, oh_f, ow_f) = (src_h as f64, src_w as f64, oh as f64, ow as f64);
-        // Base: source -> canvas, as scale (kx, ky) and offset.
-        let (kx, ky) = match self.resize {
+        match self.resize {
             ResizeMode::Keep | ResizeMode::RandomCrop { .. } => (1.0, 1.0),
             ResizeMode::Stretch { .. } => (ow_f / sw, oh_f / sh),
             ResizeMode::Letterbox { .. } => {
@@ -278,7 +292,15 @@ impl AugmentConfig {
                 let k = shortest as f64 / sh.min(sw);
                 (k, k)
             }
-        };
+        }
+    }
+
+    /// The affine map from source to output pixel coordinates for `params`.
+    pub fn affine(&self, src_h: usize, src_w: usize, params: &AugmentParams) -> Affine {
+        let (oh, ow) = self.output_size(src_h, src_w);
+        let (sh, sw, oh_f, ow_f) = (src_h as f64, src_w as f64, oh as f64, ow as f64);
+        // Base: source -> canvas, as scale (kx, ky) and offset.
+        let (kx, ky) = self.base_scale(src_h, src_w);
         // Centre the scaled source on the canvas; letterbox pads a whole number of pixels, top/left floor.
         let (mut ox, mut oy) = ((ow_f - sw * kx) / 2.0, (oh_f - sh * ky) / 2.0);
         if matches!(self.resize, ResizeMode::Letterbox { .. }) {

@@ -413,3 +413,37 @@ fn bilinear_sample_on_a_pixel_centre_takes_nothing_from_across_it() {
     let checked = check_bilinear(4557618694879235778).unwrap();
     assert!(checked > 100, "{checked}");
 }
+
+/// `pan` with a zoom of at least 1 moves the window over the photo without ever leaving it (no fill in
+/// the output), and over many draws reaches both ends of the long side.
+#[test]
+fn pan_stays_inside_the_photo_and_covers_it() {
+    use voc_data::ResizeMode;
+    // 60x120: left half dark grey, right half light grey; nothing black.
+    let image = Array3::from_shape_fn((60, 120, 3), |(_, x, _)| if x < 60 { 60u8 } else { 200 });
+    let config = AugmentConfig {
+        resize: ResizeMode::ShortestCenterCrop {
+            shortest: 32,
+            height: 32,
+            width: 32,
+        },
+        scale: (1.0, 2.0),
+        pan: true,
+        ..AugmentConfig::default()
+    };
+    assert!(config.is_random());
+    let (mut saw_dark_only, mut saw_light_only) = (false, false);
+    for seed in 0..200 {
+        let (out, _) = config.augment(image.view(), None, seed);
+        assert!(
+            out.iter().all(|&v| v >= 50),
+            "seed {seed}: the window left the photo"
+        );
+        saw_dark_only |= out.iter().all(|&v| v < 100);
+        saw_light_only |= out.iter().all(|&v| v > 150);
+    }
+    assert!(
+        saw_dark_only && saw_light_only,
+        "the window never reached an end of the photo"
+    );
+}

@@ -114,6 +114,45 @@ impl Geometry {
     }
 }
 
+/// The training augmentation recipe (all in the run's [`Geometry`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Augment {
+    /// The seed notebook's Keras recipe: flip, rotation +-20 deg, shear 0.2, zoom 0.8-1.2, small shifts,
+    /// colour jitter 0.2.
+    Notebook,
+    /// torchvision's fine-tuning recipe: a random part of the photo (zoom 1-2x, panned anywhere over
+    /// it, like `RandomResizedCrop`), flip, colour jitter 0.2.
+    Crop,
+    /// None: every epoch sees the evaluation input.
+    None,
+}
+
+impl Augment {
+    /// voc-data's augmentation of this recipe at a square `size` in `geometry`.
+    pub fn config(self, geometry: Geometry, size: usize) -> voc_data::AugmentConfig {
+        use voc_data::AugmentConfig;
+        let resize = geometry.resize_mode(size);
+        match self {
+            Self::Notebook => AugmentConfig {
+                resize,
+                ..AugmentConfig::classification(size)
+            },
+            Self::Crop => AugmentConfig {
+                resize,
+                hflip_prob: 0.5,
+                scale: (1.0, 2.0),
+                pan: true,
+                brightness: 0.2,
+                contrast: 0.2,
+                saturation: 0.2,
+                ..AugmentConfig::default()
+            },
+            Self::None => AugmentConfig::eval(resize),
+        }
+    }
+}
+
 /// Where validation images come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -178,8 +217,8 @@ pub struct TrainConfig {
     pub min_lr: f64,
     /// Early stopping: epochs without a better validation mAP before stopping (0: never stop early).
     pub patience: usize,
-    /// Training augmentation (flip, rotation, shear, zoom, colour jitter) on.
-    pub augment: bool,
+    /// Training augmentation.
+    pub augment: Augment,
     /// Validation images.
     pub validation: Validation,
     /// How the decision thresholds are chosen on validation.
@@ -215,7 +254,7 @@ impl TrainConfig {
             plateau_patience: 3,
             min_lr: 1e-6,
             patience: 0,
-            augment: true,
+            augment: Augment::Notebook,
             validation: Validation::Fraction(0.2),
             threshold: ThresholdRule::Global,
         };
@@ -383,6 +422,11 @@ cli_enum!(
         Finetune = "finetune",
         Scratch = "scratch"
     ]
+);
+cli_enum!(
+    Augment,
+    "augmentation",
+    [Notebook = "notebook", Crop = "crop", None = "none"]
 );
 cli_enum!(
     Geometry,

@@ -237,18 +237,9 @@ fn load_data(config: &TrainConfig, data: &Path) -> Result<RunData> {
     })
 }
 
-/// The training augmentation of a run: voc-data's classification recipe (flip, +-20 deg, shear 0.2,
-/// zoom 0.8-1.2, colour jitter 0.2) at the input size, in the run's geometry.
+/// The training augmentation of a run: its recipe at the input size, in its geometry.
 pub fn train_augment(config: &TrainConfig) -> AugmentConfig {
-    let size = config.image_size;
-    if config.augment {
-        AugmentConfig {
-            resize: config.geometry.resize_mode(size),
-            ..AugmentConfig::classification(size)
-        }
-    } else {
-        AugmentConfig::eval(config.geometry.resize_mode(size))
-    }
+    config.augment.config(config.geometry, config.image_size)
 }
 
 /// How a loader batches: `(batch size, shuffle, drop a short last batch)`.
@@ -678,6 +669,9 @@ pub fn train_classifier(
                 start = state.epoch + 1;
             }
         }
+        if start == first && phase == Phase::Scratch {
+            set_prior_bias(&learner, &data.train_labels, config.head, phase)?;
+        }
 
         let features = if phase == Phase::Head {
             let f = cached_features(&learner.net, &data, config, choice, opts, &paths, observer)?;
@@ -888,6 +882,39 @@ pub fn train_classifier(
         stopped_early,
         images: (data.train.len(), data.val.len()),
     })
+}
+
+/// Starts the scratch CNN's output biases at each class's log prior odds on the training images, so
+/// the first steps learn features instead of the label frequencies (VOC's classes are 2-40% positive).
+/// Not for heads on frozen features: there the slow start from logit 0 regularises, and measured on
+/// voc2012-subset (MobileNetV2 features) the prior start lowered the best val mAP from 0.776 to 0.760.
+fn set_prior_bias(learner: &Learner, labels: &[u8], head: HeadKind, phase: Phase) -> Result<()> {
+    let name = match (phase, head) {
+        (Phase::Scratch, _) => "classifier.bias",
+        (_, HeadKind::Linear) => "classifier.bias",
+        (_, HeadKind::Mlp) => "classifier.out.bias",
+    };
+    let Some(bias) = learner.var(name) else {
+        return Ok(());
+    };
+    let rows = (labels.len() / NUM_CLASSES).max(1) as f64;
+    let prior: Vec<f32> = (0..NUM_CLASSES)
+        .map(|c| {
+            let pos = labels
+                .iter()
+                .skip(c)
+                .step_by(NUM_CLASSES)
+                .filter(|&&v| v == 1)
+                .count() as f64;
+            // Clipped to 1% - 99% so a class absent from training does not start at -infinity.
+            let p = (pos / rows).clamp(0.01, 0.99);
+            (p / (1.0 - p)).ln() as f32
+        })
+        .collect();
+    if bias.dims() == [NUM_CLASSES] {
+        bias.set(&Tensor::new(prior, bias.device())?)?;
+    }
+    Ok(())
 }
 
 /// Training-mode batch norm cannot take a batch of one image: such runs drop a last short batch.
