@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod classifier;
 pub mod efficientnet;
 pub mod error;
+pub mod fusion;
 pub mod head;
 pub mod layers;
 pub mod metrics;
@@ -24,6 +25,7 @@ pub use checkpoint::CheckpointClassifier;
 pub use classifier::{top_k, ClassifierArch, ClassifierConfig, ImageClassifier, Prediction};
 pub use efficientnet::{EfficientNetLite, EfficientNetLiteConfig};
 pub use error::{ClassifyError, Result};
+pub use fusion::{cross_fitted_dice, fit_fusion, CrossFit, FusionFit, FusionRule};
 pub use head::{Head, HeadKind};
 pub use metrics::{
     average_precision, choose_thresholds, classification_dice, evaluate, macro_f1,

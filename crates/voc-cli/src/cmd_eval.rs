@@ -1,12 +1,19 @@
-//! `voc eval classify`: score a classifier checkpoint on a labelled split.
-use std::path::PathBuf;
+//! `voc eval classify`: score a classifier checkpoint on a labelled split. `voc eval fuse`: fit the
+//! rule that fuses a classifier's probabilities with a segmenter's mask areas (`voc predict --labels
+//! fused`) on a labelled split, and compare it with either source alone.
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+use voc_classify::fusion::{cross_fitted_dice, fit_fusion, CrossFit, FusionRule};
+use voc_classify::metrics::ThresholdRule;
 use voc_classify::{metrics, CheckpointClassifier};
 use voc_core::{CLASS_NAMES, NUM_CLASSES};
 use voc_data::CompetitionDir;
 use voc_tensor::DeviceSpec;
+
+use crate::cmd_predict::{check_class_names, class_area_fractions, open_segmenter, SegmenterArgs};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -19,6 +26,104 @@ enum EvalCommand {
     /// mAP, per-class AP, macro F1 and the classification Dice of a classifier checkpoint on a labelled
     /// split, at the checkpoint's thresholds.
     Classify(ClassifyEvalArgs),
+    /// Fit the rule that fuses a classifier's probabilities with the segmenter's mask areas (for
+    /// `voc predict --labels fused`) on a labelled split; prints the classification Dice of the mask
+    /// alone, the classifier alone and the fusion, cross-fitted and in-sample.
+    Fuse(FuseEvalArgs),
+}
+
+#[derive(Args)]
+pub struct FuseEvalArgs {
+    /// Competition data folder.
+    #[arg(long)]
+    data: PathBuf,
+    /// A labelled split of it to fit on (`train`, or `test` after `voc data convert`).
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Classifier checkpoint (`voc train classify`'s best.safetensors).
+    #[arg(long)]
+    classifier: PathBuf,
+    #[command(flatten)]
+    model: SegmenterArgs,
+    /// Fusion file to write (JSON: the rule, the segmenter setup and classifier it was fitted with,
+    /// the Dice values), for `voc predict --labels fused --fusion FILE`.
+    #[arg(long)]
+    out: PathBuf,
+    /// Folds of the cross-fitted comparison (each fold scored by rules fitted on the others).
+    #[arg(long, default_value_t = 2)]
+    folds: usize,
+    /// Seed of the fold assignment.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// How the thresholds on the fused scores are chosen: global, per-class or seed (0.15); all with
+    /// the argmax fallback.
+    #[arg(long, default_value = "global", value_parser = parse_threshold_rule)]
+    threshold: ThresholdRule,
+    /// Print the summary as one JSON line.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_threshold_rule(s: &str) -> Result<ThresholdRule, String> {
+    s.parse::<ThresholdRule>().map_err(|e| e.to_string())
+}
+
+/// What a fusion file (`voc eval fuse --out`) marks itself with.
+const FUSION_FORMAT: &str = "voc-fusion/1";
+
+/// Mean classification Dice of the three ways to label images.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct DiceByLabels {
+    pub mask_only: f64,
+    pub classifier_only: f64,
+    pub fused: f64,
+}
+
+/// A fusion file: the rule `voc predict --labels fused` applies, what it was fitted with and how
+/// well it did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct FusionFile {
+    /// [`FUSION_FORMAT`].
+    pub format: String,
+    pub rule: FusionRule,
+    /// How the rule's thresholds were chosen.
+    pub threshold_rule: ThresholdRule,
+    /// The segmenter's source as `voc predict` reports it (`hub:ORG/NAME`, or a file).
+    pub segmenter: String,
+    pub output_stride: usize,
+    pub size_strategy: String,
+    pub tta: Option<String>,
+    pub classifier: PathBuf,
+    pub data: PathBuf,
+    pub split: String,
+    pub images: usize,
+    /// Each rule chosen on every image and scored on the same images (optimistic).
+    pub in_sample: DiceByLabels,
+    /// Each rule fitted on the other folds, scored on the held-out one.
+    pub cross_fitted: CrossFit,
+}
+
+impl FusionFile {
+    /// Reads and checks the fusion file at `path`; anything else is an error naming the file.
+    pub(crate) fn read(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("{}: cannot read the fusion file", path.display()))?;
+        let not_one = || {
+            format!(
+                "{}: not a fusion file written by `voc eval fuse`",
+                path.display()
+            )
+        };
+        let value: serde_json::Value = serde_json::from_str(&text).with_context(not_one)?;
+        if value.get("format").and_then(|f| f.as_str()) != Some(FUSION_FORMAT) {
+            bail!("{} (no \"format\": \"{FUSION_FORMAT}\")", not_one());
+        }
+        let file: Self = serde_json::from_value(value).with_context(not_one)?;
+        file.rule
+            .check(NUM_CLASSES)
+            .with_context(|| format!("{}: the fusion rule", path.display()))?;
+        Ok(file)
+    }
 }
 
 #[derive(Args)]
@@ -43,6 +148,7 @@ pub struct ClassifyEvalArgs {
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     match args.what {
         EvalCommand::Classify(a) => classify(a),
+        EvalCommand::Fuse(a) => fuse(a),
     }
 }
 
@@ -115,6 +221,125 @@ fn classify(args: ClassifyEvalArgs) -> anyhow::Result<()> {
         report.map,
         report.macro_f1,
         report.dice
+    );
+    Ok(())
+}
+
+fn fuse(args: FuseEvalArgs) -> anyhow::Result<()> {
+    let device = args.model.device.open()?;
+    let index = CompetitionDir::open(&args.data)?.split(&args.split)?;
+    if index.is_empty() {
+        bail!(
+            "split '{}' ({}) has no images",
+            index.name,
+            index.csv_path().display()
+        );
+    }
+    let Some(labels) = &index.labels else {
+        bail!(
+            "split '{}' ({}) has no labels (every label is -1): fit the fusion on a labelled split",
+            index.name,
+            index.csv_path().display()
+        );
+    };
+    if args.folds < 2 || args.folds > index.len() {
+        bail!(
+            "--folds {}: expected 2 to {} (the images of split '{}')",
+            args.folds,
+            index.len(),
+            index.name
+        );
+    }
+    let classifier = CheckpointClassifier::load(&args.classifier, &device)?;
+    check_class_names(
+        &classifier.class_names,
+        &format!("{} (checkpoint metadata)", args.classifier.display()),
+    )?;
+    let loaded = open_segmenter(&args.model, &device)?;
+
+    let bar = crate::progress::bar(
+        index.len(),
+        &format!("classifying and segmenting {}", index.name),
+    );
+    let mut probs = Vec::with_capacity(index.len() * NUM_CLASSES);
+    let mut areas = Vec::with_capacity(index.len() * NUM_CLASSES);
+    for id in &index.ids {
+        let image_path = index.image_path(id);
+        let image = index.read_rgb_image(id)?;
+        probs.extend(
+            classifier
+                .probabilities(&image, &device)
+                .with_context(|| format!("classifying {}", image_path.display()))?,
+        );
+        let mask = loaded
+            .segmenter
+            .mask(&image, &device)
+            .with_context(|| format!("segmenting {}", image_path.display()))?;
+        areas.extend(class_area_fractions(&mask));
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let truth: Vec<u8> = labels.iter().flat_map(|l| l.to_flags()).collect();
+
+    let fit = fit_fusion(&probs, &areas, &truth, NUM_CLASSES, args.threshold)?;
+    let cross = cross_fitted_dice(
+        &probs,
+        &areas,
+        &truth,
+        NUM_CLASSES,
+        args.threshold,
+        args.folds,
+        args.seed,
+    )?;
+    let file = FusionFile {
+        format: FUSION_FORMAT.to_string(),
+        rule: fit.rule,
+        threshold_rule: args.threshold,
+        segmenter: loaded.source,
+        output_stride: args.model.output_stride,
+        size_strategy: args.model.size_strategy.to_string(),
+        tta: args.model.tta_name().map(str::to_string),
+        classifier: args.classifier.clone(),
+        data: args.data.clone(),
+        split: index.name.clone(),
+        images: index.len(),
+        in_sample: DiceByLabels {
+            mask_only: fit.mask_only_dice,
+            classifier_only: fit.classifier_only_dice,
+            fused: fit.dice,
+        },
+        cross_fitted: cross,
+    };
+    let json = serde_json::to_string_pretty(&file)?;
+    voc_core::write_atomic(&args.out, |f| {
+        std::io::Write::write_all(f, format!("{json}\n").as_bytes())
+    })?;
+    if args.json {
+        // From the text written, so that the numbers print as in the file (f32 thresholds at their
+        // shortest).
+        let mut value: serde_json::Value = serde_json::from_str(&json)?;
+        value["fusion"] = serde_json::json!(args.out);
+        println!("{value}");
+        return Ok(());
+    }
+    let (c, i) = (&file.cross_fitted, &file.in_sample);
+    println!(
+        "wrote {}: classifier weight {}, area scale {}, {} thresholds; classification Dice on {} images \
+         of '{}', {}-fold cross-fitted: mask {:.4}, classifier {:.4}, fused {:.4} (in-sample: mask \
+         {:.4}, classifier {:.4}, fused {:.4})",
+        args.out.display(),
+        file.rule.classifier_weight,
+        file.rule.area_scale,
+        file.threshold_rule,
+        file.images,
+        file.split,
+        c.folds,
+        c.mask_only_dice,
+        c.classifier_only_dice,
+        c.fused_dice,
+        i.mask_only,
+        i.classifier_only,
+        i.fused,
     );
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
 use voc_classify::CheckpointClassifier;
-use voc_core::{Mask, CLASS_NAMES, MASK_CLASS_NAMES};
+use voc_core::{Mask, CLASS_NAMES, MASK_CLASS_NAMES, NUM_CLASSES};
 use voc_data::competition::CompetitionDir;
 use voc_segment::{load_segmenter, LoadedSegmenter, SizeStrategy, DEFAULT_SEGMENTER};
 use voc_submit::{list_problems, MaskView, SubmissionWriter};
@@ -41,21 +41,39 @@ pub struct SegmenterArgs {
     /// `deeplabv3_mobilenet_v2`, a voc checkpoint (deeplabv3_mobilenet_v2 or deeplabv3plus_mobilenet_v2)
     /// or a DeepLabV3 weights file.
     #[arg(long, default_value = DEFAULT_SEGMENTER)]
-    segmenter: String,
+    pub(crate) segmenter: String,
     /// Output stride of the backbone: 16 (as trained) or 8 (finer logits, slower: about 1.6x the time of 16
     /// on voc-sample train).
     #[arg(long, default_value_t = 16, value_parser = parse_output_stride)]
-    output_stride: usize,
+    pub(crate) output_stride: usize,
     /// How an image of any size is fitted to the network: `pad[:MIN]` (pad to at least MIN on the
     /// stride grid, crop the logits back) or `resize[:SIZE]` (resize to SIZE x SIZE and back).
     #[arg(long, default_value = "pad:513", value_parser = parse_strategy)]
-    size_strategy: SizeStrategy,
+    pub(crate) size_strategy: SizeStrategy,
     /// Test-time augmentation.
     #[arg(long, value_enum)]
-    tta: Option<Tta>,
+    pub(crate) tta: Option<Tta>,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
-    device: DeviceSpec,
+    pub(crate) device: DeviceSpec,
+}
+
+impl SegmenterArgs {
+    /// The test-time augmentation's name (`flip`), if any, as summaries and fusion files record it.
+    pub(crate) fn tta_name(&self) -> Option<&'static str> {
+        self.tta.map(|Tta::Flip| "flip")
+    }
+}
+
+/// Where `voc predict` takes each image's labels from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LabelSource {
+    /// The --classifier checkpoint's thresholds on its probabilities.
+    Classifier,
+    /// The classes whose predicted pixels cover at least --min-area of the image.
+    Mask,
+    /// The --fusion rule (`voc eval fuse`) on the classifier's probabilities and the mask's areas.
+    Fused,
 }
 
 #[derive(Args)]
@@ -72,10 +90,19 @@ pub struct PredictArgs {
     #[command(flatten)]
     model: SegmenterArgs,
     /// A voc checkpoint of a multi-label classifier (mobilenet_v2_classifier or
-    /// efficientnet_lite0_classifier); its thresholds decide the labels instead of the masks.
+    /// efficientnet_lite0_classifier): with --labels classifier (the default when it is given) its
+    /// thresholds decide the labels instead of the masks; --labels fused uses its probabilities.
     #[arg(long)]
     classifier: Option<PathBuf>,
-    /// Without --classifier: a class is labelled present when its predicted pixels cover at least this
+    /// Where the labels come from: classifier (its thresholds), mask (--min-area) or fused (the
+    /// --fusion rule on the classifier's probabilities and the mask's class areas). Default:
+    /// classifier when --classifier is given, else mask.
+    #[arg(long, value_enum)]
+    labels: Option<LabelSource>,
+    /// With --labels fused: the rule `voc eval fuse` fitted (FUSION.json).
+    #[arg(long)]
+    fusion: Option<PathBuf>,
+    /// With --labels mask: a class is labelled present when its predicted pixels cover at least this
     /// fraction of the image.
     #[arg(long, default_value_t = DEFAULT_MIN_AREA, value_parser = parse_fraction)]
     min_area: f64,
@@ -130,7 +157,7 @@ fn parse_fraction(s: &str) -> Result<f64, String> {
 }
 
 /// Fails unless a classifier's `names` are VOC's 20 classes in the competition's order.
-fn check_class_names(names: &[String], what: &str) -> anyhow::Result<()> {
+pub(crate) fn check_class_names(names: &[String], what: &str) -> anyhow::Result<()> {
     if !names.iter().map(String::as_str).eq(CLASS_NAMES) {
         bail!(
             "{what}: class names {names:?} are not VOC's {} classes in the competition's order {CLASS_NAMES:?}",
@@ -140,7 +167,10 @@ fn check_class_names(names: &[String], what: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn open_segmenter(args: &SegmenterArgs, device: &Device) -> anyhow::Result<LoadedSegmenter> {
+pub(crate) fn open_segmenter(
+    args: &SegmenterArgs,
+    device: &Device,
+) -> anyhow::Result<LoadedSegmenter> {
     let mut loaded = load_segmenter(
         &args.segmenter,
         args.output_stride,
@@ -164,6 +194,98 @@ fn class_areas(mask: &Mask) -> Vec<(&'static str, f64)> {
         .collect()
 }
 
+/// The fraction of the image's pixels the mask labels each of the 20 classes (value `c + 1` is class
+/// `c`; background and void count in the total only): the areas a fusion rule reads.
+pub(crate) fn class_area_fractions(mask: &Mask) -> Vec<f32> {
+    let counts = mask.value_counts();
+    let pixels = mask.as_slice().len() as f64;
+    (1..=NUM_CLASSES)
+        .map(|v| (counts[v] as f64 / pixels) as f32)
+        .collect()
+}
+
+/// The labels source `args` ask for, with what it needs checked before anything is loaded.
+fn label_source(args: &PredictArgs) -> anyhow::Result<LabelSource> {
+    let source = args.labels.unwrap_or(if args.classifier.is_some() {
+        LabelSource::Classifier
+    } else {
+        LabelSource::Mask
+    });
+    match source {
+        LabelSource::Classifier if args.classifier.is_none() => {
+            bail!("--labels classifier needs --classifier CHECKPOINT")
+        }
+        LabelSource::Fused if args.fusion.is_none() => bail!(
+            "--labels fused needs --fusion FUSION.json (the rule `voc eval fuse` fits on a labelled split)"
+        ),
+        LabelSource::Fused if args.classifier.is_none() => bail!(
+            "--labels fused needs --classifier CHECKPOINT (the classifier the --fusion rule was fitted with)"
+        ),
+        LabelSource::Classifier | LabelSource::Mask if args.fusion.is_some() => bail!(
+            "--fusion is used only with --labels fused (the labels here come from the {})",
+            if source == LabelSource::Mask { "masks" } else { "classifier" }
+        ),
+        _ => Ok(source),
+    }
+}
+
+/// Warns on stderr where the fusion file was fitted with another segmenter setup or classifier
+/// than this run's: the rule still applies, but the areas or probabilities it sees differ.
+fn warn_fusion_mismatch(
+    file: &crate::cmd_eval::FusionFile,
+    path: &Path,
+    args: &PredictArgs,
+    segmenter_source: &str,
+) {
+    let mut differ = Vec::new();
+    if file.segmenter != segmenter_source {
+        differ.push(format!(
+            "segmenter {} (here {segmenter_source})",
+            file.segmenter
+        ));
+    }
+    if file.output_stride != args.model.output_stride {
+        differ.push(format!(
+            "output stride {} (here {})",
+            file.output_stride, args.model.output_stride
+        ));
+    }
+    let strategy = args.model.size_strategy.to_string();
+    if file.size_strategy != strategy {
+        differ.push(format!(
+            "size strategy {} (here {strategy})",
+            file.size_strategy
+        ));
+    }
+    if file.tta.as_deref() != args.model.tta_name() {
+        differ.push(format!(
+            "TTA {} (here {})",
+            file.tta.as_deref().unwrap_or("none"),
+            args.model.tta_name().unwrap_or("none")
+        ));
+    }
+    if let Some(classifier) = &args.classifier {
+        let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => a == b,
+        };
+        if !same(&file.classifier, classifier) {
+            differ.push(format!(
+                "classifier {} (here {})",
+                file.classifier.display(),
+                classifier.display()
+            ));
+        }
+    }
+    if !differ.is_empty() {
+        eprintln!(
+            "warning: {} was fitted with {}: its rule is applied as it is",
+            path.display(),
+            differ.join(", ")
+        );
+    }
+}
+
 fn create_dir(dir: &Path, what: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("{}: cannot create the {what} folder", dir.display()))
@@ -171,6 +293,11 @@ fn create_dir(dir: &Path, what: &str) -> anyhow::Result<()> {
 
 pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    let source = label_source(&args)?;
+    let fusion = match (&args.fusion, source) {
+        (Some(path), LabelSource::Fused) => Some(crate::cmd_eval::FusionFile::read(path)?),
+        _ => None,
+    };
     let device = args.model.device.open()?;
     let index = CompetitionDir::open(&args.data)?.split(&args.split)?;
     if index.is_empty() {
@@ -183,14 +310,17 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     // Sizes from the .npy headers: a malformed image fails here, before any model is loaded.
     let expected = expected_images(&index)?;
     let loaded = open_segmenter(&args.model, &device)?;
+    if let (Some(file), Some(path)) = (&fusion, &args.fusion) {
+        warn_fusion_mismatch(file, path, &args, &loaded.source);
+    }
     let classifier = match &args.classifier {
-        Some(path) => {
+        Some(path) if source != LabelSource::Mask => {
             let c = CheckpointClassifier::load(path, &device)?;
             check_class_names(
                 &c.class_names,
                 &format!("{} (checkpoint metadata)", path.display()),
             )?;
-            if !c.thresholds_from_checkpoint {
+            if source == LabelSource::Classifier && !c.thresholds_from_checkpoint {
                 eprintln!(
                     "warning: {} records no thresholds; using {} for every class",
                     path.display(),
@@ -199,7 +329,7 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
             }
             Some(c)
         }
-        None => None,
+        _ => None,
     };
     for (dir, what) in [(&args.save_masks, "mask"), (&args.save_overlays, "overlay")] {
         if let Some(dir) = dir {
@@ -217,11 +347,14 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
             .segmenter
             .mask(&image, &device)
             .with_context(|| format!("segmenting {}", image_path.display()))?;
-        let labels: Vec<u8> = match &classifier {
-            Some(c) => c
-                .labels(&image, &device)
-                .with_context(|| format!("classifying {}", image_path.display()))?,
-            None => mask.labels_with_min_area(args.min_area).to_flags().to_vec(),
+        let classify = |c: &CheckpointClassifier| {
+            c.probabilities(&image, &device)
+                .with_context(|| format!("classifying {}", image_path.display()))
+        };
+        let labels: Vec<u8> = match (&classifier, &fusion) {
+            (Some(c), Some(f)) => f.rule.decide(&classify(c)?, &class_area_fractions(&mask)),
+            (Some(c), None) => c.decision().decide(&classify(c)?),
+            _ => mask.labels_with_min_area(args.min_area).to_flags().to_vec(),
         };
         writer
             .write_image(id, &labels, MaskView::new(mask.as_slice(), h, w)?)
@@ -252,9 +385,16 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     }
     voc_core::write_atomic(&args.out, |f| std::io::Write::write_all(f, &bytes))?;
     let seconds = started.elapsed().as_secs_f64();
-    let labels_from = match &classifier {
-        Some(c) => format!("classifier {}", c.path.display()),
-        None => format!("masks (min area {})", args.min_area),
+    let labels_from = match (&classifier, &fusion, &args.fusion) {
+        (Some(c), Some(f), Some(path)) => format!(
+            "fusion {} (classifier weight {}, area scale {}) of classifier {} and masks",
+            path.display(),
+            f.rule.classifier_weight,
+            f.rule.area_scale,
+            c.path.display()
+        ),
+        (Some(c), _, _) => format!("classifier {}", c.path.display()),
+        _ => format!("masks (min area {})", args.min_area),
     };
     if args.json {
         println!(
@@ -268,7 +408,8 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
                 "segmenter": loaded.source,
                 "output_stride": args.model.output_stride,
                 "size_strategy": args.model.size_strategy.to_string(),
-                "tta": args.model.tta.map(|_| "flip"),
+                "tta": args.model.tta_name(),
+                "labels": source.to_possible_value().map(|v| v.get_name().to_string()),
                 "labels_from": labels_from,
                 "masks": args.save_masks.as_ref().map(|p| p.display().to_string()),
                 "overlays": args.save_overlays.as_ref().map(|p| p.display().to_string()),

@@ -167,7 +167,7 @@ pub enum Validation {
 /// weights on the same device.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
-    /// `--model`: a name of [`crate::train::MODEL_NAMES`].
+    /// `--model`: a name of [`crate::models::model_names`].
     pub model: String,
     /// `--mode`.
     pub mode: TrainMode,
