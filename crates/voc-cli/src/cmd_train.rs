@@ -64,7 +64,7 @@ pub struct ClassifyArgs {
     /// Images per batch (feature rows per batch in frozen mode).
     #[arg(long)]
     batch: Option<usize>,
-    /// Square input side (default: the model's, 224 for the backbones, 150 for the scratch CNN).
+    /// Square input side (default: 288 for the pretrained backbones, 150 for the scratch CNN).
     #[arg(long)]
     image_size: Option<usize>,
     /// How photos are fitted to the square input: center-crop (default), stretch, letterbox (the
@@ -254,7 +254,7 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
                 ModelChoice::Scratch => TrainMode::Scratch,
                 ModelChoice::Pretrained(_) => TrainMode::Finetune,
             });
-            let size = args.image_size.unwrap_or(choice.input_size());
+            let size = args.image_size.unwrap_or(choice.train_size());
             let (config, _) = args.apply(TrainConfig::defaults(&model, mode, size))?;
             (config, data, out, false)
         }

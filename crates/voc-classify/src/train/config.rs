@@ -271,6 +271,7 @@ impl TrainConfig {
             },
             TrainMode::Finetune => Self {
                 warmup_head_epochs: 10,
+                augment: Augment::Crop,
                 ..base
             },
             TrainMode::Scratch => Self {

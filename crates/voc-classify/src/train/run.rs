@@ -346,8 +346,11 @@ impl Standardized {
     fn new(f: &Features) -> Result<Self> {
         let mean = f.train.mean_keepdim(0)?;
         let centred = f.train.broadcast_sub(&mean)?;
-        // A floor keeps near-constant channels (always-zero ReLU6 outputs) from blowing up.
-        let std = centred.sqr()?.mean_keepdim(0)?.sqrt()?.maximum(1e-3)?;
+        // Near-constant channels (ReLU6 outputs that never fire on the training images) keep their
+        // scale: a small floor would multiply their untrained weights by up to 1/floor in the folded
+        // head, and one such channel firing on a new image then swamps every logit.
+        let std = centred.sqr()?.mean_keepdim(0)?.sqrt()?;
+        let std = std.lt(1e-3)?.where_cond(&std.ones_like()?, &std)?;
         Ok(Self {
             train: centred.broadcast_div(&std)?,
             val: f.val.broadcast_sub(&mean)?.broadcast_div(&std)?,
