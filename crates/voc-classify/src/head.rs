@@ -79,7 +79,7 @@ pub struct Head {
     kind: HeadKind,
     /// The linear layers in order; the last gives the logits.
     layers: Vec<Linear>,
-    dropout: f32,
+    dropout: voc_tensor::nn::Dropout,
 }
 
 impl Head {
@@ -113,7 +113,7 @@ impl Head {
         Ok(Self {
             kind,
             layers,
-            dropout,
+            dropout: voc_tensor::nn::Dropout::new(dropout),
         })
     }
 
@@ -124,7 +124,12 @@ impl Head {
 
     /// The dropout before the last layer (training mode only).
     pub fn dropout(&self) -> f32 {
-        self.dropout
+        self.dropout.p()
+    }
+
+    /// Seeds the dropout masks, so a training run repeats exactly.
+    pub fn seed_dropout(&self, seed: u64) {
+        self.dropout.seed(seed);
     }
 
     /// Logits for `N x in_features` features; `train` turns dropout on.
@@ -137,9 +142,7 @@ impl Head {
         for layer in hidden {
             h = layers::linear_forward(layer, &h)?.relu()?;
         }
-        if train && self.dropout > 0.0 {
-            h = candle_nn::ops::dropout(&h, self.dropout)?;
-        }
+        h = self.dropout.forward_t(&h, train)?;
         layers::linear_forward(last, &h)
     }
 }

@@ -210,6 +210,14 @@ impl ClassifierNet {
         })
     }
 
+    /// Seeds the dropout masks, so a training run with a seed repeats exactly.
+    pub fn seed_dropout(&self, seed: u64) {
+        match self {
+            Self::Transfer(m) => m.head().seed_dropout(seed),
+            Self::Scratch(m) => m.seed_dropout(seed),
+        }
+    }
+
     /// Logits `N x C`. `bn_train`: batch norms use batch statistics and update their running ones;
     /// `dropout`: the head's dropout is on. (The scratch CNN trains its batch norms whenever it trains.)
     pub fn logits(&self, x: &Tensor, bn_train: bool, dropout: bool) -> Result<Tensor> {

@@ -24,10 +24,10 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 use candle_core::{Module, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Init, Linear, ModuleT, VarBuilder};
+use candle_nn::{Init, Linear, ModuleT, VarBuilder};
 use voc_core::NUM_CLASSES;
 use voc_tensor::nn::BatchNorm2d;
-use voc_tensor::ops::max_pool2d;
+use voc_tensor::ops::{conv2d, max_pool2d, Padding};
 
 use crate::error::{ClassifyError, Result};
 
@@ -115,10 +115,12 @@ fn glorot(fan_in: usize, fan_out: usize) -> Init {
 /// The scratch CNN: `conv1..conv5`, `bn1..bn3`, `fc1`, `fc2`, `classifier`.
 #[derive(Debug, Clone)]
 pub struct ScratchCnn {
-    convs: Vec<Conv2d>,
+    /// `(weight, bias)` of each convolution, `out x in x k x k` and `out`.
+    convs: Vec<(Tensor, Tensor)>,
     norms: Vec<BatchNorm2d>,
     hidden: [Linear; 2],
     classifier: Linear,
+    dropout: voc_tensor::nn::Dropout,
     config: ScratchCnnConfig,
 }
 
@@ -143,7 +145,7 @@ impl ScratchCnn {
                 glorot(channels * kernel * kernel, out * kernel * kernel),
             )?;
             let bias = cvb.get_with_hints(out, "bias", Init::Const(0.0))?;
-            convs.push(Conv2d::new(weight, Some(bias), Conv2dConfig::default()));
+            convs.push((weight, bias));
             if pool.is_some() {
                 let name = format!("bn{}", norms.len() + 1);
                 norms.push(BatchNorm2d::new(
@@ -166,6 +168,7 @@ impl ScratchCnn {
             norms,
             hidden: [dense("fc1", flat, HIDDEN)?, dense("fc2", HIDDEN, HIDDEN)?],
             classifier: dense("classifier", HIDDEN, config.num_classes)?,
+            dropout: voc_tensor::nn::Dropout::new(config.dropout),
             config,
         })
     }
@@ -173,6 +176,11 @@ impl ScratchCnn {
     /// The configuration it was built with.
     pub fn config(&self) -> &ScratchCnnConfig {
         &self.config
+    }
+
+    /// Seeds the dropout masks, so a training run repeats exactly.
+    pub fn seed_dropout(&self, seed: u64) {
+        self.dropout.seed(seed);
     }
 
     /// Logits `N x num_classes` for an `N x 3 x S x S` input (S = `input_size`); `train` puts batch norm
@@ -189,7 +197,9 @@ impl ScratchCnn {
         let mut x = x.clone();
         let mut norms = self.norms.iter();
         for (conv, &(_, _, pool)) in self.convs.iter().zip(&CONVS) {
-            x = conv.forward(&x)?.relu()?;
+            // voc-tensor's convolution: im2col + one matrix product, several times faster than
+            // candle's on the CPU, forward and backward.
+            x = conv2d(&x, &conv.0, Some(&conv.1), 1, Padding::default(), 1, 1)?.relu()?;
             if let Some(pool) = pool {
                 let bn = norms.next().expect("one batch norm per pooled convolution");
                 x = max_pool2d(&bn.forward_t(&x, train)?, pool, pool, 0)?;
@@ -199,9 +209,7 @@ impl ScratchCnn {
         for layer in &self.hidden {
             x = layer.forward(&x)?.relu()?;
         }
-        if train && self.config.dropout > 0.0 {
-            x = candle_nn::ops::dropout(&x, self.config.dropout)?;
-        }
+        let x = self.dropout.forward_t(&x, train)?;
         Ok(self.classifier.forward(&x)?)
     }
 }

@@ -375,3 +375,80 @@ mod tests {
         assert!(max_abs_diff(&eval, &affine).unwrap() < 1e-5);
     }
 }
+
+/// Dropout whose masks come from a seeded generator, so a training run with a seed repeats exactly
+/// (candle's `ops::dropout` draws from an unseeded generator). Clones share the generator.
+///
+/// ```
+/// use voc_tensor::nn::Dropout;
+/// use voc_tensor::{Device, Tensor};
+/// # fn main() -> voc_tensor::Result<()> {
+/// let x = Tensor::ones((4, 100), voc_tensor::DType::F32, &Device::Cpu)?;
+/// let (a, b) = (Dropout::new(0.5), Dropout::new(0.5));
+/// a.seed(7);
+/// b.seed(7);
+/// let ya = a.forward_t(&x, true)?;
+/// assert_eq!(ya.to_vec2::<f32>()?, b.forward_t(&x, true)?.to_vec2::<f32>()?); // same seed, same mask
+/// // Kept values are scaled by 1 / (1 - p); about half are kept.
+/// let kept = ya.flatten_all()?.to_vec1::<f32>()?.iter().filter(|&&v| v == 2.0).count();
+/// assert!((150..250).contains(&kept));
+/// assert_eq!(a.forward_t(&x, false)?.to_vec2::<f32>()?, x.to_vec2::<f32>()?); // eval: identity
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Dropout {
+    p: f32,
+    rng: std::sync::Arc<std::sync::Mutex<Option<rand_chacha::ChaCha8Rng>>>,
+}
+
+impl Dropout {
+    /// Dropout with probability `p` of zeroing each value (unseeded until [`Dropout::seed`]).
+    pub fn new(p: f32) -> Self {
+        Self {
+            p,
+            rng: Default::default(),
+        }
+    }
+
+    /// Seeds the mask generator (shared with clones).
+    pub fn seed(&self, seed: u64) {
+        use rand::SeedableRng;
+        if let Ok(mut rng) = self.rng.lock() {
+            *rng = Some(rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+        }
+    }
+
+    /// The probability of zeroing a value.
+    pub fn p(&self) -> f32 {
+        self.p
+    }
+
+    /// `x` with each value zeroed with probability `p` and the others scaled by `1 / (1 - p)` when
+    /// `train`; `x` itself otherwise.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !train || self.p <= 0.0 {
+            return Ok(x.clone());
+        }
+        let mut guard = self
+            .rng
+            .lock()
+            .map_err(|_| VocError::Msg("the dropout generator's lock is poisoned".into()))?;
+        let Some(rng) = guard.as_mut() else {
+            return Ok(candle_nn::ops::dropout(x, self.p)?);
+        };
+        use rand::Rng;
+        let scale = 1.0 / (1.0 - self.p);
+        let mask: Vec<f32> = (0..x.elem_count())
+            .map(|_| {
+                if rng.gen::<f32>() < self.p {
+                    0.0
+                } else {
+                    scale
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, x.shape(), x.device())?.to_dtype(x.dtype())?;
+        Ok((x * mask)?)
+    }
+}

@@ -215,6 +215,8 @@ impl Learner {
             Phase::Finetune => config.bn == BnMode::Train,
             Phase::Scratch => true,
         };
+        // Each phase draws its own masks, so a resumed phase does not replay the previous one's.
+        net.seed_dropout(config.seed ^ (phase as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let optimizer = make_optimizer(choice, config, phase, &params)?;
         Ok(Self {
             net,
