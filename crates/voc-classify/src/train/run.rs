@@ -401,6 +401,7 @@ fn cached_features(
         "image_size": config.image_size,
         "views": config.views,
         "augment": config.augment,
+        "geometry": config.geometry,
         "seed": config.seed,
         "train_ids": fnv(&data.train.index().ids.join("\n")).to_string(),
         "val_ids": fnv(&data.val.index().ids.join("\n")).to_string(),
@@ -507,6 +508,18 @@ pub fn train_classifier(
                 path: paths.config(),
                 message: format!("not a voc training config: {e}"),
             })?;
+        let same_folder = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => a == b,
+        };
+        if !same_folder(&previous.data, &opts.data) {
+            return Err(ClassifyError::BadArgument(format!(
+                "--resume {}: the run trains on {}, not {}",
+                paths.dir.display(),
+                previous.data.display(),
+                opts.data.display()
+            )));
+        }
         let diff = previous.config.differences(config);
         if !diff.is_empty() {
             return Err(ClassifyError::BadArgument(format!(
