@@ -8,8 +8,8 @@ use indicatif::ProgressBar;
 use voc_classify::metrics::ThresholdRule;
 use voc_classify::models::{model_names, ModelChoice};
 use voc_classify::train::{
-    self, Augment, BnMode, ClassWeights, EpochRecord, Geometry, OptimizerKind, ScheduleKind, TrainConfig,
-    TrainMode, TrainObserver, TrainOptions, Unfreeze, Validation,
+    self, Augment, BnMode, ClassWeights, EpochRecord, Geometry, OptimizerKind, ScheduleKind,
+    TrainConfig, TrainMode, TrainObserver, TrainOptions, Unfreeze, Validation,
 };
 use voc_classify::HeadKind;
 use voc_tensor::hub::HubCache;

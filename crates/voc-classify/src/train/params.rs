@@ -27,9 +27,10 @@ struct MixedBackend {
     used_constants: Arc<Mutex<HashMap<String, Tensor>>>,
 }
 
-/// FNV-1a of a name: each fresh variable's generator is seeded by the run's seed and its name, so its
-/// initial value does not depend on the order layers are built in.
-fn name_hash(name: &str) -> u64 {
+/// FNV-1a, 64 bits: each fresh variable's generator is seeded by the run's seed and the hash of its
+/// name, so its initial value does not depend on the order layers are built in; the feature cache is
+/// keyed by the hash of the image Ids.
+pub(crate) fn fnv1a(name: &str) -> u64 {
     name.bytes().fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
     })
@@ -110,9 +111,7 @@ impl SimpleBackend for MixedBackend {
         }
         let value = match value {
             Some(v) => v,
-            None => {
-                seeded_init(init, &shape, self.seed ^ name_hash(name), device)?.to_dtype(dtype)?
-            }
+            None => seeded_init(init, &shape, self.seed ^ fnv1a(name), device)?.to_dtype(dtype)?,
         };
         let var = Var::from_tensor(&value)?;
         let tensor = var.as_tensor().clone();

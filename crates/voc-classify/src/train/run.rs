@@ -30,6 +30,7 @@ use crate::metrics::{self, Thresholds};
 use crate::models::{ClassifierNet, ModelChoice};
 use crate::train::config::{ClassWeights, ScheduleKind, TrainConfig, TrainMode, Validation};
 use crate::train::learner::{balanced_pos_weight, Learner, Loss, Phase};
+use crate::train::params::fnv1a;
 
 /// Batch size of the feature pass (the backbone in eval mode).
 const FEATURE_BATCH: usize = 16;
@@ -277,12 +278,6 @@ fn sigmoid_rows(logits: &Tensor) -> Result<Vec<f32>> {
         .to_vec1::<f32>()?)
 }
 
-fn fnv(text: &str) -> u64 {
-    text.bytes().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
-    })
-}
-
 /// Pooled backbone features of every image of `dataset` under `augment` (seeded by `view`), `N x F`.
 #[allow(clippy::too_many_arguments)]
 fn feature_pass(
@@ -403,8 +398,8 @@ fn cached_features(
         "augment": config.augment,
         "geometry": config.geometry,
         "seed": config.seed,
-        "train_ids": fnv(&data.train.index().ids.join("\n")).to_string(),
-        "val_ids": fnv(&data.val.index().ids.join("\n")).to_string(),
+        "train_ids": fnv1a(&data.train.index().ids.join("\n")).to_string(),
+        "val_ids": fnv1a(&data.val.index().ids.join("\n")).to_string(),
     });
     let path = paths.features();
     if path.is_file() {
