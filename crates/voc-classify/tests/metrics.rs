@@ -439,21 +439,17 @@ fn bad_arguments() {
     assert!(message.contains("no images"), "{message}");
 }
 
-/// Release timing of the threshold search for a VOC validation split (`cargo test --release -p
-/// voc-classify --test metrics -- --ignored --nocapture`).
+/// The threshold search on a competition-sized validation set (750 images x 20 classes) stays fast:
+/// the trainer runs it every epoch. A quadratic search would take seconds even in release; this bound
+/// holds in the unoptimised test build.
 #[test]
-#[ignore = "timing, run in release by hand"]
-fn timing_750_by_20() {
+fn threshold_search_on_750_by_20_is_fast() {
     let (probs, truth) = synthetic(750, 20, 5);
     for rule in [ThresholdRule::Global, ThresholdRule::PerClass] {
         let start = std::time::Instant::now();
-        let runs = 20;
-        for _ in 0..runs {
-            std::hint::black_box(choose_thresholds(&probs, &truth, 20, rule).unwrap());
-        }
-        println!(
-            "{rule}: {:.2} ms",
-            start.elapsed().as_secs_f64() * 1e3 / runs as f64
-        );
+        std::hint::black_box(choose_thresholds(&probs, &truth, 20, rule).unwrap());
+        let ms = start.elapsed().as_secs_f64() * 1e3;
+        println!("{rule}: {ms:.1} ms");
+        assert!(ms < 2000.0, "{rule}: {ms:.0} ms for 750 x 20");
     }
 }
