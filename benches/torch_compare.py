@@ -3,9 +3,11 @@
 
 Two modes:
 
-  python benches/torch_compare.py bench --model mobilenet_v2 --batch 16 --size 224 [--train] --json
+  python benches/torch_compare.py bench --model mobilenet_v2 --batch 16 --size 224 [--train [--unfreeze K]]
+                                       [--features] --json
       Times one workload in PyTorch and prints the same fields as `voc bench` (one JSON line with --json):
-      model, device, batch, size, train, median_ms, min_ms, max_ms, images_per_s, peak_rss_mb.
+      model, device, batch, size, train, unfreeze, features, median_ms, min_ms, max_ms, images_per_s,
+      peak_rss_mb.
 
   python benches/torch_compare.py compare --voc target/release/voc [--rounds 3]
       Runs `voc bench` and the PyTorch version of each workload alternately (the order flips every round,
@@ -18,6 +20,14 @@ torchvision's mobilenet_v2 features (without the final 1280-channel conv) at out
 upsampled to the input size with align_corners=True. Weights are random: speed does not depend on them.
 Training steps use SGD (momentum 0.9, weight decay 4e-5), BCE-with-logits for the classifier and
 cross-entropy with ignore index 255 for the segmenter, batch norm in training mode.
+
+The classifier trainer's workloads (`voc train classify`, mobilenet_v2 only):
+  --train --unfreeze K  one fine-tuning step: the last K backbone blocks, the final 1x1 conv (features[18])
+      and the 20-output head train, everything else has requires_grad False; every BatchNorm is frozen (eval
+      mode, its scale and shift not trained); AdamW with lr 1e-3 on the head and 1e-4 on the backbone,
+      weight decay 1e-4 on weights (not on biases), BCE-with-logits, dropout 0.2 on. A step is zero_grad,
+      forward, loss, backward, step. See `finetune_start` for how voc's blocks map onto torchvision's.
+  --features  the frozen feature pass: eval-mode forward up to the pooled 1280 features, no autograd.
 PyTorch runs eagerly in NCHW with `torch.set_num_threads(2)`: PyTorch as it is usually run on a CPU.
 """
 import argparse
@@ -85,6 +95,29 @@ def MobileDeepLabV3(torch, nn, F, torchvision):
     return Net()
 
 
+# voc counts `--unfreeze` blocks in transformers' MobileNetV2 naming (what the hub weights use), stem first:
+#   block 0       mobilenet_v2.conv_stem (first_conv + the t=1 inverted residual) = torchvision features[0..1]
+#   blocks 1..16  mobilenet_v2.layer.0..15                                        = torchvision features[2..17]
+#                 (layer.N = features[N + 2]; layer.12 / features[14] is the stride-2 96 -> 160 block)
+#   always        mobilenet_v2.conv_1x1 (1280-channel widening conv)              = torchvision features[18]
+#   always        classifier                                                      = torchvision classifier
+# So `--unfreeze 5` trains layer.11..15 + conv_1x1 = features[13..18] (features[:-6] frozen), 17 or `all`
+# trains everything. The trainable conv weights of the two then have the same shapes (1,779,136 values for
+# K = 5, checked against google/mobilenet_v2_1.0_224's names).
+MOBILENET_V2_BLOCKS = 17
+
+
+def finetune_start(unfreeze):
+    """Index of the first trainable module of torchvision's mobilenet_v2 `features` for voc's --unfreeze."""
+    if unfreeze == "all":
+        return 0
+    k = int(unfreeze)
+    if not 1 <= k <= MOBILENET_V2_BLOCKS:
+        raise SystemExit(f"--unfreeze {k}: mobilenet_v2 has {MOBILENET_V2_BLOCKS} blocks (stem included)")
+    # features[18 - k .. 17] are the last k blocks while they stay inside layer.0..15; all 17 take the stem.
+    return 0 if k == MOBILENET_V2_BLOCKS else 18 - k
+
+
 def run_bench(args):
     import torch
     import torch.nn as nn
@@ -97,6 +130,12 @@ def run_bench(args):
     except RuntimeError:
         pass
     torch.manual_seed(args.seed)
+    if args.unfreeze is not None and not args.train:
+        raise SystemExit("--unfreeze times a fine-tuning step: it needs --train")
+    if args.features and args.train:
+        raise SystemExit("--features times the frozen feature pass (inference): not with --train")
+    if (args.unfreeze is not None or args.features) and args.model != "mobilenet_v2":
+        raise SystemExit("--unfreeze and --features: mobilenet_v2 only")
     size = args.size or (513 if args.model in SEGMENTERS else 224)
     device = torch.device(args.device)
     model = build_model(args.model, torch, nn, F, torchvision).to(device)
@@ -109,7 +148,40 @@ def run_bench(args):
         target = (torch.rand(args.batch, 20, device=device) < 0.1).float()
         loss_fn = lambda logits: F.binary_cross_entropy_with_logits(logits, target)
 
-    if args.train:
+    if args.train and args.unfreeze is not None:
+        start = finetune_start(args.unfreeze)
+        model.train()  # dropout on, as voc's fine-tuning step has it
+        for p in model.parameters():
+            p.requires_grad_(False)
+        head, backbone = list(model.classifier.parameters()), []
+        for m in model.features[start:].modules():
+            if isinstance(m, nn.Conv2d):
+                backbone += list(m.parameters(recurse=False))
+        for p in head + backbone:
+            p.requires_grad_(True)
+        # Frozen batch norm: running statistics, no updates, scale and shift stay constants.
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+
+        def groups(params, lr):
+            return [{"params": [p for p in params if p.dim() > 1], "lr": lr, "weight_decay": 1e-4},
+                    {"params": [p for p in params if p.dim() <= 1], "lr": lr, "weight_decay": 0.0}]
+
+        opt = torch.optim.AdamW([g for g in groups(head, 1e-3) + groups(backbone, 1e-4) if g["params"]])
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(x))
+            loss.backward()
+            opt.step()
+    elif args.features:
+        model.eval()
+
+        def step():
+            with torch.inference_mode():
+                F.adaptive_avg_pool2d(model.features(x), 1).flatten(1)
+    elif args.train:
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=4e-5)
 
@@ -142,6 +214,8 @@ def run_bench(args):
         "batch": args.batch,
         "size": size,
         "train": bool(args.train),
+        "unfreeze": args.unfreeze,
+        "features": bool(args.features),
         "median_ms": median,
         "min_ms": min(samples),
         "max_ms": max(samples),
@@ -151,7 +225,12 @@ def run_bench(args):
     if args.json:
         print(json.dumps(report))
     else:
-        what = "training step" if args.train else "inference"
+        if args.unfreeze is not None:
+            what = f"fine-tune step (unfreeze {args.unfreeze}, frozen batch norm, AdamW)"
+        elif args.features:
+            what = "frozen feature pass"
+        else:
+            what = "training step" if args.train else "inference"
         print(
             f"torch {args.model} {what}, batch {args.batch} at {size}x{size} ({args.threads} threads): "
             f"median {median:.2f} ms/batch (min {min(samples):.2f}, max {max(samples):.2f} over "
@@ -160,12 +239,17 @@ def run_bench(args):
         )
 
 
-# (name, voc bench arguments, time target, memory target): the acceptance workloads of issue 6.
+# (name, voc bench arguments, time target, memory target): the acceptance workloads of issue 6, then the
+# classifier trainer's (fine-tuning step of the last 5 blocks, frozen feature pass; no target set).
 WORKLOADS = [
     ("mobilenet_v2 224 inference b16", ["--model", "mobilenet_v2", "--size", "224", "--batch", "16"], 1.0, None),
     ("mobilenet_v2 224 inference b1", ["--model", "mobilenet_v2", "--size", "224", "--batch", "1"], 1.2, None),
     ("deeplabv3 513 inference b1", ["--model", "deeplabv3", "--size", "513", "--batch", "1"], 1.0, None),
     ("mobilenet_v2 224 train step b8", ["--model", "mobilenet_v2", "--size", "224", "--batch", "8", "--train"], 1.5, 1.5),
+    ("mobilenet_v2 224 finetune b16",
+     ["--model", "mobilenet_v2", "--size", "224", "--batch", "16", "--train", "--unfreeze", "5"], None, None),
+    ("mobilenet_v2 224 features b16",
+     ["--model", "mobilenet_v2", "--size", "224", "--batch", "16", "--features"], None, None),
 ]
 
 
@@ -253,6 +337,9 @@ def main():
     b.add_argument("--batch", type=int, default=1)
     b.add_argument("--size", type=int, default=None)
     b.add_argument("--train", action="store_true")
+    b.add_argument("--unfreeze", default=None, metavar="K|all",
+                   help="with --train: fine-tune the last K blocks (or all) with frozen batch norm and AdamW")
+    b.add_argument("--features", action="store_true", help="time the frozen feature pass (pooled features)")
     b.add_argument("--iters", type=int, default=10)
     b.add_argument("--warmup", type=int, default=2)
     b.add_argument("--device", default="cpu")

@@ -5,6 +5,12 @@
 //! so it is folded into the convolutions); training runs the forward pass with batch norm in training
 //! mode, the loss (BCE on 20 labels for classifiers, cross-entropy with ignore index 255 for segmenters),
 //! the backward pass and an SGD step with momentum over every trainable variable.
+//!
+//! Two workloads of `voc train classify` (classifiers only): `--train --unfreeze K` times one fine-tuning
+//! step of its `Learner` (the last K backbone blocks, the widening 1x1 convolution and the head trainable,
+//! the rest constant, batch norm frozen in eval mode, AdamW with lr 1e-3 on the head and 1e-4 on the
+//! backbone), and `--features` the frozen feature pass of `--mode frozen` (pooled backbone features on
+//! constant weights).
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -12,8 +18,12 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use clap::{Args, ValueEnum};
+use voc_classify::train::{
+    BnMode, Learner, Loss, OptimizerKind, Phase, TrainConfig, TrainMode, Unfreeze,
+};
 use voc_classify::{
     ClassifierArch, ClassifierConfig, EfficientNetLiteConfig, ImageClassifier, MobileNetV2Config,
+    ModelChoice,
 };
 use voc_segment::{DeepLabV3, DeepLabV3Config, DeepLabV3Plus, DeepLabV3PlusConfig};
 use voc_tensor::optim::{self, Optimizer, Sgd, SgdConfig};
@@ -75,6 +85,15 @@ pub struct BenchArgs {
     /// Time one training step (forward in training mode, loss, backward, SGD step) instead of inference.
     #[arg(long)]
     train: bool,
+    /// With --train: time a fine-tuning step of `voc train classify` instead: the last K backbone blocks
+    /// (the stem counts as one), the 1x1 widening conv and the head train, the rest is constant, batch
+    /// norm frozen (eval mode), AdamW with lr 1e-3 on the head and 1e-4 on the backbone. Classifiers only.
+    #[arg(long, value_name = "K|all")]
+    unfreeze: Option<Unfreeze>,
+    /// Time the frozen feature pass (pooled backbone features on constant weights, what `voc train
+    /// classify --mode frozen` runs per image) instead of the whole network. Classifiers, inference only.
+    #[arg(long)]
+    features: bool,
     /// Timed iterations.
     #[arg(long, default_value_t = 10)]
     iters: usize,
@@ -100,6 +119,10 @@ pub struct BenchReport {
     pub batch: usize,
     pub size: usize,
     pub train: bool,
+    /// The fine-tuned blocks of a `--unfreeze` step (`"5"`, `"all"`), `null` otherwise.
+    pub unfreeze: Option<String>,
+    /// The frozen feature pass (`--features`) was timed.
+    pub features: bool,
     pub median_ms: f64,
     pub min_ms: f64,
     pub max_ms: f64,
@@ -156,6 +179,59 @@ impl Workload {
             Self::DeepLabV3Plus(m) => m.forward_t(x, train)?,
         })
     }
+
+    /// Pooled features `N x F` of a classifier on its frozen backbone (`--features`).
+    fn pooled(&self, x: &Tensor) -> anyhow::Result<Tensor> {
+        match self {
+            Self::Classifier(m) => Ok(m.pooled_t(x, false)?),
+            _ => bail!("--features needs a classifier"),
+        }
+    }
+}
+
+/// The current value of every variable of `varmap`, by name (detached: constants from here on).
+fn varmap_tensors(varmap: &VarMap) -> anyhow::Result<HashMap<String, Tensor>> {
+    Ok(varmap
+        .data()
+        .lock()
+        .map_err(|_| anyhow::anyhow!("variable map lock poisoned"))?
+        .iter()
+        .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
+        .collect())
+}
+
+/// The fine-tuning learner of `voc train classify --mode finetune` on the weights `values`: the last
+/// `unfreeze` blocks, the widening conv and the head are variables, batch norm frozen, AdamW.
+fn finetune_learner(
+    model: BenchModel,
+    unfreeze: Unfreeze,
+    size: usize,
+    seed: u64,
+    values: HashMap<String, Tensor>,
+    device: &Device,
+) -> anyhow::Result<Learner> {
+    let choice = ModelChoice::by_name(model.name())?;
+    let config = TrainConfig {
+        unfreeze,
+        bn: BnMode::Frozen,
+        optimizer: OptimizerKind::Adamw,
+        lr: 1e-3,
+        backbone_lr: 1e-4,
+        seed,
+        ..TrainConfig::defaults(model.name(), TrainMode::Finetune, size)
+    };
+    let loss = Loss {
+        pos_weight: None,
+        focal_gamma: None,
+    };
+    Ok(Learner::new(
+        choice,
+        &config,
+        Phase::Finetune,
+        values,
+        loss,
+        device,
+    )?)
 }
 
 /// Random inputs and targets of one batch.
@@ -315,6 +391,22 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             args.model.name()
         );
     }
+    if args.unfreeze.is_some() && !args.train {
+        bail!("--unfreeze times a fine-tuning step: it needs --train");
+    }
+    if args.features && args.train {
+        bail!("--features times the frozen feature pass (inference): not with --train");
+    }
+    if (args.unfreeze.is_some() || args.features) && args.model.is_segmenter() {
+        bail!(
+            "--unfreeze and --features time the classifier trainer's workloads: use --model \
+             mobilenet_v2 or efficientnet_lite0, not {}",
+            args.model.name()
+        );
+    }
+    if args.unfreeze == Some(Unfreeze::Last(0)) {
+        bail!("--unfreeze 0: no backbone block would train (--features times the frozen feature pass)");
+    }
     let device = args.device.open()?;
     let mut noise = SeededNoise(args.seed);
     let device_name = voc_tensor::device::device_name(&device);
@@ -326,7 +418,24 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     )
     .with_context(|| format!("building {}", args.model.name()))?;
     reseed_variables(&varmap, &mut noise)?;
-    let mut step: Step = if args.train {
+    let mut step: Step = if let (true, Some(unfreeze)) = (args.train, args.unfreeze) {
+        // The seeded weights become the "pretrained" values the learner splits into constants and
+        // variables.
+        let values = varmap_tensors(&varmap)?;
+        drop(trainable);
+        let mut learner = finetune_learner(args.model, unfreeze, size, args.seed, values, &device)
+            .with_context(|| {
+                format!("building the fine-tuning learner of {}", args.model.name())
+            })?;
+        Box::new(move |b: &Batch| {
+            // The loss is read back, so the step has finished when this returns.
+            let loss = learner.step(&b.images, &b.targets)?;
+            if !loss.is_finite() {
+                bail!("the fine-tuning step's loss is {loss}");
+            }
+            Ok(())
+        })
+    } else if args.train {
         let groups = optim::param_groups(&varmap, 4e-5, &|_| false);
         let mut sgd = Sgd::new(
             groups,
@@ -355,23 +464,21 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     } else {
         // Inference on constant weights, as a loaded pretrained model: no gradient bookkeeping, and batch
         // norm folded into the convolutions.
-        let tensors: HashMap<String, Tensor> = varmap
-            .data()
-            .lock()
-            .map_err(|_| anyhow::anyhow!("variable map lock poisoned"))?
-            .iter()
-            .map(|(name, var)| (name.clone(), var.as_tensor().detach()))
-            .collect();
+        let tensors = varmap_tensors(&varmap)?;
         drop(trainable);
         let frozen = Workload::build(
             args.model,
             VarBuilder::from_tensors(tensors, DType::F32, &device),
         )?;
+        let features = args.features;
         Box::new(move |b: &Batch| {
-            let logits = frozen.forward(&b.images, false)?;
+            let out = if features {
+                frozen.pooled(&b.images)?
+            } else {
+                frozen.forward(&b.images, false)?
+            };
             // Reading one value forces any queued device work to finish.
-            logits
-                .flatten_all()?
+            out.flatten_all()?
                 .narrow(0, 0, 1)?
                 .to_dtype(DType::F32)?
                 .to_vec1::<f32>()?;
@@ -407,6 +514,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         batch: args.batch,
         size,
         train: args.train,
+        unfreeze: args.unfreeze.map(|u| u.to_string()),
+        features: args.features,
         median_ms,
         min_ms,
         max_ms,
@@ -416,10 +525,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        let what = if report.train {
-            "training step"
-        } else {
-            "inference"
+        let what = match (args.unfreeze, report.train, report.features) {
+            (Some(Unfreeze::All), _, _) => {
+                "fine-tune step (every block, frozen batch norm, AdamW)".to_string()
+            }
+            (Some(Unfreeze::Last(k)), _, _) => format!(
+                "fine-tune step (last {k} blocks + 1x1 conv + head, frozen batch norm, AdamW)"
+            ),
+            (None, true, _) => "training step".to_string(),
+            (None, false, true) => "frozen feature pass".to_string(),
+            (None, false, false) => "inference".to_string(),
         };
         println!(
             "{} {what}, batch {} at {}x{} on {} ({} threads): median {:.2} ms/batch (min {:.2}, max {:.2} over {} iterations), {:.1} images/s, peak RSS {:.0} MiB",

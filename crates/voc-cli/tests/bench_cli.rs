@@ -71,6 +71,54 @@ fn classifier_inference_and_training_step() {
 }
 
 #[test]
+fn classifier_finetune_step_and_feature_pass() {
+    let v = bench_json(&[
+        "--device",
+        "cpu",
+        "--model",
+        "mobilenet_v2",
+        "--train",
+        "--unfreeze",
+        "2",
+        "--batch",
+        "2",
+        "--size",
+        "64",
+        "--iters",
+        "1",
+        "--json",
+    ]);
+    check_report(&v, "mobilenet_v2", 2, 64, true);
+    assert_eq!(v["unfreeze"], "2", "{v}");
+    assert_eq!(v["features"], false, "{v}");
+    let v = bench_json(&[
+        "--device",
+        "cpu",
+        "--model",
+        "mobilenet_v2",
+        "--features",
+        "--batch",
+        "2",
+        "--size",
+        "64",
+        "--iters",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    check_report(&v, "mobilenet_v2", 2, 64, false);
+    assert_eq!(v["unfreeze"], serde_json::Value::Null, "{v}");
+    assert_eq!(v["features"], true, "{v}");
+    // The plain workloads say they are neither.
+    let v = bench_json(&[
+        "--device", "cpu", "--size", "32", "--iters", "1", "--warmup", "0", "--json",
+    ]);
+    assert_eq!(v["unfreeze"], serde_json::Value::Null, "{v}");
+    assert_eq!(v["features"], false, "{v}");
+}
+
+#[test]
 fn segmenter_inference_and_training_step() {
     let common = [
         "--device", "cpu", "--size", "65", "--iters", "2", "--warmup", "1", "--json",
@@ -113,6 +161,16 @@ fn bad_arguments_fail_with_a_message() {
             "--batch of at least 2",
         ),
         (&["--model", "resnet50"][..], "resnet50"),
+        // MobileNetV2 has 17 blocks: the stem and layer.0..15.
+        (
+            &["--train", "--unfreeze", "99", "--size", "32"][..],
+            "--unfreeze 99: mobilenet_v2 has 17 blocks",
+        ),
+        (&["--unfreeze", "2"][..], "needs --train"),
+        (&["--train", "--unfreeze", "0"][..], "--unfreeze 0"),
+        (&["--train", "--unfreeze", "five"][..], "five"),
+        (&["--features", "--train"][..], "not with --train"),
+        (&["--model", "deeplabv3", "--features"][..], "not deeplabv3"),
     ] {
         let out = bench(&[args, &["--device", "cpu"][..]].concat());
         assert!(!out.status.success(), "voc bench {args:?} should fail");

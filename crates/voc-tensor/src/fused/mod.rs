@@ -57,7 +57,7 @@ mod pointwise;
 pub use batch_norm::batch_norm_act_train;
 pub use bias_act::{bias_act, conv2d_bias_act};
 pub use conv_bn::{conv_bn_act_train, conv_bn_fusion, set_conv_bn_fusion, ConvKind};
-pub(crate) use pointwise::pointwise_const_weight;
+pub(crate) use pointwise::{pointwise_const_weight, pointwise_conv};
 
 /// The activation closing a fused epilogue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -255,6 +255,12 @@ pub fn conv2d(
             let y = crate::fused::pointwise_const_weight(x, weight)?;
             return add_bias(y, bias, "conv2d");
         }
+        let cpu_f32 =
+            x.device().is_cpu() && x.dtype() == DType::F32 && weight.dtype() == DType::F32;
+        if cpu_f32 && weight.track_op() {
+            let y = crate::fused::pointwise_conv(x, weight)?;
+            return add_bias(y, bias, "conv2d");
+        }
         let y = weight
             .reshape((c_out, c_in))?
             .broadcast_left(n)?

@@ -555,3 +555,47 @@ fn planes_from_iterators_are_fully_initialised() {
     });
     assert_eq!(out, [-1.0, 0.0, 1.0, 2.0, 10.0, 0.0, 0.0, 20.0, 21.0]);
 }
+
+/// The 1x1 convolution with a trainable weight (one weight-gradient buffer) against candle's batched
+/// matmul: output, input gradient and weight gradient.
+#[test]
+fn pointwise_conv_with_a_variable_weight_matches_the_batched_matmul() -> Result<()> {
+    let dev = Device::Cpu;
+    let x = Var::randn(0f32, 1.0, (3, 5, 4, 6), &dev)?;
+    let w = Var::randn(0f32, 0.5, (7, 5, 1, 1), &dev)?;
+    let g = Tensor::randn(0f32, 1.0, (3, 7, 4, 6), &dev)?;
+    let y = conv2d(
+        x.as_tensor(),
+        w.as_tensor(),
+        None,
+        1,
+        Padding::default(),
+        1,
+        1,
+    )?;
+    let grads = (&y * &g)?.sum_all()?.backward()?;
+    let reference = w
+        .as_tensor()
+        .reshape((7, 5))?
+        .broadcast_left(3)?
+        .matmul(&x.as_tensor().reshape((3, 5, 24))?)?
+        .reshape((3, 7, 4, 6))?;
+    let ref_grads = (&reference * &g)?.sum_all()?.backward()?;
+    for (a, b, what) in [
+        (&y, &reference, "output"),
+        (
+            grads.get(x.as_tensor()).unwrap(),
+            ref_grads.get(x.as_tensor()).unwrap(),
+            "input gradient",
+        ),
+        (
+            grads.get(w.as_tensor()).unwrap(),
+            ref_grads.get(w.as_tensor()).unwrap(),
+            "weight gradient",
+        ),
+    ] {
+        let err = crate::testing::max_abs_diff(a, &b.reshape(a.dims())?)?;
+        assert!(err < 1e-4, "{what}: max |diff| {err}");
+    }
+    Ok(())
+}
