@@ -838,7 +838,9 @@ pub fn train_classifier(
                 Some(f) => f.fold(raw_weights.clone(), config.head)?,
                 None => raw_weights.clone(),
             };
-            let improved = best_map.is_none_or(|b| report.map > b);
+            // Best by val mAP; an equal mAP (small validation sets reach 1.0 early) goes to the better Dice.
+            let improved = best_map
+                .is_none_or(|b| report.map > b || (report.map == b && report.dice > best_dice));
             if improved {
                 best_map = Some(report.map);
                 best_epoch = epoch;
