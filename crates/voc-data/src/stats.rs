@@ -146,9 +146,13 @@ impl SplitStats {
         }
     }
 
-    /// `pos_weight` per class with absent classes set to 1 (neutral), for a BCE loss.
+    /// `pos_weight` per class for a BCE loss, set to 1 (neutral) for a class absent from the split and
+    /// for one in every image (its weight 0 would silence the class's positives).
     pub fn pos_weights(&self) -> [f32; NUM_CLASSES] {
-        std::array::from_fn(|c| self.classes[c].pos_weight.unwrap_or(1.0) as f32)
+        std::array::from_fn(|c| match self.classes[c].pos_weight {
+            Some(w) if w > 0.0 => w as f32,
+            _ => 1.0,
+        })
     }
 
     /// A plain-text table.

@@ -109,3 +109,23 @@ fn subsets_of_index_and_dataset() {
     assert_eq!(data.get(0).unwrap().id, "5");
     assert!(train.subset(&[2]).is_err());
 }
+
+/// The loss weights: negatives / positives, and 1 (neutral) for a class in no image or in every image.
+#[test]
+fn pos_weights_for_a_loss() {
+    // 4 images: person (14) in all, cat (7) in one, bird (2) in none.
+    let labels: Vec<LabelSet> = (0..4)
+        .map(|i| {
+            if i == 0 {
+                LabelSet::from_classes([7, 14])
+            } else {
+                LabelSet::from_classes([14])
+            }
+        })
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let weights = SplitStats::from_labels("train", &labels).pos_weights();
+    assert_eq!(weights[7], 3.0);
+    assert_eq!(weights[14], 1.0, "in every image: weight 0 would silence its positives");
+    assert_eq!(weights[2], 1.0, "in no image");
+}

@@ -47,7 +47,8 @@ pub enum BnMode {
 #[serde(rename_all = "snake_case")]
 pub enum ClassWeights {
     /// `pos_weight[c] = negatives[c] / positives[c]` on the training images (1 for a class without
-    /// positives): each class's positives weigh as much as its negatives, as PyTorch's
+    /// positives or without negatives; `voc_data::SplitStats::pos_weights`, what `voc data stats`
+    /// prints): each class's positives weigh as much as its negatives, as PyTorch's
     /// `BCEWithLogitsLoss(pos_weight=...)` recipe does.
     Balanced,
     /// Plain BCE.

@@ -39,34 +39,6 @@ impl Loss {
     }
 }
 
-/// `negatives / positives` per class over `labels` (`N x C` 0/1 rows), 1 for a class without
-/// positives or without negatives.
-///
-/// ```
-/// // 4 images, 2 classes: class 0 in 1 image, class 1 in all 4.
-/// let labels = [1u8, 1, 0, 1, 0, 1, 0, 1];
-/// assert_eq!(voc_classify::train::balanced_pos_weight(&labels, 2), [3.0, 1.0]);
-/// ```
-pub fn balanced_pos_weight(labels: &[u8], num_classes: usize) -> Vec<f32> {
-    let rows = labels.len() / num_classes.max(1);
-    (0..num_classes)
-        .map(|c| {
-            let pos = labels
-                .iter()
-                .skip(c)
-                .step_by(num_classes)
-                .filter(|&&v| v == 1)
-                .count();
-            let neg = rows - pos;
-            if pos == 0 || neg == 0 {
-                1.0
-            } else {
-                neg as f32 / pos as f32
-            }
-        })
-        .collect()
-}
-
 /// Which weights train in a phase.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {

@@ -9,7 +9,7 @@ pub use config::{
     Augment, BnMode, ClassWeights, Geometry, OptimizerKind, ScheduleKind, TrainConfig, TrainMode,
     Unfreeze, Validation,
 };
-pub use learner::{backbone_blocks, balanced_pos_weight, variable_rule, Learner, Loss, Phase};
+pub use learner::{backbone_blocks, variable_rule, Learner, Loss, Phase};
 pub use params::{build_mixed, MixedParams};
 pub use run::{
     read_records, train_augment, train_classifier, write_curves, EpochRecord, Quiet, RunPaths,
