@@ -37,20 +37,23 @@ pub fn checkpoint_architecture(arch: &ClassifierArch) -> String {
 /// the scratch CNN's `scratch_classifier`); any other string is a [`ClassifyError::BadConfig`] on `path`
 /// listing the known ones.
 pub fn model_from_checkpoint(path: &Path, architecture: &str) -> Result<ModelChoice> {
-    let known: Vec<String> = crate::models::model_names()
+    let models: Vec<ModelChoice> = crate::models::model_names()
         .into_iter()
         .filter_map(|n| ModelChoice::by_name(n).ok())
-        .map(|c| c.architecture())
         .collect();
-    crate::models::model_names()
-        .into_iter()
-        .filter_map(|n| ModelChoice::by_name(n).ok())
+    models
+        .iter()
         .find(|c| c.architecture() == architecture)
+        .copied()
         .ok_or_else(|| ClassifyError::BadConfig {
             path: path.to_path_buf(),
             message: format!(
                 "a checkpoint of architecture '{architecture}', not a classifier: expected one of {}",
-                known.join(", ")
+                models
+                    .iter()
+                    .map(|c| c.architecture())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         })
 }

@@ -10,7 +10,7 @@ use voc_classify::fusion::{cross_fitted_dice, fit_fusion, CrossFit, FusionRule};
 use voc_classify::metrics::ThresholdRule;
 use voc_classify::{metrics, CheckpointClassifier};
 use voc_core::{CLASS_NAMES, NUM_CLASSES};
-use voc_data::CompetitionDir;
+use voc_data::{CompetitionDir, SplitIndex};
 use voc_tensor::DeviceSpec;
 
 use crate::cmd_predict::{check_class_names, class_area_fractions, open_segmenter, SegmenterArgs};
@@ -152,9 +152,14 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     }
 }
 
-fn classify(args: ClassifyEvalArgs) -> anyhow::Result<()> {
-    let device = args.device.open()?;
-    let index = CompetitionDir::open(&args.data)?.split(&args.split)?;
+/// Split `split` of the data folder `data` with its 0/1 label rows (`N x 20`); a split without images
+/// or without labels is an error saying what it is needed `for_what`.
+fn labelled_split(
+    data: &Path,
+    split: &str,
+    for_what: &str,
+) -> anyhow::Result<(SplitIndex, Vec<u8>)> {
+    let index = CompetitionDir::open(data)?.split(split)?;
     if index.is_empty() {
         bail!(
             "split '{}' ({}) has no images",
@@ -164,24 +169,23 @@ fn classify(args: ClassifyEvalArgs) -> anyhow::Result<()> {
     }
     let Some(labels) = &index.labels else {
         bail!(
-            "split '{}' ({}) has no labels (every label is -1): evaluate on a labelled split",
+            "split '{}' ({}) has no labels (every label is -1): {for_what} on a labelled split",
             index.name,
             index.csv_path().display()
         );
     };
+    let truth = labels.iter().flat_map(|l| l.to_flags()).collect();
+    Ok((index, truth))
+}
+
+fn classify(args: ClassifyEvalArgs) -> anyhow::Result<()> {
+    let device = args.device.open()?;
+    let (index, truth) = labelled_split(&args.data, &args.split, "evaluate")?;
     let classifier = CheckpointClassifier::load(&args.classifier, &device)?;
-    if classifier.class_names.len() != NUM_CLASSES
-        || classifier
-            .class_names
-            .iter()
-            .zip(CLASS_NAMES)
-            .any(|(a, b)| a != b)
-    {
-        bail!(
-            "{}: its classes are not VOC's 20 in the competition's order",
-            args.classifier.display()
-        );
-    }
+    check_class_names(
+        &classifier.class_names,
+        &format!("{} (checkpoint metadata)", args.classifier.display()),
+    )?;
     let bar = crate::progress::bar(index.len(), &format!("classifying {}", index.name));
     let mut probs = Vec::with_capacity(index.len() * NUM_CLASSES);
     for id in &index.ids {
@@ -194,7 +198,6 @@ fn classify(args: ClassifyEvalArgs) -> anyhow::Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let truth: Vec<u8> = labels.iter().flat_map(|l| l.to_flags()).collect();
     let report = metrics::evaluate(&probs, &truth, NUM_CLASSES, &classifier.decision())?;
     if args.json {
         let json = serde_json::json!({
@@ -227,21 +230,7 @@ fn classify(args: ClassifyEvalArgs) -> anyhow::Result<()> {
 
 fn fuse(args: FuseEvalArgs) -> anyhow::Result<()> {
     let device = args.model.device.open()?;
-    let index = CompetitionDir::open(&args.data)?.split(&args.split)?;
-    if index.is_empty() {
-        bail!(
-            "split '{}' ({}) has no images",
-            index.name,
-            index.csv_path().display()
-        );
-    }
-    let Some(labels) = &index.labels else {
-        bail!(
-            "split '{}' ({}) has no labels (every label is -1): fit the fusion on a labelled split",
-            index.name,
-            index.csv_path().display()
-        );
-    };
+    let (index, truth) = labelled_split(&args.data, &args.split, "fit the fusion")?;
     if args.folds < 2 || args.folds > index.len() {
         bail!(
             "--folds {}: expected 2 to {} (the images of split '{}')",
@@ -279,7 +268,6 @@ fn fuse(args: FuseEvalArgs) -> anyhow::Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let truth: Vec<u8> = labels.iter().flat_map(|l| l.to_flags()).collect();
 
     let fit = fit_fusion(&probs, &areas, &truth, NUM_CLASSES, args.threshold)?;
     let cross = cross_fitted_dice(

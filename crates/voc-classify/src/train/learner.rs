@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarBuilder;
 use voc_tensor::optim::{
     self, AdamW, AdamWConfig, Optimizer, ParamGroup, RmsProp, RmsPropConfig, Sgd, SgdConfig,
 };
@@ -157,7 +158,7 @@ impl Learner {
         loss: Loss,
         device: &Device,
     ) -> Result<Self> {
-        let names: Vec<String> = crate::weights::expected_tensors(device, |vb| {
+        let build = |vb: VarBuilder| {
             ClassifierNet::new(
                 vb,
                 choice,
@@ -166,22 +167,14 @@ impl Learner {
                 config.dropout,
                 config.image_size,
             )
-        })?
-        .into_iter()
-        .map(|(n, _)| n)
-        .collect();
+        };
+        let names: Vec<String> = crate::weights::expected_tensors(device, build)?
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
         let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
         let rule = variable_rule(choice, config, phase, &name_refs)?;
-        let (net, params) = build_mixed(values, rule, config.seed, device, |vb| {
-            ClassifierNet::new(
-                vb,
-                choice,
-                voc_core::NUM_CLASSES,
-                config.head,
-                config.dropout,
-                config.image_size,
-            )
-        })?;
+        let (net, params) = build_mixed(values, rule, config.seed, device, build)?;
         let bn_train = match phase {
             Phase::Head => false,
             Phase::Finetune => config.bn == BnMode::Train,
