@@ -3,71 +3,13 @@
 //! split, and the fused labels are predicted, validated and scored. Those tests skip without the shared
 //! hub cache and data (and fail under `VOC_REQUIRE_SHARED=1`); the bad-input tests fail before any
 //! model is loaded and use only the sample bundled in `assets/`.
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
 use voc_core::testing::{hub_model, shared_with};
 
-/// The `voc` binary cargo built for these tests.
-const VOC: &str = env!("CARGO_BIN_EXE_voc");
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Runs `voc ARGS` offline against the hub cache `hf` (or an empty one).
-fn voc(args: &[&str], hf: Option<&Path>) -> Output {
-    let mut cmd = Command::new(VOC);
-    cmd.args(args)
-        .env("RAYON_NUM_THREADS", "2")
-        .env("HF_HUB_OFFLINE", "1")
-        .env("RUST_BACKTRACE", "0")
-        .env_remove("HF_HUB_CACHE");
-    match hf {
-        Some(dir) => cmd.env("HF_HOME", dir),
-        None => cmd.env("HF_HOME", std::env::temp_dir().join("voc-test-no-hf-cache")),
-    };
-    cmd.output().expect("running voc")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn json_line(out: &Output, what: &str) -> serde_json::Value {
-    assert!(out.status.success(), "{what} failed:\n{}", stderr(out));
-    let stdout = String::from_utf8(out.stdout.clone()).expect("utf-8 output");
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "{what} --json prints one line, got {stdout:?}"
-    );
-    serde_json::from_str(lines[0]).expect("the line is JSON")
-}
-
-/// Asserts that `voc` failed without a panic and that its error mentions every one of `needles`.
-fn assert_fails_naming(out: &Output, needles: &[&str]) {
-    let err = stderr(out);
-    assert!(
-        !out.status.success(),
-        "expected a failure, got success; stderr:\n{err}"
-    );
-    assert!(
-        !err.contains("panicked"),
-        "a panic instead of an error:\n{err}"
-    );
-    for needle in needles {
-        assert!(
-            err.contains(needle),
-            "the error does not name {needle:?}:\n{err}"
-        );
-    }
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
+mod common;
+use common::{assert_fails_naming, json_line, path_str, repo_root, stderr, voc};
 
 /// `voc score --json` of `submission` against `split` of `data`.
 fn score(data: &Path, split: &str, submission: &Path) -> serde_json::Value {

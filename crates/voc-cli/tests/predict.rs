@@ -6,74 +6,14 @@
 //! under `VOC_REQUIRE_SHARED=1`. Bad-input tests that fail before any model is loaded use only the sample
 //! bundled in `assets/`.
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
 use voc_core::testing::{hub_model, shared_with};
 use voc_tensor::checkpoint::{save_checkpoint_tensors, CheckpointMeta};
 use voc_tensor::{Device, Tensor};
 
-/// The `voc` binary cargo built for these tests.
-const VOC: &str = env!("CARGO_BIN_EXE_voc");
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// Runs `voc ARGS` offline against the shared hub cache (or none, when `hf` is `None`).
-fn voc(args: &[&str], hf: Option<&Path>) -> Output {
-    let mut cmd = Command::new(VOC);
-    cmd.args(args)
-        .env("RAYON_NUM_THREADS", "2")
-        .env("HF_HUB_OFFLINE", "1")
-        .env_remove("HF_HUB_CACHE");
-    match hf {
-        Some(dir) => cmd.env("HF_HOME", dir),
-        // An empty cache: nothing can be found, nothing is downloaded.
-        None => cmd.env("HF_HOME", std::env::temp_dir().join("voc-test-no-hf-cache")),
-    };
-    cmd.output().expect("running voc")
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn json_line(out: &Output, what: &str) -> serde_json::Value {
-    assert!(out.status.success(), "{what} failed:\n{}", stderr(out));
-    let stdout = String::from_utf8(out.stdout.clone()).expect("utf-8 output");
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(
-        lines.len(),
-        1,
-        "{what} --json prints one line, got {stdout:?}"
-    );
-    serde_json::from_str(lines[0]).expect("the line is JSON")
-}
-
-/// Asserts that `voc` failed and that its error mentions every one of `needles`.
-fn assert_fails_naming(out: &Output, needles: &[&str]) -> String {
-    let err = stderr(out);
-    assert!(
-        !out.status.success(),
-        "expected a failure, got success; stderr:\n{err}"
-    );
-    assert!(
-        !err.contains("panicked"),
-        "a panic instead of an error:\n{err}"
-    );
-    for needle in needles {
-        assert!(
-            err.contains(needle),
-            "the error does not name {needle:?}:\n{err}"
-        );
-    }
-    err
-}
-
-fn path_str(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
+mod common;
+use common::{assert_fails_naming, json_line, path_str, repo_root, voc};
 
 /// Copies the bundled sample's test split into a fresh folder the test may break.
 fn sample_copy() -> tempfile::TempDir {

@@ -3,40 +3,11 @@
 //! rejects bad input with errors that say what is wrong. Tests that need the pretrained backbones skip
 //! without the shared hub cache (and fail under `VOC_REQUIRE_SHARED=1`).
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-const VOC: &str = env!("CARGO_BIN_EXE_voc");
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn command(args: &[&str], hf: Option<&Path>) -> Command {
-    let mut cmd = Command::new(VOC);
-    cmd.args(args)
-        .env("RAYON_NUM_THREADS", "2")
-        .env("HF_HUB_OFFLINE", "1")
-        .env_remove("HF_HUB_CACHE");
-    match hf {
-        Some(dir) => cmd.env("HF_HOME", dir),
-        None => cmd.env("HF_HOME", std::env::temp_dir().join("voc-test-no-hf-cache")),
-    };
-    cmd
-}
-
-fn voc(args: &[&str], hf: Option<&Path>) -> Output {
-    command(args, hf).output().expect("running voc")
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {:?}\nstdout: {}\nstderr: {}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
+mod common;
+use common::{command, repo_root, text, voc};
 
 /// A competition folder with `copies` training images made from the sample's two (a person; a chair and
 /// a dog), and the sample's unlabelled test split.

@@ -1,0 +1,89 @@
+//! What the end-to-end tests of `voc` share: running the binary offline, reading its output, and the
+//! assertions on its errors. Each test file uses part of it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The `voc` binary cargo built for these tests.
+pub const VOC: &str = env!("CARGO_BIN_EXE_voc");
+
+/// The repository's root (for `assets/`).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `voc ARGS`, offline against the hub cache `hf` (or an empty one, where nothing can be found and
+/// nothing is downloaded), 2 threads, no backtraces in error output.
+pub fn command(args: &[&str], hf: Option<&Path>) -> Command {
+    let mut cmd = Command::new(VOC);
+    cmd.args(args)
+        .env("RAYON_NUM_THREADS", "2")
+        .env("HF_HUB_OFFLINE", "1")
+        .env("RUST_BACKTRACE", "0")
+        .env_remove("HF_HUB_CACHE");
+    match hf {
+        Some(dir) => cmd.env("HF_HOME", dir),
+        None => cmd.env("HF_HOME", std::env::temp_dir().join("voc-test-no-hf-cache")),
+    };
+    cmd
+}
+
+/// Runs [`command`] to the end.
+pub fn voc(args: &[&str], hf: Option<&Path>) -> Output {
+    command(args, hf).output().expect("running voc")
+}
+
+/// The standard error, as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Exit status, standard output and standard error, for assertion messages.
+pub fn text(out: &Output) -> String {
+    format!(
+        "status {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The one JSON line a successful `voc ... --json` printed.
+pub fn json_line(out: &Output, what: &str) -> serde_json::Value {
+    assert!(out.status.success(), "{what} failed:\n{}", stderr(out));
+    let stdout = String::from_utf8(out.stdout.clone()).expect("utf-8 output");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{what} --json prints one line, got {stdout:?}"
+    );
+    serde_json::from_str(lines[0]).expect("the line is JSON")
+}
+
+/// Asserts that `voc` failed without a panic and that its error mentions every one of `needles`;
+/// returns the error text.
+pub fn assert_fails_naming(out: &Output, needles: &[&str]) -> String {
+    let err = stderr(out);
+    assert!(
+        !out.status.success(),
+        "expected a failure, got success; stderr:\n{err}"
+    );
+    assert!(
+        !err.contains("panicked"),
+        "a panic instead of an error:\n{err}"
+    );
+    for needle in needles {
+        assert!(
+            err.contains(needle),
+            "the error does not name {needle:?}:\n{err}"
+        );
+    }
+    err
+}
+
+/// A path as `&str` for an argument list.
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
