@@ -126,6 +126,9 @@ fn pos_weights_for_a_loss() {
         .unwrap();
     let weights = SplitStats::from_labels("train", &labels).pos_weights();
     assert_eq!(weights[7], 3.0);
-    assert_eq!(weights[14], 1.0, "in every image: weight 0 would silence its positives");
+    assert_eq!(
+        weights[14], 1.0,
+        "in every image: weight 0 would silence its positives"
+    );
     assert_eq!(weights[2], 1.0, "in no image");
 }
