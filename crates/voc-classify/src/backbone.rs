@@ -5,6 +5,8 @@ use candle_core::Tensor;
 use crate::efficientnet::EfficientNetLite;
 use crate::error::{ClassifyError, Result};
 use crate::mobilenet_v2::MobileNetV2;
+use crate::resnet::ResNet;
+use crate::vgg::Vgg16;
 
 /// Feature maps of one forward pass, named by their nominal stride (input size / feature size at output
 /// stride 32). With a smaller output stride the deeper maps stay at that stride: at output stride 16,
@@ -76,7 +78,7 @@ pub(crate) fn stride_schedule(
         .collect()
 }
 
-/// Either feature extractor, as a classifier holds it.
+/// Any of the feature extractors, as a classifier (or a segmenter) holds it.
 ///
 /// ```
 /// use candle_core::{DType, Device, Tensor};
@@ -97,6 +99,10 @@ pub enum Backbone {
     MobileNetV2(Box<MobileNetV2>),
     /// EfficientNet-Lite0 (timm layout).
     EfficientNetLite(Box<EfficientNetLite>),
+    /// ResNet-50 or ResNetV2-50 (timm layouts).
+    ResNet(Box<ResNet>),
+    /// VGG16 (timm layout).
+    Vgg16(Box<Vgg16>),
 }
 
 impl Backbone {
@@ -106,6 +112,8 @@ impl Backbone {
         match self {
             Self::MobileNetV2(m) => m.features_t(x, train),
             Self::EfficientNetLite(m) => m.features_t(x, train),
+            Self::ResNet(m) => m.features_t(x, train),
+            Self::Vgg16(m) => m.features_t(x, train),
         }
     }
 
@@ -114,6 +122,8 @@ impl Backbone {
         match self {
             Self::MobileNetV2(m) => m.feature_channels(),
             Self::EfficientNetLite(m) => m.feature_channels(),
+            Self::ResNet(m) => m.feature_channels(),
+            Self::Vgg16(m) => m.feature_channels(),
         }
     }
 
@@ -123,6 +133,8 @@ impl Backbone {
         match self {
             Self::MobileNetV2(m) => m.set_output_stride(output_stride),
             Self::EfficientNetLite(m) => m.set_output_stride(output_stride),
+            Self::ResNet(m) => m.set_output_stride(output_stride),
+            Self::Vgg16(m) => m.set_output_stride(output_stride),
         }
     }
 
@@ -131,6 +143,8 @@ impl Backbone {
         match self {
             Self::MobileNetV2(m) => m.config().output_stride,
             Self::EfficientNetLite(m) => m.config().output_stride,
+            Self::ResNet(m) => m.config().output_stride,
+            Self::Vgg16(m) => m.config().output_stride,
         }
     }
 }

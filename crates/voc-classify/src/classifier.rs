@@ -7,8 +7,10 @@ use crate::backbone::Backbone;
 use crate::efficientnet::{EfficientNetLite, EfficientNetLiteConfig, LITE_HEAD_CHANNELS};
 use crate::error::{ClassifyError, Result};
 use crate::head::{Head, HeadKind};
-use crate::layers::{self, Activation, ConvNormAct, ConvSpec};
+use crate::layers::{self, Activation, ConvNormAct, ConvSpec, NormAct};
 use crate::mobilenet_v2::{MobileNetV2, MobileNetV2Config};
+use crate::resnet::{ResNet, ResNetConfig, ResNetVariant};
+use crate::vgg::{Vgg16, VggConfig, VggPreLogits, VGG_FEATURES};
 use crate::weights::FromWeights;
 
 /// Which backbone, with its parameters.
@@ -18,6 +20,12 @@ pub enum ClassifierArch {
     MobileNetV2(MobileNetV2Config),
     /// timm names: `conv_stem`, `bn1`, `blocks.*`, `conv_head`, `bn2`, `classifier.*`.
     EfficientNetLite0(EfficientNetLiteConfig),
+    /// timm names: ResNet-50 `conv1`, `bn1`, `layer1..4.*`; ResNetV2-50 `stem.conv`, `stages.*`,
+    /// `norm`; then `classifier.*` (timm's `fc` / `head.fc`, renamed on loading: see
+    /// [`ClassifierArch::adapt_hub_tensors`]).
+    ResNet(ResNetConfig),
+    /// timm names: `features.N`, `pre_logits.fc{1,2}`, then `classifier.*` (timm's `head.fc`).
+    Vgg16(VggConfig),
 }
 
 impl ClassifierArch {
@@ -27,6 +35,75 @@ impl ClassifierArch {
         match self {
             Self::MobileNetV2(_) => "mobilenet_v2",
             Self::EfficientNetLite0(_) => "efficientnet_lite0",
+            Self::ResNet(c) => match c.variant {
+                ResNetVariant::V1 => "resnet50",
+                ResNetVariant::V2 => "resnet50v2",
+            },
+            Self::Vgg16(_) => "vgg16",
+        }
+    }
+
+    /// The names (and shapes) of a hub weights file made voc's: timm's ResNet head `fc.*` and the
+    /// ResNetV2/VGG head `head.fc.*` become `classifier.*`, ResNetV2's 1x1-conv head weight
+    /// (`C x F x 1 x 1`) a linear one (`C x F`). Other architectures' files already use voc's names.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use candle_core::{DType, Device, Tensor};
+    /// use voc_classify::{ClassifierArch, ResNetConfig};
+    /// let w = Tensor::zeros((1000, 2048, 1, 1), DType::F32, &Device::Cpu)?;
+    /// let b = Tensor::zeros(1000, DType::F32, &Device::Cpu)?;
+    /// let hub = HashMap::from([("head.fc.weight".to_string(), w), ("head.fc.bias".to_string(), b)]);
+    /// let ours = ClassifierArch::ResNet(ResNetConfig::RESNETV2_50).adapt_hub_tensors(hub)?;
+    /// assert_eq!(ours["classifier.weight"].dims(), [1000, 2048]);
+    /// assert!(ours.contains_key("classifier.bias"));
+    /// # Ok::<(), voc_classify::ClassifyError>(())
+    /// ```
+    pub fn adapt_hub_tensors(
+        &self,
+        tensors: std::collections::HashMap<String, Tensor>,
+    ) -> Result<std::collections::HashMap<String, Tensor>> {
+        let head_prefix = match self {
+            Self::MobileNetV2(_) | Self::EfficientNetLite0(_) => return Ok(tensors),
+            Self::ResNet(c) if c.variant == ResNetVariant::V1 => "fc.",
+            Self::ResNet(_) | Self::Vgg16(_) => "head.fc.",
+        };
+        tensors
+            .into_iter()
+            .map(|(name, tensor)| match name.strip_prefix(head_prefix) {
+                Some(rest) => {
+                    let tensor = match tensor.dims() {
+                        &[out, inp, 1, 1] => tensor.reshape((out, inp))?,
+                        _ => tensor,
+                    };
+                    Ok((format!("classifier.{rest}"), tensor))
+                }
+                None => Ok((name, tensor)),
+            })
+            .collect()
+    }
+}
+
+/// What runs between the backbone's last feature map and the global pool.
+#[derive(Debug, Clone)]
+enum Neck {
+    /// MobileNetV2's / EfficientNet-Lite's 1x1 widening convolution (to 1280 channels).
+    Conv(ConvNormAct),
+    /// ResNetV2's final batch norm + ReLU (`norm`).
+    Norm(NormAct),
+    /// VGG16's `pre_logits` (the old fully connected layers as convolutions).
+    VggMlp(VggPreLogits),
+    /// Nothing: ResNet-50 pools its last stage directly.
+    Identity,
+}
+
+impl Neck {
+    fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Self::Conv(c) => c.forward_t(x, train),
+            Self::Norm(n) => n.forward_t(x, train),
+            Self::VggMlp(m) => m.forward_t(x, train),
+            Self::Identity => Ok(x.clone()),
         }
     }
 }
@@ -73,7 +150,8 @@ pub struct ClassifierConfig {
 #[derive(Debug, Clone)]
 pub struct ImageClassifier {
     backbone: Backbone,
-    head_conv: ConvNormAct,
+    neck: Neck,
+    num_features: usize,
     head: Head,
     config: ClassifierConfig,
 }
@@ -88,7 +166,7 @@ impl ImageClassifier {
                 "a classifier needs at least one class".into(),
             ));
         }
-        let (backbone, head_conv, features) = match config.arch {
+        let (backbone, neck, features) = match config.arch {
             ClassifierArch::MobileNetV2(cfg) => {
                 let net = MobileNetV2::new(vb.pp("mobilenet_v2"), cfg)?;
                 let c_in = net.feature_channels().stride32;
@@ -97,7 +175,11 @@ impl ImageClassifier {
                     vb.pp("mobilenet_v2").pp("conv_1x1"),
                     ConvSpec::conv_bn(c_in, c_out, 1, cfg.norm, Activation::Relu6),
                 )?;
-                (Backbone::MobileNetV2(Box::new(net)), head, c_out)
+                (
+                    Backbone::MobileNetV2(Box::new(net)),
+                    Neck::Conv(head),
+                    c_out,
+                )
             }
             ClassifierArch::EfficientNetLite0(cfg) => {
                 let net = EfficientNetLite::new(vb.clone(), cfg)?;
@@ -109,9 +191,29 @@ impl ImageClassifier {
                 )?;
                 (
                     Backbone::EfficientNetLite(Box::new(net)),
-                    head,
+                    Neck::Conv(head),
                     LITE_HEAD_CHANNELS,
                 )
+            }
+            ClassifierArch::ResNet(cfg) => {
+                let net = ResNet::new(vb.clone(), cfg)?;
+                let channels = cfg.num_features();
+                let neck = match cfg.variant {
+                    ResNetVariant::V1 => Neck::Identity,
+                    ResNetVariant::V2 => Neck::Norm(NormAct::new(
+                        vb.pp("norm"),
+                        channels,
+                        cfg.norm,
+                        Activation::Relu,
+                    )?),
+                };
+                (Backbone::ResNet(Box::new(net)), neck, channels)
+            }
+            ClassifierArch::Vgg16(cfg) => {
+                let net = Vgg16::new(vb.clone(), cfg)?;
+                let c_in = net.feature_channels().stride32;
+                let neck = Neck::VggMlp(VggPreLogits::new(vb.pp("pre_logits"), c_in)?);
+                (Backbone::Vgg16(Box::new(net)), neck, VGG_FEATURES)
             }
         };
         let head = Head::new(
@@ -123,7 +225,8 @@ impl ImageClassifier {
         )?;
         Ok(Self {
             backbone,
-            head_conv,
+            neck,
+            num_features: features,
             head,
             config,
         })
@@ -139,15 +242,17 @@ impl ImageClassifier {
         &self.backbone
     }
 
-    /// Number of pooled features the last layer reads (1280 for both pretrained models).
+    /// Number of pooled features the last layer reads (1280 for MobileNetV2 and EfficientNet-Lite0,
+    /// 2048 for the ResNets, 4096 for VGG16).
     pub fn num_features(&self) -> usize {
-        self.head_conv.spec().out_channels
+        self.num_features
     }
 
-    /// Pooled features `N x num_features` (after the widening conv, ReLU6 and global average pooling).
+    /// Pooled features `N x num_features`: the last feature map through the architecture's neck (the
+    /// widening conv, ResNetV2's final norm, VGG's `pre_logits`), then global average pooling.
     pub fn pooled_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let features = self.backbone.features_t(x, train)?;
-        let h = self.head_conv.forward_t(&features.stride32, train)?;
+        let h = self.neck.forward_t(&features.stride32, train)?;
         Ok(layers::global_avg_pool(&h)?.flatten_from(1)?)
     }
 
@@ -173,6 +278,13 @@ impl FromWeights for ImageClassifier {
 
     fn build(vb: VarBuilder, config: ClassifierConfig) -> Result<Self> {
         Self::new(vb, config)
+    }
+
+    fn adapt_tensors(
+        config: &ClassifierConfig,
+        tensors: std::collections::HashMap<String, Tensor>,
+    ) -> Result<std::collections::HashMap<String, Tensor>> {
+        config.arch.adapt_hub_tensors(tensors)
     }
 }
 

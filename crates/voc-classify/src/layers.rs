@@ -316,6 +316,22 @@ impl ConvNormAct {
                 return add_residual(y);
             }
         }
+        if let (None, Some(bias)) = (&self.norm, &self.bias) {
+            if !bias.track_op() {
+                // A plain conv with a constant bias (VGG): bias and activation in place after the conv.
+                let y = fused::conv2d_bias_act(
+                    x,
+                    &self.weight,
+                    bias,
+                    s.stride,
+                    padding,
+                    s.dilation,
+                    s.groups,
+                    s.activation.fused(),
+                )?;
+                return add_residual(y);
+            }
+        }
         let y = conv(&self.weight, self.bias.as_ref())?;
         let y = match &self.norm {
             Some(bn) => bn.forward_t(&y, train)?,
@@ -375,6 +391,69 @@ impl ConvNormAct {
     fn drop_folded(&self) {
         *lock(&self.folded) = None;
         *lock(&self.bn_scale_shift) = None;
+    }
+}
+
+/// Batch norm then an activation, on its own (not after a convolution): the pre-activation of
+/// ResNetV2's blocks and its final norm.
+///
+/// In eval mode with a constant batch norm, its affine map is computed once and applied with the
+/// activation in two passes; otherwise (training, or a trained batch norm) it is the fused training
+/// op or the composed eval ops.
+#[derive(Debug, Clone)]
+pub struct NormAct {
+    norm: BatchNorm2d,
+    activation: Activation,
+    /// `(scale, shift)` of the constant eval-mode batch norm, `1 x C x 1 x 1` and `C`; shared by clones.
+    affine: Arc<Mutex<Option<(Tensor, Tensor)>>>,
+}
+
+impl NormAct {
+    /// Reads the batch norm's `weight`, `bias`, `running_mean` and `running_var` under `vb`.
+    pub fn new(
+        vb: VarBuilder,
+        channels: usize,
+        norm: NormSpec,
+        activation: Activation,
+    ) -> Result<Self> {
+        Ok(Self {
+            norm: BatchNorm2d::new(vb, channels, norm.eps, norm.momentum)?,
+            activation,
+            affine: Arc::new(Mutex::new(None)),
+        })
+    }
+
+    /// `act(bn(x))`; `train`: batch statistics, running averages updated.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let bn = &self.norm;
+        if train {
+            *lock(&self.affine) = None;
+            return Ok(fused::batch_norm_act_train(bn, x, self.activation.fused())?);
+        }
+        if bn.weight().track_op() || bn.bias().track_op() {
+            return self.activation.forward(&bn.forward_t(x, false)?);
+        }
+        let (scale, shift) = {
+            let mut cache = lock(&self.affine);
+            match &*cache {
+                Some(cached) => cached.clone(),
+                None => {
+                    let (scale, shift) = bn.scale_shift()?;
+                    let c = scale.elem_count();
+                    let cached = (
+                        scale.reshape((1, c, 1, 1))?.to_dtype(x.dtype())?,
+                        shift.to_dtype(x.dtype())?,
+                    );
+                    *cache = Some(cached.clone());
+                    cached
+                }
+            }
+        };
+        Ok(fused::bias_act(
+            &x.broadcast_mul(&scale)?,
+            Some(&shift),
+            self.activation.fused(),
+        )?)
     }
 }
 

@@ -136,6 +136,16 @@ impl ClassifierArch {
     /// let lite = ModelPreset::EFFICIENTNET_LITE0.arch;
     /// assert_eq!(lite.part_of("blocks.5.3.conv_pw.weight"), Some(NetPart::Block(5, 3)));
     /// assert_eq!(lite.part_of("bn2.running_var"), Some(NetPart::HeadConv));
+    /// let resnet = ModelPreset::RESNET50.arch;
+    /// assert_eq!(resnet.part_of("layer3.5.bn2.weight"), Some(NetPart::Block(2, 5)));
+    /// assert_eq!(resnet.part_of("bn1.bias"), Some(NetPart::Stem));
+    /// let v2 = ModelPreset::RESNET50V2.arch;
+    /// assert_eq!(v2.part_of("stages.1.blocks.3.norm2.weight"), Some(NetPart::Block(1, 3)));
+    /// assert_eq!(v2.part_of("norm.running_mean"), Some(NetPart::HeadConv));
+    /// let vgg = ModelPreset::VGG16.arch;
+    /// assert_eq!(vgg.part_of("features.12.weight"), Some(NetPart::Block(2, 1)));
+    /// assert_eq!(vgg.part_of("pre_logits.fc2.bias"), Some(NetPart::HeadConv));
+    /// assert_eq!(vgg.part_of("classifier.weight"), Some(NetPart::Head));
     /// ```
     pub fn part_of(&self, name: &str) -> Option<NetPart> {
         if name.starts_with("classifier.") {
@@ -164,6 +174,39 @@ impl ClassifierArch {
                     let block = index(rest.split_once('.')?.1)?;
                     Some(NetPart::Block(stage, block))
                 }
+            }
+            Self::ResNet(_) => {
+                if name.starts_with("conv1.")
+                    || name.starts_with("bn1.")
+                    || name.starts_with("stem.")
+                {
+                    Some(NetPart::Stem)
+                } else if name.starts_with("norm.") {
+                    Some(NetPart::HeadConv)
+                } else if let Some(rest) = name.strip_prefix("layer") {
+                    // `layer1.0.conv1.weight`: stages count from 1 in torchvision's names.
+                    let stage = index(rest)?.checked_sub(1)?;
+                    Some(NetPart::Block(stage, index(rest.split_once('.')?.1)?))
+                } else {
+                    let rest = name.strip_prefix("stages.")?;
+                    let stage = index(rest)?;
+                    let block = index(rest.split_once(".blocks.")?.1)?;
+                    Some(NetPart::Block(stage, block))
+                }
+            }
+            Self::Vgg16(_) => {
+                if name.starts_with("pre_logits.") {
+                    return Some(NetPart::HeadConv);
+                }
+                // Each convolution is a block, numbered within its stage (between two pools).
+                let layer = index(name.strip_prefix("features.")?)?;
+                let positions = crate::vgg::vgg16_conv_positions();
+                let &(_, stage) = positions.iter().find(|(i, _)| *i == layer)?;
+                let block = positions
+                    .iter()
+                    .filter(|(i, s)| *s == stage && *i < layer)
+                    .count();
+                Some(NetPart::Block(stage, block))
             }
         }
     }

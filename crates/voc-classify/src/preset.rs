@@ -10,6 +10,8 @@ use crate::classifier::{ClassifierArch, ClassifierConfig, ImageClassifier};
 use crate::efficientnet::EfficientNetLiteConfig;
 use crate::error::{ClassifyError, Result};
 use crate::mobilenet_v2::MobileNetV2Config;
+use crate::resnet::ResNetConfig;
+use crate::vgg::VggConfig;
 use crate::weights::FromWeights;
 use voc_core::{Normalization, RgbImage};
 
@@ -26,7 +28,7 @@ use voc_core::{Normalization, RgbImage};
 /// let x = preset.preprocess(&photo, &Device::Cpu)?;
 /// assert_eq!(x.dims(), [1, 3, 224, 224]);
 /// assert_eq!(x.max_all()?.to_scalar::<f32>()?, 1.0); // white is 1 in [-1, 1]
-/// assert!(ModelPreset::by_name("resnet50").is_err());
+/// assert!(ModelPreset::by_name("resnet101").is_err());
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -79,8 +81,44 @@ impl ModelPreset {
         }),
     };
 
+    /// `timm/resnet50.a1_in1k`: ResNet-50 (ImageNet's 1000 classes, ImageNet mean/std).
+    pub const RESNET50: Self = Self {
+        name: "resnet50",
+        repo_id: "timm/resnet50.a1_in1k",
+        input_size: 224,
+        normalization: Normalization::IMAGENET,
+        num_classes: 1000,
+        arch: ClassifierArch::ResNet(ResNetConfig::RESNET50),
+    };
+
+    /// `timm/resnetv2_50.a1h_in1k`: the pre-activation ResNetV2-50 (Keras's `ResNet50V2` architecture).
+    pub const RESNET50V2: Self = Self {
+        name: "resnet50v2",
+        repo_id: "timm/resnetv2_50.a1h_in1k",
+        input_size: 224,
+        normalization: Normalization::IMAGENET,
+        num_classes: 1000,
+        arch: ClassifierArch::ResNet(ResNetConfig::RESNETV2_50),
+    };
+
+    /// `timm/vgg16.tv_in1k`: torchvision's VGG16 in timm's layout.
+    pub const VGG16: Self = Self {
+        name: "vgg16",
+        repo_id: "timm/vgg16.tv_in1k",
+        input_size: 224,
+        normalization: Normalization::IMAGENET,
+        num_classes: 1000,
+        arch: ClassifierArch::Vgg16(VggConfig { output_stride: 32 }),
+    };
+
     /// Every preset, in the order error messages list them.
-    pub const ALL: [Self; 2] = [Self::MOBILENET_V2, Self::EFFICIENTNET_LITE0];
+    pub const ALL: [Self; 5] = [
+        Self::MOBILENET_V2,
+        Self::EFFICIENTNET_LITE0,
+        Self::RESNET50,
+        Self::RESNET50V2,
+        Self::VGG16,
+    ];
 
     /// The preset called `name` (or whose repo id is `name`); an unknown name is a
     /// [`ClassifyError::BadArgument`] listing the known ones.

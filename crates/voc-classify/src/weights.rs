@@ -71,6 +71,15 @@ pub trait FromWeights: Sized {
     /// The constructor, `Self::new(vb, config)`; `vb` is the root of the weight names.
     fn build(vb: VarBuilder, config: Self::Config) -> Result<Self, Self::Error>;
 
+    /// The tensors of a weights file renamed (or reshaped) to the names the constructor asks for, for
+    /// architectures whose published files use other names; the default keeps them as they are.
+    fn adapt_tensors(
+        _config: &Self::Config,
+        tensors: HashMap<String, Tensor>,
+    ) -> Result<HashMap<String, Tensor>, Self::Error> {
+        Ok(tensors)
+    }
+
     /// Builds the network from named tensors as constants (no gradient tracking: the lean path for
     /// inference), failing with a name report when they are not exactly this architecture's.
     fn from_tensors(
@@ -133,7 +142,7 @@ pub trait FromWeights: Sized {
         device: &Device,
     ) -> Result<Self, Self::Error> {
         let path = hub::resolve_weights_in(cache, source).map_err(ClassifyError::from)?;
-        let tensors = read_weights(&path, device)?;
+        let tensors = Self::adapt_tensors(&config, read_weights(&path, device)?)?;
         Self::from_tensors(tensors, &path.display().to_string(), config, device)
     }
 }

@@ -472,7 +472,9 @@ fn pretrained_backbone(
         return Ok(HashMap::new());
     };
     let path = hub::resolve_weights_in(&opts.hub, &preset.weights_source())?;
-    let mut tensors = crate::weights::read_weights(&path, &opts.device)?;
+    let mut tensors = preset
+        .arch
+        .adapt_hub_tensors(crate::weights::read_weights(&path, &opts.device)?)?;
     tensors.retain(|name, _| preset.arch.part_of(name) != Some(crate::models::NetPart::Head));
     Ok(tensors)
 }

@@ -16,7 +16,7 @@ mod resize;
 pub(crate) use conv::depthwise_params;
 pub use conv::{conv2d, depthwise_conv2d, tf_same_padding, Padding};
 pub use loss::{bce_with_logits, cross_entropy_2d, sigmoid_focal_loss};
-pub use pool::{avg_pool2d, max_pool2d};
+pub use pool::{adaptive_avg_pool2d, avg_pool2d, max_pool2d};
 pub use resize::{resize_bilinear, resize_nearest};
 
 use candle_core::{Tensor, D};

@@ -93,3 +93,59 @@ pub fn avg_pool2d(x: &Tensor, kernel: usize, stride: usize, padding: usize) -> R
     let inv = Tensor::from_vec(inv, (1, 1, oh, ow), x.device())?.to_dtype(x.dtype())?;
     Ok(sums.broadcast_mul(&inv)?)
 }
+
+/// The `out x size` matrix whose row `o` averages PyTorch's adaptive-pooling bin `o`:
+/// `[floor(o * size / out), ceil((o + 1) * size / out))`.
+fn adaptive_bins(size: usize, out: usize) -> Vec<f32> {
+    let mut m = vec![0f32; out * size];
+    for o in 0..out {
+        let start = o * size / out;
+        let end = ((o + 1) * size).div_ceil(out);
+        let share = 1.0 / (end - start) as f32;
+        m[o * size + start..o * size + end].fill(share);
+    }
+    m
+}
+
+/// Adaptive average pooling, PyTorch `F.adaptive_avg_pool2d(x, (out_h, out_w))`: output cell `(i, j)`
+/// averages the input rows `[floor(i H / out_h), ceil((i + 1) H / out_h))` and the same columns, so an
+/// output larger than the input repeats (and blends) input cells, as timm's VGG head does below 7x7.
+///
+/// Two small matrix products (`A_h · X · A_wᵀ`), differentiable on every device.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// let x = Tensor::new(&[[[[1f32, 2.], [3., 4.]]]], &Device::Cpu)?;
+/// let y = voc_tensor::ops::adaptive_avg_pool2d(&x, 3, 1)?;
+/// assert_eq!(y.flatten_all()?.to_vec1::<f32>()?, [1.5, 2.5, 3.5]);
+/// # Ok::<(), voc_tensor::VocError>(())
+/// ```
+pub fn adaptive_avg_pool2d(x: &Tensor, out_h: usize, out_w: usize) -> Result<Tensor> {
+    let (n, c, h, w) = dims4(x, "adaptive_avg_pool2d")?;
+    if out_h == 0 || out_w == 0 || h == 0 || w == 0 {
+        return Err(VocError::BadArgument(format!(
+            "adaptive_avg_pool2d: cannot pool {h}x{w} to {out_h}x{out_w}"
+        )));
+    }
+    if (out_h, out_w) == (h, w) {
+        return Ok(x.clone());
+    }
+    let device = x.device();
+    let a_h = Tensor::from_vec(adaptive_bins(h, out_h), (out_h, h), device)?.to_dtype(x.dtype())?;
+    let a_w_t = Tensor::from_vec(adaptive_bins(w, out_w), (out_w, w), device)?
+        .to_dtype(x.dtype())?
+        .t()?;
+    // Columns first: (N C H) x W · W x out_w, then rows on the transposed planes.
+    let cols = x.reshape((n * c * h, w))?.matmul(&a_w_t)?;
+    let planes = cols
+        .reshape((n * c, h, out_w))?
+        .transpose(1, 2)?
+        .contiguous()?;
+    let rows = planes
+        .reshape((n * c * out_w, h))?
+        .matmul(&a_h.t()?)?
+        .reshape((n * c, out_w, out_h))?
+        .transpose(1, 2)?
+        .contiguous()?;
+    Ok(rows.reshape((n, c, out_h, out_w))?)
+}

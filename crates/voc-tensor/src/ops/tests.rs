@@ -599,3 +599,51 @@ fn pointwise_conv_with_a_variable_weight_matches_the_batched_matmul() -> Result<
     }
     Ok(())
 }
+
+#[test]
+fn adaptive_avg_pool_matches_pytorch_up_and_down() -> Result<()> {
+    // F.adaptive_avg_pool2d(arange(60).reshape(1, 2, 5, 6), (7, 4)) and the gradient of
+    // sum(y * arange(56).reshape(1, 2, 7, 4)), from PyTorch 2.15.
+    let x = Var::from_tensor(&Tensor::arange(0f32, 60., &Device::Cpu)?.reshape((1, 2, 5, 6))?)?;
+    let y = adaptive_avg_pool2d(x.as_tensor(), 7, 4)?;
+    let expected_y = [
+        0.5f32, 1.5, 3.5, 4.5, 3.5, 4.5, 6.5, 7.5, 9.5, 10.5, 12.5, 13.5, 12.5, 13.5, 15.5, 16.5,
+        15.5, 16.5, 18.5, 19.5, 21.5, 22.5, 24.5, 25.5, 24.5, 25.5, 27.5, 28.5, 30.5, 31.5, 33.5,
+        34.5, 33.5, 34.5, 36.5, 37.5, 39.5, 40.5, 42.5, 43.5, 42.5, 43.5, 45.5, 46.5, 45.5, 46.5,
+        48.5, 49.5, 51.5, 52.5, 54.5, 55.5, 54.5, 55.5, 57.5, 58.5,
+    ];
+    let got: Vec<f32> = y.flatten_all()?.to_vec1()?;
+    assert!(
+        got.iter()
+            .zip(expected_y)
+            .all(|(a, b)| (a - b).abs() < 1e-5),
+        "{got:?}"
+    );
+    let weights = Tensor::arange(0f32, 56., &Device::Cpu)?.reshape((1, 2, 7, 4))?;
+    let grads = (y * weights)?.sum_all()?.backward()?;
+    let expected_grad = [
+        1.0f32, 2.75, 1.75, 2.5, 5.75, 3.25, 3.0, 6.5, 3.5, 4.0, 8.5, 4.5, 12.0, 25.0, 13.0, 14.0,
+        29.0, 15.0, 9.0, 18.5, 9.5, 10.0, 20.5, 10.5, 17.0, 34.75, 17.75, 18.5, 37.75, 19.25, 22.0,
+        44.75, 22.75, 23.5, 47.75, 24.25, 17.0, 34.5, 17.5, 18.0, 36.5, 18.5, 40.0, 81.0, 41.0,
+        42.0, 85.0, 43.0, 23.0, 46.5, 23.5, 24.0, 48.5, 24.5, 38.0, 76.75, 38.75, 39.5, 79.75,
+        40.25,
+    ];
+    let grad: Vec<f32> = grads
+        .get(&x)
+        .expect("gradient of x")
+        .flatten_all()?
+        .to_vec1()?;
+    assert!(
+        grad.iter()
+            .zip(expected_grad)
+            .all(|(a, b)| (a - b).abs() < 1e-4),
+        "{grad:?}"
+    );
+    // Same size: the input itself; empty outputs are refused.
+    assert_eq!(
+        adaptive_avg_pool2d(x.as_tensor(), 5, 6)?.dims(),
+        [1, 2, 5, 6]
+    );
+    assert!(adaptive_avg_pool2d(x.as_tensor(), 0, 6).is_err());
+    Ok(())
+}
