@@ -17,7 +17,9 @@ Two modes:
 The networks: torchvision's mobilenet_v2 (20 outputs, dropout 0.2) for the classifier, and for DeepLabV3
 the "mobile" head of voc's DeepLabV3 (image pooling + 1x1 branch, projection, 1x1 classifier) on
 torchvision's mobilenet_v2 features (without the final 1280-channel conv) at output stride 16, the logits
-upsampled to the input size with align_corners=True. Weights are random: speed does not depend on them.
+upsampled to the input size with align_corners=True; timm's resnet50, resnetv2_50 and vgg16 (20 outputs,
+drop_rate 0.2; timm needed) for voc's resnet50, resnet50v2 and vgg16. Weights are random: speed does not
+depend on them.
 Training steps use SGD (momentum 0.9, weight decay 4e-5), BCE-with-logits for the classifier and
 cross-entropy with ignore index 255 for the segmenter, batch norm in training mode.
 
@@ -55,7 +57,19 @@ def build_model(name, torch, nn, F, torchvision):
         return torchvision.models.mobilenet_v2(weights=None, num_classes=20, dropout=0.2)
     if name == "deeplabv3":
         return MobileDeepLabV3(torch, nn, F, torchvision)
-    raise SystemExit(f"torch_compare.py: no PyTorch version of '{name}' (have mobilenet_v2, deeplabv3)")
+    if name in TIMM_NAMES:
+        try:
+            import timm
+        except ImportError:
+            raise SystemExit(f"torch_compare.py: --model {name} needs timm (pip install timm)")
+        # The same layouts voc ports, with voc bench's head: 20 outputs, dropout 0.2 before it.
+        return timm.create_model(TIMM_NAMES[name], pretrained=False, num_classes=20, drop_rate=0.2)
+    raise SystemExit(f"torch_compare.py: no PyTorch version of '{name}' (have mobilenet_v2, deeplabv3, "
+                     f"{', '.join(TIMM_NAMES)})")
+
+
+# voc's --model names of the timm ports, and timm's.
+TIMM_NAMES = {"resnet50": "resnet50", "resnet50v2": "resnetv2_50", "vgg16": "vgg16"}
 
 
 def MobileDeepLabV3(torch, nn, F, torchvision):
@@ -134,8 +148,10 @@ def run_bench(args):
         raise SystemExit("--unfreeze times a fine-tuning step: it needs --train")
     if args.features and args.train:
         raise SystemExit("--features times the frozen feature pass (inference): not with --train")
-    if (args.unfreeze is not None or args.features) and args.model != "mobilenet_v2":
-        raise SystemExit("--unfreeze and --features: mobilenet_v2 only")
+    if args.unfreeze is not None and args.model != "mobilenet_v2":
+        raise SystemExit("--unfreeze: mobilenet_v2 only")
+    if args.features and args.model in SEGMENTERS:
+        raise SystemExit("--features: classifiers only")
     size = args.size or (513 if args.model in SEGMENTERS else 224)
     device = torch.device(args.device)
     model = build_model(args.model, torch, nn, F, torchvision).to(device)
@@ -180,7 +196,10 @@ def run_bench(args):
 
         def step():
             with torch.inference_mode():
-                F.adaptive_avg_pool2d(model.features(x), 1).flatten(1)
+                if args.model in TIMM_NAMES:
+                    model.forward_head(model.forward_features(x), pre_logits=True)
+                else:
+                    F.adaptive_avg_pool2d(model.features(x), 1).flatten(1)
     elif args.train:
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=4e-5)
@@ -250,6 +269,11 @@ WORKLOADS = [
      ["--model", "mobilenet_v2", "--size", "224", "--batch", "16", "--train", "--unfreeze", "5"], None, None),
     ("mobilenet_v2 224 features b16",
      ["--model", "mobilenet_v2", "--size", "224", "--batch", "16", "--features"], None, None),
+    # The notebook's other transfer backbones (timm's resnet50, resnetv2_50, vgg16 on the PyTorch side).
+    *[row for model in TIMM_NAMES for row in (
+        (f"{model} 224 inference b16", ["--model", model, "--size", "224", "--batch", "16"], 1.0, None),
+        (f"{model} 224 train step b8", ["--model", model, "--size", "224", "--batch", "8", "--train"], None, None),
+    )],
 ]
 
 
@@ -333,7 +357,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode", required=True)
     b = sub.add_parser("bench", help="time one workload in PyTorch")
-    b.add_argument("--model", default="mobilenet_v2", choices=["mobilenet_v2", "deeplabv3"])
+    b.add_argument("--model", default="mobilenet_v2", choices=["mobilenet_v2", "deeplabv3", *TIMM_NAMES])
     b.add_argument("--batch", type=int, default=1)
     b.add_argument("--size", type=int, default=None)
     b.add_argument("--train", action="store_true")

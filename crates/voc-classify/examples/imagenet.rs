@@ -18,7 +18,8 @@ struct Args {
     /// The photo to classify.
     #[arg(long)]
     image: PathBuf,
-    /// mobilenet_v2 (google/mobilenet_v2_1.0_224) or efficientnet_lite0 (timm/tf_efficientnet_lite0.in1k).
+    /// mobilenet_v2 (google/mobilenet_v2_1.0_224), efficientnet_lite0 (timm/tf_efficientnet_lite0.in1k),
+    /// resnet50 (timm/resnet50.a1_in1k), resnet50v2 (timm/resnetv2_50.a1h_in1k) or vgg16 (timm/vgg16.tv_in1k).
     #[arg(long, default_value = "mobilenet_v2")]
     model: String,
     /// Print one JSON line `[{"label": ..., "prob": ...}, ...]` instead of a table.

@@ -250,15 +250,67 @@ impl ConvNormAct {
         residual: Option<&Tensor>,
         train: bool,
     ) -> Result<Tensor> {
+        self.forward_with(x, residual, self.spec.activation, train)
+    }
+
+    /// `act(conv_bn(x) + residual)`: the residual added *before* the spec's activation, as a ResNet
+    /// block ends. In eval mode on constant weights the shift, the residual and the activation are one
+    /// pass in place after the convolution.
+    pub fn forward_residual_then_act_t(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
         let s = &self.spec;
-        let padding = match s.padding {
-            // Recomputed per call: TF "SAME" depends on the input size (the odd pixel goes bottom/right).
+        if !train {
+            let padding = self.padding(x)?;
+            let weights = match (&self.norm, &self.bias) {
+                (Some(bn), _) => self.eval_weights(bn)?.map(|(w, shift)| (w, Some(shift))),
+                (None, None) => Some((self.weight.clone(), None)),
+                (None, Some(_)) => None,
+            };
+            if let Some((weight, shift)) = weights {
+                return Ok(fused::conv2d_bias_residual_act(
+                    x,
+                    &weight,
+                    shift.as_ref(),
+                    residual,
+                    s.stride,
+                    padding,
+                    s.dilation,
+                    s.groups,
+                    s.activation.fused(),
+                )?);
+            }
+        }
+        let y = self.forward_with(x, Some(residual), Activation::Identity, train)?;
+        s.activation.forward(&y)
+    }
+
+    /// The padding of the convolution on `x`: TF "SAME" is recomputed per call (it depends on the
+    /// input size: the odd pixel goes bottom/right).
+    fn padding(&self, x: &Tensor) -> Result<Padding> {
+        let s = &self.spec;
+        Ok(match s.padding {
             ConvPadding::TfSame => {
                 let (_, _, h, w) = x.dims4()?;
                 ops::tf_same_padding(h, w, s.kernel, s.stride, s.dilation)
             }
             ConvPadding::Symmetric(p) => Padding::same(p),
-        };
+        })
+    }
+
+    /// The layer with `activation` in place of the spec's, then `+ residual`.
+    fn forward_with(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        activation: Activation,
+        train: bool,
+    ) -> Result<Tensor> {
+        let s = &self.spec;
+        let padding = self.padding(x)?;
         let conv = |weight: &Tensor, bias: Option<&Tensor>| {
             ops::conv2d(x, weight, bias, s.stride, padding, s.dilation, s.groups)
         };
@@ -289,7 +341,7 @@ impl ConvNormAct {
                     None
                 };
                 if let (None, Some(kind)) = (&self.bias, kind) {
-                    let act = s.activation.fused();
+                    let act = activation.fused();
                     return Ok(fused::conv_bn_act_train(
                         x,
                         &self.weight,
@@ -300,7 +352,7 @@ impl ConvNormAct {
                     )?);
                 }
                 let y = conv(&self.weight, self.bias.as_ref())?;
-                return add_residual(fused::batch_norm_act_train(bn, &y, s.activation.fused())?);
+                return add_residual(fused::batch_norm_act_train(bn, &y, activation.fused())?);
             }
             if let Some((weight, shift)) = self.eval_weights(bn)? {
                 let y = fused::conv2d_bias_act(
@@ -311,7 +363,7 @@ impl ConvNormAct {
                     padding,
                     s.dilation,
                     s.groups,
-                    s.activation.fused(),
+                    activation.fused(),
                 )?;
                 return add_residual(y);
             }
@@ -327,7 +379,7 @@ impl ConvNormAct {
                     padding,
                     s.dilation,
                     s.groups,
-                    s.activation.fused(),
+                    activation.fused(),
                 )?;
                 return add_residual(y);
             }
@@ -337,7 +389,7 @@ impl ConvNormAct {
             Some(bn) => bn.forward_t(&y, train)?,
             None => y,
         };
-        add_residual(s.activation.forward(&y)?)
+        add_residual(activation.forward(&y)?)
     }
 
     /// The conv weights and per-channel shift with the eval-mode batch norm folded in, or `None` when
@@ -398,13 +450,13 @@ impl ConvNormAct {
 /// ResNetV2's blocks and its final norm.
 ///
 /// In eval mode with a constant batch norm, its affine map is computed once and applied with the
-/// activation in two passes; otherwise (training, or a trained batch norm) it is the fused training
+/// activation in one pass; otherwise (training, or a trained batch norm) it is the fused training
 /// op or the composed eval ops.
 #[derive(Debug, Clone)]
 pub struct NormAct {
     norm: BatchNorm2d,
     activation: Activation,
-    /// `(scale, shift)` of the constant eval-mode batch norm, `1 x C x 1 x 1` and `C`; shared by clones.
+    /// `(scale, shift)` of the constant eval-mode batch norm, C values each; shared by clones.
     affine: Arc<Mutex<Option<(Tensor, Tensor)>>>,
 }
 
@@ -439,19 +491,16 @@ impl NormAct {
                 Some(cached) => cached.clone(),
                 None => {
                     let (scale, shift) = bn.scale_shift()?;
-                    let c = scale.elem_count();
-                    let cached = (
-                        scale.reshape((1, c, 1, 1))?.to_dtype(x.dtype())?,
-                        shift.to_dtype(x.dtype())?,
-                    );
+                    let cached = (scale.to_dtype(x.dtype())?, shift.to_dtype(x.dtype())?);
                     *cache = Some(cached.clone());
                     cached
                 }
             }
         };
-        Ok(fused::bias_act(
-            &x.broadcast_mul(&scale)?,
-            Some(&shift),
+        Ok(fused::scale_shift_act(
+            x,
+            &scale,
+            &shift,
             self.activation.fused(),
         )?)
     }

@@ -124,7 +124,7 @@ struct Bottleneck {
     reduce: ConvNormAct,
     /// `conv2`, 3x3, carries the stride and dilation (V1: `bn2` + ReLU; V2: `norm3` + ReLU).
     spatial: ConvNormAct,
-    /// `conv3` (V1: with `bn3`, no activation; V2: bare).
+    /// `conv3`, then the shortcut added (V1: with `bn3` and a ReLU after the sum; V2: bare).
     expand: ConvNormAct,
     /// The projection shortcut of a stage's first block.
     downsample: Option<ConvNormAct>,
@@ -182,7 +182,8 @@ impl Bottleneck {
                     expand: ConvNormAct::new(
                         vb.pp("conv3"),
                         vb.pp("bn3"),
-                        with_bn(planes, out_channels, 1, Activation::Identity),
+                        // The ReLU comes after the shortcut is added.
+                        with_bn(planes, out_channels, 1, Activation::Relu),
                     )?,
                     downsample: if needs_projection {
                         let ds = vb.pp("downsample");
@@ -258,10 +259,8 @@ impl Bottleneck {
                 };
                 let h = self.reduce.forward_t(x, train)?;
                 let h = self.spatial.forward_t(&h, train)?;
-                Ok(self
-                    .expand
-                    .forward_residual_t(&h, Some(&shortcut), train)?
-                    .relu()?)
+                self.expand
+                    .forward_residual_then_act_t(&h, &shortcut, train)
             }
             ResNetVariant::V2 => {
                 let preact = match &self.preact {
@@ -274,7 +273,8 @@ impl Bottleneck {
                 };
                 let h = self.reduce.forward_t(&preact, train)?;
                 let h = self.spatial.forward_t(&h, train)?;
-                self.expand.forward_residual_t(&h, Some(&shortcut), train)
+                self.expand
+                    .forward_residual_then_act_t(&h, &shortcut, train)
             }
         }
     }

@@ -4,23 +4,38 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use voc_classify::{
     ClassifierArch, ClassifierConfig, EfficientNetLiteConfig, ImageClassifier, MobileNetV2Config,
+    ResNetConfig, VggConfig,
 };
 
-fn archs(output_stride: usize) -> [ClassifierArch; 2] {
+/// Every architecture with dilated variants (VGG16 has output stride 32 only: see [`vgg16`]).
+fn archs(output_stride: usize) -> [ClassifierArch; 4] {
     [
         ClassifierArch::MobileNetV2(MobileNetV2Config::default().with_output_stride(output_stride)),
         ClassifierArch::EfficientNetLite0(EfficientNetLiteConfig {
             output_stride,
             ..Default::default()
         }),
+        ClassifierArch::ResNet(ResNetConfig {
+            output_stride,
+            ..ResNetConfig::RESNET50
+        }),
+        ClassifierArch::ResNet(ResNetConfig {
+            output_stride,
+            ..ResNetConfig::RESNETV2_50
+        }),
     ]
+}
+
+fn vgg16() -> ClassifierArch {
+    ClassifierArch::Vgg16(VggConfig::default())
 }
 
 #[test]
 fn feature_maps_have_the_documented_strides() -> anyhow::Result<()> {
     let x = Tensor::randn(0f32, 1.0, (1, 3, 64, 64), &Device::Cpu)?;
     for os in [32, 16, 8] {
-        for arch in archs(os) {
+        let vgg = (os == 32).then(vgg16);
+        for arch in archs(os).into_iter().chain(vgg) {
             let varmap = VarMap::new();
             let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
             let model = ImageClassifier::new(
@@ -91,7 +106,7 @@ fn switching_the_output_stride_equals_building_with_it() -> anyhow::Result<()> {
 #[test]
 fn every_weight_gets_a_gradient_in_training_mode() -> anyhow::Result<()> {
     let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu)?;
-    for arch in archs(32) {
+    for arch in archs(32).into_iter().chain([vgg16()]) {
         let varmap = VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         let model = ImageClassifier::new(

@@ -21,10 +21,7 @@ use clap::{Args, ValueEnum};
 use voc_classify::train::{
     BnMode, Learner, Loss, OptimizerKind, Phase, TrainConfig, TrainMode, Unfreeze,
 };
-use voc_classify::{
-    ClassifierArch, ClassifierConfig, EfficientNetLiteConfig, ImageClassifier, MobileNetV2Config,
-    ModelChoice,
-};
+use voc_classify::{ClassifierConfig, ImageClassifier, ModelChoice};
 use voc_segment::{DeepLabV3, DeepLabV3Config, DeepLabV3Plus, DeepLabV3PlusConfig};
 use voc_tensor::optim::{self, Optimizer, Sgd, SgdConfig};
 use voc_tensor::DeviceSpec;
@@ -36,6 +33,12 @@ pub enum BenchModel {
     MobileNetV2,
     #[value(name = "efficientnet_lite0")]
     EfficientNetLite0,
+    #[value(name = "resnet50")]
+    ResNet50,
+    #[value(name = "resnet50v2")]
+    ResNet50V2,
+    #[value(name = "vgg16")]
+    Vgg16,
     #[value(name = "deeplabv3")]
     DeepLabV3,
     #[value(name = "deeplabv3plus")]
@@ -47,6 +50,9 @@ impl BenchModel {
         match self {
             Self::MobileNetV2 => "mobilenet_v2",
             Self::EfficientNetLite0 => "efficientnet_lite0",
+            Self::ResNet50 => "resnet50",
+            Self::ResNet50V2 => "resnet50v2",
+            Self::Vgg16 => "vgg16",
             Self::DeepLabV3 => "deeplabv3",
             Self::DeepLabV3Plus => "deeplabv3plus",
         }
@@ -149,16 +155,14 @@ impl Workload {
             head: voc_classify::HeadKind::Linear,
         };
         Ok(match model {
-            BenchModel::MobileNetV2 => Self::Classifier(Box::new(ImageClassifier::new(
-                vb,
-                classifier(ClassifierArch::MobileNetV2(MobileNetV2Config::default())),
-            )?)),
-            BenchModel::EfficientNetLite0 => Self::Classifier(Box::new(ImageClassifier::new(
-                vb,
-                classifier(ClassifierArch::EfficientNetLite0(
-                    EfficientNetLiteConfig::default(),
-                )),
-            )?)),
+            BenchModel::MobileNetV2
+            | BenchModel::EfficientNetLite0
+            | BenchModel::ResNet50
+            | BenchModel::ResNet50V2
+            | BenchModel::Vgg16 => {
+                let preset = voc_classify::ModelPreset::by_name(model.name())?;
+                Self::Classifier(Box::new(ImageClassifier::new(vb, classifier(preset.arch))?))
+            }
             BenchModel::DeepLabV3 => {
                 Self::DeepLabV3(Box::new(DeepLabV3::new(vb, DeepLabV3Config::default())?))
             }
@@ -400,7 +404,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if (args.unfreeze.is_some() || args.features) && args.model.is_segmenter() {
         bail!(
             "--unfreeze and --features time the classifier trainer's workloads: use --model \
-             mobilenet_v2 or efficientnet_lite0, not {}",
+             a classifier (mobilenet_v2, efficientnet_lite0, resnet50, resnet50v2, vgg16), not {}",
             args.model.name()
         );
     }

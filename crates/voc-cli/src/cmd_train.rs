@@ -42,9 +42,14 @@ pub struct ClassifyArgs {
     /// Competition data folder (train/train_set.csv, train/img/train_{Id}.npy, ...).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Network: scratch (the notebook's CNN), mobilenet_v2, efficientnet_lite0.
+    /// Network: scratch (the notebook's CNN), mobilenet_v2, efficientnet_lite0, resnet50, resnet50v2,
+    /// vgg16.
     #[arg(long)]
     model: Option<String>,
+    /// Pretrained backbone weights from this file (safetensors or PyTorch .bin, named as in the
+    /// model's hub repo) instead of the hub: weights fetched on another machine, or your own.
+    #[arg(long, value_name = "FILE")]
+    weights: Option<PathBuf>,
     /// frozen: train a head on cached backbone features; finetune: head warm-up, then the last
     /// --unfreeze blocks too; scratch: every weight from random (the scratch CNN).
     #[arg(long, value_parser = parse::<TrainMode>)]
@@ -172,6 +177,10 @@ impl ClassifyArgs {
             plateau_factor => "--plateau-factor", plateau_patience => "--plateau-patience",
             min_lr => "--min-lr", patience => "--patience", threshold => "--threshold",
         );
+        if let Some(w) = &self.weights {
+            c.weights = Some(w.clone());
+            given.push("--weights");
+        }
         if let Some(g) = self.focal_gamma {
             c.focal_gamma = Some(g);
             given.push("--focal-gamma");

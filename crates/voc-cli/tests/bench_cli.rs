@@ -70,6 +70,31 @@ fn classifier_inference_and_training_step() {
     check_report(&v, "efficientnet_lite0", 1, 64, false);
 }
 
+/// The notebook's other backbones: every workload runs (seeded random weights, tiny inputs).
+#[test]
+fn timm_backbones_inference_training_finetune_and_features() {
+    let common = [
+        "--device", "cpu", "--size", "32", "--iters", "1", "--warmup", "0", "--json",
+    ];
+    for (model, extra, batch, train) in [
+        ("resnet50", &[][..], 2, false),
+        ("resnet50", &["--train"][..], 2, true),
+        ("resnet50v2", &["--train", "--unfreeze", "3"][..], 2, true),
+        ("resnet50v2", &["--features"][..], 1, false),
+        ("vgg16", &["--features"][..], 1, false),
+    ] {
+        let batch_arg = batch.to_string();
+        let args = [
+            &["--model", model, "--batch", &batch_arg],
+            extra,
+            &common[..],
+        ]
+        .concat();
+        let v = bench_json(&args);
+        check_report(&v, model, batch, 32, train);
+    }
+}
+
 #[test]
 fn classifier_finetune_step_and_feature_pass() {
     let v = bench_json(&[
@@ -160,7 +185,7 @@ fn bad_arguments_fail_with_a_message() {
             &["--model", "deeplabv3", "--train", "--batch", "1"][..],
             "--batch of at least 2",
         ),
-        (&["--model", "resnet50"][..], "resnet50"),
+        (&["--model", "resnet101"][..], "resnet101"),
         // MobileNetV2 has 17 blocks: the stem and layer.0..15.
         (
             &["--train", "--unfreeze", "99", "--size", "32"][..],

@@ -376,3 +376,102 @@ fn the_same_seed_gives_the_same_run() {
     assert_eq!(a.len(), 2);
     assert_eq!(a, b, "two runs with seed 3 differ");
 }
+
+/// A seeded (not pretrained) ResNet-50 ImageNet classifier as a weights file, named as voc builds it.
+fn seeded_resnet50(path: &Path) {
+    use voc_tensor::testing::{seeded_tensor, SeededKind};
+    let preset = voc_classify::ModelPreset::RESNET50;
+    let config = preset.classifier_config();
+    let names = voc_classify::weights::expected_tensors(&candle_core::Device::Cpu, |vb| {
+        voc_classify::ImageClassifier::new(vb, config)
+    })
+    .unwrap();
+    let tensors = names
+        .iter()
+        .map(|(name, shape)| {
+            let t = seeded_tensor(name, shape, SeededKind::of(name, shape)).unwrap();
+            (name.clone(), t)
+        })
+        .collect();
+    let meta = voc_tensor::checkpoint::CheckpointMeta::new("resnet50_seeded", Vec::new());
+    voc_tensor::checkpoint::save_checkpoint_tensors(path, &tensors, &meta).unwrap();
+}
+
+/// The notebook's other backbones train like the others: offline without weights the error names the
+/// hub repo; with `--weights FILE` the frozen-feature pipeline runs and its checkpoint loads and scores.
+#[test]
+fn resnet50_trains_from_a_weights_file_and_its_checkpoint_scores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = small_data(tmp.path(), 8);
+    let data_s = data.to_str().unwrap();
+    let run = tmp.path().join("run");
+    let run_s = run.to_str().unwrap();
+    let frozen = [
+        "train",
+        "classify",
+        "--data",
+        data_s,
+        "--out",
+        run_s,
+        "--model",
+        "resnet50",
+        "--mode",
+        "frozen",
+        "--image-size",
+        "64",
+        "--views",
+        "1",
+        "--epochs",
+        "3",
+        "--val-fraction",
+        "0.25",
+        "--device",
+        "cpu",
+        "--json",
+    ];
+    let out = voc(&frozen, None);
+    common::assert_fails_naming(&out, &["timm/resnet50.a1_in1k"]);
+    // A run that cannot start leaves nothing behind: the same --out works once the weights are there.
+    assert!(!run.join("config.json").exists());
+
+    let missing = tmp.path().join("no-such-weights.safetensors");
+    let with_missing = [&frozen[..], &["--weights", missing.to_str().unwrap()][..]].concat();
+    let out = voc(&with_missing, None);
+    common::assert_fails_naming(&out, &["no-such-weights.safetensors"]);
+
+    let weights = tmp.path().join("resnet50.seeded.safetensors");
+    seeded_resnet50(&weights);
+    let with_weights = [&frozen[..], &["--weights", weights.to_str().unwrap()][..]].concat();
+    let summary = common::json_line(
+        &voc(&with_weights, None),
+        "voc train classify --model resnet50",
+    );
+    assert_eq!(summary["epochs"], 3, "{summary}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["config"]["weights"],
+        weights.to_str().unwrap(),
+        "{config}"
+    );
+
+    // The checkpoint loads and scores (as `voc predict --classifier` loads it).
+    let out = voc(
+        &[
+            "eval",
+            "classify",
+            "--data",
+            data_s,
+            "--split",
+            "train",
+            "--classifier",
+            run.join("best.safetensors").to_str().unwrap(),
+            "--json",
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    let report = common::json_line(&out, "voc eval classify");
+    assert!(report["report"]["map"].as_f64().unwrap() > 0.0, "{report}");
+}

@@ -71,6 +71,28 @@ impl std::str::FromStr for SeededKind {
     }
 }
 
+impl SeededKind {
+    /// The kind the timm reference files give a tensor, from its name and shape: matrices and kernels
+    /// are weights; 1-D `*.weight` (batch-norm scales) and `*.running_var` scales; the rest (biases,
+    /// shifts, running means) shifts. Checked against the listings of all three reference files.
+    ///
+    /// ```
+    /// use voc_tensor::testing::SeededKind;
+    /// assert_eq!(SeededKind::of("layer1.0.conv1.weight", &[64, 64, 1, 1]), SeededKind::Weight);
+    /// assert_eq!(SeededKind::of("layer1.0.bn1.weight", &[64]), SeededKind::Scale);
+    /// assert_eq!(SeededKind::of("fc.bias", &[1000]), SeededKind::Shift);
+    /// ```
+    pub fn of(name: &str, shape: &[usize]) -> Self {
+        if shape.len() > 1 {
+            Self::Weight
+        } else if name.ends_with(".running_var") || name.ends_with(".weight") {
+            Self::Scale
+        } else {
+            Self::Shift
+        }
+    }
+}
+
 /// FNV-1a over `bytes`, 32 bits (offset 2166136261, prime 16777619).
 fn fnv1a32(bytes: &[u8]) -> u32 {
     bytes.iter().fold(2_166_136_261u32, |h, &b| {

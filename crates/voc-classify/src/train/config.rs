@@ -170,6 +170,10 @@ pub enum Validation {
 pub struct TrainConfig {
     /// `--model`: a name of [`crate::models::model_names`].
     pub model: String,
+    /// `--weights`: the pretrained backbone from this file (safetensors or a PyTorch `.bin`, with the
+    /// names of the model's hub repo) instead of the hub; `None`: the hub repo of the model's preset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<std::path::PathBuf>,
     /// `--mode`.
     pub mode: TrainMode,
     /// Epochs of the main phase (fine-tuning: after the head warm-up).
@@ -231,6 +235,7 @@ impl TrainConfig {
     pub fn defaults(model: &str, mode: TrainMode, image_size: usize) -> Self {
         let base = Self {
             model: model.to_string(),
+            weights: None,
             mode,
             epochs: 10,
             warmup_head_epochs: 0,
@@ -295,6 +300,12 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         let bad =
             |flag: &str, why: String| Err(ClassifyError::BadArgument(format!("--{flag}: {why}")));
+        if self.weights.is_some() && self.mode == TrainMode::Scratch {
+            return bad(
+                "weights",
+                "--mode scratch trains from random weights: no pretrained file to read".into(),
+            );
+        }
         if self.epochs == 0 && self.warmup_head_epochs == 0 {
             return bad("epochs", "nothing to train: 0 epochs".into());
         }

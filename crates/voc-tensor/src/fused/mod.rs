@@ -55,7 +55,7 @@ mod conv_bn;
 mod pointwise;
 
 pub use batch_norm::batch_norm_act_train;
-pub use bias_act::{bias_act, conv2d_bias_act};
+pub use bias_act::{bias_act, conv2d_bias_act, conv2d_bias_residual_act, scale_shift_act};
 pub use conv_bn::{conv_bn_act_train, conv_bn_fusion, set_conv_bn_fusion, ConvKind};
 pub(crate) use pointwise::{pointwise_const_weight, pointwise_conv};
 
