@@ -82,6 +82,7 @@ fn timm_backbones_inference_training_finetune_and_features() {
         ("resnet50v2", &["--train", "--unfreeze", "3"][..], 2, true),
         ("resnet50v2", &["--features"][..], 1, false),
         ("vgg16", &["--features"][..], 1, false),
+        ("vgg16", &["--train", "--unfreeze", "2"][..], 2, true),
     ] {
         let batch_arg = batch.to_string();
         let args = [

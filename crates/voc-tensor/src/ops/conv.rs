@@ -310,15 +310,24 @@ pub(crate) fn im2col_conv(
     if per_image > max_elems || p.n == 0 {
         return Ok(None);
     }
+    // Inference (nothing needs a gradient): the batch as one gemm, the weights packed once.
+    let wide = !x.track_op() && !weight.track_op();
+    let conv = |x: &Tensor, p: im2col::Im2ColParams| {
+        if wide {
+            im2col::conv2d_wide(x, weight, p)
+        } else {
+            im2col::conv2d(x, weight, p)
+        }
+    };
     let chunk = (max_elems / per_image.max(1)).clamp(1, p.n);
     if chunk >= p.n {
-        return Ok(Some(im2col::conv2d(x, weight, p)?));
+        return Ok(Some(conv(x, p)?));
     }
     let mut parts = Vec::with_capacity(p.n.div_ceil(chunk));
     for start in (0..p.n).step_by(chunk) {
         let len = chunk.min(p.n - start);
         let part = im2col::Im2ColParams { n: len, ..p };
-        parts.push(im2col::conv2d(&x.narrow(0, start, len)?, weight, part)?);
+        parts.push(conv(&x.narrow(0, start, len)?, part)?);
     }
     Ok(Some(Tensor::cat(&parts, 0)?))
 }

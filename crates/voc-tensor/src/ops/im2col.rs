@@ -183,6 +183,78 @@ impl CustomOp1 for Col2Im {
     }
 }
 
+/// `x (N, C, H, W) -> cols (C*kh*kw, N*oh*ow)`: the images side by side, so the whole batch is one
+/// gemm whose weight matrix is packed once (forward only: inference on constant weights).
+struct Im2ColWide(Im2ColParams);
+
+impl CustomOp1 for Im2ColWide {
+    fn name(&self) -> &'static str {
+        "voc-im2col-wide"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        let p = self.0;
+        let x = contiguous_f32(s, l, "conv2d im2col input")?;
+        let spans: Vec<_> = (0..p.kw).map(|kj| p.span(kj)).collect();
+        let row_len = p.n * p.out_plane();
+        let cols = planes_from(
+            p.cols_len(),
+            row_len,
+            |_| 0.0,
+            || (),
+            |_, r, row| {
+                let (ch, tap) = (r / p.taps(), r % p.taps());
+                let (ki, kj) = (tap / p.kw, tap % p.kw);
+                let (lo, hi, ix0) = spans[kj];
+                for (image, seg) in row.chunks_exact_mut(p.out_plane()).enumerate() {
+                    let plane = image * p.c + ch;
+                    let xs = &x[plane * p.plane()..(plane + 1) * p.plane()];
+                    for (oy, orow) in seg.chunks_exact_mut(p.ow).enumerate() {
+                        match p.input_row(oy, ki) {
+                            Some(iy) if lo < hi => {
+                                let irow = &xs[iy * p.w..(iy + 1) * p.w];
+                                orow[..lo].fill(0.0);
+                                orow[hi..].fill(0.0);
+                                if p.stride == 1 {
+                                    orow[lo..hi].copy_from_slice(&irow[ix0..ix0 + hi - lo]);
+                                } else {
+                                    for (o, v) in orow[lo..hi]
+                                        .iter_mut()
+                                        .zip(irow[ix0..].iter().step_by(p.stride))
+                                    {
+                                        *o = *v;
+                                    }
+                                }
+                            }
+                            _ => orow.fill(0.0),
+                        }
+                    }
+                }
+            },
+        );
+        Ok((
+            CpuStorage::F32(cols),
+            Shape::from((p.c * p.taps(), row_len)),
+        ))
+    }
+}
+
+/// [`conv2d`] for inference: one gemm for the whole batch over [`Im2ColWide`]'s matrix, then the
+/// `C_out x N` result put back in NCHW order. No gradient.
+pub(crate) fn conv2d_wide(
+    x: &Tensor,
+    weight: &Tensor,
+    p: Im2ColParams,
+) -> candle_core::Result<Tensor> {
+    let c_out = weight.dim(0)?;
+    let cols = x.contiguous()?.apply_op1_no_bwd(&Im2ColWide(p))?;
+    let w2 = weight.reshape((c_out, p.c * p.taps()))?;
+    w2.matmul(&cols)?
+        .reshape((c_out, p.n, p.oh, p.ow))?
+        .transpose(0, 1)?
+        .contiguous()
+}
+
 /// `conv2d(x, weight)` (groups 1, no bias) on the CPU as `weight (C_out, C_in*kh*kw) @ im2col(x)`.
 pub(crate) fn conv2d(x: &Tensor, weight: &Tensor, p: Im2ColParams) -> candle_core::Result<Tensor> {
     let c_out = weight.dim(0)?;

@@ -647,3 +647,45 @@ fn adaptive_avg_pool_matches_pytorch_up_and_down() -> Result<()> {
     assert!(adaptive_avg_pool2d(x.as_tensor(), 0, 6).is_err());
     Ok(())
 }
+
+/// Inference (constant input and weight) runs the batch as one gemm over images side by side; it
+/// gives the values of the per-image path the graph takes, chunked or not, strided, dilated, padded.
+#[test]
+fn inference_conv_as_one_gemm_matches_the_per_image_path() -> Result<()> {
+    for (n, stride, dilation, top, left) in [(5, 2, 1, 1, 0), (3, 1, 2, 2, 2), (1, 1, 1, 0, 1)] {
+        let (h, w, k) = (11, 9, 3);
+        let x = seeded(&[n, 3, h, w], 90);
+        let weight = seeded(&[4, 3, k, k], 91);
+        let span = dilation * (k - 1) + 1;
+        let (oh, ow) = (
+            (h + 2 * top - span) / stride + 1,
+            (w + 2 * left - span) / stride + 1,
+        );
+        let p = im2col::Im2ColParams {
+            n,
+            c: 3,
+            h,
+            w,
+            kh: k,
+            kw: k,
+            stride,
+            dilation,
+            pad_top: top,
+            pad_left: left,
+            oh,
+            ow,
+        };
+        let per_image = p.cols_len() / n;
+        let graph = Var::from_tensor(&x)?;
+        let per_image_path = conv::im2col_conv(graph.as_tensor(), &weight, p, usize::MAX)?.unwrap();
+        for max_elems in [usize::MAX, 2 * per_image] {
+            let wide = conv::im2col_conv(&x, &weight, p, max_elems)?.unwrap();
+            assert!(!wide.track_op());
+            assert!(
+                max_abs_diff(&wide, &per_image_path)? < 1e-5,
+                "n {n} s{stride} d{dilation} chunk {max_elems}"
+            );
+        }
+    }
+    Ok(())
+}
