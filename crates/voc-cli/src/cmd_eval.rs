@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use voc_classify::fusion::{cross_fitted_dice, fit_fusion, CrossFit, FusionRule};
 use voc_classify::metrics::ThresholdRule;
 use voc_classify::{metrics, CheckpointClassifier};
-use voc_core::{CLASS_NAMES, NUM_CLASSES};
+use voc_core::metrics::SegmentationMetrics;
+use voc_core::{CLASS_NAMES, MASK_CLASS_NAMES, NUM_CLASSES};
 use voc_data::{CompetitionDir, SplitIndex};
 use voc_tensor::DeviceSpec;
 
@@ -26,6 +27,9 @@ enum EvalCommand {
     /// mAP, per-class AP, macro F1 and the classification Dice of a classifier checkpoint on a labelled
     /// split, at the checkpoint's thresholds.
     Classify(ClassifyEvalArgs),
+    /// Pixel accuracy, mean IoU, per-class IoU, the Kaggle segmentation Dice and the confusion matrix
+    /// of a segmenter on a split with masks, each image at its own size (as `voc predict` runs it).
+    Segment(SegmentEvalArgs),
     /// Fit the rule that fuses a classifier's probabilities with the segmenter's mask areas (for
     /// `voc predict --labels fused`) on a labelled split; prints the classification Dice of the mask
     /// alone, the classifier alone and the fusion, cross-fitted and in-sample.
@@ -145,9 +149,28 @@ pub struct ClassifyEvalArgs {
     json: bool,
 }
 
+#[derive(Args)]
+pub struct SegmentEvalArgs {
+    /// Competition data folder.
+    #[arg(long)]
+    data: PathBuf,
+    /// A split with masks (`train`, or `test` after `voc data convert`).
+    #[arg(long, default_value = "test")]
+    split: String,
+    #[command(flatten)]
+    model: SegmenterArgs,
+    /// Also write confusion.csv (pixel counts, rows = true class) and confusion.png into this folder.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Print the report as one JSON line.
+    #[arg(long)]
+    json: bool,
+}
+
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     match args.what {
         EvalCommand::Classify(a) => classify(a),
+        EvalCommand::Segment(a) => segment(a),
         EvalCommand::Fuse(a) => fuse(a),
     }
 }
@@ -224,6 +247,140 @@ fn classify(args: ClassifyEvalArgs) -> anyhow::Result<()> {
         report.map,
         report.macro_f1,
         report.dice
+    );
+    Ok(())
+}
+
+fn segment(args: SegmentEvalArgs) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let device = args.model.device.open()?;
+    let index = CompetitionDir::open(&args.data)?.split(&args.split)?;
+    if index.is_empty() {
+        bail!(
+            "{}: split '{}' lists no images",
+            index.csv_path().display(),
+            index.name
+        );
+    }
+    if !index.has_masks {
+        bail!(
+            "split '{}' of {} has no masks ({} is missing): evaluating a segmenter needs the true masks",
+            index.name,
+            args.data.display(),
+            index.dir().join("seg").display()
+        );
+    }
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the output folder {}", dir.display()))?;
+    }
+    let loaded = open_segmenter(&args.model, &device)?;
+    let bar = crate::progress::bar(index.len(), &format!("segmenting {}", index.name));
+    let mut scores = SegmentationMetrics::new();
+    for id in &index.ids {
+        let image = index.read_rgb_image(id)?;
+        let truth = index.read_mask(id)?;
+        if truth.dim() != (image.height(), image.width()) {
+            bail!(
+                "{}: the mask is {:?}, its image {} is {}x{}",
+                index.mask_path(id).display(),
+                truth.dim(),
+                index.image_path(id).display(),
+                image.height(),
+                image.width()
+            );
+        }
+        let mask = loaded
+            .segmenter
+            .mask(&image, &device)
+            .with_context(|| format!("segmenting {}", index.image_path(id).display()))?;
+        let truth: Vec<u8> = truth.iter().copied().collect();
+        scores
+            .add_image(&truth, mask.as_slice())
+            .with_context(|| format!("scoring {}", index.mask_path(id).display()))?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let seconds = started.elapsed().as_secs_f64();
+
+    let names: Vec<String> = MASK_CLASS_NAMES.iter().map(|s| s.to_string()).collect();
+    let confusion: Vec<Vec<u64>> = scores.confusion().iter().map(|r| r.to_vec()).collect();
+    let mut written = Vec::new();
+    if let Some(dir) = &args.out {
+        let csv_path = dir.join("confusion.csv");
+        let mut csv = format!("truth\\predicted,{}\n", names.join(","));
+        for (name, row) in names.iter().zip(&confusion) {
+            let cells: Vec<String> = row.iter().map(u64::to_string).collect();
+            csv.push_str(&format!("{name},{}\n", cells.join(",")));
+        }
+        voc_core::write_atomic(&csv_path, |f| std::io::Write::write_all(f, csv.as_bytes()))?;
+        let png_path = dir.join("confusion.png");
+        let title = format!(
+            "confusion, split {}, {} images",
+            index.name,
+            scores.images()
+        );
+        voc_data::chart::render_confusion(&title, &names, &confusion)?.write_png(&png_path)?;
+        written = vec![csv_path, png_path];
+    }
+    let iou = scores.class_iou();
+    if args.json {
+        let per_class: serde_json::Map<String, serde_json::Value> = names
+            .iter()
+            .zip(&iou)
+            .map(|(n, v)| (n.clone(), serde_json::json!(v)))
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({
+                "segmenter": loaded.source,
+                "split": index.name,
+                "images": scores.images(),
+                "pixel_accuracy": scores.pixel_accuracy(),
+                "mean_iou": scores.mean_iou(),
+                "mean_class_iou": scores.mean_class_iou(),
+                "segmentation_dice": scores.segmentation_dice(),
+                "class_iou": per_class,
+                "confusion": confusion,
+                "output_stride": args.model.output_stride,
+                "size_strategy": args.model.size_strategy.to_string(),
+                "tta": args.model.tta_name(),
+                "files": written,
+                "seconds": seconds,
+            })
+        );
+        return Ok(());
+    }
+    println!("{:<12} {:>6}", "class", "IoU");
+    for (name, v) in names.iter().zip(&iou) {
+        match v {
+            Some(v) => println!("{name:<12} {v:>6.4}"),
+            None => println!("{name:<12} {:>6}", "-"),
+        }
+    }
+    let show = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.4}"));
+    let files = if written.is_empty() {
+        String::new()
+    } else {
+        format!(
+            "; wrote {}",
+            written
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(" and ")
+        )
+    };
+    println!(
+        "{} on {} images of '{}' in {seconds:.1} s: pixel accuracy {}, mIoU {} (21 with background), \
+         {} (20 classes), segmentation Dice {}{files}",
+        loaded.source,
+        scores.images(),
+        index.name,
+        show(scores.pixel_accuracy()),
+        show(scores.mean_iou()),
+        show(scores.mean_class_iou()),
+        show(scores.segmentation_dice()),
     );
     Ok(())
 }

@@ -109,6 +109,92 @@ fn predict_and_score_voc_sample_train() {
         cls >= 0.999,
         "classification Dice {cls:.4}: every label of voc-sample train should be right"
     );
+
+    // `voc eval segment` scores the same masks from the pixels: the same Dice and class IoU.
+    let report_dir = dir.path().join("eval");
+    let out = voc(
+        &[
+            "eval",
+            "segment",
+            "--data",
+            path_str(&data),
+            "--split",
+            "train",
+            "--out",
+            path_str(&report_dir),
+            "--device",
+            "cpu",
+            "--json",
+        ],
+        Some(&hf),
+    );
+    let eval = json_line(&out, "voc eval segment");
+    assert_eq!(eval["images"], 6);
+    let eval_seg = eval["segmentation_dice"].as_f64().unwrap();
+    assert!(
+        (eval_seg - seg).abs() < 1e-9,
+        "{eval_seg} vs voc score's {seg}"
+    );
+    let eval_iou = eval["mean_class_iou"].as_f64().unwrap();
+    let score_iou = score["mean_iou"].as_f64().unwrap();
+    assert!(
+        (eval_iou - score_iou).abs() < 1e-9,
+        "{eval_iou} vs {score_iou}"
+    );
+    let accuracy = eval["pixel_accuracy"].as_f64().unwrap();
+    assert!(accuracy > 0.9 && accuracy <= 1.0, "{accuracy}");
+    let confusion = eval["confusion"].as_array().unwrap();
+    assert_eq!(confusion.len(), 21);
+    let csv = std::fs::read_to_string(report_dir.join("confusion.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 22, "{csv}");
+    assert!(
+        csv.starts_with("truth\\predicted,background,aeroplane,"),
+        "{csv}"
+    );
+    assert!(report_dir.join("confusion.png").is_file());
+
+    // A mask value that is neither a class nor void is named with its file.
+    let broken = tempfile::tempdir().unwrap();
+    common::copy_dir(&data, broken.path());
+    let mask_path = broken.path().join("train/seg/train_5.npy");
+    let mut bytes = std::fs::read(&mask_path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] = 21;
+    std::fs::write(&mask_path, bytes).unwrap();
+    let out = voc(
+        &[
+            "eval",
+            "segment",
+            "--data",
+            path_str(broken.path()),
+            "--split",
+            "train",
+            "--device",
+            "cpu",
+        ],
+        Some(&hf),
+    );
+    assert_fails_naming(&out, &["train_5.npy", "21"]);
+}
+
+/// `voc eval segment` on a split without masks says so before loading any model.
+#[test]
+fn eval_segment_needs_masks() {
+    let data = repo_root().join("assets/voc-sample");
+    let out = voc(
+        &[
+            "eval",
+            "segment",
+            "--data",
+            path_str(&data),
+            "--split",
+            "test",
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    assert_fails_naming(&out, &["has no masks", "seg"]);
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{command, repo_root, text, voc};
+use common::{command, copy_dir, repo_root, text, voc};
 
 /// A competition folder with `copies` training images made from the sample's two (a person; a chair and
 /// a dog), and the sample's unlabelled test split.
@@ -34,19 +34,6 @@ fn small_data(dir: &Path, copies: usize) -> PathBuf {
     std::fs::write(data.join("train/train_set.csv"), out).unwrap();
     copy_dir(&sample.join("test"), &data.join("test"));
     data
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 fn metrics_epochs(run: &Path) -> Vec<usize> {
