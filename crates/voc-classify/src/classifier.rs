@@ -92,7 +92,7 @@ enum Neck {
     /// ResNetV2's final batch norm + ReLU (`norm`).
     Norm(NormAct),
     /// VGG16's `pre_logits` (the old fully connected layers as convolutions).
-    VggMlp(VggPreLogits),
+    VggMlp(Box<VggPreLogits>),
     /// Nothing: ResNet-50 pools its last stage directly.
     Identity,
 }
@@ -212,7 +212,7 @@ impl ImageClassifier {
             ClassifierArch::Vgg16(cfg) => {
                 let net = Vgg16::new(vb.clone(), cfg)?;
                 let c_in = net.feature_channels().stride32;
-                let neck = Neck::VggMlp(VggPreLogits::new(vb.pp("pre_logits"), c_in)?);
+                let neck = Neck::VggMlp(Box::new(VggPreLogits::new(vb.pp("pre_logits"), c_in)?));
                 (Backbone::Vgg16(Box::new(net)), neck, VGG_FEATURES)
             }
         };

@@ -863,6 +863,106 @@ pub(crate) fn panel_axes(panel: &Panel, width: usize, height: usize) -> Axes {
     layout(panel, width, height).expect("panel layout").axes
 }
 
+/// A confusion matrix as a picture: one row per true class, one column per predicted class (numbered
+/// as `names`' indices, the legend of numbers on the left), each cell shaded by its share of the true
+/// class's pixels (white 0 to dark blue 1) and labelled with that share in percent when it is at least
+/// 1%. `counts[truth][pred]`; a class without true pixels gets an empty row.
+///
+/// ```
+/// use voc_data::chart::render_confusion;
+/// let names = ["background", "cat"].map(String::from);
+/// let image = render_confusion("confusion", &names, &[vec![90, 10], vec![5, 45]])?;
+/// assert!(image.width() > 100 && image.height() > 50);
+/// # Ok::<(), voc_core::CoreError>(())
+/// ```
+pub fn render_confusion(
+    title: &str,
+    names: &[String],
+    counts: &[Vec<u64>],
+) -> std::result::Result<voc_core::RgbImage, CoreError> {
+    let n = names.len();
+    if n == 0 || counts.len() != n || counts.iter().any(|row| row.len() != n) {
+        return Err(CoreError::BadArgument(format!(
+            "confusion chart: expected a {n} x {n} matrix for {n} class names, got {} rows",
+            counts.len()
+        )));
+    }
+    const CELL: usize = 26;
+    const PAD: usize = 8;
+    let labels: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| format!("{i:>2} {name}"))
+        .collect();
+    let label_width = labels
+        .iter()
+        .map(|l| font::text_width(l, 1))
+        .max()
+        .unwrap_or(0);
+    let left = PAD + label_width + PAD;
+    let top = PAD + font::text_height(2) + PAD + font::text_height(1) + 4;
+    let width = left + n * CELL + PAD;
+    let height = top + n * CELL + PAD + font::text_height(1) + PAD;
+    let mut canvas = Canvas::from_pixel(width as u32, height as u32, Rgb([255, 255, 255]));
+    font::draw_text(&mut canvas, PAD, PAD, title, 2, [0, 0, 0]);
+    let header_y = PAD + font::text_height(2) + PAD;
+    for j in 0..n {
+        let s = j.to_string();
+        let x = left + j * CELL + (CELL - font::text_width(&s, 1)) / 2;
+        font::draw_text(&mut canvas, x, header_y, &s, 1, [60, 60, 60]);
+    }
+    for (i, row) in counts.iter().enumerate() {
+        let y0 = top + i * CELL;
+        font::draw_text(
+            &mut canvas,
+            PAD,
+            y0 + (CELL - font::text_height(1)) / 2,
+            &labels[i],
+            1,
+            [0, 0, 0],
+        );
+        let total: u64 = row.iter().sum();
+        for (j, &count) in row.iter().enumerate() {
+            let share = if total > 0 {
+                count as f64 / total as f64
+            } else {
+                0.0
+            };
+            // White to dark blue (8, 48, 107).
+            let mix = |white: f64, dark: f64| (white + (dark - white) * share).round() as u8;
+            let color = [mix(255.0, 8.0), mix(255.0, 48.0), mix(255.0, 107.0)];
+            let x0 = left + j * CELL;
+            for y in y0 + 1..y0 + CELL {
+                for x in x0 + 1..x0 + CELL {
+                    canvas.put_pixel(x as u32, y as u32, Rgb(color));
+                }
+            }
+            let percent = (100.0 * share).round() as u32;
+            if percent >= 1 {
+                let s = percent.to_string();
+                let ink = if share > 0.5 {
+                    [255, 255, 255]
+                } else {
+                    [0, 0, 0]
+                };
+                let tx = x0 + (CELL - font::text_width(&s, 1)) / 2;
+                let ty = y0 + (CELL - font::text_height(1)) / 2;
+                font::draw_text(&mut canvas, tx, ty, &s, 1, ink);
+            }
+        }
+    }
+    let note = "rows = true class, columns = predicted class, cells = % of the row pixels";
+    font::draw_text(
+        &mut canvas,
+        PAD,
+        top + n * CELL + PAD,
+        note,
+        1,
+        [60, 60, 60],
+    );
+    voc_core::RgbImage::new(height, width, canvas.into_raw())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1080,104 +1180,4 @@ mod tests {
             }
         }
     }
-}
-
-/// A confusion matrix as a picture: one row per true class, one column per predicted class (numbered
-/// as `names`' indices, the legend of numbers on the left), each cell shaded by its share of the true
-/// class's pixels (white 0 to dark blue 1) and labelled with that share in percent when it is at least
-/// 1%. `counts[truth][pred]`; a class without true pixels gets an empty row.
-///
-/// ```
-/// use voc_data::chart::render_confusion;
-/// let names = ["background", "cat"].map(String::from);
-/// let image = render_confusion("confusion", &names, &[vec![90, 10], vec![5, 45]])?;
-/// assert!(image.width() > 100 && image.height() > 50);
-/// # Ok::<(), voc_core::CoreError>(())
-/// ```
-pub fn render_confusion(
-    title: &str,
-    names: &[String],
-    counts: &[Vec<u64>],
-) -> std::result::Result<voc_core::RgbImage, CoreError> {
-    let n = names.len();
-    if n == 0 || counts.len() != n || counts.iter().any(|row| row.len() != n) {
-        return Err(CoreError::BadArgument(format!(
-            "confusion chart: expected a {n} x {n} matrix for {n} class names, got {} rows",
-            counts.len()
-        )));
-    }
-    const CELL: usize = 26;
-    const PAD: usize = 8;
-    let labels: Vec<String> = names
-        .iter()
-        .enumerate()
-        .map(|(i, name)| format!("{i:>2} {name}"))
-        .collect();
-    let label_width = labels
-        .iter()
-        .map(|l| font::text_width(l, 1))
-        .max()
-        .unwrap_or(0);
-    let left = PAD + label_width + PAD;
-    let top = PAD + font::text_height(2) + PAD + font::text_height(1) + 4;
-    let width = left + n * CELL + PAD;
-    let height = top + n * CELL + PAD + font::text_height(1) + PAD;
-    let mut canvas = Canvas::from_pixel(width as u32, height as u32, Rgb([255, 255, 255]));
-    font::draw_text(&mut canvas, PAD, PAD, title, 2, [0, 0, 0]);
-    let header_y = PAD + font::text_height(2) + PAD;
-    for j in 0..n {
-        let s = j.to_string();
-        let x = left + j * CELL + (CELL - font::text_width(&s, 1)) / 2;
-        font::draw_text(&mut canvas, x, header_y, &s, 1, [60, 60, 60]);
-    }
-    for (i, row) in counts.iter().enumerate() {
-        let y0 = top + i * CELL;
-        font::draw_text(
-            &mut canvas,
-            PAD,
-            y0 + (CELL - font::text_height(1)) / 2,
-            &labels[i],
-            1,
-            [0, 0, 0],
-        );
-        let total: u64 = row.iter().sum();
-        for (j, &count) in row.iter().enumerate() {
-            let share = if total > 0 {
-                count as f64 / total as f64
-            } else {
-                0.0
-            };
-            // White to dark blue (8, 48, 107).
-            let mix = |white: f64, dark: f64| (white + (dark - white) * share).round() as u8;
-            let color = [mix(255.0, 8.0), mix(255.0, 48.0), mix(255.0, 107.0)];
-            let x0 = left + j * CELL;
-            for y in y0 + 1..y0 + CELL {
-                for x in x0 + 1..x0 + CELL {
-                    canvas.put_pixel(x as u32, y as u32, Rgb(color));
-                }
-            }
-            let percent = (100.0 * share).round() as u32;
-            if percent >= 1 {
-                let s = percent.to_string();
-                let ink = if share > 0.5 {
-                    [255, 255, 255]
-                } else {
-                    [0, 0, 0]
-                };
-                let tx = x0 + (CELL - font::text_width(&s, 1)) / 2;
-                let ty = y0 + (CELL - font::text_height(1)) / 2;
-                font::draw_text(&mut canvas, tx, ty, &s, 1, ink);
-            }
-        }
-    }
-    let note = "rows = true class, columns = predicted class, cells = % of the row pixels";
-    font::draw_text(
-        &mut canvas,
-        PAD,
-        top + n * CELL + PAD,
-        note,
-        1,
-        [60, 60, 60],
-    );
-    voc_core::RgbImage::new(height, width, canvas.into_raw())
 }

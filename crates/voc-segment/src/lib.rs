@@ -9,6 +9,7 @@ mod head;
 pub mod load;
 pub mod preset;
 pub mod segmenter;
+pub mod train;
 
 pub use deeplabv3::{DeepLabV3, DeepLabV3Config, DEEPLABV3_ARCH};
 pub use deeplabv3plus::{DeepLabV3Plus, DeepLabV3PlusConfig, DEEPLABV3PLUS_ARCH};

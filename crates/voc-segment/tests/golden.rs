@@ -180,3 +180,53 @@ fn deeplabv3plus_step0_gradients_in_f64() -> anyhow::Result<()> {
     assert_eq!(checked, 4, "expected four stored gradients");
     Ok(())
 }
+
+/// The PyTorch twin's two Adam steps through the training code path (`train::SegLearner`: every
+/// weight a variable, batch norm in training mode, Adam lr 1e-4, cross-entropy ignoring 255): the
+/// step-0 logits and classifier gradient (1e-3, as above) and both losses (1e-4 relative), the second
+/// one after the learner's own update.
+#[test]
+fn deeplabv3plus_learner_matches_two_adam_steps() -> anyhow::Result<()> {
+    use voc_segment::train::{SegArch, SegLearner, SegLearnerConfig, SegOptimizer, SegTrainable};
+    let Some(shared) = shared_with("deeplabv3plus_learner_matches_two_adam_steps", &TWIN_FILES)
+    else {
+        return Ok(());
+    };
+    let golden = load_golden(&shared.join("reference/train_deeplabv3plus.safetensors"))?;
+    let init = load_tensors(
+        &shared.join("reference/train_deeplabv3plus.init.safetensors"),
+        &Device::Cpu,
+    )?;
+    let config = SegLearnerConfig {
+        optimizer: SegOptimizer::Adam,
+        lr: 1e-4,
+        weight_decay: 0.0,
+        bn_train: true,
+        class_weight: None,
+    };
+    let arch = SegArch::DeepLabV3Plus(DeepLabV3PlusConfig::default());
+    let mut learner = SegLearner::new(arch, init, SegTrainable::All, 0, &config, &Device::Cpu)?;
+    let losses: Vec<f32> = golden["losses"].to_vec1()?;
+    for (step, &expected) in losses.iter().enumerate() {
+        let x = golden["x"].get(step)?;
+        let target = golden["target"].get(step)?.to_dtype(DType::U32)?;
+        if step == 0 {
+            let logits = learner.logits(&x, true)?;
+            let err = rel_err(&logits, &golden["step0.logits"])?;
+            assert!(err <= 1e-3, "step0 logits relative error {err:.2e}");
+        }
+        let (loss, grads) = learner.gradients(&x, &target)?;
+        let rel = (loss - expected).abs() / expected.abs();
+        eprintln!("learner step {step}: loss {loss} (reference {expected}), rel {rel:.2e}");
+        assert!(rel <= 1e-4, "step {step}: loss {loss} vs {expected}");
+        if step == 0 {
+            let name = "decode_head.classifier.convolution.weight";
+            let var = learner.var(name).expect("the classifier is a variable");
+            let grad = grads.get(var.as_tensor()).expect("a gradient");
+            let err = rel_err(grad, &golden[&format!("step0.grad.{name}")])?;
+            assert!(err <= 1e-3, "gradient of {name}: {err:.2e}");
+        }
+        learner.apply(&grads)?;
+    }
+    Ok(())
+}
