@@ -119,10 +119,10 @@ fn unknown_hub_id_offline_is_a_clear_error() {
         msg.contains("nobody/no_such_model") && msg.contains("HF_HOME"),
         "{msg}"
     );
-    assert!(ModelPreset::by_name("resnet50")
+    assert!(ModelPreset::by_name("resnet101")
         .unwrap_err()
         .to_string()
-        .contains("mobilenet_v2, efficientnet_lite0"));
+        .contains("mobilenet_v2, efficientnet_lite0, resnet50, resnet50v2, vgg16"));
 }
 
 #[test]
