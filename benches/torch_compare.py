@@ -40,7 +40,7 @@ import subprocess
 import sys
 import time
 
-SEGMENTERS = {"deeplabv3"}
+SEGMENTERS = {"deeplabv3", "deeplabv3plus"}
 
 
 def peak_rss_mb():
@@ -57,6 +57,8 @@ def build_model(name, torch, nn, F, torchvision):
         return torchvision.models.mobilenet_v2(weights=None, num_classes=20, dropout=0.2)
     if name == "deeplabv3":
         return MobileDeepLabV3(torch, nn, F, torchvision)
+    if name == "deeplabv3plus":
+        return MobileDeepLabV3Plus(torch, nn, F, torchvision)
     if name in TIMM_NAMES:
         try:
             import timm
@@ -64,7 +66,7 @@ def build_model(name, torch, nn, F, torchvision):
             raise SystemExit(f"torch_compare.py: --model {name} needs timm (pip install timm)")
         # The same layouts voc ports, with voc bench's head: 20 outputs, dropout 0.2 before it.
         return timm.create_model(TIMM_NAMES[name], pretrained=False, num_classes=20, drop_rate=0.2)
-    raise SystemExit(f"torch_compare.py: no PyTorch version of '{name}' (have mobilenet_v2, deeplabv3, "
+    raise SystemExit(f"torch_compare.py: no PyTorch version of '{name}' (have mobilenet_v2, deeplabv3, deeplabv3plus, "
                      f"{', '.join(TIMM_NAMES)})")
 
 
@@ -105,6 +107,45 @@ def MobileDeepLabV3(torch, nn, F, torchvision):
             pooled = self.conv_pool(F.adaptive_avg_pool2d(f, 1)).expand(-1, -1, f.shape[2], f.shape[3])
             y = self.conv_projection(torch.cat([pooled, self.conv_aspp(f)], 1))
             return F.interpolate(self.classifier(y), size=(h, w), mode="bilinear", align_corners=True)
+
+    return Net()
+
+
+def MobileDeepLabV3Plus(torch, nn, F, torchvision):
+    """voc's DeepLabV3+ (the `decode_head.*` of shared/README.md) on torchvision's MobileNetV2 at output
+    stride 16: ASPP 1x1 + atrous 6/12/18 + image pooling (256 each), projection, the stride-4 features of
+    layer.1 (= features[3], 24 -> 48), two 3x3 decoder convs, 1x1 classifier, bilinear up to the input
+    (align_corners=False throughout)."""
+
+    def cbr(c_in, c_out, k=1, d=1):
+        return nn.Sequential(nn.Conv2d(c_in, c_out, k, padding=d * (k // 2), dilation=d, bias=False),
+                             nn.BatchNorm2d(c_out), nn.ReLU())
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            features = MobileDeepLabV3(torch, nn, F, torchvision).backbone
+            self.low = features[:4]
+            self.high = features[4:]
+            self.aspp_1x1 = cbr(320, 256)
+            self.aspp_atrous = nn.ModuleList([cbr(320, 256, 3, d) for d in (6, 12, 18)])
+            self.aspp_pool = cbr(320, 256)
+            self.aspp_projection = cbr(1280, 256)
+            self.low_level = cbr(24, 48)
+            self.decoder = nn.Sequential(cbr(304, 256, 3), cbr(256, 256, 3))
+            self.classifier = nn.Conv2d(256, 21, 1)
+
+        def forward(self, x):
+            h, w = x.shape[-2:]
+            low = self.low(x)
+            f = self.high(low)
+            pooled = F.interpolate(self.aspp_pool(F.adaptive_avg_pool2d(f, 1)), size=f.shape[-2:],
+                                   mode="bilinear", align_corners=False)
+            branches = [self.aspp_1x1(f)] + [b(f) for b in self.aspp_atrous] + [pooled]
+            y = self.aspp_projection(torch.cat(branches, 1))
+            y = F.interpolate(y, size=low.shape[-2:], mode="bilinear", align_corners=False)
+            y = self.decoder(torch.cat([y, self.low_level(low)], 1))
+            return F.interpolate(self.classifier(y), size=(h, w), mode="bilinear", align_corners=False)
 
     return Net()
 
@@ -264,6 +305,9 @@ WORKLOADS = [
     ("mobilenet_v2 224 inference b16", ["--model", "mobilenet_v2", "--size", "224", "--batch", "16"], 1.0, None),
     ("mobilenet_v2 224 inference b1", ["--model", "mobilenet_v2", "--size", "224", "--batch", "1"], 1.2, None),
     ("deeplabv3 513 inference b1", ["--model", "deeplabv3", "--size", "513", "--batch", "1"], 1.0, None),
+    # Issue 13's target: the DeepLabV3+ training step at the notebook's crop.
+    ("deeplabv3plus 321 train step b8",
+     ["--model", "deeplabv3plus", "--size", "321", "--batch", "8", "--train"], 1.0, 1.0),
     ("mobilenet_v2 224 train step b8", ["--model", "mobilenet_v2", "--size", "224", "--batch", "8", "--train"], 1.5, 1.5),
     ("mobilenet_v2 224 finetune b16",
      ["--model", "mobilenet_v2", "--size", "224", "--batch", "16", "--train", "--unfreeze", "5"], None, None),
@@ -357,7 +401,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="mode", required=True)
     b = sub.add_parser("bench", help="time one workload in PyTorch")
-    b.add_argument("--model", default="mobilenet_v2", choices=["mobilenet_v2", "deeplabv3", *TIMM_NAMES])
+    b.add_argument("--model", default="mobilenet_v2", choices=["mobilenet_v2", "deeplabv3", "deeplabv3plus", *TIMM_NAMES])
     b.add_argument("--batch", type=int, default=1)
     b.add_argument("--size", type=int, default=None)
     b.add_argument("--train", action="store_true")
