@@ -54,6 +54,32 @@ impl Im2ColParams {
         }
     }
 
+    /// Writes the `oh x ow` values that tap row `ki` (with column span `span`, see [`Self::span`])
+    /// reads from one input plane `xs` into `out`: the shared inner loop of both im2col layouts.
+    fn fill_tap(&self, xs: &[f32], ki: usize, span: (usize, usize, usize), out: &mut [f32]) {
+        let (lo, hi, ix0) = span;
+        for (oy, orow) in out.chunks_exact_mut(self.ow).enumerate() {
+            match self.input_row(oy, ki) {
+                Some(iy) if lo < hi => {
+                    let irow = &xs[iy * self.w..(iy + 1) * self.w];
+                    orow[..lo].fill(0.0);
+                    orow[hi..].fill(0.0);
+                    if self.stride == 1 {
+                        orow[lo..hi].copy_from_slice(&irow[ix0..ix0 + hi - lo]);
+                    } else {
+                        for (o, v) in orow[lo..hi]
+                            .iter_mut()
+                            .zip(irow[ix0..].iter().step_by(self.stride))
+                        {
+                            *o = *v;
+                        }
+                    }
+                }
+                _ => orow.fill(0.0),
+            }
+        }
+    }
+
     fn taps(&self) -> usize {
         self.kh * self.kw
     }
@@ -96,27 +122,7 @@ impl CustomOp1 for Im2Col {
                 let xs = &x[plane * p.plane()..(plane + 1) * p.plane()];
                 for (tap, row) in rows.chunks_exact_mut(p.out_plane()).enumerate() {
                     let (ki, kj) = (tap / p.kw, tap % p.kw);
-                    let (lo, hi, ix0) = spans[kj];
-                    for (oy, orow) in row.chunks_exact_mut(p.ow).enumerate() {
-                        match p.input_row(oy, ki) {
-                            Some(iy) if lo < hi => {
-                                let irow = &xs[iy * p.w..(iy + 1) * p.w];
-                                orow[..lo].fill(0.0);
-                                orow[hi..].fill(0.0);
-                                if p.stride == 1 {
-                                    orow[lo..hi].copy_from_slice(&irow[ix0..ix0 + hi - lo]);
-                                } else {
-                                    for (o, v) in orow[lo..hi]
-                                        .iter_mut()
-                                        .zip(irow[ix0..].iter().step_by(p.stride))
-                                    {
-                                        *o = *v;
-                                    }
-                                }
-                            }
-                            _ => orow.fill(0.0),
-                        }
-                    }
+                    p.fill_tap(xs, ki, spans[kj], row);
                 }
             },
         );
@@ -205,30 +211,10 @@ impl CustomOp1 for Im2ColWide {
             |_, r, row| {
                 let (ch, tap) = (r / p.taps(), r % p.taps());
                 let (ki, kj) = (tap / p.kw, tap % p.kw);
-                let (lo, hi, ix0) = spans[kj];
                 for (image, seg) in row.chunks_exact_mut(p.out_plane()).enumerate() {
                     let plane = image * p.c + ch;
                     let xs = &x[plane * p.plane()..(plane + 1) * p.plane()];
-                    for (oy, orow) in seg.chunks_exact_mut(p.ow).enumerate() {
-                        match p.input_row(oy, ki) {
-                            Some(iy) if lo < hi => {
-                                let irow = &xs[iy * p.w..(iy + 1) * p.w];
-                                orow[..lo].fill(0.0);
-                                orow[hi..].fill(0.0);
-                                if p.stride == 1 {
-                                    orow[lo..hi].copy_from_slice(&irow[ix0..ix0 + hi - lo]);
-                                } else {
-                                    for (o, v) in orow[lo..hi]
-                                        .iter_mut()
-                                        .zip(irow[ix0..].iter().step_by(p.stride))
-                                    {
-                                        *o = *v;
-                                    }
-                                }
-                            }
-                            _ => orow.fill(0.0),
-                        }
-                    }
+                    p.fill_tap(xs, ki, spans[kj], seg);
                 }
             },
         );
