@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use voc_classify::train::{
-    train_classifier, EpochRecord, TrainConfig, TrainMode, TrainObserver, TrainOptions, Validation,
+    train_classifier, TrainConfig, TrainMode, TrainObserver, TrainOptions, Validation,
 };
 use voc_tensor::hub::HubCache;
 use voc_tensor::DeviceSpec;
@@ -16,9 +16,8 @@ use voc_tensor::DeviceSpec;
 /// Prints a line per epoch.
 struct Print;
 impl TrainObserver for Print {
-    fn epoch(&mut self, r: &EpochRecord) {
-        let (epoch, loss, map, dice) = (r.epoch, r.train_loss, r.val_map, r.val_dice);
-        println!("epoch {epoch:>2}: train loss {loss:.4}, val mAP {map:.3}, Dice {dice:.3}");
+    fn epoch(&mut self, summary: &str) {
+        println!("{summary}");
     }
 }
 

@@ -308,19 +308,13 @@ fn segment(args: SegmentEvalArgs) -> anyhow::Result<()> {
     let mut written = Vec::new();
     if let Some(dir) = &args.out {
         let csv_path = dir.join("confusion.csv");
-        let mut csv = format!("truth\\predicted,{}\n", names.join(","));
-        for (name, row) in names.iter().zip(&confusion) {
-            let cells: Vec<String> = row.iter().map(u64::to_string).collect();
-            csv.push_str(&format!("{name},{}\n", cells.join(",")));
-        }
-        voc_core::write_atomic(&csv_path, |f| std::io::Write::write_all(f, csv.as_bytes()))?;
         let png_path = dir.join("confusion.png");
         let title = format!(
             "confusion, split {}, {} images",
             index.name,
             scores.images()
         );
-        voc_data::chart::render_confusion(&title, &names, &confusion)?.write_png(&png_path)?;
+        voc_data::chart::write_confusion(&csv_path, &png_path, &title, &names, &confusion)?;
         written = vec![csv_path, png_path];
     }
     let iou = scores.class_iou();

@@ -8,10 +8,14 @@ use indicatif::ProgressBar;
 use voc_classify::metrics::ThresholdRule;
 use voc_classify::models::{model_names, ModelChoice};
 use voc_classify::train::{
-    self, Augment, BnMode, ClassWeights, EpochRecord, Geometry, OptimizerKind, ScheduleKind,
-    TrainConfig, TrainMode, TrainObserver, TrainOptions, Unfreeze, Validation,
+    self, Augment, BnMode, ClassWeights, Geometry, OptimizerKind, ScheduleKind, TrainConfig,
+    TrainMode, TrainObserver, TrainOptions, Unfreeze, Validation,
 };
 use voc_classify::HeadKind;
+use voc_segment::train::{
+    train_segmenter, Monitor, SegAugment, SegBackbone, SegBatchNorm, SegClassWeights, SegModel,
+    SegOptimizer, SegSchedule, SegTrainConfig, SegTrainOptions, SegTrainable, SegValidation,
+};
 use voc_tensor::hub::HubCache;
 use voc_tensor::DeviceSpec;
 
@@ -26,6 +30,10 @@ enum TrainCommand {
     /// Train a multi-label classifier of the 20 VOC classes: RUN gets best/last checkpoints (with
     /// thresholds tuned on validation), metrics.jsonl, curves.png and what --resume needs.
     Classify(Box<ClassifyArgs>),
+    /// Train a segmenter of the 21 mask classes (DeepLabV3+ or DeepLabV3 on MobileNetV2): RUN gets
+    /// best/last checkpoints (for `voc predict --segmenter`), metrics.jsonl, curves.png, the best
+    /// epoch's confusion matrix and what --resume needs.
+    Segment(Box<SegmentArgs>),
 }
 
 fn parse<T: std::str::FromStr>(s: &str) -> Result<T, String>
@@ -200,6 +208,7 @@ impl ClassifyArgs {
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     match args.what {
         TrainCommand::Classify(a) => classify(*a),
+        TrainCommand::Segment(a) => segment(*a),
     }
 }
 
@@ -305,6 +314,280 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every flag but the paths is optional: a new run fills in the defaults of its model and backbone,
+/// a resumed run takes its saved configuration, and a flag given with --resume must agree with it.
+#[derive(Args)]
+pub struct SegmentArgs {
+    /// Competition data folder whose splits have masks (train/seg/train_{Id}.npy, ...).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Network: deeplabv3plus (ASPP + decoder on stride-4 features) or deeplabv3.
+    #[arg(long, value_parser = parse::<SegModel>)]
+    model: Option<SegModel>,
+    /// Starting weights: imagenet (the ImageNet MobileNetV2, new head: the notebook's recipe), voc
+    /// (the pretrained VOC DeepLabV3: its backbone, or all of it with --model deeplabv3) or random.
+    #[arg(long, value_parser = parse::<SegBackbone>)]
+    backbone: Option<SegBackbone>,
+    /// The starting weights from this file (safetensors or PyTorch .bin, named as in the hub repo
+    /// --backbone names) instead of the hub.
+    #[arg(long, value_name = "FILE")]
+    weights: Option<PathBuf>,
+    /// Run folder to create.
+    #[arg(long, conflicts_with = "resume")]
+    out: Option<PathBuf>,
+    /// Continue the run in this folder from its last saved epoch, with its configuration.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// 16 or 8 (8: finer masks, about 3x the compute).
+    #[arg(long)]
+    output_stride: Option<usize>,
+    /// Which weights train: head (the backbone frozen) or all.
+    #[arg(long, value_parser = parse::<SegTrainable>)]
+    train: Option<SegTrainable>,
+    /// Batch norms with batch statistics: frozen (none; needed for the folded offline weights), head
+    /// (the new head's) or all.
+    #[arg(long, value_parser = parse::<SegBatchNorm>)]
+    bn: Option<SegBatchNorm>,
+    /// Epochs (early stopping may end the run sooner).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Crops per batch.
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Side of the square training crops (up to 513; smaller images are padded with void).
+    #[arg(long)]
+    crop: Option<usize>,
+    /// Random scale range before cropping, MIN,MAX (default 0.5,2.0).
+    #[arg(long, value_parser = parse_range)]
+    scale: Option<(f32, f32)>,
+    /// Training augmentation: standard (scale, crop, flip, colour jitter) or none (crop only).
+    #[arg(long, value_parser = parse::<SegAugment>)]
+    augment: Option<SegAugment>,
+    /// Probability of pasting another training crop's objects (with their masks) over a crop.
+    #[arg(long)]
+    copy_paste: Option<f32>,
+    /// adam (the notebook's) or sgd (momentum 0.9, DeepLab's).
+    #[arg(long, value_parser = parse::<SegOptimizer>)]
+    optimizer: Option<SegOptimizer>,
+    /// Learning rate.
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Weight decay of kernels (added to the gradient).
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    /// plateau (ReduceLROnPlateau on --monitor, the notebook's), poly (DeepLab's) or constant.
+    #[arg(long, value_parser = parse::<SegSchedule>)]
+    schedule: Option<SegSchedule>,
+    /// Plateau schedule: multiplier of each cut (default 0.5).
+    #[arg(long)]
+    plateau_factor: Option<f64>,
+    /// Plateau schedule: epochs without improvement before a cut (default 3).
+    #[arg(long)]
+    plateau_patience: Option<usize>,
+    /// Plateau schedule: the lowest learning rate (default 1e-6).
+    #[arg(long)]
+    min_lr: Option<f64>,
+    /// What early stopping, the plateau schedule and best.safetensors follow: val_loss or val_miou.
+    #[arg(long, value_parser = parse::<Monitor>)]
+    monitor: Option<Monitor>,
+    /// Stop after this many epochs without improvement (0: never; default 5).
+    #[arg(long)]
+    patience: Option<usize>,
+    /// Cross-entropy class weights: none or median-freq.
+    #[arg(long, value_parser = parse::<SegClassWeights>)]
+    class_weights: Option<SegClassWeights>,
+    /// Weight of a soft-Dice term added to the cross-entropy (0: none).
+    #[arg(long)]
+    dice_weight: Option<f64>,
+    /// How validation images are fitted to the network, as `voc predict --size-strategy`.
+    #[arg(long)]
+    val_size: Option<String>,
+    /// Validate on this labelled split of --data with masks (e.g. `test` after `voc data convert`).
+    #[arg(long, conflicts_with = "val_fraction")]
+    val_split: Option<String>,
+    /// Validate on a stratified, seeded fraction of train (default 0.2).
+    #[arg(long)]
+    val_fraction: Option<f64>,
+    /// Seed of every random choice (initialisation, shuffles, augmentation, validation split).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: DeviceSpec,
+    /// Threads preparing batches.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Print the summary as one JSON line.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_range(s: &str) -> Result<(f32, f32), String> {
+    let (a, b) = s
+        .split_once(',')
+        .ok_or_else(|| format!("'{s}': expected MIN,MAX, e.g. 0.5,2.0"))?;
+    let num = |v: &str| {
+        v.trim()
+            .parse::<f32>()
+            .map_err(|_| format!("'{s}': '{v}' is not a number"))
+    };
+    Ok((num(a)?, num(b)?))
+}
+
+impl SegmentArgs {
+    /// `c` with every flag given on the command line applied.
+    fn apply(&self, mut c: SegTrainConfig) -> SegTrainConfig {
+        macro_rules! set {
+            ($($field:ident),+ $(,)?) => {$(
+                if let Some(v) = &self.$field {
+                    c.$field = v.clone();
+                }
+            )+};
+        }
+        set!(
+            output_stride,
+            train,
+            bn,
+            epochs,
+            batch,
+            crop,
+            scale,
+            augment,
+            copy_paste,
+            optimizer,
+            lr,
+            weight_decay,
+            schedule,
+            plateau_factor,
+            plateau_patience,
+            min_lr,
+            monitor,
+            patience,
+            class_weights,
+            dice_weight,
+            val_size,
+            seed,
+        );
+        if let Some(w) = &self.weights {
+            c.weights = Some(w.clone());
+        }
+        if let Some(s) = &self.val_split {
+            c.validation = SegValidation::Split(s.clone());
+        }
+        if let Some(f) = self.val_fraction {
+            c.validation = SegValidation::Fraction(f);
+        }
+        c
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct SavedSegRun {
+    config: SegTrainConfig,
+    data: PathBuf,
+}
+
+fn segment(args: SegmentArgs) -> anyhow::Result<()> {
+    let device = args.device.open()?;
+    let (config, data, out, resume) = match &args.resume {
+        Some(run) => {
+            let path = run.join("config.json");
+            let text = std::fs::read_to_string(&path).with_context(|| {
+                format!(
+                    "--resume {}: no run there (cannot read {})",
+                    run.display(),
+                    path.display()
+                )
+            })?;
+            let saved: SavedSegRun = serde_json::from_str(&text).with_context(|| {
+                format!("{}: not a voc segmentation training config", path.display())
+            })?;
+            for (given, flag, saved_value) in [
+                (
+                    args.model.map(|m| m.name()),
+                    "--model",
+                    saved.config.model.name(),
+                ),
+                (
+                    args.backbone.map(|b| b.name()),
+                    "--backbone",
+                    saved.config.backbone.name(),
+                ),
+            ] {
+                if let Some(g) = given {
+                    if g != saved_value {
+                        bail!(
+                            "--resume {}: the run was started with {flag} {saved_value}, not {g}",
+                            run.display()
+                        );
+                    }
+                }
+            }
+            let config = args.apply(saved.config.clone());
+            let data = args.data.clone().unwrap_or(saved.data);
+            (config, data, run.clone(), true)
+        }
+        None => {
+            let Some(out) = args.out.clone() else {
+                bail!("--out RUN (a new run folder) or --resume RUN is required");
+            };
+            let Some(data) = args.data.clone() else {
+                bail!("--data DIR is required (the competition-layout data folder, with masks)");
+            };
+            let model = args.model.unwrap_or(SegModel::Deeplabv3plus);
+            let backbone = args.backbone.unwrap_or(SegBackbone::Imagenet);
+            (
+                args.apply(SegTrainConfig::defaults(model, backbone)),
+                data,
+                out,
+                false,
+            )
+        }
+    };
+    let opts = SegTrainOptions {
+        data,
+        out: out.clone(),
+        device,
+        workers: args.workers.max(1),
+        resume,
+        hub: HubCache::from_env(),
+    };
+    let mut observer = Bars::default();
+    let summary = train_segmenter(&config, &opts, &mut observer).with_context(|| {
+        format!(
+            "training {} (backbone {}) into {}",
+            config.model,
+            config.backbone,
+            out.display()
+        )
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        let best = summary.best_record.as_ref().map_or(String::new(), |r| {
+            format!(
+                ": best validation pixel accuracy {:.4}, mIoU {:.4} (20 classes {:.4}), Dice {:.4} at epoch {}",
+                r.val_pixel_accuracy, r.val_miou, r.val_miou_classes, r.val_dice, r.epoch
+            )
+        });
+        println!(
+            "trained {} (backbone {}) for {} epochs on {} images{best}{} -> {} (curves: {})",
+            config.model,
+            config.backbone,
+            summary.epochs,
+            summary.images.0,
+            if summary.stopped_early {
+                " (stopped early)"
+            } else {
+                ""
+            },
+            summary.best.display(),
+            out.join("curves.png").display(),
+        );
+    }
+    Ok(())
+}
+
 /// Progress bars on stderr: one per stage, and a line per finished epoch.
 #[derive(Default)]
 struct Bars {
@@ -333,10 +616,7 @@ impl TrainObserver for Bars {
         }
     }
 
-    fn epoch(&mut self, r: &EpochRecord) {
-        eprintln!(
-            "epoch {:>3} {:<8} train loss {:.4}  val loss {:.4}  mAP {:.3}  Dice {:.3}  F1 {:.3}  lr {:.2e}  {:.1}s ({:.0} img/s)",
-            r.epoch, r.phase, r.train_loss, r.val_loss, r.val_map, r.val_dice, r.val_macro_f1, r.lr, r.seconds, r.images_per_s
-        );
+    fn epoch(&mut self, summary: &str) {
+        eprintln!("{summary}");
     }
 }

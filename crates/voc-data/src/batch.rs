@@ -44,6 +44,10 @@ pub struct BatchConfig {
     pub normalize: Normalization,
     /// Include masks (as u32) when the dataset has them.
     pub masks: bool,
+    /// Copy-paste augmentation (Ghiasi et al. 2021): with this probability, a sample gets the object
+    /// pixels (mask 1..=20) of another sample of the dataset, augmented on its own, pasted over it,
+    /// image and mask alike. Needs masks; 0 turns it off.
+    pub copy_paste: f32,
 }
 
 impl Default for BatchConfig {
@@ -59,6 +63,7 @@ impl Default for BatchConfig {
             augment: AugmentConfig::default(),
             normalize: Normalization::IMAGENET,
             masks: true,
+            copy_paste: 0.0,
         }
     }
 }
@@ -316,6 +321,56 @@ impl Drop for EpochIter {
     }
 }
 
+/// Copy-paste: with probability `config.copy_paste` (drawn from `seed`), the object pixels of another
+/// sample (chosen from `seed`, augmented with its own seed) overwrite `image` and `mask` where the two
+/// canvases overlap (top-left aligned).
+fn paste_objects(
+    dataset: &Dataset,
+    config: &BatchConfig,
+    epoch: usize,
+    index: usize,
+    seed: u64,
+    image: &mut ndarray::Array3<u8>,
+    mask: &mut ndarray::Array2<u8>,
+) -> Result<()> {
+    use rand::Rng;
+    if config.copy_paste <= 0.0 || dataset.len() < 2 {
+        return Ok(());
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0xC0FF_EE00_C0FF_EE00);
+    if rng.gen::<f32>() >= config.copy_paste {
+        return Ok(());
+    }
+    let mut other = rng.gen_range(0..dataset.len() - 1);
+    if other >= index {
+        other += 1;
+    }
+    let donor = dataset.get(other)?;
+    let Some(donor_mask) = donor.mask.as_ref() else {
+        return Ok(());
+    };
+    let donor_seed = sample_seed(config.seed, epoch, other) ^ rng.gen::<u64>();
+    let (donor_image, donor_mask) =
+        config
+            .augment
+            .augment(donor.image.view(), Some(donor_mask.view()), donor_seed);
+    let donor_mask = donor_mask.expect("a mask in gives a mask out");
+    let h = mask.dim().0.min(donor_mask.dim().0);
+    let w = mask.dim().1.min(donor_mask.dim().1);
+    for y in 0..h {
+        for x in 0..w {
+            let class = donor_mask[(y, x)];
+            if class != 0 && class != VOID {
+                mask[(y, x)] = class;
+                for c in 0..3 {
+                    image[(y, x, c)] = donor_image[(y, x, c)];
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 fn make_batch(
     dataset: &Dataset,
     config: &BatchConfig,
@@ -336,11 +391,11 @@ fn make_batch(
         } else {
             None
         };
-        let (image, mask) = config.augment.augment(
-            sample.image.view(),
-            mask,
-            sample_seed(config.seed, epoch, i),
-        );
+        let seed = sample_seed(config.seed, epoch, i);
+        let (mut image, mut mask) = config.augment.augment(sample.image.view(), mask, seed);
+        if let Some(m) = mask.as_mut() {
+            paste_objects(dataset, config, epoch, i, seed, &mut image, m)?;
+        }
         images.push(image);
         masks.push(mask);
         match sample.labels {

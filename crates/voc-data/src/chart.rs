@@ -863,6 +863,26 @@ pub(crate) fn panel_axes(panel: &Panel, width: usize, height: usize) -> Axes {
     layout(panel, width, height).expect("panel layout").axes
 }
 
+/// Writes a confusion matrix as `csv` (a header row of the predicted classes, then one row per true
+/// class: `truth\\predicted,NAME,...`) and as the [`render_confusion`] picture at `png`, each atomically.
+pub fn write_confusion(
+    csv: &Path,
+    png: &Path,
+    title: &str,
+    names: &[String],
+    counts: &[Vec<u64>],
+) -> Result<()> {
+    let image = render_confusion(title, names, counts)?;
+    let mut text = format!("truth\\predicted,{}\n", names.join(","));
+    for (name, row) in names.iter().zip(counts) {
+        let cells: Vec<String> = row.iter().map(u64::to_string).collect();
+        text.push_str(&format!("{name},{}\n", cells.join(",")));
+    }
+    voc_core::write_atomic(csv, |f| std::io::Write::write_all(f, text.as_bytes()))?;
+    image.write_png(png)?;
+    Ok(())
+}
+
 /// A confusion matrix as a picture: one row per true class, one column per predicted class (numbered
 /// as `names`' indices, the legend of numbers on the left), each cell shaded by its share of the true
 /// class's pixels (white 0 to dark blue 1) and labelled with that share in percent when it is at least

@@ -130,7 +130,14 @@ impl DeepLabV3 {
     /// Logits `N x classes x h x w` at the output stride for an `N x 3 x H x W` batch:
     /// `h = ceil(H / output_stride)`. `train`: batch norms use batch statistics, dropout is on.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let features = self.backbone.features_t(x, train)?.stride32;
+        self.forward_modes(x, train, train)
+    }
+
+    /// [`Self::forward_t`] with the backbone's and the head's modes apart: a pretrained backbone keeps
+    /// its batch norms frozen (`backbone_train == false`) while a new head learns batch statistics
+    /// (`train`, which also turns dropout on).
+    pub fn forward_modes(&self, x: &Tensor, backbone_train: bool, train: bool) -> Result<Tensor> {
+        let features = self.backbone.features_t(x, backbone_train)?.stride32;
         let pooled =
             head::image_pool(&self.conv_pool, &features, self.config.head_channels, train)?;
         let aspp = self.conv_aspp.forward_t(&features, train)?;

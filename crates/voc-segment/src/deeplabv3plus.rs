@@ -201,8 +201,15 @@ impl DeepLabV3Plus {
     /// Logits `N x classes x H x W` at the input size for an `N x 3 x H x W` batch. `train`: batch norms
     /// use batch statistics, dropout is on.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_modes(x, train, train)
+    }
+
+    /// [`Self::forward_t`] with the backbone's and the decoder's modes apart: a pretrained backbone
+    /// keeps its batch norms frozen (`backbone_train == false`) while a new decoder learns batch
+    /// statistics (`head_train`, which also turns dropout on).
+    pub fn forward_modes(&self, x: &Tensor, backbone_train: bool, train: bool) -> Result<Tensor> {
         let (_, _, in_h, in_w) = x.dims4()?;
-        let features = self.backbone.features_t(x, train)?;
+        let features = self.backbone.features_t(x, backbone_train)?;
         let high = &features.stride32;
         let mut branches = vec![self.aspp_1x1.forward_t(high, train)?];
         for atrous in &self.aspp_atrous {

@@ -20,6 +20,11 @@ pub enum SegmentError {
     #[error(transparent)]
     Tensor(#[from] voc_tensor::VocError),
 
+    /// An error of the data layer (a data folder, split, image or mask that cannot be used), naming
+    /// the file.
+    #[error(transparent)]
+    Data(#[from] voc_data::DataError),
+
     /// A candle tensor operation failed.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -109,6 +109,20 @@ impl SegmentationNet {
         }
     }
 
+    /// [`Self::forward_t`] with the backbone's and the head's training modes apart (see
+    /// [`DeepLabV3Plus::forward_modes`]).
+    pub fn forward_modes(
+        &self,
+        x: &Tensor,
+        backbone_train: bool,
+        head_train: bool,
+    ) -> Result<Tensor> {
+        match self {
+            Self::DeepLabV3(m) => m.forward_modes(x, backbone_train, head_train),
+            Self::DeepLabV3Plus(m) => m.forward_modes(x, backbone_train, head_train),
+        }
+    }
+
     /// Logits at `out_h x out_w`, upsampled the way each network was trained (DeepLabV3:
     /// `align_corners=True` from the output stride; DeepLabV3+: its own `align_corners=False` resize to the
     /// input, then to `out_h x out_w` if that differs).

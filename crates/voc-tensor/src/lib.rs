@@ -10,6 +10,7 @@ pub mod nn;
 pub mod ops;
 pub mod optim;
 pub mod preprocess;
+pub mod run;
 mod simd;
 pub mod testing;
 

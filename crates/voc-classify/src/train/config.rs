@@ -378,52 +378,13 @@ impl TrainConfig {
 
     /// The fields in which `other` differs from `self`, as `name: ours -> theirs` (resume checks).
     pub fn differences(&self, other: &Self) -> Vec<String> {
-        let (a, b) = (
-            serde_json::to_value(self).unwrap_or_default(),
-            serde_json::to_value(other).unwrap_or_default(),
-        );
-        let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
-            return vec!["config".into()];
-        };
-        a.iter()
-            .filter(|(k, v)| b.get(*k) != Some(v))
-            .map(|(k, v)| format!("{k}: {v} -> {}", b.get(k).cloned().unwrap_or_default()))
-            .collect()
+        voc_tensor::run::json_differences(self, other)
     }
 }
 
 macro_rules! cli_enum {
-    ($ty:ident, $what:literal, [$($variant:ident = $name:literal),+ $(,)?]) => {
-        impl $ty {
-            /// The names accepted on the command line.
-            pub const NAMES: &'static [&'static str] = &[$($name),+];
-
-            /// The command-line name.
-            pub fn name(self) -> &'static str {
-                match self { $(Self::$variant => $name),+ }
-            }
-        }
-
-        impl fmt::Display for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.name())
-            }
-        }
-
-        impl FromStr for $ty {
-            type Err = ClassifyError;
-
-            fn from_str(s: &str) -> Result<Self> {
-                match s.to_ascii_lowercase().as_str() {
-                    $($name => Ok(Self::$variant),)+
-                    _ => Err(ClassifyError::BadArgument(format!(
-                        concat!("unknown ", $what, " '{}': expected one of {}"),
-                        s,
-                        Self::NAMES.join(", ")
-                    ))),
-                }
-            }
-        }
+    ($ty:ident, $what:literal, [$($choices:tt)*]) => {
+        voc_core::cli_enum!($ty, $what, ClassifyError, [$($choices)*]);
     };
 }
 

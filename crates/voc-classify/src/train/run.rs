@@ -24,6 +24,8 @@ use voc_data::{
 use voc_tensor::checkpoint::{self, CheckpointMeta};
 use voc_tensor::hub::{self, HubCache};
 use voc_tensor::optim::{EarlyStopping, LrSchedule, Mode, ReduceLrOnPlateau};
+use voc_tensor::run::{self as run_folder, Resumed, SaveThrottle, SavedRun};
+pub use voc_tensor::run::{Quiet, RunPaths, TrainObserver};
 
 use crate::error::{ClassifyError, Result};
 use crate::head::HeadKind;
@@ -35,44 +37,6 @@ use crate::train::params::fnv1a;
 
 /// Batch size of the feature pass (the backbone in eval mode).
 const FEATURE_BATCH: usize = 16;
-
-/// The files of a run folder.
-#[derive(Debug, Clone)]
-pub struct RunPaths {
-    /// The folder.
-    pub dir: PathBuf,
-}
-
-impl RunPaths {
-    /// `RUN/config.json`.
-    pub fn config(&self) -> PathBuf {
-        self.dir.join("config.json")
-    }
-    /// `RUN/metrics.jsonl`.
-    pub fn metrics(&self) -> PathBuf {
-        self.dir.join("metrics.jsonl")
-    }
-    /// `RUN/best.safetensors`.
-    pub fn best(&self) -> PathBuf {
-        self.dir.join("best.safetensors")
-    }
-    /// `RUN/last.safetensors`.
-    pub fn last(&self) -> PathBuf {
-        self.dir.join("last.safetensors")
-    }
-    /// `RUN/resume.safetensors`.
-    pub fn resume(&self) -> PathBuf {
-        self.dir.join("resume.safetensors")
-    }
-    /// `RUN/curves.png`.
-    pub fn curves(&self) -> PathBuf {
-        self.dir.join("curves.png")
-    }
-    /// `RUN/features.safetensors`.
-    pub fn features(&self) -> PathBuf {
-        self.dir.join("features.safetensors")
-    }
-}
 
 /// One epoch, as a line of `metrics.jsonl`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -103,21 +67,16 @@ pub struct EpochRecord {
     pub images_per_s: f64,
 }
 
-/// Progress reports from a run (the CLI draws progress bars; tests ignore them).
-pub trait TrainObserver {
-    /// A stage of `total` steps starts (`what`: e.g. "epoch 3/10").
-    fn start(&mut self, _what: &str, _total: usize) {}
-    /// `n` more steps of the stage are done; `loss` is the running training loss, when there is one.
-    fn advance(&mut self, _n: usize, _loss: Option<f64>) {}
-    /// The stage is over.
-    fn finish(&mut self) {}
-    /// An epoch ended and its files are written.
-    fn epoch(&mut self, _record: &EpochRecord) {}
+impl EpochRecord {
+    /// The epoch in one line, as the CLI prints it.
+    pub fn summary(&self) -> String {
+        format!(
+            "epoch {:>3} {:<8} train loss {:.4}  val loss {:.4}  mAP {:.3}  Dice {:.3}  F1 {:.3}  lr {:.2e}  {:.1}s ({:.0} img/s)",
+            self.epoch, self.phase, self.train_loss, self.val_loss, self.val_map, self.val_dice,
+            self.val_macro_f1, self.lr, self.seconds, self.images_per_s
+        )
+    }
 }
-
-/// An observer that ignores everything.
-pub struct Quiet;
-impl TrainObserver for Quiet {}
 
 /// Where a run reads and writes, and on what.
 #[derive(Debug, Clone)]
@@ -157,12 +116,6 @@ pub struct TrainSummary {
     pub images: (usize, usize),
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct SavedConfig {
-    config: TrainConfig,
-    data: PathBuf,
-}
-
 /// Counters a resumed run continues from (in `resume.safetensors`'s metadata).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct ResumeState {
@@ -175,20 +128,6 @@ struct ResumeState {
     early_stop: Option<EarlyStopping>,
     plateau: Option<ReduceLrOnPlateau>,
 }
-
-/// A saved run's counters, weights and optimiser state.
-type Resumed = (
-    ResumeState,
-    HashMap<String, Tensor>,
-    HashMap<String, Tensor>,
-);
-
-const OPTIMIZER_PREFIX: &str = "optimizer::";
-
-/// Between two writes of the run's checkpoints, at least this long (unless the phase ends): a head
-/// epoch on cached features takes milliseconds, and rewriting a 0.5 GB VGG16 checkpoint after each of
-/// them would cost far more than the training. A killed run loses at most this much work.
-const MIN_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The data of a run: training and validation images with their 0/1 label rows.
 struct RunData {
@@ -278,6 +217,7 @@ fn loader(
             augment,
             normalize: choice.normalization(),
             masks: false,
+            copy_paste: 0.0,
         },
         opts.device.clone(),
     )?)
@@ -503,54 +443,14 @@ pub fn train_classifier(
     // The model first: an unknown name is an error listing the known ones, whatever the mode.
     let choice = ModelChoice::by_name(&config.model)?;
     config.validate()?;
-    let paths = RunPaths {
-        dir: opts.out.clone(),
-    };
-    let saved = SavedConfig {
+    let paths = RunPaths::new(&opts.out);
+    let saved = SavedRun {
         config: config.clone(),
         data: opts.data.clone(),
     };
-    if opts.resume {
-        let text = std::fs::read_to_string(paths.config()).map_err(|e| {
-            ClassifyError::BadArgument(format!(
-                "--resume {}: no run there ({}: {e})",
-                paths.dir.display(),
-                paths.config().display()
-            ))
-        })?;
-        let previous: SavedConfig =
-            serde_json::from_str(&text).map_err(|e| ClassifyError::BadConfig {
-                path: paths.config(),
-                message: format!("not a voc training config: {e}"),
-            })?;
-        let same_folder = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => a == b,
-        };
-        if !same_folder(&previous.data, &opts.data) {
-            return Err(ClassifyError::BadArgument(format!(
-                "--resume {}: the run trains on {}, not {}",
-                paths.dir.display(),
-                previous.data.display(),
-                opts.data.display()
-            )));
-        }
-        let diff = previous.config.differences(config);
-        if !diff.is_empty() {
-            return Err(ClassifyError::BadArgument(format!(
-                "--resume {}: the run was started with another configuration ({}); resume with the same flags or start a new run",
-                paths.dir.display(),
-                diff.join("; ")
-            )));
-        }
-    } else {
-        if paths.config().exists() {
-            return Err(ClassifyError::BadArgument(format!(
-                "{} already holds a training run: continue it with --resume or choose another --out",
-                paths.dir.display()
-            )));
-        }
-    }
+    run_folder::check_run(&paths, &opts.data, config, opts.resume, |a, b| {
+        a.differences(b)
+    })?;
 
     // The data and the pretrained weights before RUN/config.json: a run that cannot start (bad data,
     // weights not found) must not leave a run behind.
@@ -558,14 +458,7 @@ pub fn train_classifier(
     let mut pretrained = None;
     if !opts.resume {
         pretrained = Some(pretrained_backbone(choice, config, opts)?);
-        std::fs::create_dir_all(&paths.dir).map_err(|e| {
-            ClassifyError::BadArgument(format!("cannot create {}: {e}", paths.dir.display()))
-        })?;
-        let json = serde_json::to_string_pretty(&saved)
-            .map_err(|e| ClassifyError::BadArgument(e.to_string()))?;
-        voc_core::write_atomic(&paths.config(), |f| {
-            std::io::Write::write_all(f, json.as_bytes())
-        })?;
+        run_folder::create_run(&paths, &saved)?;
     }
     let pos_weight = match config.class_weights {
         ClassWeights::Balanced => Some(Tensor::new(&data.train_stats.pos_weights(), &opts.device)?),
@@ -592,40 +485,28 @@ pub fn train_classifier(
     .filter(|(_, first, last)| first <= last)
     .collect();
 
-    let mut resume: Option<Resumed> = None;
+    let mut resume: Option<Resumed<ResumeState>> = None;
     let mut records: Vec<EpochRecord> = Vec::new();
     if opts.resume && paths.resume().is_file() {
-        let (tensors, meta) = checkpoint::load_checkpoint(&paths.resume(), &opts.device)?;
-        let state: ResumeState =
-            serde_json::from_value(meta.extra.clone()).map_err(|e| ClassifyError::BadConfig {
-                path: paths.resume(),
-                message: format!("no resume state: {e}"),
-            })?;
-        let (opt_state, weights): (HashMap<_, _>, HashMap<_, _>) = tensors
-            .into_iter()
-            .partition(|(k, _)| k.starts_with(OPTIMIZER_PREFIX));
-        let opt_state = opt_state
-            .into_iter()
-            .map(|(k, v)| (k[OPTIMIZER_PREFIX.len()..].to_string(), v))
-            .collect();
+        let saved: Resumed<ResumeState> = run_folder::load_resume(&paths.resume(), &opts.device)?;
         records = read_records(&paths.metrics())?
             .into_iter()
-            .filter(|r| r.epoch <= state.epoch)
+            .filter(|r| r.epoch <= saved.state.epoch)
             .collect();
-        write_records(&paths.metrics(), &records)?;
-        resume = Some((state, weights, opt_state));
+        run_folder::write_jsonl(&paths.metrics(), &records)?;
+        resume = Some(saved);
     } else if opts.resume {
         // Killed before the first epoch ended: start over in the same folder.
-        write_records(&paths.metrics(), &[])?;
+        run_folder::write_jsonl::<EpochRecord>(&paths.metrics(), &[])?;
     }
 
-    let mut best_map = resume.as_ref().and_then(|r| r.0.best_map);
-    let mut best_epoch = resume.as_ref().map_or(0, |r| r.0.best_epoch);
-    let mut best_dice = resume.as_ref().map_or(0.0, |r| r.0.best_dice);
-    let done = resume.as_ref().map_or(0, |r| r.0.epoch);
+    let mut best_map = resume.as_ref().and_then(|r| r.state.best_map);
+    let mut best_epoch = resume.as_ref().map_or(0, |r| r.state.best_epoch);
+    let mut best_dice = resume.as_ref().map_or(0.0, |r| r.state.best_dice);
+    let done = resume.as_ref().map_or(0, |r| r.state.epoch);
     let mut stopped_early = false;
     let mut values: HashMap<String, Tensor> = match &resume {
-        Some((_, weights, _)) => weights.clone(),
+        Some(r) => r.weights.clone(),
         None => match pretrained.take() {
             Some(weights) => weights,
             None => pretrained_backbone(choice, config, opts)?,
@@ -635,7 +516,9 @@ pub fn train_classifier(
 
     'phases: for (phase, first, last) in phases {
         if last <= done {
-            let resumed_in_this_phase = resume.as_ref().is_some_and(|r| r.0.phase == phase.name());
+            let resumed_in_this_phase = resume
+                .as_ref()
+                .is_some_and(|r| r.state.phase == phase.name());
             if phase == Phase::Head && resumed_in_this_phase {
                 // The run stopped right at the end of the head phase: its saved head is the
                 // standardised one, which the next phase needs folded.
@@ -694,7 +577,12 @@ pub fn train_classifier(
         let mut early_stop =
             (config.patience > 0).then(|| EarlyStopping::new(Mode::Max, config.patience, 0.0));
         let mut start = first;
-        if let Some((state, _, opt_state)) = &resume {
+        if let Some(Resumed {
+            state,
+            optimizer: opt_state,
+            ..
+        }) = &resume
+        {
             if state.epoch >= first && state.phase == phase.name() {
                 learner.load_optimizer_state(opt_state)?;
                 learner.set_learning_rate(state.lr);
@@ -738,7 +626,7 @@ pub fn train_classifier(
             &opts.device,
         )?;
 
-        let mut last_save: Option<Instant> = None;
+        let mut throttle = SaveThrottle::default();
         let mut pending_best: Option<(HashMap<String, Tensor>, CheckpointMeta)> = None;
         for epoch in start..=last {
             let t0 = Instant::now();
@@ -881,35 +769,32 @@ pub fn train_classifier(
                 early_stop: early_stop.clone(),
                 plateau: plateau.clone(),
             };
-            let mut resume_tensors = raw_weights;
-            for (k, v) in learner.optimizer_state()? {
-                resume_tensors.insert(format!("{OPTIMIZER_PREFIX}{k}"), v);
-            }
-            let mut meta = classifier_meta(choice, config, &thresholds, &record);
+            let meta = classifier_meta(choice, config, &thresholds, &record);
             let checkpoint_meta = meta.clone();
             if improved {
                 pending_best = Some((weights.clone(), checkpoint_meta.clone()));
             }
-            meta.extra = serde_json::to_value(&state)
-                .map_err(|e| ClassifyError::BadArgument(e.to_string()))?;
-            // Written after a phase's first epoch (a loadable run as soon as possible), its last, an
-            // early stop, and otherwise at most every MIN_SAVE_INTERVAL. The best weights wait in
-            // memory until then; the resume state saved with them names the same best epoch, and a
-            // resumed run replays the epochs after it exactly.
-            let save =
-                last_save.is_none_or(|t| t.elapsed() >= MIN_SAVE_INTERVAL) || epoch == last || stop;
-            if save {
+            // The best weights wait in memory until the throttle lets the files be written; the
+            // resume state saved with them names the same best epoch, and a resumed run replays the
+            // epochs after it exactly.
+            if throttle.due(epoch == last || stop) {
                 if let Some((best, best_meta)) = pending_best.take() {
                     checkpoint::save_checkpoint_tensors(&paths.best(), &best, &best_meta)?;
                 }
-                checkpoint::save_checkpoint_tensors(&paths.resume(), &resume_tensors, &meta)?;
+                run_folder::save_resume(
+                    &paths.resume(),
+                    &raw_weights,
+                    learner.optimizer_state()?,
+                    meta,
+                    &state,
+                )?;
                 checkpoint::save_checkpoint_tensors(&paths.last(), &weights, &checkpoint_meta)?;
-                last_save = Some(Instant::now());
+                throttle.saved();
             }
             records.push(record.clone());
-            write_records(&paths.metrics(), &records)?;
+            run_folder::write_jsonl(&paths.metrics(), &records)?;
             write_curves(&paths.curves(), &records)?;
-            observer.epoch(&record);
+            observer.epoch(&record.summary());
             epochs_run = epoch;
             if stop {
                 stopped_early = true;
@@ -1005,41 +890,10 @@ fn classifier_meta(
     meta
 }
 
-/// The records of `metrics.jsonl` (none when it does not exist); a malformed line is an error naming it.
+/// The records of `metrics.jsonl` (none when it does not exist); a malformed line is an error naming
+/// it, a torn last line is dropped.
 pub fn read_records(path: &Path) -> Result<Vec<EpochRecord>> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(ClassifyError::BadArgument(format!(
-                "cannot read {}: {e}",
-                path.display()
-            )))
-        }
-    };
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| ClassifyError::BadConfig {
-                path: path.to_path_buf(),
-                message: format!("line {}: {e}", i + 1),
-            })
-        })
-        .collect()
-}
-
-fn write_records(path: &Path, records: &[EpochRecord]) -> Result<()> {
-    let mut text = String::new();
-    for r in records {
-        text.push_str(
-            &serde_json::to_string(r).map_err(|e| ClassifyError::BadArgument(e.to_string()))?,
-        );
-        text.push('\n');
-    }
-    Ok(voc_core::write_atomic(path, |f| {
-        std::io::Write::write_all(f, text.as_bytes())
-    })?)
+    Ok(run_folder::read_jsonl(path)?)
 }
 
 /// `curves.png`: losses, validation scores and the learning rate per epoch.

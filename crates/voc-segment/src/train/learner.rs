@@ -1,28 +1,11 @@
-//! One training step of a segmenter: the learner `voc train segment` is built on.
+//! One training step of a segmenter: the learner [`crate::train::train_segmenter`] is built on.
 //!
 //! A [`SegLearner`] holds a DeepLabV3 or DeepLabV3+ built over a mix of constants and variables
 //! (`voc_classify::train::build_mixed`: the frozen part costs no gradient), its optimiser, and the
-//! loss: pixel-wise cross-entropy ignoring VOC's void label (255), with optional per-class weights.
-//! Which weights train is a name rule ([`SegTrainable`]); batch norm runs in training mode only when
-//! asked ([`SegLearnerConfig::bn_train`]): the offline pretrained weights have their batch norms folded,
-//! which batch statistics would destroy, so the default is frozen (eval-mode) batch norm.
-//!
-//! ```
-//! use std::collections::HashMap;
-//! use candle_core::{DType, Device, Tensor};
-//! use voc_segment::train::{SegArch, SegLearner, SegLearnerConfig, SegTrainable};
-//! use voc_segment::DeepLabV3PlusConfig;
-//!
-//! // A fresh DeepLabV3+ (no pretrained weights: every tensor is a seeded variable).
-//! let arch = SegArch::DeepLabV3Plus(DeepLabV3PlusConfig::default());
-//! let config = SegLearnerConfig::default();
-//! let mut learner = SegLearner::new(arch, HashMap::new(), SegTrainable::All, 0, &config, &Device::Cpu)?;
-//! let x = Tensor::randn(0f32, 1.0, (2, 3, 32, 32), &Device::Cpu)?;
-//! let target = Tensor::zeros((2, 32, 32), DType::U32, &Device::Cpu)?;
-//! let loss = learner.step(&x, &target)?;
-//! assert!(loss.is_finite() && loss > 0.0);
-//! # Ok::<(), voc_segment::SegmentError>(())
-//! ```
+//! loss: pixel-wise cross-entropy ignoring VOC's void label (255), with optional per-class weights and
+//! an optional soft-Dice term. Which weights train is a name rule ([`SegTrainable`]); which batch norms
+//! use batch statistics is [`SegBatchNorm`]: the offline pretrained weights have their batch norms
+//! folded, which batch statistics would destroy, so pretrained parts stay in eval mode by default.
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -56,7 +39,7 @@ impl SegArch {
         }
     }
 
-    fn build(&self, vb: candle_nn::VarBuilder) -> Result<SegmentationNet> {
+    pub(crate) fn build(&self, vb: candle_nn::VarBuilder) -> Result<SegmentationNet> {
         Ok(match *self {
             Self::DeepLabV3(c) => SegmentationNet::DeepLabV3(Box::new(DeepLabV3::new(vb, c)?)),
             Self::DeepLabV3Plus(c) => {
@@ -67,7 +50,8 @@ impl SegArch {
 }
 
 /// Which weights are variables (trained); the others are constants.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SegTrainable {
     /// Every weight (batch-norm running statistics included, so training-mode batch norm can move them).
     All,
@@ -76,13 +60,47 @@ pub enum SegTrainable {
 }
 
 /// The optimiser of a [`SegLearner`].
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum SegOptimizer {
     /// Adam (the notebook's), L2 weight decay added to the gradient as `torch.optim.Adam` does.
     Adam,
     /// SGD with momentum 0.9 (DeepLab's), weight decay added to the gradient.
     Sgd,
 }
+
+voc_core::cli_enum!(
+    SegTrainable,
+    "trainable part",
+    SegmentError,
+    [All = "all", Head = "head"]
+);
+voc_core::cli_enum!(
+    SegOptimizer,
+    "optimiser",
+    SegmentError,
+    [Adam = "adam", Sgd = "sgd"]
+);
+
+/// Which batch norms use batch statistics (and update their running ones) in training steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SegBatchNorm {
+    /// Every batch norm in eval mode (running statistics): pretrained weights fine-tuned whole.
+    Frozen,
+    /// The head's (`decode_head.*` / `segmentation_head.*`) in training mode, the backbone's frozen:
+    /// a new head on a pretrained backbone.
+    Head,
+    /// Every batch norm in training mode: a network trained from random weights.
+    All,
+}
+
+voc_core::cli_enum!(
+    SegBatchNorm,
+    "batch-norm mode",
+    SegmentError,
+    [Frozen = "frozen", Head = "head", All = "all"]
+);
 
 /// Optimiser and loss settings of a [`SegLearner`].
 #[derive(Debug, Clone, PartialEq)]
@@ -93,11 +111,12 @@ pub struct SegLearnerConfig {
     pub lr: f64,
     /// Weight decay of matrices and kernels (not of biases or batch-norm parameters).
     pub weight_decay: f64,
-    /// Batch norm with batch statistics (and running averages updated) while training; `false`
-    /// keeps every batch norm in eval mode.
-    pub bn_train: bool,
+    /// Which batch norms use batch statistics in training steps.
+    pub bn: SegBatchNorm,
     /// Per-class weights of the cross-entropy (21 values), e.g. median-frequency balancing.
     pub class_weight: Option<Vec<f32>>,
+    /// Weight of a soft-Dice term added to the cross-entropy (0: none).
+    pub dice_weight: f64,
 }
 
 impl Default for SegLearnerConfig {
@@ -106,8 +125,9 @@ impl Default for SegLearnerConfig {
             optimizer: SegOptimizer::Adam,
             lr: 1e-4,
             weight_decay: 0.0,
-            bn_train: false,
+            bn: SegBatchNorm::Frozen,
             class_weight: None,
+            dice_weight: 0.0,
         }
     }
 }
@@ -117,8 +137,9 @@ pub struct SegLearner {
     net: SegmentationNet,
     params: MixedParams,
     optimizer: Box<dyn Optimizer>,
-    bn_train: bool,
+    bn: SegBatchNorm,
     class_weight: Option<Tensor>,
+    dice_weight: f64,
 }
 
 impl SegLearner {
@@ -139,14 +160,11 @@ impl SegLearner {
             SegTrainable::All => Arc::new(|_: &str| true),
             SegTrainable::Head => Arc::new(move |name: &str| name.starts_with(head)),
         };
-        let mut built = None;
-        let (_, params) = build_mixed(values, rule, seed, device, |vb| {
-            built = Some(arch.build(vb).map_err(|e| {
+        let (net, params) = build_mixed(values, rule, seed, device, |vb| {
+            arch.build(vb).map_err(|e| {
                 voc_classify::ClassifyError::BadArgument(format!("building {arch:?}: {e}"))
-            })?);
-            Ok(())
+            })
         })?;
-        let net = built.ok_or_else(|| SegmentError::BadArgument("network not built".into()))?;
         let class_weight = match &config.class_weight {
             Some(w) if w.len() != voc_core::NUM_MASK_CLASSES => {
                 return Err(SegmentError::BadArgument(format!(
@@ -163,8 +181,9 @@ impl SegLearner {
             net,
             params,
             optimizer,
-            bn_train: config.bn_train,
+            bn: config.bn,
             class_weight,
+            dice_weight: config.dice_weight,
         })
     }
 
@@ -185,11 +204,12 @@ impl SegLearner {
 
     /// Logits `N x 21 x H x W` at the input's size: DeepLabV3's are upsampled from its output stride
     /// (bilinear, align_corners as the pretrained model was trained), DeepLabV3+'s already are.
-    /// `train`: training mode (batch statistics if `bn_train`, dropout on).
+    /// `train`: training mode (batch statistics where [`SegBatchNorm`] says, the head's dropout on).
     pub fn logits(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
-        let bn = train && self.bn_train;
-        let logits = self.net.forward_t(x, bn)?;
+        let backbone_bn = train && self.bn == SegBatchNorm::All;
+        let head_bn = train && self.bn != SegBatchNorm::Frozen;
+        let logits = self.net.forward_modes(x, backbone_bn, head_bn)?;
         let (_, _, lh, lw) = logits.dims4()?;
         Ok(if (lh, lw) == (h, w) {
             logits
@@ -199,14 +219,33 @@ impl SegLearner {
     }
 
     /// Cross-entropy of `logits` against `target` (`N x H x W`, u32 labels, 255 ignored), with the
-    /// class weights when set.
+    /// class weights when set, plus the soft-Dice term when its weight is not 0.
     pub fn loss(&self, logits: &Tensor, target: &Tensor) -> Result<Tensor> {
-        Ok(cross_entropy_2d(
+        let ce = cross_entropy_2d(
             logits,
             target,
             self.class_weight.as_ref(),
             Some(u32::from(VOID)),
-        )?)
+        )?;
+        if self.dice_weight == 0.0 {
+            return Ok(ce);
+        }
+        Ok((ce + (soft_dice_loss(logits, target)? * self.dice_weight)?)?)
+    }
+
+    /// The batch norm mode of training steps.
+    pub fn batch_norm(&self) -> SegBatchNorm {
+        self.bn
+    }
+
+    /// The optimiser's state tensors (for a resume checkpoint).
+    pub fn optimizer_state(&self) -> Result<HashMap<String, Tensor>> {
+        Ok(self.optimizer.state_tensors()?)
+    }
+
+    /// Restores what [`Self::optimizer_state`] returned.
+    pub fn load_optimizer_state(&mut self, state: &HashMap<String, Tensor>) -> Result<()> {
+        Ok(self.optimizer.load_state_tensors(state)?)
     }
 
     /// One step: forward in training mode, loss, backward, optimiser update. Returns the loss.
@@ -239,6 +278,25 @@ impl SegLearner {
     pub fn set_learning_rate(&mut self, lr: f64) {
         self.optimizer.set_learning_rate(lr);
     }
+}
+
+/// `1 - mean over classes of (2 |P∩T| + 1) / (|P| + |T| + 1)` with softmax probabilities P and the
+/// one-hot target T over the batch's non-void pixels; classes absent from both score 1, so only the
+/// classes in play pull. Complements the cross-entropy on small objects, whose pixels it weighs as
+/// much as the background's.
+pub fn soft_dice_loss(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
+    let (_, c, _, _) = logits.dims4()?;
+    let probs = candle_nn::ops::softmax(logits, 1)?;
+    let target = target.unsqueeze(1)?;
+    let valid = target.ne(u32::from(VOID))?.to_dtype(probs.dtype())?;
+    let classes = Tensor::arange(0u32, c as u32, logits.device())?.reshape((1, c, 1, 1))?;
+    let one_hot = target.broadcast_eq(&classes)?.to_dtype(probs.dtype())?;
+    let probs = probs.broadcast_mul(&valid)?;
+    let sum_over_pixels = |t: &Tensor| -> Result<Tensor> { Ok(t.sum(0)?.sum(1)?.sum(1)?) };
+    let intersection = sum_over_pixels(&(&probs * &one_hot)?)?;
+    let sizes = (sum_over_pixels(&probs)? + sum_over_pixels(&one_hot)?)?;
+    let dice = ((intersection * 2.0)? + 1.0)?.div(&(sizes + 1.0)?)?;
+    Ok(dice.mean_all()?.affine(-1.0, 1.0)?)
 }
 
 fn make_optimizer(params: &MixedParams, config: &SegLearnerConfig) -> Result<Box<dyn Optimizer>> {
