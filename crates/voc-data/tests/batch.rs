@@ -182,3 +182,71 @@ fn unlabelled_dataset_has_no_label_tensor() {
     assert!(batch.labels.is_none() && batch.masks.is_none());
     assert_eq!(batch.images.dims(), &[3, 3, 8, 8]);
 }
+
+/// Copy-paste: with probability 1 every sample gets another sample's object pixels (image and mask
+/// together), background pixels stay its own, and the result is the same for the same seed.
+#[test]
+fn copy_paste_pastes_objects_with_their_masks() {
+    // Two samples: a background-only image of grey 10 and an image of grey 200 with a class-7 square.
+    let blank = Sample {
+        id: "blank".into(),
+        image: Array3::from_elem((16, 16, 3), 10),
+        mask: Some(Array2::zeros((16, 16))),
+        labels: None,
+    };
+    let mut mask = Array2::zeros((16, 16));
+    mask.slice_mut(ndarray::s![4..8, 4..8]).fill(7);
+    let object = Sample {
+        id: "object".into(),
+        image: Array3::from_elem((16, 16, 3), 200),
+        mask: Some(mask),
+        labels: None,
+    };
+    let dataset = Dataset::from_samples("train", vec![blank, object]);
+    let make = |copy_paste: f32| {
+        let loader = BatchLoader::new(
+            dataset.clone(),
+            BatchConfig {
+                batch_size: 2,
+                shuffle: false,
+                workers: 1,
+                augment: AugmentConfig::eval(ResizeMode::Keep),
+                normalize: voc_core::Normalization::ZERO_ONE,
+                copy_paste,
+                ..BatchConfig::default()
+            },
+            Device::Cpu,
+        )
+        .unwrap();
+        let batch = loader.epoch(0).next().unwrap().unwrap();
+        let masks = batch.masks.unwrap().to_vec3::<u32>().unwrap();
+        let pixels = batch
+            .images
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        (masks, pixels)
+    };
+    let (masks, pixels) = make(0.0);
+    assert!(
+        masks[0].iter().flatten().all(|&v| v == 0),
+        "no paste at p = 0"
+    );
+    let (masks, pixels_pasted) = make(1.0);
+    // The blank sample (first) got the square with its pixels; outside it stays its own.
+    let plane = 16 * 16;
+    for y in 0..16 {
+        for x in 0..16 {
+            let inside = (4..8).contains(&y) && (4..8).contains(&x);
+            assert_eq!(masks[0][y][x], if inside { 7 } else { 0 }, "({y}, {x})");
+            let expected = if inside { 200.0 / 255.0 } else { 10.0 / 255.0 };
+            assert!((pixels_pasted[y * 16 + x] - expected).abs() < 1e-6);
+            assert!((pixels_pasted[2 * plane + y * 16 + x] - expected).abs() < 1e-6);
+        }
+    }
+    // The object sample pasted the blank one's objects: none, so it is unchanged.
+    assert_eq!(masks[1][5][5], 7);
+    assert_eq!(pixels_pasted[3 * plane..], pixels[3 * plane..]);
+    assert_eq!(make(1.0).1, pixels_pasted, "the same seed pastes the same");
+}

@@ -187,7 +187,9 @@ fn deeplabv3plus_step0_gradients_in_f64() -> anyhow::Result<()> {
 /// one after the learner's own update.
 #[test]
 fn deeplabv3plus_learner_matches_two_adam_steps() -> anyhow::Result<()> {
-    use voc_segment::train::{SegArch, SegLearner, SegLearnerConfig, SegOptimizer, SegTrainable};
+    use voc_segment::train::{
+        SegArch, SegBatchNorm, SegLearner, SegLearnerConfig, SegOptimizer, SegTrainable,
+    };
     let Some(shared) = shared_with("deeplabv3plus_learner_matches_two_adam_steps", &TWIN_FILES)
     else {
         return Ok(());
@@ -201,8 +203,9 @@ fn deeplabv3plus_learner_matches_two_adam_steps() -> anyhow::Result<()> {
         optimizer: SegOptimizer::Adam,
         lr: 1e-4,
         weight_decay: 0.0,
-        bn_train: true,
+        bn: SegBatchNorm::All,
         class_weight: None,
+        dice_weight: 0.0,
     };
     let arch = SegArch::DeepLabV3Plus(DeepLabV3PlusConfig::default());
     let mut learner = SegLearner::new(arch, init, SegTrainable::All, 0, &config, &Device::Cpu)?;

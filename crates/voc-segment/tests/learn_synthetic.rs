@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use candle_core::{DType, Device, Tensor};
 use voc_core::metrics::SegmentationMetrics;
-use voc_segment::train::{SegArch, SegLearner, SegLearnerConfig, SegOptimizer, SegTrainable};
+use voc_segment::train::{
+    SegArch, SegBatchNorm, SegLearner, SegLearnerConfig, SegOptimizer, SegTrainable,
+};
 use voc_segment::DeepLabV3PlusConfig;
 
 const SIZE: usize = 48;
@@ -86,8 +88,9 @@ fn deeplabv3plus_learns_shapes_on_noise() -> anyhow::Result<()> {
         optimizer: SegOptimizer::Adam,
         lr: 5e-3,
         weight_decay: 0.0,
-        bn_train: true,
+        bn: SegBatchNorm::All,
         class_weight: None,
+        dice_weight: 0.0,
     };
     let arch = SegArch::DeepLabV3Plus(DeepLabV3PlusConfig::default());
     let mut learner = SegLearner::new(
