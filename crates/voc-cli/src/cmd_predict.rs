@@ -32,6 +32,20 @@ const OVERLAY_ALPHA: f32 = 0.5;
 pub enum Tta {
     /// Average the logits of the photo and of its left-right mirror image.
     Flip,
+    /// Average the logits of the photo at scales 0.75, 1 and 1.25.
+    Ms,
+    /// Both: the photo and its mirror image at scales 0.75, 1 and 1.25 (6 passes).
+    MsFlip,
+}
+
+/// The scales of the multi-scale test-time augmentation.
+const TTA_SCALES: [f64; 3] = [0.75, 1.0, 1.25];
+
+/// A second segmentation the network's mask is snapped to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Refine {
+    /// SLIC superpixels of the photo (16-pixel grid, compactness 10), each set to its majority class.
+    Superpixel,
 }
 
 /// The segmenter options `voc predict` and `voc segment` share.
@@ -53,15 +67,28 @@ pub struct SegmenterArgs {
     /// Test-time augmentation.
     #[arg(long, value_enum)]
     pub(crate) tta: Option<Tta>,
+    /// Snap the mask to a second segmentation of the photo.
+    #[arg(long, value_enum)]
+    pub(crate) refine: Option<Refine>,
     /// cpu, cuda, cuda:N or auto.
     #[arg(long, default_value = "auto")]
     pub(crate) device: DeviceSpec,
 }
 
 impl SegmenterArgs {
-    /// The test-time augmentation's name (`flip`), if any, as summaries and fusion files record it.
+    /// The test-time augmentation's name (`flip`, `ms`, `ms-flip`) and the refinement (`+superpixel`),
+    /// if any, as summaries and fusion files record them.
     pub(crate) fn tta_name(&self) -> Option<&'static str> {
-        self.tta.map(|Tta::Flip| "flip")
+        match (self.tta, self.refine) {
+            (None, None) => None,
+            (Some(Tta::Flip), None) => Some("flip"),
+            (Some(Tta::Ms), None) => Some("ms"),
+            (Some(Tta::MsFlip), None) => Some("ms-flip"),
+            (None, Some(Refine::Superpixel)) => Some("superpixel"),
+            (Some(Tta::Flip), Some(Refine::Superpixel)) => Some("flip+superpixel"),
+            (Some(Tta::Ms), Some(Refine::Superpixel)) => Some("ms+superpixel"),
+            (Some(Tta::MsFlip), Some(Refine::Superpixel)) => Some("ms-flip+superpixel"),
+        }
     }
 }
 
@@ -178,7 +205,13 @@ pub(crate) fn open_segmenter(
         device,
     )
     .context("--segmenter takes a checkpoint, a weights file or a hub repo id")?;
-    loaded.segmenter.flip_tta = args.tta == Some(Tta::Flip);
+    loaded.segmenter.flip_tta = matches!(args.tta, Some(Tta::Flip | Tta::MsFlip));
+    if matches!(args.tta, Some(Tta::Ms | Tta::MsFlip)) {
+        loaded.segmenter.scales = TTA_SCALES.to_vec();
+    }
+    loaded.segmenter.refine = args
+        .refine
+        .map(|Refine::Superpixel| voc_segment::refine::SlicParams::default());
     Ok(loaded)
 }
 
@@ -434,7 +467,9 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
             loaded.source,
             args.model.output_stride,
             args.model.size_strategy,
-            if args.model.tta.is_some() { ", flip TTA" } else { "" },
+            args.model
+                .tta_name()
+                .map_or(String::new(), |t| format!(", test-time {t}")),
         );
     }
     Ok(())

@@ -180,6 +180,21 @@ fn a_killed_segment_run_stays_loadable_and_resumes() {
     );
     assert_eq!(again["epochs"], 5);
     assert_eq!(metrics_epochs(&run), [1, 2, 3, 4, 5]);
+    // Given more epochs, it trains on and config.json records the new length.
+    let longer = json_line(
+        &voc(
+            &[
+                "train", "segment", "--resume", run_s, "--epochs", "6", "--json",
+            ],
+            None,
+        ),
+        "voc train segment --resume --epochs 6",
+    );
+    assert_eq!(longer["epochs"], 6);
+    assert_eq!(metrics_epochs(&run), [1, 2, 3, 4, 5, 6]);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["config"]["epochs"], 6);
 }
 
 #[test]

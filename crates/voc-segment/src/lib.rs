@@ -8,6 +8,7 @@ pub mod error;
 mod head;
 pub mod load;
 pub mod preset;
+pub mod refine;
 pub mod segmenter;
 pub mod train;
 

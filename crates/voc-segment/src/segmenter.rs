@@ -13,6 +13,7 @@ use crate::deeplabv3::DeepLabV3;
 use crate::deeplabv3plus::DeepLabV3Plus;
 use crate::error::{Result, SegmentError};
 use crate::preset::SegmenterPreset;
+use crate::refine::SlicParams;
 
 /// How an image of any size is brought to the network and the logits back to the image.
 ///
@@ -206,6 +207,11 @@ pub struct Segmenter {
     pub strategy: SizeStrategy,
     /// Also run the left-right mirrored photo and average the two logits.
     pub flip_tta: bool,
+    /// Run the photo at each of these scales (1.0: as is) and average the logits at the photo's size;
+    /// `[1.0]` is plain inference.
+    pub scales: Vec<f64>,
+    /// Snap the arg-max mask to superpixels of the photo ([`crate::refine`]).
+    pub refine: Option<SlicParams>,
 }
 
 impl Segmenter {
@@ -216,6 +222,8 @@ impl Segmenter {
             normalization,
             strategy,
             flip_tta: false,
+            scales: vec![1.0],
+            refine: None,
         }
     }
 
@@ -238,8 +246,61 @@ impl Segmenter {
     }
 
     /// Logits `1 x classes x H x W` for a photo of `H x W` pixels, fitted to the network by
-    /// [`Self::strategy`] and, with [`Self::flip_tta`], averaged with the mirrored photo's.
+    /// [`Self::strategy`] and, with [`Self::flip_tta`], averaged with the mirrored photo's; with
+    /// several [`Self::scales`], averaged over the photo resized by each (bilinear, anti-aliased when
+    /// shrinking) and the logits resized back.
     pub fn logits(&self, image: &RgbImage, device: &Device) -> Result<Tensor> {
+        if self.scales.is_empty() || self.scales == [1.0] {
+            return self.logits_at_scale_one(image, device);
+        }
+        let (h, w) = (image.height(), image.width());
+        let mut sum: Option<Tensor> = None;
+        for &scale in &self.scales {
+            if !(scale > 0.0 && scale.is_finite()) {
+                return Err(SegmentError::BadArgument(format!(
+                    "test-time scale {scale}: expected a positive number"
+                )));
+            }
+            let logits = if scale == 1.0 {
+                self.logits_at_scale_one(image, device)?
+            } else {
+                let side = |v: usize| ((v as f64 * scale).round() as usize).max(1);
+                let (sh, sw) = (side(h), side(w));
+                let x = image_input(image, (sh, sw), &self.normalization, device)?;
+                let logits = self.logits_of_input(&x)?;
+                resize_bilinear(&logits, h, w, false)?
+            };
+            sum = Some(match sum {
+                Some(s) => (s + logits)?,
+                None => logits,
+            });
+        }
+        let sum = sum.expect("at least one scale");
+        Ok((sum / self.scales.len() as f64)?)
+    }
+
+    /// Logits at the size of an already normalised `1 x 3 x h x w` input, fitted by the strategy.
+    fn logits_of_input(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        match self.strategy {
+            SizeStrategy::Resize(size) => {
+                let resized = resize_bilinear(x, size, size, false)?;
+                self.run(&resized, h, w)
+            }
+            SizeStrategy::Pad { min_size } => {
+                let os = self.net.output_stride();
+                let grid = |side: usize| (side.max(min_size).max(1) - 1).div_ceil(os) * os + 1;
+                let (ph, pw) = (grid(h), grid(w));
+                let x = x
+                    .pad_with_zeros(2, 0, ph - h)?
+                    .pad_with_zeros(3, 0, pw - w)?;
+                let logits = self.run(&x, ph, pw)?;
+                Ok(logits.narrow(2, 0, h)?.narrow(3, 0, w)?.contiguous()?)
+            }
+        }
+    }
+
+    fn logits_at_scale_one(&self, image: &RgbImage, device: &Device) -> Result<Tensor> {
         let (h, w) = (image.height(), image.width());
         match self.strategy {
             SizeStrategy::Resize(size) => {
@@ -275,8 +336,13 @@ impl Segmenter {
     /// The class of every pixel, at the photo's size: the arg-max of [`Self::logits`]. The `Mask`
     /// (voc-core's) gives the classes present (`labels`), the VOC-palette picture (`colorize`, then
     /// `write_png`) and a blend over the photo (`overlay`).
+    /// With [`Self::refine`], the mask is then snapped to the photo's superpixels.
     pub fn mask(&self, image: &RgbImage, device: &Device) -> Result<Mask> {
-        argmax_mask(&self.logits(image, device)?)
+        let mask = argmax_mask(&self.logits(image, device)?)?;
+        match &self.refine {
+            Some(params) => crate::refine::refine_with_superpixels(image, &mask, params),
+            None => Ok(mask),
+        }
     }
 }
 

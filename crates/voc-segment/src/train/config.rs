@@ -293,9 +293,14 @@ impl SegTrainConfig {
         Ok(())
     }
 
-    /// The settings that differ from `other`, as `field: old -> new` (for `--resume`).
+    /// The settings that differ from `other`, as `field: old -> new` (for `--resume`). The number of
+    /// epochs is not one of them: a resumed run may be given more (or fewer) epochs.
     pub fn differences(&self, other: &Self) -> Vec<String> {
-        voc_tensor::run::json_differences(self, other)
+        let same_length = Self {
+            epochs: other.epochs,
+            ..self.clone()
+        };
+        voc_tensor::run::json_differences(&same_length, other)
     }
 }
 

@@ -506,6 +506,14 @@ pub fn train_segmenter(
     drop(values);
 
     let mut records: Vec<SegEpochRecord> = Vec::new();
+    let saved = SavedRun {
+        config: config.clone(),
+        data: opts.data.clone(),
+    };
+    if opts.resume {
+        // A resumed run may have been given another number of epochs: config.json says the current.
+        run_folder::create_run(&paths, &saved)?;
+    }
     if let Some(r) = &resumed {
         learner.load_optimizer_state(&r.optimizer)?;
         learner.set_learning_rate(r.state.lr);
@@ -518,13 +526,7 @@ pub fn train_segmenter(
         // Killed before the first checkpoint: start over in the same folder.
         run_folder::write_jsonl::<SegEpochRecord>(&paths.metrics(), &[])?;
     } else {
-        run_folder::create_run(
-            &paths,
-            &SavedRun {
-                config: config.clone(),
-                data: opts.data.clone(),
-            },
-        )?;
+        run_folder::create_run(&paths, &saved)?;
     }
 
     let mode = match config.monitor {

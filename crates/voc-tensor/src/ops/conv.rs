@@ -310,15 +310,13 @@ pub(crate) fn im2col_conv(
     if per_image > max_elems || p.n == 0 {
         return Ok(None);
     }
-    // Inference (nothing needs a gradient): the batch as one gemm, the weights packed once.
-    let wide = !x.track_op() && !weight.track_op();
-    let conv = |x: &Tensor, p: im2col::Im2ColParams| {
-        if wide {
-            im2col::conv2d_wide(x, weight, p)
-        } else {
-            im2col::conv2d(x, weight, p)
-        }
-    };
+    // Training: one image's expanded matrix at a time, recomputed in the backward pass.
+    if x.track_op() || weight.track_op() {
+        return Ok(Some(im2col::conv2d_recompute(x, weight, p)?));
+    }
+    // Inference (nothing needs a gradient): the batch as one gemm, the weights packed once, in chunks
+    // of images whose expanded matrix fits the cap.
+    let conv = |x: &Tensor, p| im2col::conv2d_wide(x, weight, p);
     let chunk = (max_elems / per_image.max(1)).clamp(1, p.n);
     if chunk >= p.n {
         return Ok(Some(conv(x, p)?));

@@ -2,10 +2,10 @@
 //!
 //! candle's CPU conv is a tiled im2col forward and a direct-loop `conv_transpose2d` backward; both run
 //! a few times slower than PyTorch on the 3x3 convs of DeepLab heads. Expanding the (padded, strided,
-//! dilated) input windows into a `C_in*kh*kw x oh*ow` matrix once per image turns the forward into one
-//! matmul and the backward into two matmuls plus a scatter-add back to the image, which candle's gemm
-//! runs at full speed. The expanded matrix is `kh*kw` times the input, so `conv2d` only takes this path
-//! below a size cap.
+//! dilated) input windows into a `C_in*kh*kw x oh*ow` matrix turns the forward into one gemm and the
+//! backward into two gemms plus a scatter-add back to the image. The expanded matrix is `kh*kw` times
+//! the input: inference expands a bounded chunk of the batch at once ([`conv2d_wide`]), training one
+//! image at a time and again in the backward pass ([`Conv2dRecompute`]), so it is never kept.
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
 
 use super::{contiguous_f32, planes_from};
@@ -98,97 +98,6 @@ impl Im2ColParams {
     }
 }
 
-/// `x (N, C, H, W) -> cols (N, C*kh*kw, oh*ow)`.
-struct Im2Col(Im2ColParams);
-/// `grad_cols (N, C*kh*kw, oh*ow) -> grad_x (N, C, H, W)`.
-struct Col2Im(Im2ColParams);
-
-impl CustomOp1 for Im2Col {
-    fn name(&self) -> &'static str {
-        "voc-im2col"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let p = self.0;
-        let x = contiguous_f32(s, l, "conv2d im2col input")?;
-        let spans: Vec<_> = (0..p.kw).map(|kj| p.span(kj)).collect();
-        let block = p.taps() * p.out_plane(); // the rows of one input channel
-        let cols = planes_from(
-            p.cols_len(),
-            block,
-            |_| 0.0,
-            || (),
-            |_, plane, rows| {
-                let xs = &x[plane * p.plane()..(plane + 1) * p.plane()];
-                for (tap, row) in rows.chunks_exact_mut(p.out_plane()).enumerate() {
-                    let (ki, kj) = (tap / p.kw, tap % p.kw);
-                    p.fill_tap(xs, ki, spans[kj], row);
-                }
-            },
-        );
-        Ok((
-            CpuStorage::F32(cols),
-            Shape::from((p.n, p.c * p.taps(), p.out_plane())),
-        ))
-    }
-
-    fn bwd(
-        &self,
-        _arg: &Tensor,
-        _res: &Tensor,
-        grad: &Tensor,
-    ) -> candle_core::Result<Option<Tensor>> {
-        Ok(Some(grad.contiguous()?.apply_op1_no_bwd(&Col2Im(self.0))?))
-    }
-}
-
-impl CustomOp1 for Col2Im {
-    fn name(&self) -> &'static str {
-        "voc-col2im"
-    }
-
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
-        let p = self.0;
-        let cols = contiguous_f32(s, l, "conv2d col2im gradient")?;
-        let spans: Vec<_> = (0..p.kw).map(|kj| p.span(kj)).collect();
-        let block = p.taps() * p.out_plane();
-        let dx = planes_from(
-            p.n * p.c * p.plane(),
-            p.plane(),
-            |_| 0.0,
-            || (),
-            |_, plane, dxs| {
-                let rows = &cols[plane * block..(plane + 1) * block];
-                for (tap, row) in rows.chunks_exact(p.out_plane()).enumerate() {
-                    let (ki, kj) = (tap / p.kw, tap % p.kw);
-                    let (lo, hi, ix0) = spans[kj];
-                    if lo >= hi {
-                        continue;
-                    }
-                    for (oy, grow) in row.chunks_exact(p.ow).enumerate() {
-                        let Some(iy) = p.input_row(oy, ki) else {
-                            continue;
-                        };
-                        let drow = &mut dxs[iy * p.w..(iy + 1) * p.w];
-                        if p.stride == 1 {
-                            for (d, g) in drow[ix0..ix0 + hi - lo].iter_mut().zip(&grow[lo..hi]) {
-                                *d += g;
-                            }
-                        } else {
-                            for (d, g) in
-                                drow[ix0..].iter_mut().step_by(p.stride).zip(&grow[lo..hi])
-                            {
-                                *d += g;
-                            }
-                        }
-                    }
-                }
-            },
-        );
-        Ok((CpuStorage::F32(dx), Shape::from((p.n, p.c, p.h, p.w))))
-    }
-}
-
 /// `x (N, C, H, W) -> cols (C*kh*kw, N*oh*ow)`: the images side by side, so the whole batch is one
 /// gemm whose weight matrix is packed once (forward only: inference on constant weights).
 struct Im2ColWide(Im2ColParams);
@@ -241,11 +150,267 @@ pub(crate) fn conv2d_wide(
         .contiguous()
 }
 
-/// `conv2d(x, weight)` (groups 1, no bias) on the CPU as `weight (C_out, C_in*kh*kw) @ im2col(x)`.
-pub(crate) fn conv2d(x: &Tensor, weight: &Tensor, p: Im2ColParams) -> candle_core::Result<Tensor> {
-    let c_out = weight.dim(0)?;
-    let cols = x.contiguous()?.apply_op1(Im2Col(p))?;
-    let w2 = weight.reshape((c_out, p.c * p.taps()))?;
-    let y = w2.broadcast_left(p.n)?.matmul(&cols)?;
-    y.reshape((p.n, c_out, p.oh, p.ow))
+/// The expanded matrix of one image (`c*kh*kw x oh*ow`) into `cols`, a channel per rayon task.
+fn im2col_image(p: &Im2ColParams, x: &[f32], cols: &mut [f32]) {
+    use rayon::prelude::*;
+    let spans: Vec<_> = (0..p.kw).map(|kj| p.span(kj)).collect();
+    let block = p.taps() * p.out_plane();
+    cols[..p.c * block]
+        .par_chunks_mut(block.max(1))
+        .enumerate()
+        .for_each(|(ch, rows)| {
+            let xs = &x[ch * p.plane()..(ch + 1) * p.plane()];
+            for (tap, row) in rows.chunks_exact_mut(p.out_plane().max(1)).enumerate() {
+                p.fill_tap(xs, tap / p.kw, spans[tap % p.kw], row);
+            }
+        });
+}
+
+/// The transpose of [`im2col_image`]: `cols` scatter-added into one image's input gradient `dx`
+/// (written whole), a channel per rayon task.
+fn col2im_image(p: &Im2ColParams, cols: &[f32], dx: &mut [f32]) {
+    use rayon::prelude::*;
+    let spans: Vec<_> = (0..p.kw).map(|kj| p.span(kj)).collect();
+    let block = p.taps() * p.out_plane();
+    dx[..p.c * p.plane()]
+        .par_chunks_mut(p.plane().max(1))
+        .enumerate()
+        .for_each(|(ch, dxs)| {
+            dxs.fill(0.0);
+            let rows = &cols[ch * block..(ch + 1) * block];
+            for (tap, row) in rows.chunks_exact(p.out_plane().max(1)).enumerate() {
+                let (ki, kj) = (tap / p.kw, tap % p.kw);
+                let (lo, hi, ix0) = spans[kj];
+                if lo >= hi {
+                    continue;
+                }
+                for (oy, grow) in row.chunks_exact(p.ow).enumerate() {
+                    let Some(iy) = p.input_row(oy, ki) else {
+                        continue;
+                    };
+                    let drow = &mut dxs[iy * p.w..(iy + 1) * p.w];
+                    if p.stride == 1 {
+                        for (d, g) in drow[ix0..ix0 + hi - lo].iter_mut().zip(&grow[lo..hi]) {
+                            *d += g;
+                        }
+                    } else {
+                        for (d, g) in drow[ix0..].iter_mut().step_by(p.stride).zip(&grow[lo..hi]) {
+                            *d += g;
+                        }
+                    }
+                }
+            }
+        });
+}
+
+fn gemm_parallelism(flops: usize) -> gemm::Parallelism {
+    if flops >= 1 << 15 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    }
+}
+
+/// `dst (m x n) = [dst +] lhs (m x k) · rhs (k x n)` on row-major slices given by (row, column)
+/// strides of `lhs` and `rhs`; `dst` is contiguous.
+#[allow(clippy::too_many_arguments)]
+fn gemm_into(
+    dst: &mut [f32],
+    accumulate: bool,
+    (m, n, k): (usize, usize, usize),
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| {
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            (rows - 1) * rs + (cols - 1) * cs + 1
+        }
+    };
+    assert!(dst.len() >= m * n);
+    assert!(lhs.len() >= last(m, k, lhs_rs, lhs_cs) && rhs.len() >= last(k, n, rhs_rs, rhs_cs));
+    // SAFETY: the asserts above bound every element gemm reads (lhs, rhs through their strides) and
+    // writes (dst, m x n contiguous); with `read_dst` false gemm writes every element of dst.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm_parallelism(m * n * k),
+        );
+    }
+}
+
+/// `conv2d(x, weight)` (groups 1, no bias) for training on the CPU: per image, the expanded matrix in
+/// a scratch buffer and one gemm. A composed im2col + matmul would keep the expanded matrix of the
+/// whole batch alive until the backward pass (`kh*kw` times the input: 1 GB for DeepLabV3+'s two
+/// decoder convs at batch 8, 321x321), the backward recomputes it image by image from the input,
+/// which the graph keeps anyway.
+struct Conv2dRecompute(Im2ColParams);
+/// `(dy, weight) -> dx` of [`Conv2dRecompute`].
+struct Conv2dInputGrad(Im2ColParams);
+/// `(x, dy) -> dweight` of [`Conv2dRecompute`].
+struct Conv2dWeightGrad(Im2ColParams);
+
+impl candle_core::CustomOp2 for Conv2dRecompute {
+    fn name(&self) -> &'static str {
+        "voc-conv2d-recompute"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let p = self.0;
+        let x = contiguous_f32(s1, l1, "conv2d input")?;
+        let w = contiguous_f32(s2, l2, "conv2d weight")?;
+        let k = p.c * p.taps();
+        let c_out = w.len() / k.max(1);
+        let (in_len, out_len) = (p.c * p.plane(), c_out * p.out_plane());
+        let mut cols = vec![0f32; k * p.out_plane()];
+        let mut y = vec![0f32; p.n * out_len];
+        for b in 0..p.n {
+            im2col_image(&p, &x[b * in_len..(b + 1) * in_len], &mut cols);
+            gemm_into(
+                &mut y[b * out_len..(b + 1) * out_len],
+                false,
+                (c_out, p.out_plane(), k),
+                w,
+                (k, 1),
+                &cols,
+                (p.out_plane(), 1),
+            );
+        }
+        Ok((CpuStorage::F32(y), Shape::from((p.n, c_out, p.oh, p.ow))))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let grad = grad.contiguous()?;
+        let dx = if x.track_op() {
+            Some(grad.apply_op2_no_bwd(&weight.contiguous()?, &Conv2dInputGrad(self.0))?)
+        } else {
+            None
+        };
+        let dw = if weight.track_op() {
+            Some(
+                x.contiguous()?
+                    .apply_op2_no_bwd(&grad, &Conv2dWeightGrad(self.0))?
+                    .reshape(weight.shape())?,
+            )
+        } else {
+            None
+        };
+        Ok((dx, dw))
+    }
+}
+
+impl candle_core::CustomOp2 for Conv2dInputGrad {
+    fn name(&self) -> &'static str {
+        "voc-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let p = self.0;
+        let dy = contiguous_f32(s1, l1, "conv2d output gradient")?;
+        let w = contiguous_f32(s2, l2, "conv2d weight")?;
+        let k = p.c * p.taps();
+        let c_out = w.len() / k.max(1);
+        let (in_len, out_len) = (p.c * p.plane(), c_out * p.out_plane());
+        let mut cols = vec![0f32; k * p.out_plane()];
+        let mut dx = vec![0f32; p.n * in_len];
+        for b in 0..p.n {
+            // dcols = wᵀ · dy[b]: wᵀ is w read with swapped strides.
+            gemm_into(
+                &mut cols,
+                false,
+                (k, p.out_plane(), c_out),
+                w,
+                (1, k),
+                &dy[b * out_len..(b + 1) * out_len],
+                (p.out_plane(), 1),
+            );
+            col2im_image(&p, &cols, &mut dx[b * in_len..(b + 1) * in_len]);
+        }
+        Ok((CpuStorage::F32(dx), Shape::from((p.n, p.c, p.h, p.w))))
+    }
+}
+
+impl candle_core::CustomOp2 for Conv2dWeightGrad {
+    fn name(&self) -> &'static str {
+        "voc-conv2d-weight-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let p = self.0;
+        let x = contiguous_f32(s1, l1, "conv2d input")?;
+        let dy = contiguous_f32(s2, l2, "conv2d output gradient")?;
+        let k = p.c * p.taps();
+        let c_out = dy.len() / (p.n * p.out_plane()).max(1);
+        let (in_len, out_len) = (p.c * p.plane(), c_out * p.out_plane());
+        let mut cols = vec![0f32; k * p.out_plane()];
+        let mut dw = vec![0f32; c_out * k];
+        for b in 0..p.n {
+            im2col_image(&p, &x[b * in_len..(b + 1) * in_len], &mut cols);
+            // dw += dy[b] · colsᵀ: colsᵀ is cols read with swapped strides.
+            gemm_into(
+                &mut dw,
+                b > 0,
+                (c_out, k, p.out_plane()),
+                &dy[b * out_len..(b + 1) * out_len],
+                (p.out_plane(), 1),
+                &cols,
+                (1, p.out_plane()),
+            );
+        }
+        Ok((CpuStorage::F32(dw), Shape::from((c_out, k))))
+    }
+}
+
+/// [`Conv2dRecompute`]: the training conv whose backward recomputes the expanded matrix.
+pub(crate) fn conv2d_recompute(
+    x: &Tensor,
+    weight: &Tensor,
+    p: Im2ColParams,
+) -> candle_core::Result<Tensor> {
+    x.contiguous()?
+        .apply_op2(&weight.contiguous()?, Conv2dRecompute(p))
 }
