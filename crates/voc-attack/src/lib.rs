@@ -5,6 +5,7 @@
 pub mod error;
 pub mod objective;
 pub mod pgd;
+pub mod quality;
 
 pub use error::{AttackError, Result};
 pub use objective::{Loss, Objective};
