@@ -56,6 +56,9 @@ pub struct AttackConfig {
     pub random_start: bool,
     /// Seed of the random start.
     pub seed: u64,
+    /// MI-FGSM (Dong et al. 2018): steps follow an accumulated gradient `g = decay g + grad /
+    /// mean|grad|` (per image) instead of the current one; `None` is plain PGD / BIM.
+    pub momentum: Option<f64>,
     /// The valid range of input values, enforced after every step.
     pub bounds: (f64, f64),
 }
@@ -76,8 +79,15 @@ impl AttackConfig {
             steps,
             random_start: false,
             seed: 0,
+            momentum: None,
             bounds: (0.0, 1.0),
         }
+    }
+
+    /// The same attack as MI-FGSM with this momentum decay (1.0 in the paper).
+    pub fn with_momentum(mut self, decay: f64) -> Self {
+        self.momentum = Some(decay);
+        self
     }
 
     /// The same attack towards the objective's labels.
@@ -107,6 +117,11 @@ impl AttackConfig {
         }
         if !(self.step_size.is_finite() && self.step_size >= 0.0) {
             return Err(bad("step_size", self.step_size, "a finite number >= 0"));
+        }
+        if let Some(decay) = self.momentum {
+            if !(decay.is_finite() && decay >= 0.0) {
+                return Err(bad("momentum", decay, "a finite number >= 0"));
+            }
         }
         let (lo, hi) = self.bounds;
         if !(lo.is_finite() && hi.is_finite() && lo < hi) {
@@ -253,9 +268,30 @@ where
         Goal::Targeted => -1.0,
     };
     let mut losses = Vec::with_capacity(config.steps + 1);
+    let mut accumulated: Option<Tensor> = None;
     for _ in 0..config.steps {
         let (grad, value) = input_gradient(model, loss, &adv)?;
         losses.push(value);
+        let grad = match config.momentum {
+            Some(decay) => {
+                let n = grad.dim(0)?;
+                let mut shape = vec![1usize; grad.rank()];
+                shape[0] = n;
+                let mean_abs = grad
+                    .reshape((n, ()))?
+                    .abs()?
+                    .mean_keepdim(1)?
+                    .reshape(shape)?;
+                let normalised = grad.broadcast_div(&(mean_abs + 1e-12)?)?;
+                let g = match accumulated.take() {
+                    Some(previous) => ((previous * decay)? + normalised)?,
+                    None => normalised,
+                };
+                accumulated = Some(g.clone());
+                g
+            }
+            None => grad,
+        };
         let direction = match config.norm {
             Norm::Linf => grad.sign()?,
             Norm::L2 => {

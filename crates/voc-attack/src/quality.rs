@@ -159,9 +159,8 @@ pub fn ssim(a: &RgbImage, b: &RgbImage) -> Result<f64> {
                 .collect()
         };
         let (x, y) = (plane(a), plane(b));
-        let product = |p: &[f64], q: &[f64]| -> Vec<f64> {
-            p.iter().zip(q).map(|(u, v)| u * v).collect()
-        };
+        let product =
+            |p: &[f64], q: &[f64]| -> Vec<f64> { p.iter().zip(q).map(|(u, v)| u * v).collect() };
         let (mx, my) = (blur(&x, h, w, &taps), blur(&y, h, w, &taps));
         let (mxx, myy, mxy) = (
             blur(&product(&x, &x), h, w, &taps),
@@ -225,6 +224,9 @@ mod tests {
         let b = RgbImage::new(12, 13, vec![0; 12 * 13 * 3]).unwrap();
         assert!(psnr(&a, &b).unwrap_err().to_string().contains("12x12"));
         let tiny = RgbImage::new(8, 8, vec![0; 8 * 8 * 3]).unwrap();
-        assert!(ssim(&tiny, &tiny).unwrap_err().to_string().contains("11x11"));
+        assert!(ssim(&tiny, &tiny)
+            .unwrap_err()
+            .to_string()
+            .contains("11x11"));
     }
 }

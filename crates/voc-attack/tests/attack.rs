@@ -296,3 +296,45 @@ fn bad_configs_and_inputs_are_clear_errors() {
     let err = attack(&model, &objective, &empty, &config).unwrap_err();
     assert!(err.to_string().contains("non-empty batch"), "{err}");
 }
+
+/// MI-FGSM follows the accumulated, L1-normalised gradient. Loss `-5 (x0 - 0.57)² + x1` from x = (0.5,
+/// 0.5), steps of 0.1: the first gradient is (0.7, 1); after the step x0 = 0.6 is past the peak and its
+/// gradient turns to -0.3. Plain PGD steps x0 back to 0.5; with momentum 1 the accumulated value
+/// 0.7/0.85 - 0.3/0.65 stays positive and x0 goes on to 0.7. x1 climbs either way.
+#[test]
+fn momentum_keeps_the_direction_of_earlier_steps() {
+    let x = Tensor::new(&[[0.5f32, 0.5]], &Device::Cpu).unwrap();
+    let identity = |x: &Tensor| -> candle_core::Result<Tensor> { Ok(x.clone()) };
+    let loss = |logits: &Tensor| -> voc_attack::Result<Tensor> {
+        let x0 = logits.narrow(1, 0, 1)?;
+        let x1 = logits.narrow(1, 1, 1)?;
+        let peak = ((x0 - 0.57)?.sqr()? * -5.0)?;
+        Ok((peak + x1)?.sum_all()?)
+    };
+    let pgd = AttackConfig::pgd(Norm::Linf, 0.3, 0.1, 2);
+    let plain = values(&attack(&identity, &loss, &x, &pgd).unwrap().adversarial);
+    let mi = values(
+        &attack(&identity, &loss, &x, &pgd.clone().with_momentum(1.0))
+            .unwrap()
+            .adversarial,
+    );
+    assert!(
+        (plain[0] - 0.5).abs() < 1e-6 && (plain[1] - 0.7).abs() < 1e-6,
+        "{plain:?}"
+    );
+    assert!(
+        (mi[0] - 0.7).abs() < 1e-6 && (mi[1] - 0.7).abs() < 1e-6,
+        "{mi:?}"
+    );
+    // Decay 0 is plain PGD (the normalisation does not change a sign).
+    let zero = values(
+        &attack(&identity, &loss, &x, &pgd.with_momentum(0.0))
+            .unwrap()
+            .adversarial,
+    );
+    assert_eq!(zero, plain);
+    assert!(AttackConfig::fgsm(0.1)
+        .with_momentum(-1.0)
+        .validate()
+        .is_err());
+}
