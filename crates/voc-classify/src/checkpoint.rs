@@ -234,11 +234,12 @@ impl CheckpointClassifier {
         }
     }
 
-    /// The network input `1 x 3 x H x W` for one photo, prepared as the checkpoint was trained.
-    pub fn input(&self, image: &RgbImage, device: &Device) -> Result<candle_core::Tensor> {
+    /// The photo as the network sees it: fitted to `input_size` as the checkpoint was trained, still
+    /// 8-bit pixels (what an attack perturbs and a gallery shows).
+    pub fn fitted(&self, image: &RgbImage) -> Result<RgbImage> {
         match self.resize {
             InputResize::Pil => {
-                crate::preprocess::image_input(image, self.input_size, &self.normalization, device)
+                crate::preprocess::resize_rgb(image, self.input_size.0, self.input_size.1)
             }
             InputResize::Geometry(geometry) => {
                 let (h, w) = self.input_size;
@@ -252,7 +253,25 @@ impl CheckpointClassifier {
                 };
                 let eval = voc_data::AugmentConfig::eval(mode);
                 let (out, _) = eval.augment(view, None, 0);
-                let chw = voc_data::augment::to_chw(&self.normalization, out.view());
+                let (oh, ow) = (out.shape()[0], out.shape()[1]);
+                Ok(RgbImage::new(oh, ow, out.iter().copied().collect())?)
+            }
+        }
+    }
+
+    /// The network input `1 x 3 x H x W` for one photo, prepared as the checkpoint was trained.
+    pub fn input(&self, image: &RgbImage, device: &Device) -> Result<candle_core::Tensor> {
+        match self.resize {
+            InputResize::Pil => {
+                crate::preprocess::image_input(image, self.input_size, &self.normalization, device)
+            }
+            InputResize::Geometry(_) => {
+                let fitted = self.fitted(image)?;
+                let (h, w) = (fitted.height(), fitted.width());
+                let chw = voc_data::augment::to_chw(
+                    &self.normalization,
+                    voc_data::image_io::rgb_view(&fitted),
+                );
                 Ok(candle_core::Tensor::from_vec(chw, (1, 3, h, w), device)?)
             }
         }

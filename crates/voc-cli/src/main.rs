@@ -38,8 +38,11 @@ enum Command {
     Train(cmd_train::TrainArgs),
     /// Score a trained model on a labelled split (`voc eval classify`).
     Eval(cmd_eval::EvalArgs),
+    /// Adversarial attacks swept over budgets: metrics, perceptibility, adversarial images, galleries.
+    Attack(cmd_attack::AttackArgs),
 }
 
+mod cmd_attack;
 mod cmd_bench;
 mod cmd_data;
 mod cmd_eval;
@@ -74,5 +77,6 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(args) => cmd_bench::run(args),
         Command::Train(args) => cmd_train::run(args),
         Command::Eval(args) => cmd_eval::run(args),
+        Command::Attack(args) => cmd_attack::run(args),
     }
 }

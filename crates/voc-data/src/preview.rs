@@ -170,3 +170,87 @@ pub fn class_grid(
     }
     Ok((canvas, shown))
 }
+
+/// One picture of a [`captioned_grid`] with the lines of text under it.
+#[derive(Debug, Clone)]
+pub struct Tile {
+    /// The picture.
+    pub image: voc_core::RgbImage,
+    /// Lines under the picture (the built-in 5x7 font: capitals, digits, a little punctuation).
+    pub caption: Vec<String>,
+}
+
+/// Rows of captioned pictures on a white canvas, each row as tall as its tallest tile, each column as
+/// wide as its widest picture (or caption), with `title` above everything: galleries such as an
+/// attack's original | perturbation | adversarial. An empty grid is an error.
+///
+/// ```
+/// use voc_core::RgbImage;
+/// use voc_data::preview::{captioned_grid, Tile};
+/// let tile = |v: u8| Tile { image: RgbImage::new(20, 30, vec![v; 20 * 30 * 3]).unwrap(), caption: vec!["CAT 0.93".into()] };
+/// let grid = captioned_grid("EPS 4", &[vec![tile(0), tile(128)], vec![tile(255)]])?;
+/// assert!(grid.width() >= 2 * 30 && grid.height() >= 2 * 20);
+/// # Ok::<(), voc_data::DataError>(())
+/// ```
+pub fn captioned_grid(title: &str, rows: &[Vec<Tile>]) -> Result<voc_core::RgbImage> {
+    let columns = rows.iter().map(Vec::len).max().unwrap_or(0);
+    if columns == 0 {
+        return Err(DataError::BadArgument(
+            "a captioned grid needs at least one tile".into(),
+        ));
+    }
+    let (scale, margin, gap) = (2, 10, 4);
+    let line = font::text_height(scale) + 4;
+    let col_w: Vec<usize> = (0..columns)
+        .map(|c| {
+            rows.iter()
+                .filter_map(|r| r.get(c))
+                .map(|t| {
+                    t.caption
+                        .iter()
+                        .map(|l| font::text_width(l, scale))
+                        .max()
+                        .unwrap_or(0)
+                        .max(t.image.width())
+                })
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let row_h: Vec<usize> = rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|t| t.image.height() + gap + t.caption.len() * line)
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let title_h = if title.is_empty() { 0 } else { line + gap };
+    let width = margin + col_w.iter().map(|w| w + margin).sum::<usize>();
+    let height = margin + title_h + row_h.iter().map(|h| h + margin).sum::<usize>();
+    let mut canvas =
+        image::RgbImage::from_pixel(width as u32, height as u32, image::Rgb([255, 255, 255]));
+    font::draw_text(&mut canvas, margin, margin, title, scale, [0, 0, 0]);
+    let mut y0 = margin + title_h;
+    for (r, row) in rows.iter().enumerate() {
+        let mut x0 = margin;
+        for (c, tile) in row.iter().enumerate() {
+            let picture = Array3::from_shape_vec(
+                (tile.image.height(), tile.image.width(), 3),
+                tile.image.as_bytes().to_vec(),
+            )
+            .map_err(|e| DataError::BadArgument(format!("tile picture: {e}")))?;
+            blit(&mut canvas, &picture, x0, y0);
+            let mut ty = y0 + tile.image.height() + gap;
+            for text in &tile.caption {
+                font::draw_text(&mut canvas, x0, ty, text, scale, [0, 0, 0]);
+                ty += line;
+            }
+            x0 += col_w[c] + margin;
+        }
+        y0 += row_h[r] + margin;
+    }
+    let (w, h) = (canvas.width() as usize, canvas.height() as usize);
+    Ok(voc_core::RgbImage::new(h, w, canvas.into_raw())?)
+}
