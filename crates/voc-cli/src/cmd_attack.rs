@@ -85,6 +85,9 @@ struct SweepArgs {
     /// Competition data folder.
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Attack these photos (.png, .jpg or .npy) instead of a split of --data.
+    #[arg(long, num_args = 1.., conflicts_with_all = ["data", "ids"])]
+    images: Vec<PathBuf>,
     /// Split of --data to attack.
     #[arg(long, default_value = "test")]
     split: String,
@@ -158,6 +161,47 @@ impl SweepArgs {
         Ok(())
     }
 
+    /// The photos to attack: `(Id, photo, true labels, true mask)` from --images (file names as Ids,
+    /// no truth) or the selected images of the split.
+    fn photos(&self) -> anyhow::Result<Vec<Photo>> {
+        if !self.images.is_empty() {
+            let mut photos: Vec<Photo> = Vec::new();
+            for path in self.images.iter().take(self.limit.unwrap_or(usize::MAX)) {
+                let id = path
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| format!("image{}", photos.len()));
+                if photos.iter().any(|p| p.id == id) {
+                    bail!("--images: two photos named '{id}' (Ids come from the file names)");
+                }
+                photos.push(Photo {
+                    id,
+                    image: voc_data::read_rgb_image(path)?,
+                    labels: None,
+                    mask: None,
+                });
+            }
+            return Ok(photos);
+        }
+        let (index, chosen) = self.images()?;
+        chosen
+            .iter()
+            .map(|&i| {
+                let id = index.ids[i].clone();
+                Ok(Photo {
+                    image: index.read_rgb_image(&id)?,
+                    labels: index.labels.as_ref().map(|l| l[i].to_flags().to_vec()),
+                    mask: if index.has_masks {
+                        Some(index.read_mask(&id)?.iter().copied().collect())
+                    } else {
+                        None
+                    },
+                    id,
+                })
+            })
+            .collect()
+    }
+
     /// The split's images (with their Ids) that --ids and --limit select.
     fn images(&self) -> anyhow::Result<(voc_data::SplitIndex, Vec<usize>)> {
         let Some(data) = &self.data else {
@@ -199,6 +243,16 @@ impl SweepArgs {
             "seed": self.seed,
         })
     }
+}
+
+/// A photo to attack with what is known of it.
+struct Photo {
+    id: String,
+    image: RgbImage,
+    /// 0/1 per VOC class, when the split is labelled.
+    labels: Option<Vec<u8>>,
+    /// The true mask (row-major), when the split has masks.
+    mask: Option<Vec<u8>>,
 }
 
 /// `1 x 3 x H x W` pixels in 0..1.
@@ -326,9 +380,6 @@ struct ClassifyAttackArgs {
     /// efficientnet_lite0, resnet50, resnet50v2, vgg16: the pretrained ImageNet network).
     #[arg(long)]
     classifier: String,
-    /// Attack these photos (.png, .jpg or .npy) instead of a split of --data.
-    #[arg(long, num_args = 1.., conflicts_with_all = ["data", "ids"])]
-    images: Vec<PathBuf>,
     /// Reach exactly these labels (comma-separated class names; ImageNet: one class name or index).
     #[arg(long, value_delimiter = ',', conflicts_with_all = ["remove", "add"])]
     target: Vec<String>,
@@ -488,40 +539,14 @@ fn classify(args: ClassifyAttackArgs) -> anyhow::Result<()> {
     let multi_label = matches!(victim, Victim::Voc(_));
 
     // The images, fitted to the network, and their true labels when the split has them.
-    let (ids, photos, truth): (Vec<String>, Vec<RgbImage>, Option<Vec<Vec<u8>>>) =
-        if !args.images.is_empty() {
-            let mut ids = Vec::new();
-            let mut photos = Vec::new();
-            for path in &args.images {
-                photos.push(voc_data::read_rgb_image(path)?);
-                ids.push(
-                    path.file_stem()
-                        .map(|s| s.to_string_lossy().into_owned())
-                        .unwrap_or_else(|| format!("image{}", ids.len())),
-                );
-            }
-            (ids, photos, None)
-        } else {
-            let (index, chosen) = sweep.images()?;
-            let mut photos = Vec::new();
-            for &i in &chosen {
-                photos.push(index.read_rgb_image(&index.ids[i])?);
-            }
-            let truth = match (&index.labels, multi_label) {
-                (Some(labels), true) => Some(
-                    chosen
-                        .iter()
-                        .map(|&i| labels[i].to_flags().to_vec())
-                        .collect(),
-                ),
-                _ => None,
-            };
-            (
-                chosen.iter().map(|&i| index.ids[i].clone()).collect(),
-                photos,
-                truth,
-            )
-        };
+    let all = sweep.photos()?;
+    let ids: Vec<String> = all.iter().map(|p| p.id.clone()).collect();
+    let truth: Option<Vec<Vec<u8>>> = if multi_label {
+        all.iter().map(|p| p.labels.clone()).collect()
+    } else {
+        None
+    };
+    let photos: Vec<RgbImage> = all.into_iter().map(|p| p.image).collect();
     let fitted: Vec<RgbImage> = photos
         .iter()
         .map(|p| victim.fitted(p))
@@ -901,6 +926,7 @@ fn segment(args: SegmentAttackArgs) -> anyhow::Result<()> {
             bail!("--goal erase:background: background is what erased pixels become");
         }
     }
+    let all = sweep.photos()?;
     let device = sweep.device.open()?;
     let loaded = voc_segment::load_segmenter(
         &args.segmenter,
@@ -910,7 +936,6 @@ fn segment(args: SegmentAttackArgs) -> anyhow::Result<()> {
     )
     .with_context(|| format!("--segmenter {}", args.segmenter))?;
     let segmenter = loaded.segmenter;
-    let (index, chosen) = sweep.images()?;
     let started = Instant::now();
 
     // Model on 0..1 pixels of one photo at its own size: normalise, pad as `voc predict` does, logits
@@ -931,20 +956,12 @@ fn segment(args: SegmentAttackArgs) -> anyhow::Result<()> {
         Ok(voc_segment::argmax_mask(&model(u)?)?.into_vec())
     };
 
-    let mut photos = Vec::new();
-    let mut truths: Vec<Option<Vec<u8>>> = Vec::new();
+    let ids: Vec<String> = all.iter().map(|p| p.id.clone()).collect();
+    let truths: Vec<Option<Vec<u8>>> = all.iter().map(|p| p.mask.clone()).collect();
+    let photos: Vec<RgbImage> = all.into_iter().map(|p| p.image).collect();
     let mut clean_masks = Vec::new();
-    for &i in &chosen {
-        let id = &index.ids[i];
-        let photo = index.read_rgb_image(id)?;
-        let truth = if index.has_masks {
-            Some(index.read_mask(id)?.iter().copied().collect::<Vec<u8>>())
-        } else {
-            None
-        };
-        clean_masks.push(predict(&unit_pixels(&photo, &device)?)?);
-        photos.push(photo);
-        truths.push(truth);
+    for photo in &photos {
+        clean_masks.push(predict(&unit_pixels(photo, &device)?)?);
     }
     // The mask each image is pushed towards (untargeted: away from), and the pixels the goal changes.
     let target_of = |i: usize| -> Vec<u8> {
@@ -1051,7 +1068,9 @@ fn segment(args: SegmentAttackArgs) -> anyhow::Result<()> {
         let mut adversarial = Vec::new();
         for (i, photo) in photos.iter().enumerate() {
             let clean = unit_pixels(photo, &device)?;
-            let adv = if eps == 0.0 {
+            // An image the goal does not change (erase a class it does not show) is not attacked.
+            let untouched = goal != PixelGoal::Untargeted && targets[i] == clean_masks[i];
+            let adv = if eps == 0.0 || untouched {
                 clean
             } else {
                 let (h, w) = (photo.height(), photo.width());
@@ -1069,7 +1088,7 @@ fn segment(args: SegmentAttackArgs) -> anyhow::Result<()> {
                     align_corners: true,
                 };
                 attack(&model, &objective, &clean, &config)
-                    .with_context(|| format!("attacking {} at eps {eps}", index.ids[chosen[i]]))?
+                    .with_context(|| format!("attacking {} at eps {eps}", ids[i]))?
                     .adversarial
             };
             adversarial.push(to_image(&adv, 0)?);
@@ -1092,7 +1111,7 @@ fn segment(args: SegmentAttackArgs) -> anyhow::Result<()> {
         row["seconds"] = json!(attack_seconds);
         let dir = sweep.out.join(format!("eps_{}", eps_name(eps)));
         for (i, adv) in adversarial.iter().enumerate() {
-            let id = &index.ids[chosen[i]];
+            let id = &ids[i];
             write_png(&dir.join(format!("{id}.png")), adv)?;
             if eps > 0.0 {
                 let (h, w) = (adv.height(), adv.width());
@@ -1135,7 +1154,7 @@ fn segment(args: SegmentAttackArgs) -> anyhow::Result<()> {
     }
     for (i, tiles) in gallery.iter().enumerate() {
         if !tiles.is_empty() {
-            let id = &index.ids[chosen[i]];
+            let id = &ids[i];
             let picture = captioned_grid(&format!("{id} {}", args.goal.to_uppercase()), tiles)?;
             write_png(
                 &sweep.out.join("gallery").join(format!("{id}.png")),
@@ -1161,7 +1180,7 @@ fn segment(args: SegmentAttackArgs) -> anyhow::Result<()> {
         "attack": sweep.describe(),
         "goal": args.goal,
         "images": photos.len(),
-        "ids": chosen.iter().map(|&i| index.ids[i].clone()).collect::<Vec<_>>(),
+        "ids": ids,
         "clean": clean_scores,
         "sweep": rows,
         "seconds": started.elapsed().as_secs_f64(),
