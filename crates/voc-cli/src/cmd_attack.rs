@@ -606,7 +606,7 @@ fn classify(args: ClassifyAttackArgs) -> anyhow::Result<()> {
     for (i, clean) in clean_labels.iter().enumerate() {
         let reference = truth.as_ref().map_or(clean, |t| &t[i]);
         let (target, counts) = match &goal {
-            LabelGoal::Untargeted => (reference.clone(), reference.iter().any(|&v| v == 1)),
+            LabelGoal::Untargeted => (reference.clone(), reference.contains(&1)),
             LabelGoal::Exact(set) => (set.clone(), set != reference),
             LabelGoal::Remove(c) => {
                 let mut t = clean.clone();
@@ -1040,7 +1040,7 @@ fn segment(args: SegmentAttackArgs) -> anyhow::Result<()> {
             .map(|c| (c, counts[c]))
             .filter(|&(_, k)| k > 0)
             .collect();
-        present.sort_by(|a, b| b.1.cmp(&a.1));
+        present.sort_by_key(|&(_, k)| std::cmp::Reverse(k));
         let mut lines: Vec<String> = present
             .iter()
             .take(2)
