@@ -10,6 +10,10 @@ pub enum AttackError {
     #[error(transparent)]
     Tensor(#[from] voc_tensor::VocError),
 
+    /// An error of the shared vocabulary layer (an image or mask that cannot be built), with its source.
+    #[error(transparent)]
+    Core(#[from] voc_core::CoreError),
+
     /// A candle tensor operation failed (including the backward pass).
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

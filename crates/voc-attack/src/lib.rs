@@ -2,6 +2,7 @@
 #![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod defence;
 pub mod error;
 pub mod objective;
 pub mod pgd;

@@ -12,7 +12,8 @@ use anyhow::{bail, Context};
 use candle_core::{DType, Device, Tensor};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
-use voc_attack::{attack, quality, AttackConfig, Norm, Objective};
+use voc_attack::defence::InputTransform;
+use voc_attack::{attack, quality, AttackConfig, AttackError, Norm, Objective};
 use voc_classify::metrics::evaluate;
 use voc_classify::{rgb_to_tensor, CheckpointClassifier, ImageClassifier, ModelPreset};
 use voc_core::{RgbImage, NUM_CLASSES};
@@ -100,6 +101,14 @@ struct SweepArgs {
     /// Run folder: adversarial PNGs per budget, a gallery per image, curves.png, report.json.
     #[arg(long)]
     out: PathBuf,
+    /// Defend the model with an input transformation (`jpeg:QUALITY` or `bits:BITS`): every image,
+    /// clean or adversarial, is transformed before the model sees it.
+    #[arg(long)]
+    defence: Option<InputTransform>,
+    /// Attack through the defence (BPDA: the transformation forwards, the identity's gradient
+    /// backwards) instead of attacking the undefended model and transferring.
+    #[arg(long, requires = "defence")]
+    adaptive: bool,
     /// Seed of random starts.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -241,6 +250,24 @@ impl SweepArgs {
             "step_size": self.step_size,
             "random_start": self.config(1.0).random_start,
             "seed": self.seed,
+            "defence": self.defence.map(|d| d.to_string()),
+            "adaptive": self.adaptive,
+        })
+    }
+
+    /// What the attacker differentiates: the undefended input, or BPDA through the defence.
+    fn attacked_input(&self, u: &Tensor) -> Result<Tensor, AttackError> {
+        match self.defence {
+            Some(t) if self.adaptive => t.straight_through(u),
+            _ => Ok(u.clone()),
+        }
+    }
+
+    /// What the deployed model sees: the defence's output, or the input itself.
+    fn deployed_input(&self, u: &Tensor) -> anyhow::Result<Tensor> {
+        Ok(match self.defence {
+            Some(t) => t.apply_batch(u)?,
+            None => u.clone(),
         })
     }
 }
@@ -579,7 +606,15 @@ fn classify(args: ClassifyAttackArgs) -> anyhow::Result<()> {
     };
 
     let started = Instant::now();
-    let model = |u: &Tensor| victim.logits(u);
+    // The attacker's view of the model (through the defence only with --adaptive), and the
+    // deployed model every score comes from.
+    let model = |u: &Tensor| -> Result<Tensor, AttackError> {
+        victim
+            .logits(&sweep.attacked_input(u)?)
+            .map_err(|e| AttackError::Model(Box::new(e)))
+    };
+    let deployed =
+        |u: &Tensor| -> anyhow::Result<Tensor> { Ok(victim.logits(&sweep.deployed_input(u)?)?) };
     // Clean predictions, batch by batch.
     let batches: Vec<Vec<usize>> = (0..fitted.len())
         .collect::<Vec<_>>()
@@ -595,7 +630,7 @@ fn classify(args: ClassifyAttackArgs) -> anyhow::Result<()> {
     };
     let mut clean_probs = Vec::new();
     for idx in &batches {
-        clean_probs.extend(victim.probabilities(&model(&stack(idx, &fitted)?)?)?);
+        clean_probs.extend(victim.probabilities(&deployed(&stack(idx, &fitted)?)?)?);
     }
     let clean_labels: Vec<Vec<u8>> = clean_probs.iter().map(|p| victim.decide(p)).collect();
 
@@ -724,7 +759,7 @@ fn classify(args: ClassifyAttackArgs) -> anyhow::Result<()> {
         // Scored as written: the 8-bit images.
         let mut probs = Vec::new();
         for idx in &batches {
-            probs.extend(victim.probabilities(&model(&stack(idx, &adversarial)?)?)?);
+            probs.extend(victim.probabilities(&deployed(&stack(idx, &adversarial)?)?)?);
         }
         let labels: Vec<Vec<u8>> = probs.iter().map(|p| victim.decide(p)).collect();
         let mut row = label_metrics(&probs, &labels)?;
@@ -940,7 +975,7 @@ fn segment(args: SegmentAttackArgs) -> anyhow::Result<()> {
 
     // Model on 0..1 pixels of one photo at its own size: normalise, pad as `voc predict` does, logits
     // at the photo's size.
-    let model = |u: &Tensor| -> voc_segment::Result<Tensor> {
+    let network = |u: &Tensor| -> voc_segment::Result<Tensor> {
         let x = voc_tensor::preprocess::normalize(&(u * 255.0)?, &segmenter.normalization)?;
         let (_, _, h, w) = x.dims4()?;
         let os = segmenter.net.output_stride();
@@ -952,8 +987,13 @@ fn segment(args: SegmentAttackArgs) -> anyhow::Result<()> {
         let logits = segmenter.net.logits_at(&x, ph, pw, false)?;
         Ok(logits.narrow(2, 0, h)?.narrow(3, 0, w)?)
     };
+    // The attacker's view (through the defence only with --adaptive) and the deployed model.
+    let model = |u: &Tensor| -> Result<Tensor, AttackError> {
+        network(&sweep.attacked_input(u)?).map_err(|e| AttackError::Model(Box::new(e)))
+    };
     let predict = |u: &Tensor| -> anyhow::Result<Vec<u8>> {
-        Ok(voc_segment::argmax_mask(&model(u)?)?.into_vec())
+        let logits = network(&sweep.deployed_input(u)?)?;
+        Ok(voc_segment::argmax_mask(&logits)?.into_vec())
     };
 
     let ids: Vec<String> = all.iter().map(|p| p.id.clone()).collect();

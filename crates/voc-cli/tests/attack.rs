@@ -181,6 +181,8 @@ fn attack_bad_input_is_a_clear_error() {
     );
     assert_fails_naming(&base(&["--goal", "paint:cat"]), &["erase:CLASS"]);
     assert_fails_naming(&base(&["--ids", "nope"]), &["'nope' is not an Id"]);
+    assert_fails_naming(&base(&["--defence", "bits:9"]), &["bits:9", "1..=7"]);
+    assert_fails_naming(&base(&["--adaptive"]), &["--defence"]);
 
     // A segmenter checkpoint passed as a classifier.
     let segmenter = tmp.path().join("segmenter.safetensors");
