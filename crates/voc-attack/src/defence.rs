@@ -71,7 +71,7 @@ impl InputTransform {
     pub fn apply(&self, image: &RgbImage) -> Result<RgbImage> {
         match *self {
             Self::Bits(bits) => {
-                let levels = f32::from((1u16 << bits) as u16 - 1);
+                let levels = f32::from((1u16 << bits) - 1);
                 let bytes = image
                     .as_bytes()
                     .iter()
