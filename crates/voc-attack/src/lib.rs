@@ -10,4 +10,6 @@ pub mod quality;
 
 pub use error::{AttackError, Result};
 pub use objective::{Loss, Objective};
-pub use pgd::{attack, input_gradient, AttackConfig, AttackOutcome, Goal, Norm};
+pub use pgd::{
+    attack, input_gradient, universal_perturbation, AttackConfig, AttackOutcome, Goal, Norm,
+};

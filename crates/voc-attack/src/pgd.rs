@@ -377,3 +377,92 @@ fn random_ball(like: &Tensor, config: &AttackConfig) -> Result<Tensor> {
     }
     Ok(Tensor::from_vec(values, like.dims(), like.device())?.to_dtype(like.dtype())?)
 }
+
+/// A universal perturbation (Moosavi-Dezfooli et al. 2017, found here by projected sign steps on the
+/// summed loss, as in Shafahi et al. 2020): one `1 x ...` delta for every image of `batches`, each
+/// batch with its own loss. `passes` times over the batches, the delta moves by `config.step_size`
+/// along the sign (L-inf) or direction (L2) of the gradient of its batch's loss at `clamp(x + delta)`,
+/// up for an untargeted config and down for a targeted one, then is projected onto the budget ball.
+/// Returns the delta; apply it as `(x + delta).clamp(bounds)`.
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// use voc_attack::{universal_perturbation, AttackConfig, Objective};
+/// let w = Tensor::new(&[[1f32, -2.0], [0.5, 0.25], [-1.5, 1.0], [0.0, 3.0]], &Device::Cpu)?;
+/// let model = |x: &Tensor| x.matmul(&w);
+/// let x = Tensor::new(&[[0.2f32, 0.5, 0.9, 0.4], [0.6, 0.1, 0.3, 0.8]], &Device::Cpu)?;
+/// let objective = Objective::CrossEntropy { classes: vec![1, 1] };
+/// let delta = universal_perturbation(&model, &[(x.clone(), objective)], &AttackConfig::fgsm(0.05), 1)?;
+/// // Both images share the gradient's sign [+, +, -, -]: one FGSM step of the summed loss.
+/// assert_eq!(delta.dims(), [1, 4]);
+/// let d = delta.flatten_all()?.to_vec1::<f32>()?;
+/// assert!((d[0] - 0.05).abs() < 1e-6 && (d[3] + 0.05).abs() < 1e-6);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn universal_perturbation<M, E, L>(
+    model: &M,
+    batches: &[(Tensor, L)],
+    config: &AttackConfig,
+    passes: usize,
+) -> Result<Tensor>
+where
+    M: Fn(&Tensor) -> std::result::Result<Tensor, E>,
+    E: std::error::Error + Send + Sync + 'static,
+    L: Loss,
+{
+    config.validate()?;
+    let Some((first, _)) = batches.first() else {
+        return Err(AttackError::BadInput(
+            "a universal perturbation needs at least one batch".into(),
+        ));
+    };
+    let mut shape = first.dims().to_vec();
+    if shape.len() < 2 {
+        return Err(AttackError::BadInput(format!(
+            "expected N x ... batches, got shape {:?}",
+            first.dims()
+        )));
+    }
+    shape[0] = 1;
+    if let Some((x, _)) = batches.iter().find(|(x, _)| x.dims()[1..] != shape[1..]) {
+        return Err(AttackError::BadInput(format!(
+            "a universal perturbation needs images of one size: {:?} and {:?}",
+            &shape[1..],
+            &x.dims()[1..]
+        )));
+    }
+    let sign = match config.goal {
+        Goal::Untargeted => 1.0,
+        Goal::Targeted => -1.0,
+    };
+    let (lo, hi) = config.bounds;
+    let mut delta = Tensor::zeros(shape, first.dtype(), first.device())?;
+    for _ in 0..passes.max(1) {
+        for (x, loss) in batches {
+            let var = Var::from_tensor(&delta)?;
+            let u = x.detach().broadcast_add(var.as_tensor())?.clamp(lo, hi)?;
+            let (value, _) = model_loss(model, loss, &u)?;
+            let grads = value.backward()?;
+            let Some(grad) = grads.get(var.as_tensor()).cloned() else {
+                return Err(AttackError::BadInput(
+                    "the loss does not depend on the model's input (no gradient reaches it)".into(),
+                ));
+            };
+            let direction = match config.norm {
+                Norm::Linf => grad.sign()?,
+                Norm::L2 => grad.broadcast_div(&(per_image_l2(&grad)? + 1e-12)?)?,
+            };
+            let stepped = (&delta + (direction * (sign * config.step_size))?)?;
+            let eps = config.epsilon;
+            delta = match config.norm {
+                Norm::Linf => stepped.clamp(-eps, eps)?,
+                Norm::L2 => {
+                    let norms = per_image_l2(&stepped)?;
+                    let scale = (norms.maximum(eps.max(1e-12))?.recip()? * eps)?;
+                    stepped.broadcast_mul(&scale)?
+                }
+            };
+        }
+    }
+    Ok(delta)
+}

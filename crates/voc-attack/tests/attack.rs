@@ -338,3 +338,52 @@ fn momentum_keeps_the_direction_of_earlier_steps() {
         .validate()
         .is_err());
 }
+
+/// The universal perturbation: one delta inside the budget that raises the loss of every batch, and
+/// batches of different image sizes refused.
+#[test]
+fn universal_perturbation_is_one_delta_within_the_budget_for_every_batch() {
+    let (_, model) = linear();
+    let x = input();
+    let objective = Objective::CrossEntropy {
+        classes: vec![1, 1],
+    };
+    // Two batches of one image each, both of class 1.
+    let batches: Vec<(Tensor, Objective)> = (0..2)
+        .map(|i| {
+            (
+                x.narrow(0, i, 1).unwrap(),
+                Objective::CrossEntropy { classes: vec![1] },
+            )
+        })
+        .collect();
+    let config = AttackConfig::pgd(Norm::L2, 0.2, 0.05, 1);
+    let delta = voc_attack::universal_perturbation(&model, &batches, &config, 5).unwrap();
+    assert_eq!(delta.dims(), [1, 4]);
+    let norm: f32 = values(&delta).iter().map(|v| v * v).sum::<f32>().sqrt();
+    assert!(norm <= 0.2 + 1e-5 && norm > 0.15, "L2 norm {norm}");
+    use voc_attack::Loss;
+    for (x, objective) in &batches {
+        let before = objective
+            .loss(&model(x).unwrap())
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let moved = x.broadcast_add(&delta).unwrap().clamp(0.0, 1.0).unwrap();
+        let after = objective
+            .loss(&model(&moved).unwrap())
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(after > before, "{before} -> {after}");
+    }
+    let odd = vec![
+        (x.clone(), objective.clone()),
+        (
+            Tensor::zeros((1, 3), DType::F32, &Device::Cpu).unwrap(),
+            objective,
+        ),
+    ];
+    let err = voc_attack::universal_perturbation(&model, &odd, &config, 1).unwrap_err();
+    assert!(err.to_string().contains("one size"), "{err}");
+}

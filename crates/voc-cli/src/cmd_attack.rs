@@ -419,6 +419,10 @@ struct ClassifyAttackArgs {
     /// Images per attack batch.
     #[arg(long, default_value_t = 8)]
     batch: usize,
+    /// One perturbation for all the images (universal): --steps passes over them (FGSM: one),
+    /// each batch a signed step of --step-size; written as universal_eps_E.png (x10 around grey).
+    #[arg(long)]
+    universal: bool,
     #[command(flatten)]
     sweep: SweepArgs,
 }
@@ -722,34 +726,65 @@ fn classify(args: ClassifyAttackArgs) -> anyhow::Result<()> {
     let mut gallery: Vec<Vec<Vec<Tile>>> = vec![Vec::new(); ids.len()];
     for &eps in &sweep.eps {
         let t0 = Instant::now();
-        let config = sweep.config(eps);
-        let mut adversarial: Vec<RgbImage> = Vec::with_capacity(fitted.len());
-        for idx in &batches {
-            let clean = stack(idx, &fitted)?;
-            let adv = if eps == 0.0 {
-                clean
-            } else {
+        let mut config = sweep.config(eps);
+        if targeted {
+            config = config.targeted();
+        }
+        let objective_of = |idx: &[usize]| -> anyhow::Result<Objective> {
+            Ok(if multi_label {
                 let t: Vec<f32> = idx
                     .iter()
                     .flat_map(|&i| targets[i].iter().map(|&v| f32::from(v)))
                     .collect();
-                let objective = if multi_label {
-                    Objective::MultiLabel {
-                        targets: Tensor::from_vec(t, (idx.len(), names.len()), &device)?,
-                    }
-                } else {
-                    Objective::CrossEntropy {
-                        classes: idx.iter().map(|&i| argmax_u8(&targets[i])).collect(),
-                    }
-                };
-                let config = if targeted {
-                    config.clone().targeted()
-                } else {
-                    config.clone()
-                };
-                attack(&model, &objective, &clean, &config)
-                    .with_context(|| format!("attacking at eps {eps}"))?
-                    .adversarial
+                Objective::MultiLabel {
+                    targets: Tensor::from_vec(t, (idx.len(), names.len()), &device)?,
+                }
+            } else {
+                Objective::CrossEntropy {
+                    classes: idx.iter().map(|&i| argmax_u8(&targets[i])).collect(),
+                }
+            })
+        };
+        // A universal perturbation: one delta for every image, found over the whole selection.
+        let universal = if args.universal && eps > 0.0 {
+            let work: Vec<(Tensor, Objective)> = batches
+                .iter()
+                .map(|idx| Ok((stack(idx, &fitted)?, objective_of(idx)?)))
+                .collect::<anyhow::Result<_>>()?;
+            let passes = if sweep.attack == AttackKind::Fgsm {
+                1
+            } else {
+                config.steps
+            };
+            let one_step = AttackConfig {
+                steps: 1,
+                ..config.clone()
+            };
+            let delta = voc_attack::universal_perturbation(&model, &work, &one_step, passes)
+                .with_context(|| format!("the universal perturbation at eps {eps}"))?;
+            let grey = Tensor::full(0.5f32, delta.dims(), &device)?;
+            let picture = to_image(&(grey + (&delta * 10.0)?)?.clamp(0.0, 1.0)?, 0)?;
+            write_png(
+                &sweep
+                    .out
+                    .join(format!("universal_eps_{}.png", eps_name(eps))),
+                &picture,
+            )?;
+            Some(delta)
+        } else {
+            None
+        };
+        let mut adversarial: Vec<RgbImage> = Vec::with_capacity(fitted.len());
+        for idx in &batches {
+            let clean = stack(idx, &fitted)?;
+            let adv = match (&universal, eps == 0.0) {
+                (_, true) => clean,
+                (Some(delta), _) => clean.broadcast_add(delta)?.clamp(0.0, 1.0)?,
+                (None, _) => {
+                    attack(&model, &objective_of(idx)?, &clean, &config)
+                        .with_context(|| format!("attacking at eps {eps}"))?
+                        .adversarial
+                }
             };
             for k in 0..idx.len() {
                 adversarial.push(to_image(&adv, k)?);
@@ -835,6 +870,7 @@ fn classify(args: ClassifyAttackArgs) -> anyhow::Result<()> {
         "classifier": source,
         "attack": sweep.describe(),
         "goal": describe_goal(&goal, &names).to_lowercase(),
+        "universal": args.universal,
         "images": ids.len(),
         "ids": ids,
         "clean": clean_metrics,
