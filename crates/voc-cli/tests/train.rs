@@ -462,3 +462,75 @@ fn resnet50_trains_from_a_weights_file_and_its_checkpoint_scores() {
     let report = common::json_line(&out, "voc eval classify");
     assert!(report["report"]["map"].as_f64().unwrap() > 0.0, "{report}");
 }
+
+#[test]
+fn adversarial_training_runs_and_frozen_mode_refuses_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = small_data(tmp.path(), 8);
+    let run = tmp.path().join("adv");
+    let (data_s, run_s) = (data.to_str().unwrap(), run.to_str().unwrap());
+    let mut args = vec![
+        "train",
+        "classify",
+        "--data",
+        data_s,
+        "--out",
+        run_s,
+        "--epochs",
+        "1",
+        "--adversarial",
+        "pgd",
+        "--adv-eps",
+        "8",
+        "--json",
+    ];
+    args.extend(SCRATCH);
+    let out = voc(&args, None);
+    assert!(out.status.success(), "{}", text(&out));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["config"]["adversarial"], "pgd");
+    assert_eq!(config["config"]["adv_eps"], 8.0);
+    assert_eq!(metrics_epochs(&run), [1]);
+
+    let frozen = voc(
+        &[
+            "train",
+            "classify",
+            "--data",
+            data_s,
+            "--out",
+            tmp.path().join("frozen").to_str().unwrap(),
+            "--model",
+            "mobilenet_v2",
+            "--mode",
+            "frozen",
+            "--adversarial",
+            "fgsm",
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    common::assert_fails_naming(&frozen, &["--adversarial", "frozen mode"]);
+    let bad_eps = voc(
+        &[
+            "train",
+            "classify",
+            "--data",
+            data_s,
+            "--out",
+            tmp.path().join("eps").to_str().unwrap(),
+            "--model",
+            "scratch",
+            "--adversarial",
+            "fgsm",
+            "--adv-eps",
+            "300",
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    common::assert_fails_naming(&bad_eps, &["--adv-eps", "300"]);
+}

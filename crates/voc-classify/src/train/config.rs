@@ -154,6 +154,19 @@ impl Augment {
     }
 }
 
+/// Adversarial training: each training batch is replaced by adversarial examples of the current
+/// network (Madry et al. 2018), crafted in pixel space within `adv_eps` / 255 (L-inf) against the
+/// batch's labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Adversarial {
+    /// One step of 1.25 eps from a random start in the budget ("fast is better than free", Wong et
+    /// al. 2020): about twice the cost of a plain step.
+    Fgsm,
+    /// PGD: 7 steps of eps/4 from a random start: about eight times the cost.
+    Pgd,
+}
+
 /// Where validation images come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -228,6 +241,12 @@ pub struct TrainConfig {
     pub validation: Validation,
     /// How the decision thresholds are chosen on validation.
     pub threshold: ThresholdRule,
+    /// Adversarial training (fine-tuning and scratch phases; not the head on cached features).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adversarial: Option<Adversarial>,
+    /// Budget of the adversarial examples, in 1/255 units.
+    #[serde(default)]
+    pub adv_eps: f64,
 }
 
 impl TrainConfig {
@@ -263,6 +282,8 @@ impl TrainConfig {
             augment: Augment::Notebook,
             validation: Validation::Fraction(0.2),
             threshold: ThresholdRule::Global,
+            adversarial: None,
+            adv_eps: 4.0,
         };
         match mode {
             TrainMode::Frozen => Self {
@@ -355,6 +376,20 @@ impl TrainConfig {
                 return bad("val-fraction", format!("{f} is not in (0, 1)"));
             }
         }
+        if self.adversarial.is_some() {
+            if !(self.adv_eps > 0.0 && self.adv_eps <= 255.0) {
+                return bad(
+                    "adv-eps",
+                    format!("{} is not a budget in (0, 255] (1/255 units)", self.adv_eps),
+                );
+            }
+            if self.mode == TrainMode::Frozen {
+                return bad(
+                    "adversarial",
+                    "frozen mode trains a head on cached features, which adversarial examples of the images cannot reach: use --mode finetune or scratch".into(),
+                );
+            }
+        }
         if let Unfreeze::Last(0) = self.unfreeze {
             if self.mode == TrainMode::Finetune {
                 return bad(
@@ -388,6 +423,11 @@ macro_rules! cli_enum {
     };
 }
 
+cli_enum!(
+    Adversarial,
+    "adversarial training",
+    [Fgsm = "fgsm", Pgd = "pgd"]
+);
 cli_enum!(
     TrainMode,
     "mode",

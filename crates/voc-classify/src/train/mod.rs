@@ -6,8 +6,8 @@ pub mod params;
 pub mod run;
 
 pub use config::{
-    Augment, BnMode, ClassWeights, Geometry, OptimizerKind, ScheduleKind, TrainConfig, TrainMode,
-    Unfreeze, Validation,
+    Adversarial, Augment, BnMode, ClassWeights, Geometry, OptimizerKind, ScheduleKind, TrainConfig,
+    TrainMode, Unfreeze, Validation,
 };
 pub use learner::{backbone_blocks, variable_rule, Learner, Loss, Phase};
 pub use params::{build_mixed, MixedParams};

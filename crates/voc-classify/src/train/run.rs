@@ -677,7 +677,19 @@ pub fn train_classifier(
                         let y = batch.labels.as_ref().ok_or_else(|| {
                             ClassifyError::BadArgument("a training batch without labels".into())
                         })?;
-                        let l = learner.step(&batch.images, y)?;
+                        let inputs = match config.adversarial {
+                            Some(kind) => adversarial_batch(
+                                &learner,
+                                &batch.images,
+                                y,
+                                kind,
+                                config.adv_eps,
+                                choice.normalization(),
+                                config.seed ^ ((epoch * 100_003 + i) as u64),
+                            )?,
+                            None => batch.images.clone(),
+                        };
+                        let l = learner.step(&inputs, y)?;
                         if !l.is_finite() {
                             return Err(ClassifyError::BadArgument(format!(
                                 "the training loss became {l} at epoch {epoch}: lower --lr"
@@ -851,6 +863,38 @@ fn set_prior_bias(
         bias.set(&Tensor::new(prior, bias.device())?)?;
     }
     Ok(())
+}
+
+/// Adversarial examples of a normalised batch `x` against its labels `y` for the learner's current
+/// network (eval mode), crafted on pixels in 0..1 within `eps` / 255 and normalised again.
+fn adversarial_batch(
+    learner: &Learner,
+    x: &Tensor,
+    y: &Tensor,
+    kind: crate::train::config::Adversarial,
+    eps: f64,
+    normalization: voc_core::Normalization,
+    seed: u64,
+) -> Result<Tensor> {
+    use crate::train::config::Adversarial;
+    use voc_tensor::preprocess::{denormalize, normalize};
+    let e = eps / 255.0;
+    let config = match kind {
+        Adversarial::Fgsm => voc_attack::AttackConfig::pgd(voc_attack::Norm::Linf, e, 1.25 * e, 1),
+        Adversarial::Pgd => voc_attack::AttackConfig::pgd(voc_attack::Norm::Linf, e, e / 4.0, 7),
+    }
+    .with_random_start(seed);
+    let u = (denormalize(x, &normalization)? / 255.0)?.clamp(0.0, 1.0)?;
+    let model = |u: &Tensor| -> Result<Tensor> {
+        let x = normalize(&(u * 255.0)?, &normalization)?;
+        learner.net.logits(&x, false, false)
+    };
+    let objective = voc_attack::Objective::MultiLabel {
+        targets: y.to_dtype(candle_core::DType::F32)?,
+    };
+    let outcome = voc_attack::attack(&model, &objective, &u, &config)
+        .map_err(|e| ClassifyError::BadArgument(format!("crafting adversarial examples: {e}")))?;
+    Ok(normalize(&(outcome.adversarial * 255.0)?, &normalization)?.detach())
 }
 
 /// Training-mode batch norm cannot take a batch of one image: such runs drop a last short batch.
