@@ -809,6 +809,21 @@ fn classify(args: ClassifyAttackArgs) -> anyhow::Result<()> {
         }
         row["eps"] = json!(eps);
         row["seconds"] = json!(attack_seconds);
+        // What each image became: its labels (most probable first) and whether the goal was reached.
+        row["per_image"] = json!((0..ids.len())
+            .map(|i| {
+                let mut shown: Vec<usize> = (0..labels[i].len())
+                    .filter(|&k| labels[i][k] == 1)
+                    .collect();
+                shown.sort_by(|&a, &b| probs[i][b].total_cmp(&probs[i][a]));
+                json!({
+                    "id": ids[i],
+                    "labels": shown.iter().map(|&k| names[k].clone()).collect::<Vec<_>>(),
+                    "probabilities": shown.iter().map(|&k| probs[i][k]).collect::<Vec<_>>(),
+                    "success": applicable[i] && success(&labels[i], i),
+                })
+            })
+            .collect::<Vec<_>>());
         let dir = sweep.out.join(format!("eps_{}", eps_name(eps)));
         for (i, adv) in adversarial.iter().enumerate() {
             write_png(&dir.join(format!("{}.png", ids[i])), adv)?;

@@ -230,3 +230,105 @@ fn attack_bad_input_is_a_clear_error() {
         out.display()
     );
 }
+
+/// The PyTorch golden of FGSM (`reference/attack.safetensors`: MobileNetV2, the bird at 224x224 in
+/// 8-bit steps, 2/255 on the cross-entropy of its class) through the command: the photo written as a
+/// PNG of exactly `u`, attacked by `voc attack classify`, gives PyTorch's adversarial image in every
+/// value whose gradient is not too small to have a reliable sign, and PyTorch's new top-1 class.
+#[test]
+fn the_fgsm_golden_passes_through_the_command() {
+    let Some(shared) = shared_with(
+        "the_fgsm_golden_passes_through_the_command",
+        &[
+            hub_model("google/mobilenet_v2_1.0_224"),
+            "reference/attack.safetensors".into(),
+        ],
+    ) else {
+        return;
+    };
+    let golden =
+        voc_tensor::testing::load_golden(&shared.join("reference/attack.safetensors")).unwrap();
+    let to_bytes = |t: &Tensor| -> Vec<u8> {
+        (t.squeeze(0).unwrap() * 255.0)
+            .unwrap()
+            .round()
+            .unwrap()
+            .permute((1, 2, 0))
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_dtype(voc_tensor::DType::U8)
+            .unwrap()
+            .to_vec1()
+            .unwrap()
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let photo = tmp.path().join("u.png");
+    voc_core::RgbImage::new(224, 224, to_bytes(&golden["u"]))
+        .unwrap()
+        .write_png(&photo)
+        .unwrap();
+    let run = tmp.path().join("run");
+    let out = voc(
+        &[
+            "attack",
+            "classify",
+            "--classifier",
+            "imagenet:mobilenet_v2",
+            "--images",
+            path_str(&photo),
+            "--attack",
+            "fgsm",
+            "--eps",
+            "2",
+            "--out",
+            path_str(&run),
+            "--device",
+            "cpu",
+            "--json",
+        ],
+        Some(&shared.join("hf")),
+    );
+    let report = json_line(&out, "voc attack classify (FGSM golden)");
+    assert_eq!(report["sweep"][0]["success_rate"], 1.0, "{report}");
+    let ours = voc_data::read_rgb_image(&run.join("eps_2/u.png")).unwrap();
+    let theirs = to_bytes(&golden["fgsm.u_adv"]);
+    let grad: Vec<f32> = golden["fgsm.grad"]
+        .squeeze(0)
+        .unwrap()
+        .permute((1, 2, 0))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let (mut compared, mut differ) = (0, 0);
+    for ((a, b), g) in ours.as_bytes().iter().zip(&theirs).zip(&grad) {
+        if g.abs() > 1e-7 {
+            compared += 1;
+            differ += usize::from(a != b);
+        }
+    }
+    assert!(compared > 100_000, "{compared} values compared");
+    assert_eq!(
+        differ, 0,
+        "{differ} of {compared} values differ from PyTorch's FGSM image"
+    );
+    // The new top-1 is PyTorch's (class 21 of the hub model's 1001), the chickadee (20) gone.
+    let golden_top = golden["fgsm.logits"]
+        .flatten_all()
+        .unwrap()
+        .argmax(0)
+        .unwrap()
+        .to_scalar::<u32>()
+        .unwrap();
+    let cache = voc_tensor::hub::HubCache::new(shared.join("hf").join("hub"), true);
+    let names = voc_classify::ModelPreset::MOBILENET_V2
+        .class_names_in(&cache)
+        .unwrap();
+    assert_eq!(
+        report["sweep"][0]["per_image"][0]["labels"][0],
+        names[golden_top as usize].as_str(),
+        "{report}"
+    );
+}
