@@ -357,6 +357,11 @@ pub struct SegmentArgs {
     /// 16 or 8 (8: finer masks, about 3x the compute).
     #[arg(long)]
     output_stride: Option<usize>,
+    /// DeepLabV3+ on the VOC backbone: start the ASPP's 1x1 and pooling branches (and their part of
+    /// the projection) from the pretrained DeepLabV3 head. Use with --bn frozen (its batch norms are
+    /// folded).
+    #[arg(long)]
+    init_aspp: bool,
     /// Which weights train: head (the backbone frozen) or all.
     #[arg(long, value_parser = parse::<SegTrainable>)]
     train: Option<SegTrainable>,
@@ -486,6 +491,9 @@ impl SegmentArgs {
         );
         if let Some(w) = &self.weights {
             c.weights = Some(w.clone());
+        }
+        if self.init_aspp {
+            c.init_aspp = true;
         }
         if let Some(s) = &self.val_split {
             c.validation = SegValidation::Split(s.clone());

@@ -134,6 +134,11 @@ pub struct SegTrainConfig {
     pub weights: Option<PathBuf>,
     /// 16 or 8 (training and validation).
     pub output_stride: usize,
+    /// DeepLabV3+ on the VOC backbone: start the ASPP branches the pretrained DeepLabV3 head has (the
+    /// 1x1 branch, image pooling, and their columns of the projection, the atrous ones at zero), so
+    /// the new head starts from the pretrained one's features.
+    #[serde(default)]
+    pub init_aspp: bool,
     /// Which weights train.
     pub train: SegTrainable,
     /// Which batch norms use batch statistics.
@@ -202,6 +207,7 @@ impl SegTrainConfig {
             backbone,
             weights: None,
             output_stride: 16,
+            init_aspp: false,
             train,
             bn,
             epochs: 30,
@@ -288,6 +294,13 @@ impl SegTrainConfig {
             if !(f > 0.0 && f < 1.0) {
                 return bad(format!("--val-fraction {f}: expected a fraction in (0, 1)"));
             }
+        }
+        if self.init_aspp
+            && (self.model != SegModel::Deeplabv3plus || self.backbone != SegBackbone::Voc)
+        {
+            return bad(
+                "--init-aspp starts DeepLabV3+'s ASPP from the pretrained VOC DeepLabV3's head: it needs --model deeplabv3plus --backbone voc".into(),
+            );
         }
         self.val_size.parse::<SizeStrategy>()?;
         Ok(())

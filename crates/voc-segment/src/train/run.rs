@@ -320,9 +320,15 @@ fn starting_weights(
     };
     let path = hub::resolve_weights_in(&opts.hub, &source)?;
     let mut tensors = voc_classify::weights::read_weights(&path, &opts.device)?;
+    let aspp = if config.init_aspp {
+        aspp_from_deeplabv3(&tensors, &path)?
+    } else {
+        HashMap::new()
+    };
     if !keep_all {
         tensors.retain(|name, _| name.starts_with(BACKBONE_PREFIX));
     }
+    tensors.extend(aspp);
     if tensors.is_empty() {
         return Err(SegmentError::BadArgument(format!(
             "{}: no {BACKBONE_PREFIX}* tensors: expected MobileNetV2 weights in the transformers layout (e.g. {})",
@@ -337,6 +343,70 @@ fn starting_weights(
 }
 
 const BACKBONE_PREFIX: &str = "mobilenet_v2.";
+
+/// DeepLabV3+'s ASPP tensors from a pretrained DeepLabV3 head (transformers names): the 1x1 branch
+/// from `conv_aspp`, image pooling from `conv_pool`, and the projection from `conv_projection`, whose
+/// input is `[pool, aspp]` there and `[1x1, atrous 6, 12, 18, pool]` here: its two blocks of columns
+/// go to the 1x1 and pooling blocks, the atrous blocks start at zero. With the atrous branches
+/// silent, the projection's output equals the pretrained head's at the start.
+fn aspp_from_deeplabv3(
+    tensors: &HashMap<String, Tensor>,
+    path: &std::path::Path,
+) -> Result<HashMap<String, Tensor>> {
+    let get = |name: &str| -> Result<&Tensor> {
+        tensors.get(name).ok_or_else(|| {
+            SegmentError::BadArgument(format!(
+                "{}: no {name}: --init-aspp needs the pretrained DeepLabV3's head",
+                path.display()
+            ))
+        })
+    };
+    let mut out = HashMap::new();
+    for (ours, theirs) in [("aspp_1x1", "conv_aspp"), ("aspp_pool", "conv_pool")] {
+        for leaf in [
+            "convolution.weight",
+            "normalization.weight",
+            "normalization.bias",
+            "normalization.running_mean",
+            "normalization.running_var",
+        ] {
+            out.insert(
+                format!("decode_head.{ours}.{leaf}"),
+                get(&format!("segmentation_head.{theirs}.{leaf}"))?.clone(),
+            );
+        }
+    }
+    let projection = get("segmentation_head.conv_projection.convolution.weight")?;
+    let (c_out, c_in, _, _) = projection.dims4()?;
+    if c_in % 2 != 0 {
+        return Err(SegmentError::BadArgument(format!(
+            "{}: conv_projection takes {c_in} channels, not two equal branches",
+            path.display()
+        )));
+    }
+    let branch = c_in / 2;
+    let pool = projection.narrow(1, 0, branch)?;
+    let aspp = projection.narrow(1, branch, branch)?;
+    let atrous = Tensor::zeros(
+        (c_out, 3 * branch, 1, 1),
+        projection.dtype(),
+        projection.device(),
+    )?;
+    out.insert(
+        "decode_head.aspp_projection.convolution.weight".into(),
+        Tensor::cat(&[&aspp, &atrous, &pool], 1)?,
+    );
+    for leaf in ["weight", "bias", "running_mean", "running_var"] {
+        out.insert(
+            format!("decode_head.aspp_projection.normalization.{leaf}"),
+            get(&format!(
+                "segmentation_head.conv_projection.normalization.{leaf}"
+            ))?
+            .clone(),
+        );
+    }
+    Ok(out)
+}
 
 /// Fails unless every backbone weight the network uses (and, when fine-tuning the whole pretrained
 /// segmenter, every weight) came from the starting weights: a foreign file would otherwise train
@@ -772,6 +842,56 @@ pub fn write_seg_curves(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The projection's columns: DeepLabV3's `[pool, aspp]` become `[aspp, 0, 0, 0, pool]`, so with
+    /// silent atrous branches DeepLabV3+'s projection computes what the pretrained one did.
+    #[test]
+    fn aspp_initialisation_puts_the_pretrained_columns_where_the_branches_are() {
+        let device = Device::Cpu;
+        let mut tensors = HashMap::new();
+        for branch in ["conv_aspp", "conv_pool"] {
+            tensors.insert(
+                format!("segmentation_head.{branch}.convolution.weight"),
+                Tensor::ones((2, 3, 1, 1), DType::F32, &device).unwrap(),
+            );
+        }
+        for conv in ["conv_aspp", "conv_pool", "conv_projection"] {
+            for leaf in ["weight", "bias", "running_mean", "running_var"] {
+                tensors.insert(
+                    format!("segmentation_head.{conv}.normalization.{leaf}"),
+                    Tensor::ones(2, DType::F32, &device).unwrap(),
+                );
+            }
+        }
+        // 2 outputs x [pool (2 channels) = 1, 2 | aspp (2 channels) = 3, 4].
+        let projection = Tensor::new(&[[1f32, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]], &device)
+            .unwrap()
+            .reshape((2, 4, 1, 1))
+            .unwrap();
+        tensors.insert(
+            "segmentation_head.conv_projection.convolution.weight".into(),
+            projection,
+        );
+        let out = aspp_from_deeplabv3(&tensors, std::path::Path::new("x")).unwrap();
+        let w = out["decode_head.aspp_projection.convolution.weight"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(
+            w,
+            [
+                3.0, 4.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, 2.0, 7.0, 8.0, 0.0, 0.0, 0.0, 0.0,
+                0.0, 0.0, 5.0, 6.0
+            ]
+        );
+        assert!(out.contains_key("decode_head.aspp_1x1.normalization.running_var"));
+        tensors.remove("segmentation_head.conv_pool.convolution.weight");
+        let err = aspp_from_deeplabv3(&tensors, std::path::Path::new("x"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("conv_pool"), "{err}");
+    }
 
     #[test]
     fn median_frequency_weights_balance_pixel_shares() {
