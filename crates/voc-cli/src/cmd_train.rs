@@ -358,8 +358,8 @@ pub struct SegmentArgs {
     #[arg(long)]
     output_stride: Option<usize>,
     /// DeepLabV3+ on the VOC backbone: start the ASPP's 1x1 and pooling branches (and their part of
-    /// the projection) from the pretrained DeepLabV3 head. Use with --bn frozen (its batch norms are
-    /// folded).
+    /// the projection) from the pretrained DeepLabV3 head; they keep eval-mode batch norm (theirs are
+    /// folded) while the new layers train with batch statistics.
     #[arg(long)]
     init_aspp: bool,
     /// Which weights train: head (the backbone frozen) or all.

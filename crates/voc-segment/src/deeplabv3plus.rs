@@ -37,6 +37,10 @@ pub struct DeepLabV3PlusConfig {
     pub low_level_channels: usize,
     /// Channel dropout before the classifier in training mode; 0 disables it.
     pub dropout: f32,
+    /// The ASPP's 1x1 and pooling branches and its projection come from a pretrained DeepLabV3 head
+    /// (folded batch norms): they keep eval-mode batch norm while the rest of the decoder trains with
+    /// batch statistics.
+    pub pretrained_aspp: bool,
 }
 
 impl Default for DeepLabV3PlusConfig {
@@ -52,6 +56,7 @@ impl Default for DeepLabV3PlusConfig {
             aspp_channels: 256,
             low_level_channels: 48,
             dropout: 0.0,
+            pretrained_aspp: false,
         }
     }
 }
@@ -211,7 +216,8 @@ impl DeepLabV3Plus {
         let (_, _, in_h, in_w) = x.dims4()?;
         let features = self.backbone.features_t(x, backbone_train)?;
         let high = &features.stride32;
-        let mut branches = vec![self.aspp_1x1.forward_t(high, train)?];
+        let aspp_train = train && !self.config.pretrained_aspp;
+        let mut branches = vec![self.aspp_1x1.forward_t(high, aspp_train)?];
         for atrous in &self.aspp_atrous {
             branches.push(atrous.forward_t(high, train)?);
         }
@@ -219,11 +225,11 @@ impl DeepLabV3Plus {
             &self.aspp_pool,
             high,
             self.config.aspp_channels,
-            train,
+            aspp_train,
         )?);
         let aspp = self
             .aspp_projection
-            .forward_t(&Tensor::cat(&branches, 1)?, train)?;
+            .forward_t(&Tensor::cat(&branches, 1)?, aspp_train)?;
 
         let (_, _, low_h, low_w) = features.stride4.dims4()?;
         let aspp = resize_bilinear(&aspp, low_h, low_w, false)?;

@@ -147,6 +147,7 @@ impl SegTrainConfig {
                 let default = DeepLabV3PlusConfig::default();
                 SegArch::DeepLabV3Plus(DeepLabV3PlusConfig {
                     backbone: default.backbone.with_output_stride(self.output_stride),
+                    pretrained_aspp: self.init_aspp,
                     ..default
                 })
             }
