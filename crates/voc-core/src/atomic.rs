@@ -24,14 +24,20 @@ fn split_target(path: &Path) -> Result<(&Path, String)> {
     Ok((dir, name.to_string_lossy().into_owned()))
 }
 
-/// A uniquely named temporary file next to `path`, removed when dropped unless persisted.
+/// A uniquely named temporary file next to `path`, removed when dropped unless persisted. It gets
+/// the permissions `File::create` would give (0o666 less the umask), not tempfile's owner-only 0o600:
+/// the renamed result is an ordinary output file.
 fn temp_file_for(path: &Path) -> Result<NamedTempFile> {
     let (dir, name) = split_target(path)?;
-    tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .tempfile_in(dir)
-        .map_err(|e| CoreError::io(dir, e))
+    let prefix = format!(".{name}.");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".tmp");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(0o666));
+    }
+    builder.tempfile_in(dir).map_err(|e| CoreError::io(dir, e))
 }
 
 /// Flushes `file` to disk and renames it to `path`.
@@ -112,6 +118,21 @@ impl Write for AtomicFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An atomically written file has the mode a plainly created one gets (the umask applies), not
+    /// the temporary file's owner-only mode.
+    #[cfg(unix)]
+    #[test]
+    fn written_files_get_ordinary_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        File::create(&plain).unwrap();
+        let atomic = dir.path().join("atomic");
+        write_atomic(&atomic, |f| f.write_all(b"x")).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&atomic), mode(&plain));
+    }
 
     fn entries(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(dir)
