@@ -775,7 +775,9 @@ fn classify(args: ClassifyAttackArgs) -> anyhow::Result<()> {
             None
         };
         let mut adversarial: Vec<RgbImage> = Vec::with_capacity(fitted.len());
+        let bar = crate::progress::bar(fitted.len(), &format!("eps {eps}/255"));
         for idx in &batches {
+            bar.inc(idx.len() as u64);
             let clean = stack(idx, &fitted)?;
             let adv = match (&universal, eps == 0.0) {
                 (_, true) => clean,
@@ -790,6 +792,7 @@ fn classify(args: ClassifyAttackArgs) -> anyhow::Result<()> {
                 adversarial.push(to_image(&adv, k)?);
             }
         }
+        bar.finish_and_clear();
         let attack_seconds = t0.elapsed().as_secs_f64();
         // Scored as written: the 8-bit images.
         let mut probs = Vec::new();
@@ -1157,7 +1160,9 @@ fn segment(args: SegmentAttackArgs) -> anyhow::Result<()> {
             config = config.targeted();
         }
         let mut adversarial = Vec::new();
+        let bar = crate::progress::bar(photos.len(), &format!("eps {eps}/255"));
         for (i, photo) in photos.iter().enumerate() {
+            bar.inc(1);
             let clean = unit_pixels(photo, &device)?;
             // An image the goal does not change (erase a class it does not show) is not attacked.
             let untouched = goal != PixelGoal::Untargeted && targets[i] == clean_masks[i];
@@ -1184,6 +1189,7 @@ fn segment(args: SegmentAttackArgs) -> anyhow::Result<()> {
             };
             adversarial.push(to_image(&adv, 0)?);
         }
+        bar.finish_and_clear();
         let attack_seconds = t0.elapsed().as_secs_f64();
         let masks: Vec<Vec<u8>> = adversarial
             .iter()
