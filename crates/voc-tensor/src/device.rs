@@ -105,8 +105,20 @@ fn threads_from_env() -> Option<usize> {
         .filter(|&n| n > 0)
 }
 
-/// Sets `RAYON_NUM_THREADS` to [`cpu_threads`] unless it already holds a positive integer; returns the
-/// thread count.
+/// How many times candle's own worker threads spin waiting for their next element-wise op before
+/// they sleep (its `CANDLE_BARRIER_POOL_SPIN_LIMIT`; candle's default is 25,000).
+///
+/// candle 0.11 runs element-wise ops on a pool of its own (`candle-bp-*` threads) next to rayon's,
+/// which runs voc's kernels. Spinning 25,000 times after every op, its threads hold cores that the
+/// convolutions and gemms then wait for: on 2 cores, `perf` put 27% of an attack step's samples in
+/// that spin. Measured 2026-11-30 (`voc bench`, 2 threads, 10 iterations; default spin -> 100):
+/// MobileNetV2 inference batch 16 238 -> 171 ms, batch 1 18.9 -> 10.7 ms, DeepLabV3 513 88 -> 54 ms,
+/// the DeepLabV3 257 attack step 63 -> 52 ms; the MobileNetV2 training step unchanged (377 / 378 ms).
+pub const CANDLE_SPIN_LIMIT: u32 = 100;
+
+/// Sets `RAYON_NUM_THREADS` to [`cpu_threads`] unless it already holds a positive integer, and
+/// `CANDLE_BARRIER_POOL_SPIN_LIMIT` to [`CANDLE_SPIN_LIMIT`] unless it is set; returns the thread
+/// count.
 ///
 /// candle asks for the thread count on every matmul and, without the variable, re-reads /proc/cpuinfo
 /// each time; on small convolutions that costs more than the arithmetic. So every program (the `voc`
@@ -125,6 +137,15 @@ pub unsafe fn init_cpu_threads() -> usize {
     if threads_from_env().is_none() {
         // SAFETY: the caller guarantees no other thread exists (this function's contract).
         unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    }
+    if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+        // SAFETY: as above.
+        unsafe {
+            std::env::set_var(
+                "CANDLE_BARRIER_POOL_SPIN_LIMIT",
+                CANDLE_SPIN_LIMIT.to_string(),
+            )
+        };
     }
     n
 }
