@@ -755,7 +755,7 @@ pub fn train_segmenter(
         }
         records.push(record.clone());
         run_folder::write_jsonl(&paths.metrics(), &records)?;
-        write_seg_curves(&paths.curves(), &records, best_epoch)?;
+        write_seg_curves(&paths.curves(), &records)?;
         observer.epoch(&record.summary());
         epochs_run = epoch;
         if stop {
@@ -797,11 +797,7 @@ fn write_confusion(paths: &RunPaths, metrics: &SegmentationMetrics, epoch: usize
 }
 
 /// `curves.png`: losses, validation scores and the learning rate per epoch.
-pub fn write_seg_curves(
-    path: &std::path::Path,
-    records: &[SegEpochRecord],
-    _best_epoch: usize,
-) -> Result<()> {
+pub fn write_seg_curves(path: &std::path::Path, records: &[SegEpochRecord]) -> Result<()> {
     use voc_data::chart::{Panel, Series, YScale, SERIES_COLORS};
     let series = |name: &str, color: usize, f: &dyn Fn(&SegEpochRecord) -> f64| {
         Series::new(
