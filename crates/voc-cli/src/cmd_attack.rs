@@ -884,6 +884,7 @@ fn classify(args: ClassifyAttackArgs) -> anyhow::Result<()> {
     };
     write_curves(&sweep.out.join("curves.png"), &rows, &metric_keys)?;
     let report = json!({
+        "format": voc_tensor::run::RUN_FORMAT,
         "task": "classify",
         "classifier": source,
         "attack": sweep.describe(),
@@ -1272,6 +1273,7 @@ fn segment(args: SegmentAttackArgs) -> anyhow::Result<()> {
     };
     write_curves(&sweep.out.join("curves.png"), &rows, &metric_keys)?;
     let report = json!({
+        "format": voc_tensor::run::RUN_FORMAT,
         "task": "segment",
         "segmenter": loaded.source,
         "attack": sweep.describe(),

@@ -144,9 +144,8 @@ pub(crate) fn expected_images(index: &SplitIndex) -> anyhow::Result<Vec<Expected
 }
 
 pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
-    let index = open_split(&args.data, &args.split)?;
-    let expected = expected_images(&index)?;
-    let report = voc_submit::validate_file(&args.submission, &expected)?;
+    let (index, report) = validation_of(&args.data, &args.split, &args.submission)?;
+    let expected_len = index.ids.len();
     let file = args.submission.display();
     if args.json {
         println!(
@@ -154,7 +153,7 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
             serde_json::json!({
                 "submission": file.to_string(),
                 "split": index.name,
-                "images": expected.len(),
+                "images": expected_len,
                 "valid": report.is_valid(),
                 "rows": report.rows,
                 "problems": report.problems,
@@ -169,8 +168,8 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
             println!(
                 "{file}: valid: {} rows for the {} image{} of split '{}'",
                 report.rows,
-                expected.len(),
-                if expected.len() == 1 { "" } else { "s" },
+                expected_len,
+                if expected_len == 1 { "" } else { "s" },
                 index.name
             );
         } else {
@@ -191,12 +190,27 @@ pub fn validate(args: ValidateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn score(args: ScoreArgs) -> anyhow::Result<()> {
-    let index = open_split(&args.data, &args.split)?;
-    let labels = labelled(&index, "score")?;
+/// `voc validate`'s check of `submission` against split `split` of `data`.
+pub(crate) fn validation_of(
+    data: &Path,
+    split: &str,
+    submission: &Path,
+) -> anyhow::Result<(SplitIndex, voc_submit::ValidationReport)> {
+    let index = open_split(data, split)?;
     let expected = expected_images(&index)?;
-    let file = args.submission.display();
-    let report = voc_submit::validate_file(&args.submission, &expected)?;
+    let report = voc_submit::validate_file(submission, &expected)?;
+    Ok((index, report))
+}
+
+/// `voc score`'s scores of a valid `submission` against the labelled split `split` of `data`.
+pub(crate) fn score_of(
+    data: &Path,
+    split: &str,
+    submission: &Path,
+) -> anyhow::Result<(SplitIndex, voc_submit::Score)> {
+    let (index, report) = validation_of(data, split, submission)?;
+    let labels = labelled(&index, "score")?;
+    let file = submission.display();
     if !report.is_valid() {
         bail!(
             "{file} is not a valid submission for split '{}', not scored ({} problem(s)):\n{}",
@@ -205,7 +219,7 @@ pub fn score(args: ScoreArgs) -> anyhow::Result<()> {
             list_problems(&report.problems, 50)
         );
     }
-    let submission = Submission::read(&args.submission)?;
+    let submission = Submission::read(submission)?;
     let mut scorer = Scorer::new(&submission)?;
     let bar = crate::progress::bar(index.ids.len(), "scoring");
     for (id, labels) in index.ids.iter().zip(&labels) {
@@ -216,7 +230,12 @@ pub fn score(args: ScoreArgs) -> anyhow::Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let score = scorer.finish()?;
+    Ok((index, scorer.finish()?))
+}
+
+pub fn score(args: ScoreArgs) -> anyhow::Result<()> {
+    let file = args.submission.display();
+    let (index, score) = score_of(&args.data, &args.split, &args.submission)?;
     let class_iou: serde_json::Map<String, serde_json::Value> = CLASS_NAMES
         .iter()
         .zip(score.class_iou)

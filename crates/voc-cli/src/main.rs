@@ -40,6 +40,8 @@ enum Command {
     Eval(cmd_eval::EvalArgs),
     /// Adversarial attacks swept over budgets: metrics, perceptibility, adversarial images, galleries.
     Attack(cmd_attack::AttackArgs),
+    /// One self-contained HTML page of run folders, the data and a submission: curves, tables, pictures.
+    Report(cmd_report::ReportArgs),
 }
 
 mod cmd_attack;
@@ -48,6 +50,7 @@ mod cmd_data;
 mod cmd_eval;
 mod cmd_info;
 mod cmd_predict;
+mod cmd_report;
 mod cmd_submit;
 mod cmd_train;
 mod progress;
@@ -78,5 +81,6 @@ fn main() -> anyhow::Result<()> {
         Command::Train(args) => cmd_train::run(args),
         Command::Eval(args) => cmd_eval::run(args),
         Command::Attack(args) => cmd_attack::run(args),
+        Command::Report(args) => cmd_report::run(args),
     }
 }

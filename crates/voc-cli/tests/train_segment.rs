@@ -1,41 +1,12 @@
 //! End-to-end tests of `voc train segment`: the `voc` binary trains a DeepLabV3+ from random weights
 //! (no download) on a small folder built from the bundled sample, is killed mid-run and resumed, its
 //! checkpoints load in `voc eval segment`, and bad input is refused with errors that say what is wrong.
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{assert_fails_naming, command, json_line, path_str, repo_root, text, voc};
-
-/// A competition folder whose train split holds `copies` copies of the sample's two masked images.
-fn small_seg_data(dir: &Path, copies: usize) -> PathBuf {
-    let sample = repo_root().join("assets/voc-sample");
-    let data = dir.join("data");
-    for sub in ["train/img", "train/seg", "test/img"] {
-        std::fs::create_dir_all(data.join(sub)).unwrap();
-    }
-    let csv = std::fs::read_to_string(sample.join("train/train_set.csv")).unwrap();
-    let mut lines = csv.lines();
-    let header = lines.next().unwrap();
-    let rows: Vec<&str> = lines.collect();
-    let mut out = format!("{header}\n");
-    for i in 0..copies {
-        let (id, labels) = rows[i % rows.len()].split_once(',').unwrap();
-        let new_id = format!("{id}{i}");
-        for kind in ["img", "seg"] {
-            std::fs::copy(
-                sample.join(format!("train/{kind}/train_{id}.npy")),
-                data.join(format!("train/{kind}/train_{new_id}.npy")),
-            )
-            .unwrap();
-        }
-        out.push_str(&format!("{new_id},{labels}\n"));
-    }
-    std::fs::write(data.join("train/train_set.csv"), out).unwrap();
-    common::copy_dir(&sample.join("test"), &data.join("test"));
-    data
-}
+use common::{assert_fails_naming, command, json_line, path_str, small_seg_data, text, voc};
 
 fn metrics_epochs(run: &Path) -> Vec<usize> {
     std::fs::read_to_string(run.join("metrics.jsonl"))

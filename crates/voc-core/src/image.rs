@@ -111,6 +111,54 @@ pub struct Mask {
 }
 
 impl Mask {
+    /// Writes the mask as an 8-bit greyscale PNG of its values (lossless, small), atomically.
+    pub fn write_png(&self, path: &Path) -> Result<()> {
+        let mut bytes = Vec::new();
+        let encode = |bytes: &mut Vec<u8>| -> std::result::Result<(), png::EncodingError> {
+            let mut encoder = png::Encoder::new(bytes, self.width as u32, self.height as u32);
+            encoder.set_color(png::ColorType::Grayscale);
+            encoder.set_depth(png::BitDepth::Eight);
+            let mut writer = encoder.write_header()?;
+            writer.write_image_data(&self.data)?;
+            writer.finish()
+        };
+        encode(&mut bytes).map_err(|source| CoreError::Png {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        write_atomic(path, |f| std::io::Write::write_all(f, &bytes))
+    }
+
+    /// Reads a mask written by [`Mask::write_png`]: an 8-bit greyscale PNG whose values are mask values.
+    pub fn read_png(path: &Path) -> Result<Self> {
+        let bad = |msg: String| CoreError::BadArgument(format!("{}: {msg}", path.display()));
+        let file = std::fs::File::open(path).map_err(|source| CoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut decoder = png::Decoder::new(std::io::BufReader::new(file));
+        decoder.set_transformations(png::Transformations::IDENTITY);
+        let mut reader = decoder
+            .read_info()
+            .map_err(|e| bad(format!("not a PNG: {e}")))?;
+        let info = reader.info();
+        if info.color_type != png::ColorType::Grayscale || info.bit_depth != png::BitDepth::Eight {
+            return Err(bad(format!(
+                "expected an 8-bit greyscale mask PNG, found {:?} at {:?}",
+                info.color_type, info.bit_depth
+            )));
+        }
+        let (width, height) = (info.width as usize, info.height as usize);
+        if width.saturating_mul(height) > 1 << 28 {
+            return Err(bad(format!("{width}x{height} is too large a mask")));
+        }
+        let mut data = vec![0u8; width * height];
+        reader
+            .next_frame(&mut data)
+            .map_err(|e| bad(format!("cannot decode: {e}")))?;
+        Self::new(height, width, data)
+    }
+
     /// The mask of `height x width` values.
     pub fn new(height: usize, width: usize, data: Vec<u8>) -> Result<Self> {
         check_size(

@@ -20,7 +20,10 @@ pub mod vocdevkit;
 pub use augment::{AugmentConfig, AugmentParams, ResizeMode};
 #[cfg(feature = "candle")]
 pub use batch::{Batch, BatchConfig, BatchLoader, EpochIter};
-pub use chart::{render_panels, write_panels_png, Panel, Series, YScale, SERIES_COLORS};
+pub use chart::{
+    bars_svg, panels_svg, render_panels, write_panels_png, BarChart, Panel, Series, XMark, YScale,
+    SERIES_COLORS,
+};
 pub use competition::{CompetitionDir, Dataset, LabelMismatch, LoadMode, Sample, SplitIndex};
 pub use error::{DataError, Result};
 pub use image_io::read_rgb_image;

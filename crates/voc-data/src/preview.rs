@@ -38,6 +38,46 @@ pub fn write_png(path: &Path, image: &RgbImage) -> Result<()> {
     Ok(image.write_png(path)?)
 }
 
+/// The image scaled down (triangle filter) to at most `max_width` pixels wide, keeping its aspect;
+/// narrower images are returned as they are.
+pub fn thumbnail(image: &voc_core::RgbImage, max_width: usize) -> Result<voc_core::RgbImage> {
+    if image.width() <= max_width || max_width == 0 {
+        return Ok(image.clone());
+    }
+    let rgb = RgbImage::from_raw(
+        image.width() as u32,
+        image.height() as u32,
+        image.as_bytes().to_vec(),
+    )
+    .expect("length is h*w*3");
+    let h = (image.height() * max_width / image.width()).max(1);
+    let small = image::imageops::resize(
+        &rgb,
+        max_width as u32,
+        h as u32,
+        image::imageops::FilterType::Triangle,
+    );
+    Ok(voc_core::RgbImage::new(h, max_width, small.into_raw())?)
+}
+
+/// The image encoded as a baseline JPEG of `quality` (1-100): photos and galleries in a page at a
+/// fraction of a PNG's size.
+pub fn to_jpeg(image: &voc_core::RgbImage, quality: u8) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(
+        std::io::Cursor::new(&mut bytes),
+        quality.clamp(1, 100),
+    )
+    .encode(
+        image.as_bytes(),
+        image.width() as u32,
+        image.height() as u32,
+        image::ExtendedColorType::Rgb8,
+    )
+    .map_err(|e| DataError::BadArgument(format!("cannot encode a JPEG: {e}")))?;
+    Ok(bytes)
+}
+
 /// Fits an image (bilinear) and its mask (nearest) into `size` x `size`, outside white.
 fn fit(
     image: ArrayView3<u8>,

@@ -71,6 +71,14 @@ impl RunPaths {
     pub fn features(&self) -> PathBuf {
         self.dir.join("features.safetensors")
     }
+    /// `RUN/val_scores.csv`: the best epoch's per-image validation scores.
+    pub fn val_scores(&self) -> PathBuf {
+        self.dir.join("val_scores.csv")
+    }
+    /// `RUN/val_examples/`: the best epoch's predicted masks of its best and worst validation images.
+    pub fn val_examples(&self) -> PathBuf {
+        self.dir.join("val_examples")
+    }
     /// `RUN/confusion.csv`: the best epoch's confusion matrix (segmentation).
     pub fn confusion_csv(&self) -> PathBuf {
         self.dir.join("confusion.csv")
@@ -97,9 +105,20 @@ pub trait TrainObserver {
 pub struct Quiet;
 impl TrainObserver for Quiet {}
 
+/// The version of the run-folder format (`docs/run-folder.md`) this build writes, saved as `format` in
+/// `config.json` and attack `report.json`; a folder without it is version 1 too.
+pub const RUN_FORMAT: u32 = 1;
+
+fn default_format() -> u32 {
+    RUN_FORMAT
+}
+
 /// `config.json` of a run: the trainer's configuration and the data folder it trains on.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SavedRun<C> {
+    /// The run-folder format version, [`RUN_FORMAT`] when written.
+    #[serde(default = "default_format")]
+    pub format: u32,
     /// The trainer's configuration.
     pub config: C,
     /// The data folder.
@@ -396,6 +415,7 @@ mod tests {
         create_run(
             &paths,
             &SavedRun {
+                format: RUN_FORMAT,
                 config: Rec { epoch: 1 },
                 data: data.clone(),
             },

@@ -223,6 +223,40 @@ fn loader(
     )?)
 }
 
+/// `val_scores.csv` of the best epoch: per validation image its true labels, the labels the epoch's
+/// thresholds give, and the 20 probabilities (what `voc report` draws PR curves and examples from).
+fn val_scores_csv(
+    ids: &[String],
+    probs: &[f32],
+    truth: &[u8],
+    thresholds: &metrics::Thresholds,
+) -> Result<String> {
+    let predicted = thresholds.decide_all(probs)?;
+    let names = |row: &[u8]| {
+        row.iter()
+            .zip(CLASS_NAMES)
+            .filter(|(&v, _)| v == 1)
+            .map(|(_, n)| n)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut text = format!("Id,truth,predicted,{}\n", CLASS_NAMES.join(","));
+    for (i, id) in ids.iter().enumerate() {
+        let row = i * NUM_CLASSES..(i + 1) * NUM_CLASSES;
+        let p: Vec<String> = probs[row.clone()]
+            .iter()
+            .map(|v| format!("{v:.6}"))
+            .collect();
+        text.push_str(&format!(
+            "{id},{},{},{}\n",
+            names(&truth[row.clone()]),
+            names(&predicted[row]),
+            p.join(",")
+        ));
+    }
+    Ok(text)
+}
+
 fn sigmoid_rows(logits: &Tensor) -> Result<Vec<f32>> {
     Ok(candle_nn::ops::sigmoid(&logits.to_dtype(DType::F32)?)?
         .flatten_all()?
@@ -445,6 +479,7 @@ pub fn train_classifier(
     config.validate()?;
     let paths = RunPaths::new(&opts.out);
     let saved = SavedRun {
+        format: voc_tensor::run::RUN_FORMAT,
         config: config.clone(),
         data: opts.data.clone(),
     };
@@ -627,7 +662,7 @@ pub fn train_classifier(
         )?;
 
         let mut throttle = SaveThrottle::default();
-        let mut pending_best: Option<(HashMap<String, Tensor>, CheckpointMeta)> = None;
+        let mut pending_best: Option<(HashMap<String, Tensor>, CheckpointMeta, String)> = None;
         for epoch in start..=last {
             let t0 = Instant::now();
             let step0 = (epoch - first) * steps_per_epoch;
@@ -784,14 +819,19 @@ pub fn train_classifier(
             let meta = classifier_meta(choice, config, &thresholds, &record);
             let checkpoint_meta = meta.clone();
             if improved {
-                pending_best = Some((weights.clone(), checkpoint_meta.clone()));
+                let scores =
+                    val_scores_csv(&data.val.index().ids, &probs, &data.val_labels, &thresholds)?;
+                pending_best = Some((weights.clone(), checkpoint_meta.clone(), scores));
             }
             // The best weights wait in memory until the throttle lets the files be written; the
             // resume state saved with them names the same best epoch, and a resumed run replays the
             // epochs after it exactly.
             if throttle.due(epoch == last || stop) {
-                if let Some((best, best_meta)) = pending_best.take() {
+                if let Some((best, best_meta, scores)) = pending_best.take() {
                     checkpoint::save_checkpoint_tensors(&paths.best(), &best, &best_meta)?;
+                    voc_core::write_atomic(&paths.val_scores(), |f| {
+                        std::io::Write::write_all(f, scores.as_bytes())
+                    })?;
                 }
                 run_folder::save_resume(
                     &paths.resume(),

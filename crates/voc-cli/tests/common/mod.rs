@@ -101,3 +101,32 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// A competition folder whose train split holds `copies` copies of the sample's two masked images.
+pub fn small_seg_data(dir: &Path, copies: usize) -> PathBuf {
+    let sample = repo_root().join("assets/voc-sample");
+    let data = dir.join("data");
+    for sub in ["train/img", "train/seg", "test/img"] {
+        std::fs::create_dir_all(data.join(sub)).unwrap();
+    }
+    let csv = std::fs::read_to_string(sample.join("train/train_set.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header = lines.next().unwrap();
+    let rows: Vec<&str> = lines.collect();
+    let mut out = format!("{header}\n");
+    for i in 0..copies {
+        let (id, labels) = rows[i % rows.len()].split_once(',').unwrap();
+        let new_id = format!("{id}{i}");
+        for kind in ["img", "seg"] {
+            std::fs::copy(
+                sample.join(format!("train/{kind}/train_{id}.npy")),
+                data.join(format!("train/{kind}/train_{new_id}.npy")),
+            )
+            .unwrap();
+        }
+        out.push_str(&format!("{new_id},{labels}\n"));
+    }
+    std::fs::write(data.join("train/train_set.csv"), out).unwrap();
+    copy_dir(&sample.join("test"), &data.join("test"));
+    data
+}

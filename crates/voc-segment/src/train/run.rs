@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use voc_classify::weights::FromWeights;
 use voc_classify::ModelPreset;
 use voc_core::metrics::SegmentationMetrics;
-use voc_core::{RgbImage, MASK_CLASS_NAMES, NUM_MASK_CLASSES, VOID};
+use voc_core::{Mask, RgbImage, MASK_CLASS_NAMES, NUM_MASK_CLASSES, VOID};
 use voc_data::{
     AugmentConfig, BatchConfig, BatchLoader, CompetitionDir, Dataset, LoadMode, ResizeMode,
 };
@@ -442,6 +442,116 @@ fn check_coverage(
 struct Validation {
     loss: f64,
     metrics: SegmentationMetrics,
+    /// Per image, in the split's order.
+    images: Vec<ImageScore>,
+    /// The predicted masks of the best and worst images by [`ImageScore::miou`].
+    examples: Vec<(String, Mask)>,
+}
+
+/// One validation image's score, a row of `val_scores.csv`.
+#[derive(Debug, Clone)]
+struct ImageScore {
+    id: String,
+    pixel_accuracy: f64,
+    /// Mean IoU over the classes in the truth or the prediction.
+    miou: f64,
+    truth: String,
+    predicted: String,
+}
+
+/// How many best and how many worst validation images keep their predicted masks.
+const EXAMPLES_EACH_END: usize = 6;
+
+fn image_score(id: &str, truth: &[u8], pred: &[u8]) -> ImageScore {
+    let (mut inter, mut union) = ([0u64; 21], [0u64; 21]);
+    let (mut correct, mut counted) = (0u64, 0u64);
+    for (&t, &p) in truth.iter().zip(pred) {
+        if t == VOID {
+            continue;
+        }
+        counted += 1;
+        let p = usize::from(p.min(20));
+        let t = usize::from(t.min(20));
+        if t == p {
+            correct += 1;
+            inter[t] += 1;
+            union[t] += 1;
+        } else {
+            union[t] += 1;
+            union[p] += 1;
+        }
+    }
+    let present: Vec<usize> = (0..21).filter(|&c| union[c] > 0).collect();
+    let miou = if present.is_empty() {
+        0.0
+    } else {
+        present
+            .iter()
+            .map(|&c| inter[c] as f64 / union[c] as f64)
+            .sum::<f64>()
+            / present.len() as f64
+    };
+    let names = |m: &[u8]| {
+        let counts = voc_core::image::value_counts(m);
+        (1..21)
+            .filter(|&c| counts[c] > 0)
+            .map(|c| MASK_CLASS_NAMES[c])
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    ImageScore {
+        id: id.to_string(),
+        pixel_accuracy: correct as f64 / counted.max(1) as f64,
+        miou,
+        truth: names(truth),
+        predicted: names(pred),
+    }
+}
+
+/// Keeps the `EXAMPLES_EACH_END` highest and lowest scored masks seen so far.
+fn keep_example(kept: &mut Vec<(f64, String, Mask)>, score: f64, id: &str, mask: &Mask) {
+    kept.push((score, id.to_string(), mask.clone()));
+    if kept.len() > 2 * EXAMPLES_EACH_END {
+        kept.sort_by(|a, b| b.0.total_cmp(&a.0));
+        kept.remove(EXAMPLES_EACH_END);
+    }
+}
+
+/// `val_scores.csv` and `val_examples/ID.png` of the best epoch. The examples folder is replaced
+/// whole (written beside it, then renamed), so it never mixes two epochs.
+fn write_val_outputs(
+    paths: &RunPaths,
+    images: &[ImageScore],
+    examples: &[(String, Mask)],
+) -> Result<()> {
+    let mut text = String::from("Id,pixel_accuracy,miou,truth,predicted\n");
+    for s in images {
+        text.push_str(&format!(
+            "{},{:.6},{:.6},{},{}\n",
+            s.id, s.pixel_accuracy, s.miou, s.truth, s.predicted
+        ));
+    }
+    voc_core::write_atomic(&paths.val_scores(), |f| {
+        std::io::Write::write_all(f, text.as_bytes())
+    })?;
+    let dir = paths.val_examples();
+    let staging = paths.dir.join(".val_examples.partial");
+    let io = |path: &std::path::Path, source: std::io::Error| voc_tensor::VocError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(|e| io(&staging, e))?;
+    }
+    std::fs::create_dir_all(&staging).map_err(|e| io(&staging, e))?;
+    for (id, mask) in examples {
+        mask.write_png(&staging.join(format!("{id}.png")))?;
+    }
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, e))?;
+    }
+    std::fs::rename(&staging, &dir).map_err(|e| io(&dir, e))?;
+    Ok(())
 }
 
 fn validate(
@@ -453,6 +563,8 @@ fn validate(
 ) -> Result<Validation> {
     let mut metrics = SegmentationMetrics::new();
     let (mut loss_sum, mut pixels) = (0f64, 0u64);
+    let mut images = Vec::with_capacity(data.len());
+    let mut kept = Vec::new();
     observer.start(what, data.len());
     for i in 0..data.len() {
         let sample = data.get(i)?;
@@ -476,13 +588,19 @@ fn validate(
             loss_sum += l * valid as f64;
             pixels += valid;
         }
-        metrics.add_image(&truth, argmax_mask(&logits)?.as_slice())?;
+        let predicted = argmax_mask(&logits)?;
+        metrics.add_image(&truth, predicted.as_slice())?;
+        let score = image_score(&sample.id, &truth, predicted.as_slice());
+        keep_example(&mut kept, score.miou, &sample.id, &predicted);
+        images.push(score);
         observer.advance(1, None);
     }
     observer.finish();
     Ok(Validation {
         loss: loss_sum / pixels.max(1) as f64,
         metrics,
+        images,
+        examples: kept.into_iter().map(|(_, id, m)| (id, m)).collect(),
     })
 }
 
@@ -578,6 +696,7 @@ pub fn train_segmenter(
 
     let mut records: Vec<SegEpochRecord> = Vec::new();
     let saved = SavedRun {
+        format: voc_tensor::run::RUN_FORMAT,
         config: config.clone(),
         data: opts.data.clone(),
     };
@@ -648,8 +767,14 @@ pub fn train_segmenter(
     });
 
     let mut throttle = SaveThrottle::default();
-    let mut pending_best: Option<(HashMap<String, Tensor>, CheckpointMeta, SegmentationMetrics)> =
-        None;
+    type BestEpoch = (
+        HashMap<String, Tensor>,
+        CheckpointMeta,
+        SegmentationMetrics,
+        Vec<ImageScore>,
+        Vec<(String, Mask)>,
+    );
+    let mut pending_best: Option<BestEpoch> = None;
     let mut stopped_early = false;
     let mut epochs_run = done;
     for epoch in done + 1..=config.epochs {
@@ -726,7 +851,13 @@ pub fn train_segmenter(
         if improved {
             best = Some(monitored);
             best_epoch = epoch;
-            pending_best = Some((weights.clone(), meta.clone(), val.metrics.clone()));
+            pending_best = Some((
+                weights.clone(),
+                meta.clone(),
+                val.metrics.clone(),
+                val.images.clone(),
+                val.examples.clone(),
+            ));
         }
         let state = SegResumeState {
             epoch,
@@ -739,9 +870,12 @@ pub fn train_segmenter(
         // The best weights wait in memory until the throttle lets the files be written; the resume
         // state saved with them names the same best epoch.
         if throttle.due(epoch == config.epochs || stop) {
-            if let Some((best_weights, best_meta, best_metrics)) = pending_best.take() {
+            if let Some((best_weights, best_meta, best_metrics, images, examples)) =
+                pending_best.take()
+            {
                 checkpoint::save_checkpoint_tensors(&paths.best(), &best_weights, &best_meta)?;
                 write_confusion(&paths, &best_metrics, epoch_of(&best_meta))?;
+                write_val_outputs(&paths, &images, &examples)?;
             }
             run_folder::save_resume(
                 &paths.resume(),
