@@ -10,7 +10,7 @@ TORCH_PYTHON ?= python3
 # candle re-reads /proc/cpuinfo on every matmul unless the thread count is set.
 export RAYON_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: test lint demo build release bench bench-compare cuda-check fmt fmt-check clippy doc
+.PHONY: test lint demo report report-check build release bench bench-compare cuda-check fmt fmt-check clippy doc
 
 build:
 	$(CARGO) build --workspace
@@ -29,6 +29,15 @@ lint: fmt-check clippy doc
 
 demo: release
 	@bash assets/demo.sh
+
+# The HTML report of the demo's runs (after `make demo`).
+report: release
+	@bash assets/report.sh
+
+# The report test, with the page rendered by headless Chromium (Debian's `chromium` package) and the
+# screenshot checked; prints SKIPPED where no Chromium is installed.
+report-check:
+	set -o pipefail; $(CARGO) test -p voc-cli --test report -- --nocapture 2>&1 | grep -E "SKIPPED|test result|panicked|FAILED|5 runs"
 
 bench:
 	$(CARGO) bench --workspace --features voc-data/mimalloc

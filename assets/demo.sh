@@ -7,7 +7,9 @@
 # 3. `voc train classify` trains a multi-label classifier head on frozen MobileNetV2 features (seconds;
 #    with 2 labelled images it validates on them too: a demonstration, not a measurement),
 # 4. `voc predict` writes the submission for the test split, labels from that classifier, with the masks
-#    and overlays of every image.
+#    and overlays of every image,
+# 5. `voc attack classify` sweeps FGSM over 0-8/255 against that classifier,
+# 6. `voc report` puts the data, the runs and the scored submission on one HTML page.
 #
 # The segmenter's weights come from the Hugging Face hub cache: `make` sets HF_HOME=../shared/hf and
 # HF_HUB_OFFLINE=1 when that folder exists; otherwise they are downloaded into ~/.cache/huggingface.
@@ -48,9 +50,21 @@ echo "== 4. predict the test split (the file to upload), labels from the classif
 "$VOC" validate --data "$DATA" --split test --submission "$OUT/submission.csv"
 
 echo
+echo "== 5. attack the classifier: an FGSM sweep on the labelled train split"
+rm -rf "$OUT/attack"
+"$VOC" attack classify --classifier "$OUT/classifier/best.safetensors" --data "$DATA" --split train \
+  --attack fgsm --eps 0,2,4,8 --out "$OUT/attack"
+
+echo
+echo "== 6. the report: data, the classifier run, the attack and the scored submission on one page"
+OUT="$OUT" VOC="$VOC" bash assets/report.sh
+
+echo
 echo "demo done. Where everything went:"
 echo "  $OUT/submission.csv            submission for the test split"
 echo "  $OUT/train_submission.csv      submission for the labelled train split, scored in $OUT/train_score.txt"
 echo "  $OUT/{train,test}_masks/       predicted masks: {split}_{Id}.npy (HxW uint8) and .png (VOC colours)"
 echo "  $OUT/{train,test}_overlays/    each photo with its predicted mask blended over it"
 echo "  $OUT/classifier/               the classifier run: best.safetensors, metrics.jsonl, curves.png"
+echo "  $OUT/attack/                   the attack run: report.json, adversarial PNGs, galleries, curves.png"
+echo "  $OUT/report.html               all of it on one page (open it in a browser)"

@@ -902,9 +902,9 @@ fn classify(args: ClassifyAttackArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!(
-            "attacked {} images of {source} with {:?} at eps {:?}/255: clean {}; adversarial PNGs, galleries, curves.png and report.json in {}",
+            "attacked {} images of {source} with {} at eps {:?}/255: clean {}; adversarial PNGs, galleries, curves.png and report.json in {}",
             ids.len(),
-            sweep.attack,
+            format!("{:?}", sweep.attack).to_lowercase(),
             sweep.eps,
             summary_of(&clean_metrics, multi_label),
             sweep.out.display()

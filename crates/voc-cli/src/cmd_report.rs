@@ -356,15 +356,22 @@ fn curve_panels(run: &TrainRun, kind: &Kind) -> Vec<Panel> {
 fn per_class_bars(run: &TrainRun, kind: &Kind) -> Option<BarChart> {
     let epoch = run.best_epoch(kind)?;
     let values = run.record(epoch)?.get(kind.per_class)?.as_array()?;
+    // A class without a positive validation image (or pixel) has no score: left out, and counted.
     let mut bars: Vec<(String, f64)> = values
         .iter()
         .zip(kind.class_names)
-        .map(|(v, n)| (n.to_string(), v.as_f64().unwrap_or(f64::NAN)))
+        .filter_map(|(v, n)| v.as_f64().map(|v| (n.to_string(), v)))
         .collect();
+    let unscored = kind.class_names.len() - bars.len();
     bars.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let absent = if unscored > 0 {
+        format!(" ({unscored} classes absent from validation)")
+    } else {
+        String::new()
+    };
     Some(BarChart {
         title: format!(
-            "{} per class, epoch {epoch}",
+            "{} per class, epoch {epoch}{absent}",
             if kind.metric == "val_map" {
                 "AP"
             } else {
@@ -509,12 +516,12 @@ fn classify_details(
             .filter(|b| b.1.is_finite())
             .map(|b| &b.0)
             .collect();
-        let picks: Vec<&String> = ranked
-            .iter()
-            .take(3)
-            .chain(ranked.iter().rev().take(3))
-            .copied()
-            .collect();
+        let mut picks: Vec<&String> = ranked.iter().take(3).copied().collect();
+        for name in ranked.iter().rev().take(3) {
+            if !picks.contains(name) {
+                picks.push(name);
+            }
+        }
         for (i, name) in picks.iter().enumerate() {
             let Some(c) = CLASS_NAMES.iter().position(|n| n == name) else {
                 continue;
