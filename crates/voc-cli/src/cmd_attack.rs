@@ -354,7 +354,31 @@ fn write_png(path: &Path, image: &RgbImage) -> anyhow::Result<()> {
 }
 
 /// `curves.png`: the task's metrics and the perceptibility against the budget.
-fn write_curves(path: &Path, sweep: &[Value], metrics: &[(&str, &str)]) -> anyhow::Result<()> {
+/// The metrics a sweep's curves show (`report.json` key, label): with ground truth the task's scores,
+/// without it the goal's success alone.
+pub(crate) fn sweep_metrics(task: &str, labelled: bool) -> Vec<(&'static str, &'static str)> {
+    match (task, labelled) {
+        ("classify", true) => vec![
+            ("map", "mAP"),
+            ("dice", "Dice"),
+            ("success_rate", "success"),
+        ],
+        ("classify", false) => vec![("success_rate", "success")],
+        (_, true) => vec![
+            ("pixel_accuracy", "pixel acc"),
+            ("miou", "mIoU"),
+            ("dice", "Dice"),
+            ("target_share", "goal"),
+        ],
+        (_, false) => vec![("target_share", "goal")],
+    }
+}
+
+/// The sweep's panels: the task's metrics, PSNR and SSIM against epsilon (`curves.png`, `voc report`).
+pub(crate) fn sweep_panels(
+    sweep: &[Value],
+    metrics: &[(&str, &str)],
+) -> Vec<voc_data::chart::Panel> {
     use voc_data::chart::{Panel, Series, SERIES_COLORS};
     let series = |key: &str, label: &str, color: usize| {
         Series::new(
@@ -371,22 +395,20 @@ fn write_curves(path: &Path, sweep: &[Value], metrics: &[(&str, &str)]) -> anyho
         .enumerate()
         .map(|(i, (key, label))| series(key, label, i))
         .collect();
-    let panels = [
-        Panel {
-            y_range: Some((0.0, 1.0)),
-            ..Panel::new("ROBUSTNESS", "EPSILON (1/255)", task)
-        },
+    vec![
+        Panel::new("Robustness", "epsilon (1/255)", task).with_y_range(0.0, 1.0),
         Panel::new(
-            "PSNR (DB)",
-            "EPSILON (1/255)",
+            "PSNR (dB)",
+            "epsilon (1/255)",
             vec![series("psnr", "PSNR", 0)],
         ),
-        Panel {
-            y_range: Some((0.0, 1.0)),
-            ..Panel::new("SSIM", "EPSILON (1/255)", vec![series("ssim", "SSIM", 2)])
-        },
-    ];
-    voc_data::chart::write_panels_png(path, &panels, 420, 300)?;
+        Panel::new("SSIM", "epsilon (1/255)", vec![series("ssim", "SSIM", 2)])
+            .with_y_range(0.0, 1.0),
+    ]
+}
+
+fn write_curves(path: &Path, sweep: &[Value], metrics: &[(&str, &str)]) -> anyhow::Result<()> {
+    voc_data::chart::write_panels_png(path, &sweep_panels(sweep, metrics), 420, 300)?;
     Ok(())
 }
 
@@ -873,15 +895,7 @@ fn classify(args: ClassifyAttackArgs) -> anyhow::Result<()> {
             )?;
         }
     }
-    let metric_keys: Vec<(&str, &str)> = if truth.is_some() {
-        vec![
-            ("map", "MAP"),
-            ("dice", "DICE"),
-            ("success_rate", "SUCCESS"),
-        ]
-    } else {
-        vec![("success_rate", "SUCCESS")]
-    };
+    let metric_keys = sweep_metrics("classify", truth.is_some());
     write_curves(&sweep.out.join("curves.png"), &rows, &metric_keys)?;
     let report = json!({
         "format": voc_tensor::run::RUN_FORMAT,
@@ -1261,16 +1275,7 @@ fn segment(args: SegmentAttackArgs) -> anyhow::Result<()> {
         }
     }
     let has_truth = truths.iter().any(Option::is_some);
-    let metric_keys: Vec<(&str, &str)> = if has_truth {
-        vec![
-            ("pixel_accuracy", "PIXEL ACC"),
-            ("miou", "MIOU"),
-            ("dice", "DICE"),
-            ("target_share", "GOAL"),
-        ]
-    } else {
-        vec![("target_share", "GOAL")]
-    };
+    let metric_keys = sweep_metrics("segment", has_truth);
     write_curves(&sweep.out.join("curves.png"), &rows, &metric_keys)?;
     let report = json!({
         "format": voc_tensor::run::RUN_FORMAT,

@@ -297,59 +297,22 @@ impl TrainRun {
     }
 }
 
-fn curve_panels(run: &TrainRun, kind: &Kind) -> Vec<Panel> {
+fn curve_panels(run: &TrainRun, kind: &Kind) -> anyhow::Result<Vec<Panel>> {
     let best = run.best_epoch(kind);
     let last = run
         .records
         .last()
         .and_then(|r| r.get("epoch").and_then(Value::as_u64))
         .unwrap_or(0) as usize;
-    let stopped = last > 0 && last < run.planned_epochs();
-    let marks = |mut p: Panel| {
-        if let Some(b) = best {
-            p = p.with_mark(b as f64, format!("best {b}"));
-        }
-        if stopped && Some(last) != best {
-            p = p.with_mark(last as f64, "stop");
-        }
-        p
-    };
-    let loss = Panel::new(
-        "Loss",
-        "epoch",
-        vec![
-            Series::new("train", SERIES_COLORS[0], curve(&run.records, "train_loss")),
-            Series::new("val", SERIES_COLORS[1], curve(&run.records, "val_loss")),
-        ],
-    );
-    let scores = if kind.metric == "val_map" {
-        vec![
-            Series::new("mAP", SERIES_COLORS[2], curve(&run.records, "val_map")),
-            Series::new("Dice", SERIES_COLORS[3], curve(&run.records, "val_dice")),
-        ]
+    let stopped = (last > 0 && last < run.planned_epochs()).then_some(last);
+    let metrics = run.dir.join("metrics.jsonl");
+    Ok(if kind.metric == "val_map" {
+        let records = voc_classify::train::read_records(&metrics)?;
+        voc_classify::train::curve_panels(&records, best, stopped)
     } else {
-        vec![
-            Series::new("mIoU", SERIES_COLORS[2], curve(&run.records, "val_miou")),
-            Series::new(
-                "pixel acc",
-                SERIES_COLORS[4],
-                curve(&run.records, "val_pixel_accuracy"),
-            ),
-            Series::new("Dice", SERIES_COLORS[3], curve(&run.records, "val_dice")),
-        ]
-    };
-    let scores = Panel::new("Validation", "epoch", scores).with_y_range(0.0, 1.0);
-    let lr = Panel::new(
-        "Learning rate",
-        "epoch",
-        vec![Series::new(
-            "lr",
-            SERIES_COLORS[5],
-            curve(&run.records, "lr"),
-        )],
-    )
-    .log_y();
-    vec![marks(loss), marks(scores), marks(lr)]
+        let records = voc_segment::train::read_seg_records(&metrics)?;
+        voc_segment::train::seg_curve_panels(&records, best, stopped)
+    })
 }
 
 /// Sorted bars of the best epoch's per-class scores.
@@ -737,7 +700,7 @@ fn train_section(
     }
     html.push_str("<h3>Learning curves</h3>");
     html.push_str(&svg_block(chart::panels_svg(
-        &curve_panels(run, kind),
+        &curve_panels(run, kind)?,
         360,
         270,
     ))?);
@@ -825,58 +788,19 @@ fn attack_section(dir: &Path, report: &Value, anchor: &str) -> anyhow::Result<St
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let metrics: &[(&str, &str)] = if task == "classify" {
-        &[
-            ("map", "mAP"),
-            ("dice", "Dice"),
-            ("success_rate", "success rate"),
-        ]
-    } else {
-        &[
-            ("miou", "mIoU"),
-            ("pixel_accuracy", "pixel accuracy"),
-            ("dice", "Dice"),
-            ("target_share", "target share"),
-        ]
-    };
-    let points = |key: &str| -> Vec<(f64, f64)> {
-        sweep
-            .iter()
-            .map(|s| {
-                (
-                    num(s.get("eps")).unwrap_or(f64::NAN),
-                    num(s.get(key)).unwrap_or(f64::NAN),
-                )
-            })
-            .collect()
-    };
-    let robustness = Panel::new(
-        "Robustness",
-        "epsilon (1/255)",
-        metrics
-            .iter()
-            .enumerate()
-            .map(|(i, (k, name))| Series::new(*name, SERIES_COLORS[i % 6], points(k)))
-            .collect(),
-    )
-    .with_y_range(0.0, 1.0);
-    let psnr = Panel::new(
-        "PSNR (dB)",
-        "epsilon (1/255)",
-        vec![Series::new("PSNR", SERIES_COLORS[4], points("psnr"))],
-    );
-    let ssim = Panel::new(
-        "SSIM",
-        "epsilon (1/255)",
-        vec![Series::new("SSIM", SERIES_COLORS[5], points("ssim"))],
-    );
+    let labelled = sweep.iter().any(|s| {
+        s.get("map")
+            .or_else(|| s.get("miou"))
+            .is_some_and(|v| !v.is_null())
+    });
+    let metrics = crate::cmd_attack::sweep_metrics(task, labelled);
     html.push_str(&svg_block(chart::panels_svg(
-        &[robustness, psnr, ssim],
+        &crate::cmd_attack::sweep_panels(&sweep, &metrics),
         360,
         270,
     ))?);
     html.push_str("<table><tr><th>eps (1/255)</th>");
-    for (_, name) in metrics {
+    for (_, name) in &metrics {
         let _ = write!(html, "<th>{name}</th>");
     }
     html.push_str(
@@ -884,7 +808,7 @@ fn attack_section(dir: &Path, report: &Value, anchor: &str) -> anyhow::Result<St
     );
     for s in &sweep {
         let _ = write!(html, "<tr><td>{}</td>", fmt(num(s.get("eps")), 1));
-        for (k, _) in metrics {
+        for (k, _) in &metrics {
             let _ = write!(html, "<td>{}</td>", fmt(num(s.get(*k)), 4));
         }
         let _ = write!(

@@ -118,6 +118,18 @@ impl Panel {
         self
     }
 
+    /// This panel with a training run's marks: its best epoch and, if it stopped early, the last one.
+    pub fn with_run_marks(self, best_epoch: Option<usize>, stopped_at: Option<usize>) -> Self {
+        let mut panel = self;
+        if let Some(b) = best_epoch {
+            panel = panel.with_mark(b as f64, format!("best {b}"));
+        }
+        if let Some(s) = stopped_at.filter(|&s| Some(s) != best_epoch) {
+            panel = panel.with_mark(s as f64, format!("stop {s}"));
+        }
+        panel
+    }
+
     /// This panel with one more vertical mark.
     pub fn with_mark(mut self, x: f64, label: impl Into<String>) -> Self {
         self.marks.push(XMark {

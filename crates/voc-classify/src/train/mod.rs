@@ -12,6 +12,6 @@ pub use config::{
 pub use learner::{backbone_blocks, variable_rule, Learner, Loss, Phase};
 pub use params::{build_mixed, MixedParams};
 pub use run::{
-    read_records, train_augment, train_classifier, write_curves, EpochRecord, Quiet, RunPaths,
-    TrainObserver, TrainOptions, TrainSummary,
+    curve_panels, read_records, train_augment, train_classifier, write_curves, EpochRecord, Quiet,
+    RunPaths, TrainObserver, TrainOptions, TrainSummary,
 };

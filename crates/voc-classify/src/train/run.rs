@@ -845,7 +845,12 @@ pub fn train_classifier(
             }
             records.push(record.clone());
             run_folder::write_jsonl(&paths.metrics(), &records)?;
-            write_curves(&paths.curves(), &records)?;
+            write_curves(
+                &paths.curves(),
+                &records,
+                Some(best_epoch),
+                stop.then_some(epoch),
+            )?;
             observer.epoch(&record.summary());
             epochs_run = epoch;
             if stop {
@@ -980,9 +985,14 @@ pub fn read_records(path: &Path) -> Result<Vec<EpochRecord>> {
     Ok(run_folder::read_jsonl(path)?)
 }
 
-/// `curves.png`: losses, validation scores and the learning rate per epoch.
-pub fn write_curves(path: &Path, records: &[EpochRecord]) -> Result<()> {
-    use voc_data::chart::{Panel, Series, YScale, SERIES_COLORS};
+/// The learning-curve panels of a classifier run: losses, validation scores and the learning rate per
+/// epoch, with the best epoch and an early stop marked (`curves.png`, `voc report`).
+pub fn curve_panels(
+    records: &[EpochRecord],
+    best_epoch: Option<usize>,
+    stopped_at: Option<usize>,
+) -> Vec<voc_data::chart::Panel> {
+    use voc_data::chart::{Panel, Series, SERIES_COLORS};
     let series = |name: &str, color: usize, f: &dyn Fn(&EpochRecord) -> f64| {
         Series::new(
             name,
@@ -990,32 +1000,44 @@ pub fn write_curves(path: &Path, records: &[EpochRecord]) -> Result<()> {
             records.iter().map(|r| (r.epoch as f64, f(r))).collect(),
         )
     };
-    let panels = [
+    [
         Panel::new(
-            "LOSS",
-            "EPOCH",
+            "Loss",
+            "epoch",
             vec![
-                series("TRAIN", 0, &|r| r.train_loss),
-                series("VALIDATION", 1, &|r| r.val_loss),
+                series("train", 0, &|r| r.train_loss),
+                series("validation", 1, &|r| r.val_loss),
             ],
         ),
-        Panel {
-            y_range: Some((0.0, 1.0)),
-            ..Panel::new(
-                "VALIDATION SCORES",
-                "EPOCH",
-                vec![
-                    series("MAP", 0, &|r| r.val_map),
-                    series("DICE", 2, &|r| r.val_dice),
-                    series("MACRO F1", 3, &|r| r.val_macro_f1),
-                ],
-            )
-        },
-        Panel {
-            y_scale: YScale::Log10,
-            ..Panel::new("LEARNING RATE", "EPOCH", vec![series("LR", 4, &|r| r.lr)])
-        },
-    ];
-    voc_data::chart::write_panels_png(path, &panels, 420, 300)
-        .map_err(|e| ClassifyError::BadArgument(format!("curves: {e}")))
+        Panel::new(
+            "Validation scores",
+            "epoch",
+            vec![
+                series("mAP", 0, &|r| r.val_map),
+                series("Dice", 2, &|r| r.val_dice),
+                series("macro F1", 3, &|r| r.val_macro_f1),
+            ],
+        )
+        .with_y_range(0.0, 1.0),
+        Panel::new("Learning rate", "epoch", vec![series("lr", 4, &|r| r.lr)]).log_y(),
+    ]
+    .into_iter()
+    .map(|p| p.with_run_marks(best_epoch, stopped_at))
+    .collect()
+}
+
+/// `curves.png`: [`curve_panels`] as a picture.
+pub fn write_curves(
+    path: &Path,
+    records: &[EpochRecord],
+    best_epoch: Option<usize>,
+    stopped_at: Option<usize>,
+) -> Result<()> {
+    voc_data::chart::write_panels_png(
+        path,
+        &curve_panels(records, best_epoch, stopped_at),
+        420,
+        300,
+    )
+    .map_err(|e| ClassifyError::BadArgument(format!("curves: {e}")))
 }

@@ -29,7 +29,7 @@ pub use learner::{
     soft_dice_loss, SegArch, SegBatchNorm, SegLearner, SegLearnerConfig, SegOptimizer, SegTrainable,
 };
 pub use run::{
-    median_frequency_weights, read_seg_records, train_segmenter, write_seg_curves, SegEpochRecord,
-    SegTrainOptions, SegTrainSummary,
+    median_frequency_weights, read_seg_records, seg_curve_panels, train_segmenter,
+    write_seg_curves, SegEpochRecord, SegTrainOptions, SegTrainSummary,
 };
 pub use voc_tensor::run::{Quiet, RunPaths, TrainObserver};

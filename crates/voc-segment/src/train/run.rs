@@ -889,7 +889,12 @@ pub fn train_segmenter(
         }
         records.push(record.clone());
         run_folder::write_jsonl(&paths.metrics(), &records)?;
-        write_seg_curves(&paths.curves(), &records)?;
+        write_seg_curves(
+            &paths.curves(),
+            &records,
+            Some(best_epoch),
+            stop.then_some(epoch),
+        )?;
         observer.epoch(&record.summary());
         epochs_run = epoch;
         if stop {
@@ -930,9 +935,14 @@ fn write_confusion(paths: &RunPaths, metrics: &SegmentationMetrics, epoch: usize
     Ok(())
 }
 
-/// `curves.png`: losses, validation scores and the learning rate per epoch.
-pub fn write_seg_curves(path: &std::path::Path, records: &[SegEpochRecord]) -> Result<()> {
-    use voc_data::chart::{Panel, Series, YScale, SERIES_COLORS};
+/// The learning-curve panels of a segmenter run: losses, validation scores and the learning rate per
+/// epoch, with the best epoch and an early stop marked (`curves.png`, `voc report`).
+pub fn seg_curve_panels(
+    records: &[SegEpochRecord],
+    best_epoch: Option<usize>,
+    stopped_at: Option<usize>,
+) -> Vec<voc_data::chart::Panel> {
+    use voc_data::chart::{Panel, Series, SERIES_COLORS};
     let series = |name: &str, color: usize, f: &dyn Fn(&SegEpochRecord) -> f64| {
         Series::new(
             name,
@@ -940,34 +950,46 @@ pub fn write_seg_curves(path: &std::path::Path, records: &[SegEpochRecord]) -> R
             records.iter().map(|r| (r.epoch as f64, f(r))).collect(),
         )
     };
-    let panels = [
+    [
         Panel::new(
-            "LOSS",
-            "EPOCH",
+            "Loss",
+            "epoch",
             vec![
-                series("TRAIN", 0, &|r| r.train_loss),
-                series("VALIDATION", 1, &|r| r.val_loss),
+                series("train", 0, &|r| r.train_loss),
+                series("validation", 1, &|r| r.val_loss),
             ],
         ),
-        Panel {
-            y_range: Some((0.0, 1.0)),
-            ..Panel::new(
-                "VALIDATION SCORES",
-                "EPOCH",
-                vec![
-                    series("PIXEL ACC", 0, &|r| r.val_pixel_accuracy),
-                    series("MIOU", 2, &|r| r.val_miou),
-                    series("DICE", 3, &|r| r.val_dice),
-                ],
-            )
-        },
-        Panel {
-            y_scale: YScale::Log10,
-            ..Panel::new("LEARNING RATE", "EPOCH", vec![series("LR", 4, &|r| r.lr)])
-        },
-    ];
-    voc_data::chart::write_panels_png(path, &panels, 420, 300)
-        .map_err(|e| SegmentError::BadArgument(format!("curves: {e}")))
+        Panel::new(
+            "Validation scores",
+            "epoch",
+            vec![
+                series("pixel acc", 0, &|r| r.val_pixel_accuracy),
+                series("mIoU", 2, &|r| r.val_miou),
+                series("Dice", 3, &|r| r.val_dice),
+            ],
+        )
+        .with_y_range(0.0, 1.0),
+        Panel::new("Learning rate", "epoch", vec![series("lr", 4, &|r| r.lr)]).log_y(),
+    ]
+    .into_iter()
+    .map(|p| p.with_run_marks(best_epoch, stopped_at))
+    .collect()
+}
+
+/// `curves.png`: [`seg_curve_panels`] as a picture.
+pub fn write_seg_curves(
+    path: &std::path::Path,
+    records: &[SegEpochRecord],
+    best_epoch: Option<usize>,
+    stopped_at: Option<usize>,
+) -> Result<()> {
+    voc_data::chart::write_panels_png(
+        path,
+        &seg_curve_panels(records, best_epoch, stopped_at),
+        420,
+        300,
+    )
+    .map_err(|e| SegmentError::BadArgument(format!("curves: {e}")))
 }
 
 #[cfg(test)]
