@@ -354,7 +354,13 @@ fn per_class_bars(run: &TrainRun, kind: &Kind) -> Option<BarChart> {
 }
 
 /// A validation CSV written by the trainers (`val_scores.csv`): header and rows of fields.
-fn read_csv(path: &Path) -> anyhow::Result<Option<(Vec<String>, Vec<Vec<String>>)>> {
+/// A CSV's header and rows.
+struct Csv {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+fn read_csv(path: &Path) -> anyhow::Result<Option<Csv>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -381,7 +387,7 @@ fn read_csv(path: &Path) -> anyhow::Result<Option<(Vec<String>, Vec<Vec<String>>
         }
         rows.push(row);
     }
-    Ok(Some((header, rows)))
+    Ok(Some(Csv { header, rows }))
 }
 
 /// Precision-recall points of scores against truth, by decreasing score.
@@ -402,28 +408,28 @@ fn pr_curve(mut pairs: Vec<(f32, bool)>) -> Vec<(f64, f64)> {
     points
 }
 
-/// Where the split images live for the examples: the data folder's splits, tried in order.
-struct ImageSource {
-    splits: Vec<SplitIndex>,
-}
-
-impl ImageSource {
-    fn open(data: &Path) -> Option<Self> {
-        let dir = CompetitionDir::open(data).ok()?;
-        let splits: Vec<SplitIndex> = ["train", "test", "val"]
-            .iter()
-            .filter_map(|s| dir.split(s).ok())
-            .collect();
-        (!splits.is_empty()).then_some(Self { splits })
-    }
-
-    fn find(&self, id: &str) -> Option<&SplitIndex> {
-        self.splits.iter().find(|s| s.position(id).is_some())
-    }
+/// The split a run validated on, where its example pictures come from: `config.validation.split`, or
+/// the train split a validation fraction was drawn from; read from the run's own data folder when it
+/// exists, else from `--data`. Ids repeat across splits, so the split must be the run's.
+fn validation_split(run: &TrainRun, data: Option<&Path>) -> Option<SplitIndex> {
+    let name = run
+        .config
+        .get("validation")
+        .and_then(|v| v.get("split"))
+        .and_then(Value::as_str)
+        .unwrap_or("train");
+    let folder = if run.data.is_dir() {
+        Some(run.data.as_path())
+    } else {
+        data
+    }?;
+    CompetitionDir::open(folder).ok()?.split(name).ok()
 }
 
 /// Ranks rows by `score` (higher is better) and returns the 6 best and the 6 worst.
-fn best_and_worst<T: Clone>(mut rows: Vec<(f64, T)>) -> (Vec<(f64, T)>, Vec<(f64, T)>) {
+type Ranked<T> = Vec<(f64, T)>;
+
+fn best_and_worst<T: Clone>(mut rows: Ranked<T>) -> (Ranked<T>, Ranked<T>) {
     rows.sort_by(|a, b| b.0.total_cmp(&a.0));
     let best: Vec<_> = rows.iter().take(6).cloned().collect();
     let worst: Vec<_> = rows
@@ -437,10 +443,10 @@ fn best_and_worst<T: Clone>(mut rows: Vec<(f64, T)>) -> (Vec<(f64, T)>, Vec<(f64
 
 fn classify_details(
     run: &TrainRun,
-    source: Option<&ImageSource>,
+    split: Option<&SplitIndex>,
     html: &mut String,
 ) -> anyhow::Result<()> {
-    let Some((header, rows)) = read_csv(&run.dir.join("val_scores.csv"))? else {
+    let Some(Csv { header, rows }) = read_csv(&run.dir.join("val_scores.csv"))? else {
         html.push_str("<p class=\"note\">No val_scores.csv (a run of an older voc): no PR curves or examples.</p>");
         return Ok(());
     };
@@ -540,7 +546,7 @@ fn classify_details(
         let _ = write!(html, "<h4>{title}</h4><div class=\"tiles\">");
         for (score, i) in picks {
             let id = &rows[i][0];
-            let picture = match source.and_then(|s| s.find(id)) {
+            let picture = match split.filter(|s| s.position(id).is_some()) {
                 Some(split) => jpeg_img(&split.read_rgb_image(id)?, 200, id)?,
                 None => "<div class=\"missing\">image not in the data folder</div>".into(),
             };
@@ -560,11 +566,11 @@ fn classify_details(
 
 fn segment_details(
     run: &TrainRun,
-    source: Option<&ImageSource>,
+    split: Option<&SplitIndex>,
     html: &mut String,
 ) -> anyhow::Result<()> {
     let confusion = run.dir.join("confusion.csv");
-    if let Some((header, rows)) = read_csv(&confusion)? {
+    if let Some(Csv { header, rows }) = read_csv(&confusion)? {
         let names: Vec<String> = header[1..].to_vec();
         let counts: Vec<Vec<u64>> = rows
             .iter()
@@ -576,7 +582,7 @@ fn segment_details(
             &counts,
         ))?);
     }
-    let Some((header, rows)) = read_csv(&run.dir.join("val_scores.csv"))? else {
+    let Some(Csv { header, rows }) = read_csv(&run.dir.join("val_scores.csv"))? else {
         html.push_str(
             "<p class=\"note\">No val_scores.csv (a run of an older voc): no examples.</p>",
         );
@@ -608,7 +614,7 @@ fn segment_details(
             let id = &rows[i][0];
             let predicted = Mask::read_png(&examples.join(format!("{id}.png")))?;
             let mut pictures = String::new();
-            match source.and_then(|s| s.find(id)) {
+            match split.filter(|s| s.position(id).is_some()) {
                 Some(split) => {
                     let image = split.read_rgb_image(id)?;
                     pictures.push_str(&jpeg_img(&image, 160, id)?);
@@ -660,7 +666,7 @@ fn config_table(config: &Value) -> String {
 fn train_section(
     run: &TrainRun,
     kind: &Kind,
-    source: Option<&ImageSource>,
+    split: Option<&SplitIndex>,
     anchor: &str,
 ) -> anyhow::Result<String> {
     let mut html = String::new();
@@ -708,9 +714,9 @@ fn train_section(
         html.push_str(&svg_block(chart::bars_svg(&bars, 520))?);
     }
     if kind.metric == "val_map" {
-        classify_details(run, source, &mut html)?;
+        classify_details(run, split, &mut html)?;
     } else {
-        segment_details(run, source, &mut html)?;
+        segment_details(run, split, &mut html)?;
     }
     html.push_str("</section>");
     Ok(html)
@@ -1008,7 +1014,7 @@ fn submission_section(data: &Path, split: &str, submission: &Path) -> anyhow::Re
 const STYLE: &str = "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;max-width:1180px;margin:0 auto;padding:0 16px 40px;color:#111}\
 h1{margin:18px 0 4px}h2{border-top:2px solid #ddd;padding-top:14px;margin-top:30px}small{color:#666;font-weight:normal}\
 table{border-collapse:collapse;margin:8px 0;font-size:14px}th,td{border:1px solid #ddd;padding:3px 8px;text-align:left}\
-th{background:#f4f4f4}.chart svg{max-width:100%;height:auto}.tiles{display:flex;flex-wrap:wrap;gap:10px}\
+th{background:#f4f4f4}.chart{display:inline-block;vertical-align:top;max-width:100%;margin:4px 8px 4px 0}.chart svg{max-width:100%;height:auto}.tiles{display:flex;flex-wrap:wrap;gap:10px}\
 figure{margin:0;width:200px;font-size:12px}figure.wide{width:490px}figure img{margin-right:2px}.gallery img{max-width:100%;height:auto}\
 .note{color:#666}.ok{color:#06610f;font-weight:bold}.bad{color:#a00;font-weight:bold}nav a{margin-right:12px}\
 details{margin:6px 0}code{background:#f4f4f4;padding:0 3px}.missing{width:200px;height:60px;background:#eee}\
@@ -1033,7 +1039,6 @@ pub fn build_report(args: &ReportArgs) -> anyhow::Result<(String, Vec<String>)> 
     if args.submission.is_some() && data.is_none() {
         bail!("--submission needs --data (the folder with the split it is for)");
     }
-    let source = data.as_deref().and_then(ImageSource::open);
     let mut sections: Vec<(String, String, String)> = Vec::new();
     if let Some(d) = &args.data {
         sections.push(("data".into(), "Data".into(), data_section(d)?));
@@ -1046,7 +1051,12 @@ pub fn build_report(args: &ReportArgs) -> anyhow::Result<(String, Vec<String>)> 
                 sections.push((
                     anchor.clone(),
                     t.name.clone(),
-                    train_section(t, &CLASSIFY, source.as_ref(), &anchor)?,
+                    train_section(
+                        t,
+                        &CLASSIFY,
+                        validation_split(t, data.as_deref()).as_ref(),
+                        &anchor,
+                    )?,
                 ));
                 trained.push((t, &CLASSIFY));
             }
@@ -1054,7 +1064,12 @@ pub fn build_report(args: &ReportArgs) -> anyhow::Result<(String, Vec<String>)> 
                 sections.push((
                     anchor.clone(),
                     t.name.clone(),
-                    train_section(t, &SEGMENT, source.as_ref(), &anchor)?,
+                    train_section(
+                        t,
+                        &SEGMENT,
+                        validation_split(t, data.as_deref()).as_ref(),
+                        &anchor,
+                    )?,
                 ));
                 trained.push((t, &SEGMENT));
             }

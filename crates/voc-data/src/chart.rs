@@ -375,7 +375,7 @@ fn draw_panel<DB: DrawingBackend>(
             let label = EmptyElement::at((mark.x, f.y.0))
                 + Text::new(
                     mark.label.clone(),
-                    (3, -(text_px as i32) - 3),
+                    (3, -text_px - 3),
                     (FONT, text_px).into_font().color(&MARK),
                 );
             chart.draw_series(std::iter::once(label)).map_err(err)?;
