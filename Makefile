@@ -10,7 +10,7 @@ TORCH_PYTHON ?= python3
 # candle re-reads /proc/cpuinfo on every matmul unless the thread count is set.
 export RAYON_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: test lint demo report report-check build release bench bench-compare cuda-check fmt fmt-check clippy doc
+.PHONY: test lint demo report report-check fuzz build release bench bench-compare cuda-check fmt fmt-check clippy doc
 
 build:
 	$(CARGO) build --workspace
@@ -33,6 +33,12 @@ demo: release
 # The HTML report of the demo's runs (after `make demo`).
 report: release
 	@bash assets/report.sh
+
+# Every fuzz target of the readers for FUZZ_SECONDS (default 600) each, seeded from tests/fuzz/seeds,
+# assets/ and ../shared; prints the table of docs/reliability.md. Needs nightly and cargo-fuzz.
+# `make fuzz FUZZ_SECONDS=60 FUZZ_TARGETS="npy image"`
+fuzz:
+	FUZZ_SECONDS=$(or $(FUZZ_SECONDS),600) bash tests/fuzz/run.sh $(FUZZ_TARGETS)
 
 # The report test, with the page rendered by headless Chromium (Debian's `chromium` package) and the
 # screenshot checked; prints SKIPPED where no Chromium is installed.

@@ -62,6 +62,10 @@ pub struct NpyHeader {
     pub data_offset: usize,
 }
 
+/// The longest header voc reads: numpy writes a few hundred bytes; a larger claim is a broken or
+/// hostile file, refused before anything is allocated for it.
+const MAX_HEADER_LEN: usize = 1 << 16;
+
 fn read_header_from(reader: &mut impl Read, path: &Path) -> Result<NpyHeader> {
     let mut prefix = [0u8; 10];
     reader
@@ -93,6 +97,12 @@ fn read_header_from(reader: &mut impl Read, path: &Path) -> Result<NpyHeader> {
             ))
         }
     };
+    if header_len > MAX_HEADER_LEN {
+        return Err(DataError::bad_array(
+            path,
+            format!("the header claims {header_len} bytes; at most {MAX_HEADER_LEN} are read"),
+        ));
+    }
     let mut header = vec![0u8; header_len];
     reader
         .read_exact(&mut header)
@@ -128,12 +138,13 @@ fn parse_header_dict(header: &str, path: &Path, data_offset: usize) -> Result<Np
         .chars()
         .next()
         .ok_or_else(|| bad("empty 'descr'"))?;
-    let descr = descr_rest[1..]
+    let descr = descr_rest[quote.len_utf8()..]
         .split(quote)
         .next()
         .ok_or_else(|| bad("unterminated 'descr'"))?
         .to_string();
-    let (order, code) = descr.split_at(descr.len().min(1));
+    let first = descr.chars().next().map_or(0, char::len_utf8);
+    let (order, code) = descr.split_at(first);
     let big_endian = order == ">";
     let dtype = match code {
         "u1" => NpyDtype::U8,
@@ -189,27 +200,39 @@ pub fn read_header(path: &Path) -> Result<NpyHeader> {
     read_header_from(&mut file, path)
 }
 
-/// Reads header and raw data bytes (in file byte order).
-fn read_raw(path: &Path) -> Result<(NpyHeader, Vec<u8>)> {
-    let mut file = File::open(path).map_err(|e| DataError::io(path, e))?;
-    let header = read_header_from(&mut file, path)?;
-    let count: usize = header.shape.iter().product();
-    let nbytes = count * header.dtype.size();
-    let mut data = vec![0u8; nbytes];
-    file.read_exact(&mut data).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+/// Header and raw data bytes (in file byte order) of a whole `.npy` file in memory. The data size
+/// the header claims is checked (overflow included) against the bytes there before anything is copied.
+fn split_raw<'a>(bytes: &'a [u8], path: &Path) -> Result<(NpyHeader, &'a [u8])> {
+    let header = read_header_from(&mut &bytes[..], path)?;
+    let nbytes = header
+        .shape
+        .iter()
+        .try_fold(header.dtype.size(), |n, &d| n.checked_mul(d))
+        .ok_or_else(|| {
             DataError::bad_array(
                 path,
                 format!(
-                    "file is truncated: header shape {:?} needs {nbytes} data bytes",
+                    "header shape {:?} is too large to be an array",
                     header.shape
                 ),
             )
-        } else {
-            DataError::io(path, e)
-        }
-    })?;
-    Ok((header, data))
+        })?;
+    let available = bytes.len().saturating_sub(header.data_offset);
+    if nbytes > available {
+        return Err(DataError::bad_array(
+            path,
+            format!(
+                "file is truncated: header shape {:?} needs {nbytes} data bytes, the file has {available}",
+                header.shape
+            ),
+        ));
+    }
+    let start = header.data_offset;
+    Ok((header, &bytes[start..start + nbytes]))
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| DataError::io(path, e))
 }
 
 /// Converts Fortran-ordered data of `shape` to C order.
@@ -223,7 +246,13 @@ fn to_c_order<T: Copy>(data: Vec<T>, shape: &[usize]) -> Vec<T> {
 
 /// Reads an HxWx3 uint8 image (C or Fortran order); another dtype or shape is [`DataError::BadArray`].
 pub fn read_image(path: &Path) -> Result<Array3<u8>> {
-    let (header, data) = read_raw(path)?;
+    decode_image(&read_file(path)?, path)
+}
+
+/// [`read_image`] of a file's bytes already in memory; `path` only names it in errors.
+pub fn decode_image(bytes: &[u8], path: &Path) -> Result<Array3<u8>> {
+    let (header, data) = split_raw(bytes, path)?;
+    let data = data.to_vec();
     if header.dtype != NpyDtype::U8 {
         return Err(DataError::bad_array(
             path,
@@ -248,7 +277,12 @@ pub fn read_image(path: &Path) -> Result<Array3<u8>> {
 /// Reads an HxW mask of any integer dtype; values must be 0..=20 or 255 (void), else
 /// [`DataError::BadMaskValue`] names the first pixel that is not (an int8 -1 is void 255).
 pub fn read_mask(path: &Path) -> Result<Array2<u8>> {
-    let (header, data) = read_raw(path)?;
+    decode_mask(&read_file(path)?, path)
+}
+
+/// [`read_mask`] of a file's bytes already in memory; `path` only names it in errors.
+pub fn decode_mask(bytes: &[u8], path: &Path) -> Result<Array2<u8>> {
+    let (header, data) = split_raw(bytes, path)?;
     if header.shape.len() != 2 {
         return Err(DataError::bad_array(
             path,
@@ -266,7 +300,7 @@ pub fn read_mask(path: &Path) -> Result<Array2<u8>> {
                 col: i % w.max(1),
             });
         }
-        return Array2::from_shape_vec((h, w), data)
+        return Array2::from_shape_vec((h, w), data.to_vec())
             .map_err(|e| DataError::bad_array(path, e.to_string()));
     }
     let size = header.dtype.size();
