@@ -68,7 +68,7 @@ fn hostile_npy_headers_are_refused_before_allocating() {
     let e = voc_data::npy::decode_mask(&huge, path).unwrap_err();
     assert!(e.to_string().contains("header claims"), "{e}");
     // A descr that starts with a multi-byte character.
-    let bad = npy("(1, 1)", &[0]).iter().map(|&b| b).collect::<Vec<u8>>();
+    let bad = npy("(1, 1)", &[0]);
     let text = String::from_utf8_lossy(&bad).replace("'|u1'", "'é1'");
     assert!(voc_data::npy::decode_mask(text.as_bytes(), path).is_err());
 }

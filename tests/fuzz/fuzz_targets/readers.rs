@@ -79,8 +79,11 @@ pub fn run_folder(data: &[u8]) {
     );
 }
 
+/// A target's reader calls.
+pub type Reader = fn(&[u8]);
+
 /// Every target by name.
-pub const TARGETS: [(&str, fn(&[u8])); 7] = [
+pub const TARGETS: [(&str, Reader); 7] = [
     ("npy", npy),
     ("label_csv", label_csv),
     ("submission", submission),
