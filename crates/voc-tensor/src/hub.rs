@@ -83,11 +83,16 @@ impl HubCache {
     /// `refs/`) or a commit hash (a `snapshots/` folder).
     pub fn cached(&self, repo_id: &str, revision: Option<&str>, filename: &str) -> Option<PathBuf> {
         let revision = revision.unwrap_or(DEFAULT_REVISION);
+        check_hub_names(repo_id, revision, filename).ok()?;
         let repo_dir = self.dir.join(repo_folder_name(repo_id));
         let snapshot = match std::fs::read_to_string(repo_dir.join("refs").join(revision)) {
             Ok(commit) => commit.trim().to_string(),
             Err(_) => revision.to_string(),
         };
+        // A refs file names a commit: one plain folder name, never a way out of the cache.
+        if !is_plain_name(&snapshot) {
+            return None;
+        }
         let path = repo_dir.join("snapshots").join(snapshot).join(filename);
         // `is_file` follows the snapshot symlink into blobs/, so a dangling link counts as missing.
         path.is_file().then_some(path)
@@ -101,10 +106,11 @@ impl HubCache {
         revision: Option<&str>,
         filename: &str,
     ) -> Result<PathBuf> {
+        let rev = revision.unwrap_or(DEFAULT_REVISION);
+        check_hub_names(repo_id, rev, filename)?;
         if let Some(path) = self.cached(repo_id, revision, filename) {
             return Ok(path);
         }
-        let rev = revision.unwrap_or(DEFAULT_REVISION);
         let searched = self.dir.join(repo_folder_name(repo_id));
         let error = |detail: String| VocError::HubFile {
             repo_id: repo_id.to_string(),
@@ -165,6 +171,45 @@ fn is_truthy(value: &str) -> bool {
         value.trim().to_ascii_lowercase().as_str(),
         "1" | "true" | "yes" | "on"
     )
+}
+
+/// A path component that stays where it is joined: not empty, not `.` or `..`, no separator.
+fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+}
+
+/// Hub names become paths in the cache: a repo id is `name` or `owner/name` of letters, digits, `-`,
+/// `_` and `.`; a revision and a file name are relative paths of plain components. Anything else
+/// (`..`, an absolute path) could read or write outside the cache, and is refused.
+pub fn check_hub_names(repo_id: &str, revision: &str, filename: &str) -> Result<()> {
+    let bad = |what: &str, value: &str, expected: &str| {
+        Err(VocError::BadArgument(format!(
+            "hub {what} '{value}' is not valid: expected {expected}"
+        )))
+    };
+    let parts: Vec<&str> = repo_id.split('/').collect();
+    let id_part = |p: &&str| {
+        is_plain_name(p)
+            && p.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    };
+    if parts.len() > 2 || !parts.iter().all(id_part) {
+        return bad(
+            "repo id",
+            repo_id,
+            "NAME or OWNER/NAME of letters, digits, '-', '_' and '.'",
+        );
+    }
+    for (what, value) in [("revision", revision), ("file name", filename)] {
+        if value.starts_with('/') || !value.split('/').all(is_plain_name) {
+            return bad(
+                what,
+                value,
+                "a relative path without '.' or '..' components",
+            );
+        }
+    }
+    Ok(())
 }
 
 fn repo_folder_name(repo_id: &str) -> String {

@@ -367,3 +367,48 @@ fn a_real_pytorch_bin_loads_from_a_cache_without_safetensors() {
         3.0
     );
 }
+
+#[test]
+fn hub_names_that_leave_the_cache_are_refused() {
+    use voc_tensor::hub::{check_hub_names, HubCache};
+    for ok in [
+        (
+            "google/deeplabv3_mobilenet_v2_1.0_513",
+            "main",
+            "model.safetensors",
+        ),
+        (
+            "timm/tf_efficientnet_lite0.in1k",
+            "refs/pr/1",
+            "sub/dir/config.json",
+        ),
+        ("gpt2", "0123abc", "pytorch_model.bin"),
+    ] {
+        assert!(check_hub_names(ok.0, ok.1, ok.2).is_ok(), "{ok:?}");
+    }
+    for bad in [
+        ("../etc", "main", "x"),
+        ("a/b/c", "main", "x"),
+        ("/abs", "main", "x"),
+        ("ok/..", "main", "x"),
+        ("ok/name", "../../..", "x"),
+        ("ok/name", "main", "../../etc/passwd"),
+        ("ok/name", "main", "/etc/passwd"),
+        ("ok/name", "main", "a/./b"),
+        ("ok/na me", "main", "x"),
+    ] {
+        let e = check_hub_names(bad.0, bad.1, bad.2)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("is not valid"), "{bad:?}: {e}");
+    }
+    // Through the cache: an error before any path is touched, offline or not.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = HubCache::new(dir.path(), true);
+    assert!(cache.cached("ok/name", Some("main"), "../../x").is_none());
+    let e = cache
+        .resolve_file("ok/name", None, "../../x")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("file name '../../x' is not valid"), "{e}");
+}
