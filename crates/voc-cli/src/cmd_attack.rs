@@ -151,6 +151,7 @@ impl SweepArgs {
     }
 
     fn check(&self) -> anyhow::Result<()> {
+        crate::outputs::check_dir(&self.out, self.data.as_deref(), "--out")?;
         if self.eps.is_empty() {
             bail!("--eps: give at least one budget, e.g. --eps 0,2,4,8");
         }

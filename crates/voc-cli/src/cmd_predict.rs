@@ -326,6 +326,15 @@ fn create_dir(dir: &Path, what: &str) -> anyhow::Result<()> {
 
 pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    crate::outputs::check_file(&args.out, Some(&args.data), "--out")?;
+    for (dir, flag) in [
+        (&args.save_masks, "--save-masks"),
+        (&args.save_overlays, "--save-overlays"),
+    ] {
+        if let Some(dir) = dir {
+            crate::outputs::check_dir(dir, Some(&args.data), flag)?;
+        }
+    }
     let source = label_source(&args)?;
     let fusion = match (&args.fusion, source) {
         (Some(path), LabelSource::Fused) => Some(crate::cmd_eval::FusionFile::read(path)?),

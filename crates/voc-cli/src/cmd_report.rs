@@ -1121,6 +1121,7 @@ pub fn build_report(args: &ReportArgs) -> anyhow::Result<(String, Vec<String>)> 
 
 pub fn run(args: ReportArgs) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
+    crate::outputs::check_file(&args.out, None, "--out")?;
     let (html, sections) = build_report(&args)?;
     voc_core::write_atomic(&args.out, |f| std::io::Write::write_all(f, html.as_bytes()))
         .with_context(|| format!("writing {}", args.out.display()))?;

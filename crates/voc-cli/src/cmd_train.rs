@@ -293,6 +293,7 @@ fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
             (config, data, out, false)
         }
     };
+    crate::outputs::check_dir(&out, Some(&data), "--out")?;
     let opts = TrainOptions {
         data,
         out: out.clone(),
@@ -568,6 +569,7 @@ fn segment(args: SegmentArgs) -> anyhow::Result<()> {
             )
         }
     };
+    crate::outputs::check_dir(&out, Some(&data), "--out")?;
     let opts = SegTrainOptions {
         data,
         out: out.clone(),

@@ -53,6 +53,7 @@ mod cmd_predict;
 mod cmd_report;
 mod cmd_submit;
 mod cmd_train;
+mod outputs;
 mod progress;
 
 fn main() -> anyhow::Result<()> {

@@ -12,7 +12,7 @@ pub mod normalization;
 pub mod palette;
 pub mod testing;
 
-pub use atomic::{write_atomic, AtomicFile};
+pub use atomic::{check_output_dir, check_output_file, write_atomic, AtomicFile};
 pub use classes::{
     class_index, is_mask_value, BACKGROUND, CLASS_NAMES, MASK_CLASS_NAMES, NUM_CLASSES,
     NUM_MASK_CLASSES, VOID,

@@ -1,0 +1,83 @@
+//! Output faults found before any work: an --out that is a file, a folder where a file is expected, a
+//! folder that cannot be created or written, an output inside the data folder. Each is a clear error
+//! naming the path, a non-zero exit, nothing written, and never a panic.
+mod common;
+use common::{assert_fails_naming, path_str, repo_root, voc};
+
+#[test]
+fn unwritable_outputs_are_refused_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = repo_root().join("assets/voc-sample");
+    let data_s = path_str(&data);
+    let afile = dir.path().join("afile");
+    std::fs::write(&afile, "x").unwrap();
+    let afile_s = path_str(&afile);
+    let train = |out: &str| {
+        voc(
+            &[
+                "train",
+                "classify",
+                "--data",
+                data_s,
+                "--model",
+                "scratch",
+                "--epochs",
+                "1",
+                "--val-split",
+                "train",
+                "--device",
+                "cpu",
+                "--out",
+                out,
+            ],
+            None,
+        )
+    };
+    let out = train(afile_s);
+    assert_fails_naming(&out, &[afile_s, "is a file"]);
+    // Under /proc nothing can be created, not even by root.
+    let out = train("/proc/voc-no-such-run");
+    assert_fails_naming(
+        &out,
+        &["/proc/voc-no-such-run", "cannot create the output folder"],
+    );
+    // Inside the data folder it reads.
+    let inside = data.join("runs-here");
+    let out = train(path_str(&inside));
+    assert_fails_naming(&out, &["inside the data folder"]);
+    assert!(!inside.exists(), "a folder was created inside the data");
+
+    // A file output whose name is a folder, or whose folder is a file.
+    let out = voc(
+        &["predict", "--data", data_s, "--out", path_str(dir.path())],
+        None,
+    );
+    assert_fails_naming(&out, &["is a folder"]);
+    let nested = afile.join("report.html");
+    let out = voc(
+        &["report", "--data", data_s, "--out", path_str(&nested)],
+        None,
+    );
+    assert_fails_naming(&out, &[afile_s, "is a file"]);
+    let out = voc(
+        &[
+            "attack",
+            "classify",
+            "--classifier",
+            "imagenet:mobilenet_v2",
+            "--data",
+            data_s,
+            "--eps",
+            "0",
+            "--out",
+            afile_s,
+        ],
+        None,
+    );
+    assert_fails_naming(&out, &[afile_s, "is a file"]);
+    assert_eq!(
+        std::fs::read_to_string(&afile).unwrap(),
+        "x",
+        "the file was touched"
+    );
+}
