@@ -115,6 +115,57 @@ impl Write for AtomicFile {
     }
 }
 
+/// Checks, before any work, that `dir` can hold a command's outputs: it is a folder or can be created
+/// as one, and a file can be written in it. Errors name the folder and say which of these fails (a
+/// path that is a file, a read-only folder, a parent that cannot be created).
+pub fn check_output_dir(dir: &Path) -> Result<()> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(CoreError::BadArgument(format!(
+            "{} is a file; a folder for the outputs was expected",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| {
+        CoreError::BadArgument(format!(
+            "cannot create the output folder {}: {e}",
+            dir.display()
+        ))
+    })?;
+    let probe = dir.join(format!(".voc-write-check-{}", std::process::id()));
+    match File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+            Ok(())
+        }
+        Err(e) => Err(CoreError::BadArgument(format!(
+            "cannot write in the output folder {}: {e}",
+            dir.display()
+        ))),
+    }
+}
+
+/// Checks, before any work, that the file `path` can be written: it is not a folder, and its folder
+/// exists (or can be created) and takes a new file.
+pub fn check_output_file(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Err(CoreError::BadArgument(format!(
+            "{} is a folder; a file name was expected",
+            path.display()
+        )));
+    }
+    if path.file_name().is_none() {
+        return Err(CoreError::BadArgument(format!(
+            "{} does not name a file",
+            path.display()
+        )));
+    }
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    check_output_dir(parent)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,55 +250,4 @@ mod tests {
         let err = write_atomic(Path::new("/"), |_| Ok(())).unwrap_err();
         assert!(err.to_string().contains("not a file path"), "{err}");
     }
-}
-
-/// Checks, before any work, that `dir` can hold a command's outputs: it is a folder or can be created
-/// as one, and a file can be written in it. Errors name the folder and say which of these fails (a
-/// path that is a file, a read-only folder, a parent that cannot be created).
-pub fn check_output_dir(dir: &Path) -> Result<()> {
-    if dir.exists() && !dir.is_dir() {
-        return Err(CoreError::BadArgument(format!(
-            "{} is a file; a folder for the outputs was expected",
-            dir.display()
-        )));
-    }
-    std::fs::create_dir_all(dir).map_err(|e| {
-        CoreError::BadArgument(format!(
-            "cannot create the output folder {}: {e}",
-            dir.display()
-        ))
-    })?;
-    let probe = dir.join(format!(".voc-write-check-{}", std::process::id()));
-    match File::create(&probe) {
-        Ok(_) => {
-            let _ = std::fs::remove_file(&probe);
-            Ok(())
-        }
-        Err(e) => Err(CoreError::BadArgument(format!(
-            "cannot write in the output folder {}: {e}",
-            dir.display()
-        ))),
-    }
-}
-
-/// Checks, before any work, that the file `path` can be written: it is not a folder, and its folder
-/// exists (or can be created) and takes a new file.
-pub fn check_output_file(path: &Path) -> Result<()> {
-    if path.is_dir() {
-        return Err(CoreError::BadArgument(format!(
-            "{} is a folder; a file name was expected",
-            path.display()
-        )));
-    }
-    if path.file_name().is_none() {
-        return Err(CoreError::BadArgument(format!(
-            "{} does not name a file",
-            path.display()
-        )));
-    }
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    check_output_dir(parent)
 }
