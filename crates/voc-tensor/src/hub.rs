@@ -39,6 +39,23 @@ pub struct HubCache {
     pub dir_origin: String,
     /// No download is ever attempted when set.
     pub offline: bool,
+    /// The hub's address for downloads (`HF_ENDPOINT`; `None`: huggingface.co).
+    pub endpoint: Option<String>,
+    /// The longest a download may take before it is abandoned with an error (`VOC_HUB_TIMEOUT`, in
+    /// seconds; default 1800): a server that stops answering must not hang a job forever.
+    pub timeout: std::time::Duration,
+}
+
+/// [`HubCache::timeout`] unless `VOC_HUB_TIMEOUT` says otherwise.
+const DEFAULT_DOWNLOAD_TIMEOUT_S: u64 = 1800;
+
+fn download_timeout_from_env() -> std::time::Duration {
+    let secs = std::env::var("VOC_HUB_TIMEOUT")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .unwrap_or(DEFAULT_DOWNLOAD_TIMEOUT_S as f64);
+    std::time::Duration::from_secs_f64(secs)
 }
 
 impl HubCache {
@@ -48,7 +65,21 @@ impl HubCache {
             dir: dir.into(),
             dir_origin: "given explicitly".to_string(),
             offline,
+            endpoint: std::env::var("HF_ENDPOINT").ok().filter(|v| !v.is_empty()),
+            timeout: download_timeout_from_env(),
         }
+    }
+
+    /// This cache, downloading from `endpoint` (e.g. a mirror, or a local test server).
+    pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoint = Some(endpoint.into());
+        self
+    }
+
+    /// This cache, abandoning a download after `timeout`.
+    pub fn with_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// The cache the environment selects: `HF_HUB_CACHE`, else `HF_HOME/hub`, else
@@ -76,6 +107,8 @@ impl HubCache {
             dir,
             dir_origin,
             offline,
+            endpoint: std::env::var("HF_ENDPOINT").ok().filter(|v| !v.is_empty()),
+            timeout: download_timeout_from_env(),
         }
     }
 
@@ -149,9 +182,11 @@ impl HubCache {
         filename: &str,
     ) -> std::result::Result<PathBuf, String> {
         use hf_hub::api::sync::ApiBuilder;
-        let mut builder = ApiBuilder::from_cache(hf_hub::Cache::new(self.dir.clone()));
-        if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
-            builder = builder.with_endpoint(endpoint);
+        let mut builder = ApiBuilder::from_cache(hf_hub::Cache::new(self.dir.clone()))
+            // Two retries resume a transfer that was cut off, from where it stopped.
+            .with_retries(2);
+        if let Some(endpoint) = &self.endpoint {
+            builder = builder.with_endpoint(endpoint.clone());
         }
         if let Ok(token) = std::env::var("HF_TOKEN") {
             builder = builder.with_token(Some(token));
@@ -162,8 +197,54 @@ impl HubCache {
             hf_hub::RepoType::Model,
             revision.to_string(),
         );
-        api.repo(repo).get(filename).map_err(|e| e.to_string())
+        // hf-hub's HTTP client has no timeout: the transfer runs on its own thread and is abandoned
+        // (the process goes on, the partial file stays as hf-hub's resumable `.part`) when it takes
+        // longer than the limit.
+        let filename_owned = filename.to_string();
+        let (send, receive) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = send.send(
+                api.repo(repo)
+                    .get(&filename_owned)
+                    .map_err(|e| e.to_string()),
+            );
+        });
+        let path = match receive.recv_timeout(self.timeout) {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(format!(
+                    "no complete answer from {} within {:.0} s (VOC_HUB_TIMEOUT sets the limit)",
+                    self.endpoint.as_deref().unwrap_or("https://huggingface.co"),
+                    self.timeout.as_secs_f64()
+                ))
+            }
+        };
+        check_downloaded(&path, filename)?;
+        Ok(path)
     }
+}
+
+/// A downloaded weights file must be whole: hf-hub renames a transfer into the cache when the server
+/// closes the connection, also when that happens early. A safetensors file whose header does not
+/// account for its length is removed (with its snapshot link), so the next run downloads it again.
+fn check_downloaded(path: &Path, filename: &str) -> std::result::Result<(), String> {
+    if !filename.ends_with(".safetensors") {
+        return Ok(());
+    }
+    let ok = std::fs::read(path)
+        .ok()
+        .is_some_and(|bytes| safetensors::SafeTensors::read_metadata(&bytes).is_ok());
+    if ok {
+        return Ok(());
+    }
+    let blob = std::fs::canonicalize(path).ok();
+    let _ = std::fs::remove_file(path);
+    if let Some(blob) = blob {
+        let _ = std::fs::remove_file(blob);
+    }
+    Err(format!(
+        "the downloaded {filename} is incomplete or corrupt (removed from the cache; run again to download it anew)"
+    ))
 }
 
 fn is_truthy(value: &str) -> bool {
