@@ -676,6 +676,11 @@ pub fn train_classifier(
                 &format!("epoch {epoch}/{} ({})", last, phase.name()),
                 steps_per_epoch,
             );
+            // Dropout masks from a generator seeded per epoch: a run resumed at any epoch draws the
+            // masks the uninterrupted run would have.
+            learner
+                .net
+                .seed_dropout(config.seed ^ (epoch as u64).wrapping_mul(0xD1B5_4A32_D192_ED03));
             match &features {
                 Some(f) => {
                     let rows = f.train.dim(0)?;
