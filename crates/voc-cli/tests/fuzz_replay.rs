@@ -72,3 +72,82 @@ fn hostile_npy_headers_are_refused_before_allocating() {
     let text = String::from_utf8_lossy(&bad).replace("'|u1'", "'é1'");
     assert!(voc_data::npy::decode_mask(text.as_bytes(), path).is_err());
 }
+
+/// CRC-32 (IEEE) of PNG chunks.
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+#[test]
+fn a_png_claiming_100000_by_100000_pixels_is_refused_before_allocating() {
+    let chunk = |kind: &[u8], data: &[u8]| {
+        let mut c = (data.len() as u32).to_be_bytes().to_vec();
+        let mut body = kind.to_vec();
+        body.extend(data);
+        c.extend(&body);
+        c.extend(crc32(&body).to_be_bytes());
+        c
+    };
+    for color_type in [0u8, 3] {
+        let mut ihdr = 100_000u32.to_be_bytes().to_vec();
+        ihdr.extend(100_000u32.to_be_bytes());
+        ihdr.extend([8, color_type, 0, 0, 0]);
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        png.extend(chunk(b"IHDR", &ihdr));
+        if color_type == 3 {
+            png.extend(chunk(b"PLTE", &[0, 0, 0, 128, 0, 0]));
+        }
+        png.extend(chunk(
+            b"IDAT",
+            &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+        ));
+        png.extend(chunk(b"IEND", &[]));
+        let path = readers::as_file("huge.png", &png);
+        let e = voc_data::vocdevkit::read_index_png(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("100000x100000"), "{e}");
+        assert!(voc_data::vocdevkit::decode_rgb(&path).is_err());
+        assert!(voc_data::read_rgb_image(&path).is_err());
+        if color_type == 0 {
+            let e = voc_core::Mask::read_png(&path).unwrap_err().to_string();
+            assert!(e.contains("too large"), "{e}");
+        }
+    }
+}
+
+#[test]
+fn gigabyte_csv_files_are_refused_without_reading_them() {
+    // Sparse files: a gigabyte on paper, nothing on disk.
+    let dir = tempfile::tempdir().unwrap();
+    let split = dir.path().join("train");
+    std::fs::create_dir_all(split.join("img")).unwrap();
+    let csv = std::fs::File::create(split.join("train_set.csv")).unwrap();
+    csv.set_len(1 << 30).unwrap();
+    let e = voc_data::competition::SplitIndex::open(&split, "train")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("1073741824 bytes"), "{e}");
+    let sub = dir.path().join("submission.csv");
+    std::fs::File::create(&sub)
+        .unwrap()
+        .set_len(1 << 30)
+        .unwrap();
+    let e = voc_submit::Submission::read(&sub).unwrap_err().to_string();
+    assert!(e.contains("1073741824 bytes"), "{e}");
+    let e = voc_submit::validate_file(&sub, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("1073741824 bytes"), "{e}");
+}

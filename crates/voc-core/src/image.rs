@@ -149,7 +149,7 @@ impl Mask {
             )));
         }
         let (width, height) = (info.width as usize, info.height as usize);
-        if width.saturating_mul(height) > 1 << 28 {
+        if width.saturating_mul(height) > 1 << 26 {
             return Err(bad(format!("{width}x{height} is too large a mask")));
         }
         let mut data = vec![0u8; width * height];

@@ -122,6 +122,10 @@ pub struct LabelMismatch {
     pub in_mask: bool,
 }
 
+/// The largest label CSV voc reads (64 MiB, a million images): checked before reading, so a broken
+/// or hostile file cannot take the memory.
+pub const MAX_LABEL_CSV_BYTES: u64 = 64 << 20;
+
 impl SplitIndex {
     /// Opens a split folder directly (`DIR/train`); `name` is the file prefix (`train` -> `train_set.csv`).
     ///
@@ -136,6 +140,15 @@ impl SplitIndex {
             });
         }
         let csv_path = dir.join(format!("{name}_set.csv"));
+        let len = std::fs::metadata(&csv_path)
+            .map_err(|e| DataError::io(&csv_path, e))?
+            .len();
+        if len > MAX_LABEL_CSV_BYTES {
+            return Err(DataError::BadArgument(format!(
+                "{}: {len} bytes; a label CSV of 21 columns per image is far smaller (at most {MAX_LABEL_CSV_BYTES} bytes are read)",
+                csv_path.display()
+            )));
+        }
         let text = std::fs::read_to_string(&csv_path).map_err(|e| DataError::io(&csv_path, e))?;
         let (ids, labels) = parse_label_csv(&text, &csv_path)?;
         let has_masks = dir.join("seg").is_dir();

@@ -148,6 +148,10 @@ pub fn decode_rgb(path: &Path) -> Result<Array3<u8>> {
     })
 }
 
+/// The most pixels a mask PNG may claim (8192 x 8192): the header is checked before any buffer is
+/// allocated, so a hostile file cannot make voc allocate gigabytes.
+pub const MAX_MASK_PIXELS: usize = 1 << 26;
+
 /// Reads an 8-bit palette or greyscale PNG as raw indices; values must be 0..=20 or 255.
 pub fn read_index_png(path: &Path) -> Result<Array2<u8>> {
     let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
@@ -166,6 +170,12 @@ pub fn read_index_png(path: &Path) -> Result<Array2<u8>> {
         || depth != png::BitDepth::Eight
     {
         return Err(bad(format!("mask PNG is {color:?} {depth:?}; expected an 8-bit palette (or greyscale) image of class ids")));
+    }
+    let (w, h) = (reader.info().width as usize, reader.info().height as usize);
+    if w.saturating_mul(h) > MAX_MASK_PIXELS {
+        return Err(bad(format!(
+            "a {w}x{h} mask is larger than voc reads ({MAX_MASK_PIXELS} pixels); VOC masks are about 500x500"
+        )));
     }
     let size = reader
         .output_buffer_size()

@@ -103,6 +103,10 @@ pub struct Submission {
     pub rows: Vec<SubmissionRow>,
 }
 
+/// The largest submission file voc reads (256 MiB; a real one is a few megabytes): checked before
+/// reading, so a hostile file cannot take the memory.
+pub const MAX_SUBMISSION_BYTES: u64 = 256 << 20;
+
 /// What [`Submission::parse`] makes of a file: the rows it could read, the problems that make the file
 /// invalid and warnings that do not.
 #[derive(Debug, Clone, Default)]
@@ -210,10 +214,18 @@ impl Submission {
     /// Reads a submission file, failing with every structural problem listed when there is any
     /// ([`SubmitError::Invalid`]), or [`SubmitError::Io`] when it cannot be read.
     pub fn read(path: &Path) -> Result<Submission> {
-        let bytes = std::fs::read(path).map_err(|source| SubmitError::Io {
+        let io = |source| SubmitError::Io {
             path: path.to_path_buf(),
             source,
-        })?;
+        };
+        let len = std::fs::metadata(path).map_err(io)?.len();
+        if len > MAX_SUBMISSION_BYTES {
+            return Err(SubmitError::Invalid(format!(
+                "{}: {len} bytes; a submission is a few megabytes (at most {MAX_SUBMISSION_BYTES} bytes are read)",
+                path.display()
+            )));
+        }
+        let bytes = std::fs::read(path).map_err(io)?;
         let parsed = Self::parse(&bytes);
         if !parsed.problems.is_empty() {
             return Err(SubmitError::Invalid(format!(

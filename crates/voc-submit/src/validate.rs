@@ -154,9 +154,18 @@ pub fn validate(bytes: &[u8], expected: &[ExpectedImage]) -> ValidationReport {
 
 /// [`validate()`] on a file; only failing to read it is an error ([`SubmitError::Io`]).
 pub fn validate_file(path: &Path, expected: &[ExpectedImage]) -> Result<ValidationReport> {
-    let bytes = std::fs::read(path).map_err(|source| SubmitError::Io {
+    let io = |source| SubmitError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let len = std::fs::metadata(path).map_err(io)?.len();
+    if len > crate::reader::MAX_SUBMISSION_BYTES {
+        return Err(SubmitError::Invalid(format!(
+            "{}: {len} bytes; a submission is a few megabytes (at most {} bytes are read)",
+            path.display(),
+            crate::reader::MAX_SUBMISSION_BYTES
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(io)?;
     Ok(validate(&bytes, expected))
 }
