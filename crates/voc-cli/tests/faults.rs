@@ -81,3 +81,66 @@ fn unwritable_outputs_are_refused_before_any_work() {
         "the file was touched"
     );
 }
+
+#[test]
+fn symlinks_in_a_run_folder_are_replaced_not_written_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = repo_root().join("assets/voc-sample");
+    let run = dir.path().join("run");
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, "keep").unwrap();
+    let args = |epochs: &str| {
+        vec![
+            "train".to_string(),
+            "classify".into(),
+            "--data".into(),
+            path_str(&data).into(),
+            "--model".into(),
+            "scratch".into(),
+            "--image-size".into(),
+            "108".into(),
+            "--batch".into(),
+            "2".into(),
+            "--val-split".into(),
+            "train".into(),
+            "--epochs".into(),
+            epochs.into(),
+            "--device".into(),
+            "cpu".into(),
+            "--out".into(),
+            path_str(&run).into(),
+        ]
+    };
+    let first = args("1");
+    let out = voc(&first.iter().map(String::as_str).collect::<Vec<_>>(), None);
+    assert!(out.status.success(), "{}", common::text(&out));
+    // Every file of the run becomes a link to a file outside it.
+    for name in [
+        "last.safetensors",
+        "best.safetensors",
+        "metrics.jsonl",
+        "curves.png",
+    ] {
+        let p = run.join(name);
+        std::fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink(&victim, &p).unwrap();
+    }
+    let _ = voc(
+        &[
+            "train",
+            "classify",
+            "--resume",
+            path_str(&run),
+            "--epochs",
+            "2",
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "keep",
+        "written through a link"
+    );
+}
