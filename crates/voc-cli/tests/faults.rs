@@ -144,3 +144,57 @@ fn symlinks_in_a_run_folder_are_replaced_not_written_through() {
         "written through a link"
     );
 }
+
+#[test]
+fn a_data_file_removed_while_predicting_is_a_clear_error_and_no_submission() {
+    let Some(shared) = voc_core::testing::shared_with(
+        "a data file removed while predicting",
+        &[voc_core::testing::hub_model(
+            "google/deeplabv3_mobilenet_v2_1.0_513",
+        )],
+    ) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::small_seg_data(dir.path(), 12);
+    let sub = dir.path().join("submission.csv");
+    let mut child = common::command(
+        &[
+            "predict",
+            "--data",
+            path_str(&data),
+            "--split",
+            "train",
+            "--device",
+            "cpu",
+            "--out",
+            path_str(&sub),
+        ],
+        Some(&shared.join("hf")),
+    )
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    // The last image goes while the segmenter loads or the first images are segmented.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let csv = std::fs::read_to_string(data.join("train/train_set.csv")).unwrap();
+    let last_id = csv
+        .lines()
+        .last()
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
+    let removed = data.join(format!("train/img/train_{last_id}.npy"));
+    std::fs::remove_file(&removed).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "succeeded without train_{last_id}.npy"
+    );
+    assert!(err.contains(&format!("train_{last_id}.npy")), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!sub.exists(), "a submission was written");
+}
