@@ -158,7 +158,7 @@ fn a_data_file_removed_while_predicting_is_a_clear_error_and_no_submission() {
     let dir = tempfile::tempdir().unwrap();
     let data = common::small_seg_data(dir.path(), 12);
     let sub = dir.path().join("submission.csv");
-    let mut child = common::command(
+    let child = common::command(
         &[
             "predict",
             "--data",
