@@ -198,3 +198,151 @@ fn a_data_file_removed_while_predicting_is_a_clear_error_and_no_submission() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(!sub.exists(), "a submission was written");
 }
+
+#[test]
+fn broken_files_through_the_commands_are_errors_never_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = common::small_seg_data(dir.path(), 2);
+    let data_s = path_str(&data).to_string();
+    let csv = data.join("train/train_set.csv");
+    let first_id = std::fs::read_to_string(&csv)
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .to_string();
+    let img = data.join(format!("train/img/train_{first_id}.npy"));
+    let seg = data.join(format!("train/seg/train_{first_id}.npy"));
+    let junk = dir.path().join("junk.safetensors");
+    std::fs::write(&junk, b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":{\"dtype\":").unwrap();
+    let sub = dir.path().join("sub.csv");
+    std::fs::write(
+        &sub,
+        "Id,Predicted\n0_classification,1 2 3\n0_segmentation,9 -4 x\n",
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(
+        run.join("config.json"),
+        "{\"format\": 1, \"config\": {\"mode\": 3}, \"data\": 7",
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let o = |p: &str| out.join(p).to_string_lossy().into_owned();
+    let cases: Vec<(Box<dyn Fn()>, Vec<String>)> = vec![
+        // A truncated image, then a mask with an out-of-range value.
+        (
+            Box::new({
+                let img = img.clone();
+                move || {
+                    let b = std::fs::read(&img).unwrap();
+                    std::fs::write(&img, &b[..b.len() / 3]).unwrap();
+                }
+            }),
+            vec![
+                "data".into(),
+                "check".into(),
+                "--data".into(),
+                data_s.clone(),
+            ],
+        ),
+        (
+            Box::new({
+                let seg = seg.clone();
+                move || {
+                    let mut b = std::fs::read(&seg).unwrap();
+                    let n = b.len();
+                    b[n - 1] = 77;
+                    std::fs::write(&seg, &b).unwrap();
+                }
+            }),
+            vec![
+                "data".into(),
+                "stats".into(),
+                "--data".into(),
+                data_s.clone(),
+            ],
+        ),
+        (
+            Box::new(|| {}),
+            vec![
+                "eval".into(),
+                "classify".into(),
+                "--data".into(),
+                data_s.clone(),
+                "--split".into(),
+                "train".into(),
+                "--classifier".into(),
+                path_str(&junk).into(),
+            ],
+        ),
+        (
+            Box::new(|| {}),
+            vec![
+                "validate".into(),
+                "--data".into(),
+                data_s.clone(),
+                "--split".into(),
+                "train".into(),
+                "--submission".into(),
+                path_str(&sub).into(),
+            ],
+        ),
+        (
+            Box::new(|| {}),
+            vec![
+                "score".into(),
+                "--data".into(),
+                data_s.clone(),
+                "--split".into(),
+                "train".into(),
+                "--submission".into(),
+                path_str(&sub).into(),
+            ],
+        ),
+        (
+            Box::new(|| {}),
+            vec![
+                "report".into(),
+                path_str(&run).into(),
+                "--out".into(),
+                o("r.html"),
+            ],
+        ),
+        (
+            Box::new(|| {}),
+            vec![
+                "train".into(),
+                "classify".into(),
+                "--resume".into(),
+                path_str(&run).into(),
+            ],
+        ),
+        (
+            Box::new(|| {}),
+            vec![
+                "segment".into(),
+                "--image".into(),
+                path_str(&junk).into(),
+                "--out".into(),
+                o("m.png"),
+            ],
+        ),
+    ];
+    for (break_it, args) in cases {
+        break_it();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let r = voc(&args, None);
+        let err = common::stderr(&r);
+        assert!(!r.status.success(), "voc {args:?} succeeded");
+        assert!(!err.contains("panicked"), "voc {args:?} panicked:\n{err}");
+        assert!(
+            err.starts_with("Error:") || err.contains("\nError:") || err.contains("error:"),
+            "voc {args:?}: {err}"
+        );
+    }
+}

@@ -83,7 +83,7 @@ pub fn validate(bytes: &[u8], expected: &[ExpectedImage]) -> ValidationReport {
             problems.push(Problem::at(
                 row.line,
                 format!(
-                    "extra row {}: image Id {:?} is not in the test set",
+                    "extra row {}: image Id {:?} is not an image of the split",
                     row.row_id(),
                     row.image_id
                 ),

@@ -298,7 +298,7 @@ b_segmentation,1,2
         "line 3: a_segmentation: run 3 (200 1) ends at 200, past the end of the array (120 values) (20 classes x 2 x 3 pixels",
         "line 5: row b_classification is out of order: it comes after b_segmentation (line 4)",
         "line 5: b_classification: odd number of values (3)",
-        "line 6: extra row c_classification: image Id \"c\" is not in the test set",
+        "line 6: extra row c_classification: image Id \"c\" is not an image of the split",
         "line 7: duplicate row a_classification (first on line 2)",
         "line 8: Id \"b_foo\" must be",
         "line 9: empty line",
