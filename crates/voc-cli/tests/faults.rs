@@ -233,7 +233,9 @@ fn broken_files_through_the_commands_are_errors_never_panics() {
     .unwrap();
     let out = dir.path().join("out");
     let o = |p: &str| out.join(p).to_string_lossy().into_owned();
-    let cases: Vec<(Box<dyn Fn()>, Vec<String>)> = vec![
+    // Each case: how to break the data first (or nothing), and the command that must fail cleanly.
+    type Case = (Box<dyn Fn()>, Vec<String>);
+    let cases: Vec<Case> = vec![
         // A truncated image, then a mask with an out-of-range value.
         (
             Box::new({
