@@ -18,8 +18,8 @@ pub struct ReportArgs {
     /// Run folders: `voc train classify|segment` runs and `voc attack` runs, in the order shown.
     #[arg(value_name = "RUN")]
     pub runs: Vec<PathBuf>,
-    /// The competition data folder: the data section, and the pictures of the best and worst validation
-    /// images (default: the first training run's data folder).
+    /// The competition data folder: adds the data section, and is where the best and worst validation
+    /// images are read from when a run's own data folder (in its config.json) is gone.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// A submission to check (`voc validate`) and, when the split is labelled, score (`voc score`).
