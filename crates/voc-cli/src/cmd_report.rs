@@ -222,23 +222,31 @@ const SEGMENT: Kind = Kind {
 };
 
 impl TrainRun {
-    /// The best epoch as the trainer chose it: the highest val mAP (classification), or by the
-    /// monitored value (segmentation).
+    /// The best epoch as the trainer chose it: the highest val mAP, ties to the higher Dice
+    /// (classification), or by the monitored value (segmentation).
     fn best_epoch(&self, kind: &Kind) -> Option<usize> {
         let minimise = self.config.get("monitor").and_then(Value::as_str) == Some("val_loss");
         let key = if minimise { "val_loss" } else { kind.metric };
-        let mut best: Option<(f64, usize)> = None;
+        let tie_break = kind.metric == "val_map";
+        let mut best: Option<(f64, f64, usize)> = None;
         for r in &self.records {
             let (Some(v), Some(e)) = (num(r.get(key)), r.get("epoch").and_then(Value::as_u64))
             else {
                 continue;
             };
-            let better = best.is_none_or(|(b, _)| if minimise { v < b } else { v > b });
+            let dice = num(r.get("val_dice")).unwrap_or(0.0);
+            let better = best.is_none_or(|(b, d, _)| {
+                if minimise {
+                    v < b
+                } else {
+                    v > b || (tie_break && v == b && dice > d)
+                }
+            });
             if better {
-                best = Some((v, e as usize));
+                best = Some((v, dice, e as usize));
             }
         }
-        best.map(|b| b.1)
+        best.map(|b| b.2)
     }
 
     fn planned_epochs(&self) -> usize {
