@@ -125,6 +125,13 @@ pub fn check_output_dir(dir: &Path) -> Result<()> {
             dir.display()
         )));
     }
+    // The folders this check creates are removed again: a command that fails later leaves nothing.
+    let mut first_new = None;
+    let mut ancestor = Some(dir);
+    while let Some(a) = ancestor.filter(|a| !a.as_os_str().is_empty() && !a.exists()) {
+        first_new = Some(a.to_path_buf());
+        ancestor = a.parent();
+    }
     std::fs::create_dir_all(dir).map_err(|e| {
         CoreError::BadArgument(format!(
             "cannot create the output folder {}: {e}",
@@ -132,7 +139,7 @@ pub fn check_output_dir(dir: &Path) -> Result<()> {
         ))
     })?;
     let probe = dir.join(format!(".voc-write-check-{}", std::process::id()));
-    match File::create(&probe) {
+    let outcome = match File::create(&probe) {
         Ok(_) => {
             let _ = std::fs::remove_file(&probe);
             Ok(())
@@ -141,7 +148,11 @@ pub fn check_output_dir(dir: &Path) -> Result<()> {
             "cannot write in the output folder {}: {e}",
             dir.display()
         ))),
+    };
+    if let Some(new) = first_new {
+        let _ = std::fs::remove_dir_all(new);
     }
+    outcome
 }
 
 /// Checks, before any work, that the file `path` can be written: it is not a folder, and its folder
