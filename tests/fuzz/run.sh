@@ -17,19 +17,24 @@ seed() {
     label_csv) for f in ../../assets/voc-sample/*/*_set.csv; do cp -n "$f" "corpus/$t/$(basename "$(dirname "$f")")_$(basename "$f")"; done ;;
     image)
       if [[ -d $SHARED/data/voc2012-subset ]]; then
-        ls "$SHARED"/data/voc2012-subset/SegmentationClass/*.png | head -4 | xargs -I{} cp -n {} "corpus/$t"/
-        ls "$SHARED"/data/voc2012-subset/JPEGImages/*.jpg | head -3 | xargs -I{} cp -n {} "corpus/$t"/
+        # Arrays, not `ls | head`: under pipefail a closed pipe would end the script.
+        local masks=("$SHARED"/data/voc2012-subset/SegmentationClass/*.png)
+        local photos=("$SHARED"/data/voc2012-subset/JPEGImages/*.jpg)
+        cp -n "${masks[@]:0:4}" "${photos[@]:0:3}" "corpus/$t"/
       fi ;;
     weights) [[ -f $SHARED/reference/ops.safetensors ]] && cp -n "$SHARED/reference/ops.safetensors" "corpus/$t"/ ;;
     hub_config)
       if [[ -d $SHARED/hf ]]; then
-        i=0; for f in $(find "$SHARED/hf" -name config.json); do cp -n "$f" "corpus/$t/config_$i.json"; i=$((i+1)); done
+        local i=0 f
+        while IFS= read -r f; do cp -n "$f" "corpus/$t/config_$i.json"; i=$((i+1)); done < <(find "$SHARED/hf" -name config.json)
       fi ;;
   esac
   return 0
 }
 
-printf '| target | seconds | executions | corpus | crashes |\n|---|---:|---:|---:|---:|\n'
+if [[ -z ${FUZZ_NO_HEADER:-} ]]; then
+  printf '| target | seconds | executions | corpus | crashes |\n|---|---:|---:|---:|---:|\n'
+fi
 for t in $TARGETS; do
   seed "$t"
   log="corpus/$t.log"
