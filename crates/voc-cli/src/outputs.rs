@@ -4,15 +4,25 @@ use std::path::Path;
 
 use anyhow::bail;
 
-/// The folder a command reads (`--data`) must not receive its outputs: `out` inside it is refused.
+/// Outputs must not land among the data a command reads: `out` may not be the data folder itself or lie
+/// inside one of its existing subfolders (`train/`, `test/`, ...), where the inputs are. A file or a new
+/// folder right in the data folder (`data/submission.csv`, `data/runs`) is allowed.
 fn outside_data(out: &Path, data: Option<&Path>, flag: &str) -> anyhow::Result<()> {
     let Some(data) = data else { return Ok(()) };
     let (Ok(data), Some(out)) = (data.canonicalize(), absolute_existing_prefix(out)) else {
         return Ok(());
     };
-    if out.starts_with(&data) {
+    let Ok(rel) = out.strip_prefix(&data) else {
+        return Ok(());
+    };
+    let mut parts = rel.components();
+    let inside = match parts.next() {
+        None => true,
+        Some(first) => parts.next().is_some() && data.join(first).is_dir(),
+    };
+    if inside {
         bail!(
-            "{flag} {} is inside the data folder {}; write outputs elsewhere so the data stays as it was",
+            "{flag} {} is among the data of {}; write outputs elsewhere so the data stays as it was",
             out.display(),
             data.display()
         );

@@ -1,5 +1,5 @@
 //! Output faults found before any work: an --out that is a file, a folder where a file is expected, a
-//! folder that cannot be created or written, an output inside the data folder. Each is a clear error
+//! folder that cannot be created or written, an output among the data (a split folder). Each is a clear error
 //! naming the path, a non-zero exit, nothing written, and never a panic.
 mod common;
 use common::{assert_fails_naming, path_str, repo_root, voc};
@@ -41,11 +41,12 @@ fn unwritable_outputs_are_refused_before_any_work() {
         &out,
         &["/proc/voc-no-such-run", "cannot create the output folder"],
     );
-    // Inside the data folder it reads.
-    let inside = data.join("runs-here");
+    // Among the data it reads: inside a split folder, or the data folder itself.
+    let inside = data.join("train").join("runs-here");
     let out = train(path_str(&inside));
-    assert_fails_naming(&out, &["inside the data folder"]);
+    assert_fails_naming(&out, &["is among the data of"]);
     assert!(!inside.exists(), "a folder was created inside the data");
+    assert_fails_naming(&train(data_s), &["is among the data of"]);
 
     // A file output whose name is a folder, or whose folder is a file.
     let out = voc(

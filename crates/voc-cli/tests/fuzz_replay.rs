@@ -151,3 +151,27 @@ fn gigabyte_csv_files_are_refused_without_reading_them() {
         .to_string();
     assert!(e.contains("1073741824 bytes"), "{e}");
 }
+
+#[test]
+fn a_pickle_string_claiming_4_gb_is_refused_before_candle_allocates_it() {
+    // Found by the `weights` target: candle's pickle reader allocates the length a BINUNICODE opcode
+    // claims before reading it.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fuzz/crashes/weights");
+    let crasher = root.join("oom-a1fa0d88dc78963c902a28a0ceefcddc66910c19");
+    let path = readers::as_file("oom.bin", &std::fs::read(crasher).unwrap());
+    let e = voc_tensor::hub::load_tensors(&path, &candle_core::Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("a string at byte"), "{e}");
+}
+
+#[test]
+fn a_real_pytorch_archive_passes_the_pickle_check() {
+    let seed =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fuzz/seeds/weights/tiny_zip.bin");
+    let path = readers::as_file("tiny.bin", &std::fs::read(seed).unwrap());
+    let tensors = voc_tensor::hub::load_tensors(&path, &candle_core::Device::Cpu).unwrap();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    assert_eq!(names, ["b", "w"]);
+}

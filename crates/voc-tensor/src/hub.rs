@@ -471,6 +471,7 @@ pub fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tens
             })
         }
         WeightsFormat::PyTorchZip => {
+            check_torch_pickles(path)?;
             let tensors = candle_core::pickle::read_all(path).map_err(|e| {
                 VocError::bad_file(path, format!("not a readable PyTorch weights archive: {e}"))
             })?;
@@ -480,6 +481,99 @@ pub fn load_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tens
                 .collect()
         }
     }
+}
+
+/// The largest `data.pkl` of a PyTorch archive voc reads (its tensors are stored beside it; the pickle
+/// itself is a few kilobytes to a few megabytes).
+const MAX_PICKLE_BYTES: u64 = 64 << 20;
+
+/// Checks the pickles of a PyTorch zip archive before candle's reader sees them: candle allocates
+/// whatever length a string opcode claims (4 GB from a 5-byte opcode), so every length-prefixed
+/// argument must fit in the bytes that are there. Opcodes candle does not know are left to its error.
+fn check_torch_pickles(path: &Path) -> Result<()> {
+    let bad = |msg: String| {
+        VocError::bad_file(
+            path,
+            format!("not a readable PyTorch weights archive: {msg}"),
+        )
+    };
+    let file = std::fs::File::open(path).map_err(|e| VocError::io(path, e))?;
+    let mut archive =
+        zip::ZipArchive::new(std::io::BufReader::new(file)).map_err(|e| bad(e.to_string()))?;
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).map_err(|e| bad(e.to_string()))?;
+        let name = entry.name().map_err(|e| bad(e.to_string()))?.into_owned();
+        if !name.ends_with("data.pkl") {
+            continue;
+        }
+        if entry.size() > MAX_PICKLE_BYTES {
+            return Err(bad(format!(
+                "{name} claims {} bytes; at most {MAX_PICKLE_BYTES} are read",
+                entry.size()
+            )));
+        }
+        let mut bytes = Vec::new();
+        // A checksum error comes at the end, with every byte read: the opcodes are checked first, so
+        // a hostile length is reported as such whether or not the archive's checksum was forged.
+        let read = (&mut entry).take(MAX_PICKLE_BYTES).read_to_end(&mut bytes);
+        scan_pickle(&bytes).map_err(|msg| bad(format!("{name}: {msg}")))?;
+        read.map_err(|e| bad(format!("{name}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Walks a protocol-2 pickle's opcodes (those candle reads) and checks that every argument fits.
+fn scan_pickle(p: &[u8]) -> std::result::Result<(), String> {
+    let mut i = 0usize;
+    let need = |i: usize, n: usize, what: &str| {
+        if p.len().saturating_sub(i) < n {
+            Err(format!(
+                "{what} at byte {i} needs {n} bytes, {} are left",
+                p.len().saturating_sub(i)
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    while i < p.len() {
+        let op = p[i];
+        i += 1;
+        let fixed = match op {
+            0x80 | b'q' | b'K' | b'h' => 1,
+            b'r' | b'J' | b'j' => 4,
+            b'M' => 2,
+            b'G' => 8,
+            b')' | b'R' | b'(' | b't' | b'Q' | 0x85 | 0x86 | 0x87 | 0x88 | 0x89 | b'N' | b's'
+            | b'u' | b'}' | b'd' | b'b' | 0x81 | b']' | b'a' | b'e' => 0,
+            b'X' => {
+                need(i, 4, "a string length")?;
+                let len = u32::from_le_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]) as usize;
+                need(i + 4, len, "a string")?;
+                4 + len
+            }
+            0x8a => {
+                need(i, 1, "a long's length")?;
+                1 + p[i] as usize
+            }
+            b'c' => {
+                // Module and name, each up to a newline.
+                let mut end = i;
+                for _ in 0..2 {
+                    let nl = p[end..]
+                        .iter()
+                        .position(|&b| b == b'\n')
+                        .ok_or("an unterminated global")?;
+                    end += nl + 1;
+                }
+                end - i
+            }
+            b'.' => return Ok(()),
+            _ => return Ok(()),
+        };
+        need(i, fixed, "an opcode's argument")?;
+        i += fixed;
+    }
+    Ok(())
 }
 
 /// [`read_config_in`] on the cache the environment selects.
