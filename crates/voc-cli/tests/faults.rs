@@ -349,3 +349,46 @@ fn broken_files_through_the_commands_are_errors_never_panics() {
         );
     }
 }
+
+#[test]
+fn a_read_only_output_folder_is_a_clear_error() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let ro = dir.path().join("read-only");
+    std::fs::create_dir(&ro).unwrap();
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+    let target = ro.join("report.html");
+    let args = ["report", "--out", path_str(&target)];
+    // Root writes anywhere: run voc as `nobody` then, where setpriv can.
+    let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+    let root = String::from_utf8_lossy(&uid.stdout).trim() == "0";
+    let out = if root {
+        let r = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(common::VOC)
+            .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .output();
+        match r {
+            Ok(o) if String::from_utf8_lossy(&o.stderr).contains("Error:") => o,
+            _ => {
+                println!(
+                    "SKIPPED read-only folder: running as root and voc cannot run as nobody here"
+                );
+                return;
+            }
+        }
+    } else {
+        voc(&args, None)
+    };
+    assert_fails_naming(
+        &out,
+        &[
+            "cannot write in the output folder",
+            path_str(&ro),
+            "Permission denied",
+        ],
+    );
+    assert!(!target.exists());
+}
