@@ -175,3 +175,60 @@ fn a_real_pytorch_archive_passes_the_pickle_check() {
     names.sort();
     assert_eq!(names, ["b", "w"]);
 }
+
+/// A zip archive of `files`, stored (not compressed), as torch.save writes them.
+fn stored_zip(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let (mut out, mut central) = (Vec::new(), Vec::new());
+    for (name, data) in files {
+        let offset = out.len() as u32;
+        let crc = crc32(data);
+        let fields = |sig: u32, central: bool| {
+            let mut h = sig.to_le_bytes().to_vec();
+            if central {
+                h.extend(20u16.to_le_bytes());
+            }
+            h.extend(20u16.to_le_bytes()); // version needed
+            h.extend([0, 0, 0, 0, 0, 0, 0, 0]); // flags, method (stored), time, date
+            h.extend(crc.to_le_bytes());
+            h.extend((data.len() as u32).to_le_bytes());
+            h.extend((data.len() as u32).to_le_bytes());
+            h.extend((name.len() as u16).to_le_bytes());
+            h.extend(0u16.to_le_bytes()); // extra
+            if central {
+                h.extend([0; 6]); // comment length, disk number, internal attributes
+                h.extend([0; 4]); // external attributes
+                h.extend(offset.to_le_bytes());
+            }
+            h.extend(name.as_bytes());
+            h
+        };
+        out.extend(fields(0x0403_4b50, false));
+        out.extend(*data);
+        central.extend(fields(0x0201_4b50, true));
+    }
+    let (cd_offset, cd_len) = (out.len() as u32, central.len() as u32);
+    out.extend(central);
+    out.extend(0x0605_4b50u32.to_le_bytes());
+    out.extend([0, 0, 0, 0]);
+    out.extend((files.len() as u16).to_le_bytes());
+    out.extend((files.len() as u16).to_le_bytes());
+    out.extend(cd_len.to_le_bytes());
+    out.extend(cd_offset.to_le_bytes());
+    out.extend(0u16.to_le_bytes());
+    out
+}
+
+#[test]
+fn a_pickle_nesting_a_million_lists_is_refused_not_a_stack_overflow() {
+    let n = 1_000_000;
+    let mut pickle = vec![0x80, 2];
+    pickle.extend(std::iter::repeat_n(b']', n));
+    pickle.extend(std::iter::repeat_n(b'a', n - 1));
+    pickle.push(b'.');
+    let zip = stored_zip(&[("deep/data.pkl", &pickle), ("deep/version", b"3\n")]);
+    let path = readers::as_file("deep.bin", &zip);
+    let e = voc_tensor::hub::load_tensors(&path, &candle_core::Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nest more than"), "{e}");
+}

@@ -522,8 +522,21 @@ fn check_torch_pickles(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Walks a protocol-2 pickle's opcodes (those candle reads) and checks that every argument fits.
+/// How deep pickled objects may nest. Dropping a nested value recurses, so a pickle of a million nested
+/// lists would overflow the stack in candle's reader; real checkpoints nest a handful of levels.
+const MAX_PICKLE_DEPTH: usize = 256;
+
+/// Walks a protocol-2 pickle's opcodes (those candle reads), checking that every argument fits in the
+/// bytes there and that no value nests deeper than [`MAX_PICKLE_DEPTH`]: the stack machine is replayed
+/// with each value's nesting depth in place of the value.
 fn scan_pickle(p: &[u8]) -> std::result::Result<(), String> {
+    #[derive(Clone, Copy)]
+    enum Slot {
+        Mark,
+        Value(usize),
+    }
+    let mut stack: Vec<Slot> = Vec::new();
+    let mut memo: HashMap<u32, usize> = HashMap::new();
     let mut i = 0usize;
     let need = |i: usize, n: usize, what: &str| {
         if p.len().saturating_sub(i) < n {
@@ -535,28 +548,54 @@ fn scan_pickle(p: &[u8]) -> std::result::Result<(), String> {
             Ok(())
         }
     };
+    let underflow =
+        |i: usize| format!("the opcode at byte {i} takes a value the stack does not hold");
+    let pop = |stack: &mut Vec<Slot>, i: usize| match stack.pop() {
+        Some(Slot::Value(d)) => Ok(d),
+        _ => Err(underflow(i)),
+    };
+    // Pops the values down to the last mark (and the mark): their deepest depth (0 when none).
+    let pop_to_mark = |stack: &mut Vec<Slot>, i: usize| {
+        let mut deepest = 0;
+        loop {
+            match stack.pop() {
+                Some(Slot::Mark) => return Ok(deepest),
+                Some(Slot::Value(d)) => deepest = deepest.max(d),
+                None => return Err(underflow(i)),
+            }
+        }
+    };
+    let push = |stack: &mut Vec<Slot>, depth: usize, at: usize| {
+        if depth > MAX_PICKLE_DEPTH {
+            return Err(format!(
+                "values nest more than {MAX_PICKLE_DEPTH} deep (byte {at})"
+            ));
+        }
+        stack.push(Slot::Value(depth));
+        Ok(())
+    };
+    // A container on the stack takes in values of `depth`.
+    let fill = |stack: &mut Vec<Slot>, depth: usize, at: usize| match stack.last_mut() {
+        Some(Slot::Value(d)) => {
+            *d = (*d).max(depth + 1);
+            if *d > MAX_PICKLE_DEPTH {
+                Err(format!(
+                    "values nest more than {MAX_PICKLE_DEPTH} deep (byte {at})"
+                ))
+            } else {
+                Ok(())
+            }
+        }
+        _ => Err(underflow(at)),
+    };
     while i < p.len() {
+        let at = i;
         let op = p[i];
         i += 1;
-        let fixed = match op {
-            0x80 | b'q' | b'K' | b'h' => 1,
-            b'r' | b'J' | b'j' => 4,
-            b'M' => 2,
-            b'G' => 8,
-            b')' | b'R' | b'(' | b't' | b'Q' | 0x85 | 0x86 | 0x87 | 0x88 | 0x89 | b'N' | b's'
-            | b'u' | b'}' | b'd' | b'b' | 0x81 | b']' | b'a' | b'e' => 0,
-            b'X' => {
-                need(i, 4, "a string length")?;
-                let len = u32::from_le_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]) as usize;
-                need(i + 4, len, "a string")?;
-                4 + len
-            }
-            0x8a => {
-                need(i, 1, "a long's length")?;
-                1 + p[i] as usize
-            }
+        let arg = |n: usize| need(i, n, "an opcode's argument").map(|_| &p[i..i + n]);
+        match op {
+            0x80 => i += arg(1).map(|_| 1)?,
             b'c' => {
-                // Module and name, each up to a newline.
                 let mut end = i;
                 for _ in 0..2 {
                     let nl = p[end..]
@@ -565,13 +604,95 @@ fn scan_pickle(p: &[u8]) -> std::result::Result<(), String> {
                         .ok_or("an unterminated global")?;
                     end += nl + 1;
                 }
-                end - i
+                i = end;
+                push(&mut stack, 1, at)?;
             }
-            b'.' => return Ok(()),
+            b'q' | b'r' => {
+                let n = if op == b'q' { 1 } else { 4 };
+                let bytes = arg(n)?;
+                let key = bytes
+                    .iter()
+                    .rev()
+                    .fold(0u32, |k, &b| (k << 8) | u32::from(b));
+                i += n;
+                match stack.last() {
+                    Some(Slot::Value(d)) => {
+                        memo.insert(key, *d);
+                    }
+                    _ => return Err(underflow(at)),
+                }
+            }
+            b'h' | b'j' => {
+                let n = if op == b'h' { 1 } else { 4 };
+                let bytes = arg(n)?;
+                let key = bytes
+                    .iter()
+                    .rev()
+                    .fold(0u32, |k, &b| (k << 8) | u32::from(b));
+                i += n;
+                let depth = memo.get(&key).copied().unwrap_or(1);
+                push(&mut stack, depth, at)?;
+            }
+            b'X' => {
+                let len = arg(4)?;
+                let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+                need(i + 4, len, "a string")?;
+                i += 4 + len;
+                push(&mut stack, 1, at)?;
+            }
+            0x8a => {
+                let n = arg(1)?[0] as usize;
+                need(i + 1, n, "a long")?;
+                i += 1 + n;
+                push(&mut stack, 1, at)?;
+            }
+            b'J' | b'K' | b'M' | b'G' => {
+                let n = match op {
+                    b'J' => 4,
+                    b'K' => 1,
+                    b'M' => 2,
+                    _ => 8,
+                };
+                arg(n)?;
+                i += n;
+                push(&mut stack, 1, at)?;
+            }
+            b')' | 0x88 | 0x89 | b'N' | b'}' | b']' => push(&mut stack, 1, at)?,
+            b'(' => stack.push(Slot::Mark),
+            b't' | b'd' => {
+                let d = pop_to_mark(&mut stack, at)?;
+                push(&mut stack, d + 1, at)?;
+            }
+            b'Q' => {
+                let d = pop(&mut stack, at)?;
+                push(&mut stack, d + 1, at)?;
+            }
+            0x85..=0x87 => {
+                let mut d = 0;
+                for _ in 0..(op - 0x84) {
+                    d = d.max(pop(&mut stack, at)?);
+                }
+                push(&mut stack, d + 1, at)?;
+            }
+            b'R' | b'b' | 0x81 => {
+                let d = pop(&mut stack, at)?.max(pop(&mut stack, at)?);
+                push(&mut stack, d + 1, at)?;
+            }
+            b'a' => {
+                let d = pop(&mut stack, at)?;
+                fill(&mut stack, d, at)?;
+            }
+            b's' => {
+                let d = pop(&mut stack, at)?.max(pop(&mut stack, at)?);
+                fill(&mut stack, d, at)?;
+            }
+            b'e' | b'u' => {
+                let d = pop_to_mark(&mut stack, at)?;
+                fill(&mut stack, d, at)?;
+            }
+            // STOP, or an opcode candle does not read (its own error follows).
             _ => return Ok(()),
-        };
-        need(i, fixed, "an opcode's argument")?;
-        i += fixed;
+        }
     }
     Ok(())
 }
