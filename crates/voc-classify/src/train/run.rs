@@ -828,6 +828,17 @@ pub fn train_classifier(
                     val_scores_csv(&data.val.index().ids, &probs, &data.val_labels, &thresholds)?;
                 pending_best = Some((weights.clone(), checkpoint_meta.clone(), scores));
             }
+            // The epoch's metrics line first, then the checkpoints: a kill between the two leaves a
+            // resume state older than metrics.jsonl (its extra lines are dropped on resume and the
+            // epochs run again), never a resume state whose epoch has no metrics line.
+            records.push(record.clone());
+            run_folder::write_jsonl(&paths.metrics(), &records)?;
+            write_curves(
+                &paths.curves(),
+                &records,
+                Some(best_epoch),
+                stop.then_some(epoch),
+            )?;
             // The best weights wait in memory until the throttle lets the files be written; the
             // resume state saved with them names the same best epoch, and a resumed run replays the
             // epochs after it exactly.
@@ -848,14 +859,6 @@ pub fn train_classifier(
                 checkpoint::save_checkpoint_tensors(&paths.last(), &weights, &checkpoint_meta)?;
                 throttle.saved();
             }
-            records.push(record.clone());
-            run_folder::write_jsonl(&paths.metrics(), &records)?;
-            write_curves(
-                &paths.curves(),
-                &records,
-                Some(best_epoch),
-                stop.then_some(epoch),
-            )?;
             observer.epoch(&record.summary());
             epochs_run = epoch;
             if stop {

@@ -869,6 +869,17 @@ pub fn train_segmenter(
         };
         // The best weights wait in memory until the throttle lets the files be written; the resume
         // state saved with them names the same best epoch.
+        // The epoch's metrics line first, then the checkpoints: a kill between the two leaves a resume
+        // state older than metrics.jsonl (its extra lines are dropped on resume and the epochs run again),
+        // never a resume state whose epoch has no metrics line.
+        records.push(record.clone());
+        run_folder::write_jsonl(&paths.metrics(), &records)?;
+        write_seg_curves(
+            &paths.curves(),
+            &records,
+            Some(best_epoch),
+            stop.then_some(epoch),
+        )?;
         if throttle.due(epoch == config.epochs || stop) {
             if let Some((best_weights, best_meta, best_metrics, images, examples)) =
                 pending_best.take()
@@ -887,14 +898,6 @@ pub fn train_segmenter(
             checkpoint::save_checkpoint_tensors(&paths.last(), &weights, &meta)?;
             throttle.saved();
         }
-        records.push(record.clone());
-        run_folder::write_jsonl(&paths.metrics(), &records)?;
-        write_seg_curves(
-            &paths.curves(),
-            &records,
-            Some(best_epoch),
-            stop.then_some(epoch),
-        )?;
         observer.epoch(&record.summary());
         epochs_run = epoch;
         if stop {
