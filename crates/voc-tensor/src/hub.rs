@@ -588,6 +588,13 @@ fn scan_pickle(p: &[u8]) -> std::result::Result<(), String> {
         }
         _ => Err(underflow(at)),
     };
+    // A memo index: 1 byte (BINPUT, BINGET) or 4 little-endian bytes (LONG_BINPUT, LONG_BINGET).
+    let memo_key = |bytes: &[u8]| {
+        bytes
+            .iter()
+            .rev()
+            .fold(0u32, |k, &b| (k << 8) | u32::from(b))
+    };
     while i < p.len() {
         let at = i;
         let op = p[i];
@@ -609,11 +616,7 @@ fn scan_pickle(p: &[u8]) -> std::result::Result<(), String> {
             }
             b'q' | b'r' => {
                 let n = if op == b'q' { 1 } else { 4 };
-                let bytes = arg(n)?;
-                let key = bytes
-                    .iter()
-                    .rev()
-                    .fold(0u32, |k, &b| (k << 8) | u32::from(b));
+                let key = memo_key(arg(n)?);
                 i += n;
                 match stack.last() {
                     Some(Slot::Value(d)) => {
@@ -624,11 +627,7 @@ fn scan_pickle(p: &[u8]) -> std::result::Result<(), String> {
             }
             b'h' | b'j' => {
                 let n = if op == b'h' { 1 } else { 4 };
-                let bytes = arg(n)?;
-                let key = bytes
-                    .iter()
-                    .rev()
-                    .fold(0u32, |k, &b| (k << 8) | u32::from(b));
+                let key = memo_key(arg(n)?);
                 i += n;
                 let depth = memo.get(&key).copied().unwrap_or(1);
                 push(&mut stack, depth, at)?;
