@@ -2,39 +2,12 @@
 //! CNN (no download) on a small folder built from the bundled sample, is killed mid-run and resumed, and
 //! rejects bad input with errors that say what is wrong. Tests that need the pretrained backbones skip
 //! without the shared hub cache (and fail under `VOC_REQUIRE_SHARED=1`).
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{command, copy_dir, repo_root, text, voc};
-
-/// A competition folder with `copies` training images made from the sample's two (a person; a chair and
-/// a dog), and the sample's unlabelled test split.
-fn small_data(dir: &Path, copies: usize) -> PathBuf {
-    let sample = repo_root().join("assets/voc-sample");
-    let data = dir.join("data");
-    std::fs::create_dir_all(data.join("train/img")).unwrap();
-    let csv = std::fs::read_to_string(sample.join("train/train_set.csv")).unwrap();
-    let mut lines = csv.lines();
-    let header = lines.next().unwrap();
-    let rows: Vec<&str> = lines.collect();
-    let mut out = format!("{header}\n");
-    for i in 0..copies {
-        let row = rows[i % rows.len()];
-        let (id, labels) = row.split_once(',').unwrap();
-        let new_id = format!("{}{i}", id);
-        std::fs::copy(
-            sample.join(format!("train/img/train_{id}.npy")),
-            data.join(format!("train/img/train_{new_id}.npy")),
-        )
-        .unwrap();
-        out.push_str(&format!("{new_id},{labels}\n"));
-    }
-    std::fs::write(data.join("train/train_set.csv"), out).unwrap();
-    copy_dir(&sample.join("test"), &data.join("test"));
-    data
-}
+use common::{command, copy_dir, sample_copies, text, voc};
 
 fn metrics_epochs(run: &Path) -> Vec<usize> {
     std::fs::read_to_string(run.join("metrics.jsonl"))
@@ -65,7 +38,7 @@ const SCRATCH: [&str; 12] = [
 #[test]
 fn a_killed_run_stays_loadable_and_resumes() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = small_data(tmp.path(), 16);
+    let data = sample_copies(tmp.path(), 16, false);
     let run = tmp.path().join("run");
     let (data_s, run_s) = (data.to_str().unwrap(), run.to_str().unwrap());
     let mut args = vec![
@@ -163,7 +136,7 @@ fn a_killed_run_stays_loadable_and_resumes() {
 #[test]
 fn bad_input_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = small_data(tmp.path(), 4);
+    let data = sample_copies(tmp.path(), 4, false);
     let data_s = data.to_str().unwrap();
     let run = |name: &str| tmp.path().join(name).to_str().unwrap().to_string();
     let check = |args: &[&str], expected: &str| {
@@ -294,7 +267,7 @@ fn pretrained_bad_input_is_a_clear_error() {
     };
     let hf = shared.join("hf");
     let tmp = tempfile::tempdir().unwrap();
-    let data = small_data(tmp.path(), 4);
+    let data = sample_copies(tmp.path(), 4, false);
     let run = tmp.path().join("run");
     let out = voc(
         &[
@@ -330,7 +303,7 @@ fn pretrained_bad_input_is_a_clear_error() {
 #[test]
 fn the_same_seed_gives_the_same_run() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = small_data(tmp.path(), 8);
+    let data = sample_copies(tmp.path(), 8, false);
     let records = |name: &str| -> Vec<(f64, f64, f64)> {
         let run = tmp.path().join(name);
         let mut args = vec![
@@ -389,7 +362,7 @@ fn seeded_resnet50(path: &Path) {
 #[test]
 fn resnet50_trains_from_a_weights_file_and_its_checkpoint_scores() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = small_data(tmp.path(), 8);
+    let data = sample_copies(tmp.path(), 8, false);
     let data_s = data.to_str().unwrap();
     let run = tmp.path().join("run");
     let run_s = run.to_str().unwrap();
@@ -466,7 +439,7 @@ fn resnet50_trains_from_a_weights_file_and_its_checkpoint_scores() {
 #[test]
 fn adversarial_training_runs_and_frozen_mode_refuses_it() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = small_data(tmp.path(), 8);
+    let data = sample_copies(tmp.path(), 8, false);
     let run = tmp.path().join("adv");
     let (data_s, run_s) = (data.to_str().unwrap(), run.to_str().unwrap());
     let mut args = vec![

@@ -102,12 +102,14 @@ pub fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-/// A competition folder whose train split holds `copies` copies of the sample's two masked images.
-pub fn small_seg_data(dir: &Path, copies: usize) -> PathBuf {
+/// A competition folder whose train split holds `copies` copies of the sample's two labelled images
+/// (a person; a chair and a dog), with their masks when `masks`, and the sample's unlabelled test split.
+pub fn sample_copies(dir: &Path, copies: usize, masks: bool) -> PathBuf {
     let sample = repo_root().join("assets/voc-sample");
     let data = dir.join("data");
-    for sub in ["train/img", "train/seg", "test/img"] {
-        std::fs::create_dir_all(data.join(sub)).unwrap();
+    let kinds: &[&str] = if masks { &["img", "seg"] } else { &["img"] };
+    for kind in kinds {
+        std::fs::create_dir_all(data.join("train").join(kind)).unwrap();
     }
     let csv = std::fs::read_to_string(sample.join("train/train_set.csv")).unwrap();
     let mut lines = csv.lines();
@@ -117,7 +119,7 @@ pub fn small_seg_data(dir: &Path, copies: usize) -> PathBuf {
     for i in 0..copies {
         let (id, labels) = rows[i % rows.len()].split_once(',').unwrap();
         let new_id = format!("{id}{i}");
-        for kind in ["img", "seg"] {
+        for kind in kinds {
             std::fs::copy(
                 sample.join(format!("train/{kind}/train_{id}.npy")),
                 data.join(format!("train/{kind}/train_{new_id}.npy")),
@@ -129,4 +131,9 @@ pub fn small_seg_data(dir: &Path, copies: usize) -> PathBuf {
     std::fs::write(data.join("train/train_set.csv"), out).unwrap();
     copy_dir(&sample.join("test"), &data.join("test"));
     data
+}
+
+/// [`sample_copies`] with masks.
+pub fn small_seg_data(dir: &Path, copies: usize) -> PathBuf {
+    sample_copies(dir, copies, true)
 }
