@@ -174,6 +174,8 @@ def finetune_start(unfreeze):
 
 
 def run_bench(args):
+    if args.engine == "ort":
+        return run_bench_ort(args)
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
@@ -299,6 +301,72 @@ def run_bench(args):
         )
 
 
+def run_bench_ort(args):
+    """The inference workload in ONNX Runtime: the same PyTorch twin exported with torch.onnx.export (opset
+    17, constant folding, so eval-mode batch norm is folded as ORT's optimiser would fold it anyway), run
+    by an InferenceSession on the CPU with every graph optimisation, `intra_op_num_threads=--threads` and
+    one inter-op thread."""
+    import tempfile
+
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+    import torchvision
+
+    if args.train:
+        raise SystemExit("--engine ort times inference only (no --train)")
+    torch.manual_seed(args.seed)
+    size = args.size or (513 if args.model in SEGMENTERS else 224)
+    model = build_model(args.model, torch, nn, F, torchvision).eval()
+    if args.features:
+        if args.model in SEGMENTERS:
+            raise SystemExit("--features: classifiers only")
+        full = model
+
+        class Pooled(nn.Module):
+            def forward(self, x):
+                if args.model in TIMM_NAMES:
+                    return full.forward_head(full.forward_features(x), pre_logits=True)
+                return F.adaptive_avg_pool2d(full.features(x), 1).flatten(1)
+
+        model = Pooled().eval()
+    x = torch.randn(args.batch, 3, size, size)
+    with tempfile.TemporaryDirectory(prefix="voc-ort-") as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        with torch.no_grad():
+            torch.onnx.export(model, (x,), path, opset_version=17, input_names=["x"], output_names=["y"],
+                              do_constant_folding=True, dynamo=False)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = args.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    feed = {"x": x.numpy()}
+    for _ in range(args.warmup):
+        session.run(None, feed)
+    samples = []
+    for _ in range(args.iters):
+        start = time.perf_counter()
+        session.run(None, feed)
+        samples.append((time.perf_counter() - start) * 1e3)
+    median = statistics.median(samples)
+    report = {
+        "model": args.model, "device": "cpu", "engine": f"onnxruntime {ort.__version__}", "batch": args.batch,
+        "size": size, "train": False, "unfreeze": None, "features": bool(args.features), "median_ms": median,
+        "min_ms": min(samples), "max_ms": max(samples), "images_per_s": args.batch * 1e3 / median,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"onnxruntime {args.model} inference, batch {args.batch} at {size}x{size} ({args.threads} threads): "
+              f"median {median:.2f} ms/batch (min {min(samples):.2f}, max {max(samples):.2f} over {args.iters} "
+              f"iterations), {report['images_per_s']:.1f} images/s, peak RSS {report['peak_rss_mb']:.0f} MiB")
+
+
 # (name, voc bench arguments, time target, memory target): the acceptance workloads of issue 6, then the
 # classifier trainer's (fine-tuning step of the last 5 blocks, frozen feature pass; no target set).
 WORKLOADS = [
@@ -414,6 +482,8 @@ def main():
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--json", action="store_true")
+    b.add_argument("--engine", choices=["torch", "ort"], default="torch",
+                   help="PyTorch eager, or ONNX Runtime on the exported twin (inference only)")
     c = sub.add_parser("compare", help="voc bench and PyTorch interleaved, table of ratios")
     c.add_argument("--voc", default="target/release/voc", help="the voc binary (release build)")
     c.add_argument("--torch-python", default=sys.executable, help="python with torch and torchvision")

@@ -43,24 +43,69 @@ pub(crate) fn gated_sums(
     portable::gated_sums(xs, outs, grads, mean, act)
 }
 
+/// The instruction sets the kernels pick from, widest last.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Level {
+    Portable = 0,
+    Avx2 = 1,
+    Avx512 = 2,
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn has_avx2_fma() -> bool {
     #[cfg(test)]
-    if FORCE_PORTABLE.load(std::sync::atomic::Ordering::Relaxed) {
+    if forced_below(Level::Avx2) {
         return false;
     }
     // std caches the CPUID result: this is two relaxed atomic loads.
     std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
 }
 
-/// Tests set this to run the portable loops on a CPU that has AVX2 (process-wide; both paths are
-/// correct, so other tests running meanwhile still pass).
+/// AVX-512F on top of AVX2 and FMA (the AVX-512 kernels use AVX2 code for their tails and helpers).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx512() -> bool {
+    #[cfg(test)]
+    if forced_below(Level::Avx512) {
+        return false;
+    }
+    std::is_x86_feature_detected!("avx512f") && has_avx2_fma()
+}
+
+/// Tests cap the instruction set (process-wide) to run the AVX2 or portable loops on a CPU that has
+/// more; every path is correct, so other tests running meanwhile still pass. `u8::MAX`: no cap.
 #[cfg(test)]
-static FORCE_PORTABLE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static FORCED_LEVEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
 
 #[cfg(test)]
-pub(crate) fn force_portable(on: bool) {
-    FORCE_PORTABLE.store(on, std::sync::atomic::Ordering::Relaxed);
+fn forced_below(level: Level) -> bool {
+    FORCED_LEVEL.load(std::sync::atomic::Ordering::Relaxed) < level as u8
+}
+
+/// Tests that cap the level, and tests that compare two runs of the dispatched kernels bit for bit,
+/// hold this lock, so a cap set by one never falls between the other's two runs.
+#[cfg(test)]
+static LEVEL_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The lock of [`LEVEL_LOCK`] (a test that panicked while holding it left the level uncapped).
+#[cfg(test)]
+pub(crate) fn level_lock() -> std::sync::MutexGuard<'static, ()> {
+    LEVEL_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `f` with the kernels capped at `level`, then uncaps them.
+#[cfg(test)]
+pub(crate) fn with_level<R>(level: Level, f: impl FnOnce() -> R) -> R {
+    struct Uncap;
+    impl Drop for Uncap {
+        fn drop(&mut self) {
+            FORCED_LEVEL.store(u8::MAX, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+    let _lock = level_lock();
+    FORCED_LEVEL.store(level as u8, std::sync::atomic::Ordering::Relaxed);
+    let _uncap = Uncap;
+    f()
 }
 
 /// Whether `act` passes the gradient at output value `o` (PyTorch's rule: strictly inside the
@@ -345,6 +390,78 @@ pub(crate) mod avx2 {
     /// `Σ a`.
     ///
     /// # Safety
+    /// The activation on 8 lanes as the scalar code computes it: `f32::max(v, 0)` is 0 for NaN,
+    /// `f32::clamp(v, 0, 6)` keeps NaN (`max_ps`/`min_ps` return their second operand on NaN).
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    fn act8(v: __m256, act: Act) -> __m256 {
+        match act {
+            Act::Identity => v,
+            Act::Relu => _mm256_max_ps(v, _mm256_setzero_ps()),
+            Act::Relu6 => _mm256_min_ps(_mm256_set1_ps(6.0), _mm256_max_ps(_mm256_setzero_ps(), v)),
+        }
+    }
+
+    /// One output row of a depthwise convolution:
+    /// `out[ox] = act(init + Σ_t weights[t] · xs[offsets[t] + ox])` for `ox` in `lo..hi`, each
+    /// output vector accumulated in a register over the taps in order (fused multiply-adds).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `out` is valid for writes at `lo..hi`, and
+    /// `offsets[t] + lo >= 0` and `offsets[t] + hi <= xs.len()` for every tap.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    pub(crate) unsafe fn depthwise_row(
+        out: *mut f32,
+        xs: &[f32],
+        offsets: &[isize],
+        weights: &[f32],
+        (lo, hi): (usize, usize),
+        init: f32,
+        act: Act,
+    ) {
+        let base = xs.as_ptr();
+        let taps = offsets.len().min(weights.len());
+        let vinit = _mm256_set1_ps(init);
+        let mut ox = lo;
+        while ox + 16 <= hi {
+            let (mut a0, mut a1) = (vinit, vinit);
+            for t in 0..taps {
+                // SAFETY: t < both lengths; the caller guarantees xs[offsets[t] + ox ..][..16] lies
+                // inside xs (ox + 16 <= hi).
+                unsafe {
+                    let w = _mm256_set1_ps(*weights.get_unchecked(t));
+                    let p = base.offset(*offsets.get_unchecked(t) + ox as isize);
+                    a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(p), a0);
+                    a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(p.add(8)), a1);
+                }
+            }
+            // SAFETY: out is valid for writes at ox..ox + 16 <= hi.
+            unsafe {
+                _mm256_storeu_ps(out.add(ox), act8(a0, act));
+                _mm256_storeu_ps(out.add(ox + 8), act8(a1, act));
+            }
+            ox += 16;
+        }
+        while ox < hi {
+            let k = (hi - ox).min(8);
+            let m = tail_mask(k);
+            let mut a = vinit;
+            for t in 0..taps {
+                // SAFETY: as above; the mask enables the k lanes below hi only, so no load or store
+                // touches memory past them.
+                unsafe {
+                    let w = _mm256_set1_ps(*weights.get_unchecked(t));
+                    let p = base.offset(*offsets.get_unchecked(t) + ox as isize);
+                    a = _mm256_fmadd_ps(w, _mm256_maskload_ps(p, m), a);
+                }
+            }
+            // SAFETY: the masked store writes out[ox..ox + k], below hi.
+            unsafe { _mm256_maskstore_ps(out.add(ox), m, act8(a, act)) };
+            ox += k;
+        }
+    }
+
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
@@ -447,6 +564,82 @@ pub(crate) mod avx2 {
             start = end;
         }
         (s, q)
+    }
+}
+
+/// AVX-512F kernels (16 lanes, mask registers for the row tails).
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::Act;
+
+    /// As `avx2::act8` on 16 lanes (same NaN behaviour).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn act16(v: __m512, act: Act) -> __m512 {
+        match act {
+            Act::Identity => v,
+            Act::Relu => _mm512_max_ps(v, _mm512_setzero_ps()),
+            Act::Relu6 => _mm512_min_ps(_mm512_set1_ps(6.0), _mm512_max_ps(_mm512_setzero_ps(), v)),
+        }
+    }
+
+    /// As [`super::avx2::depthwise_row`], 16 lanes at a time, 32 per step while they last; the
+    /// sums (same taps, same order, fused multiply-adds) are bit for bit the AVX2 kernel's.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512F; the bounds are [`super::avx2::depthwise_row`]'s.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(crate) unsafe fn depthwise_row(
+        out: *mut f32,
+        xs: &[f32],
+        offsets: &[isize],
+        weights: &[f32],
+        (lo, hi): (usize, usize),
+        init: f32,
+        act: Act,
+    ) {
+        let base = xs.as_ptr();
+        let taps = offsets.len().min(weights.len());
+        let vinit = _mm512_set1_ps(init);
+        let mut ox = lo;
+        while ox + 32 <= hi {
+            let (mut a0, mut a1) = (vinit, vinit);
+            for t in 0..taps {
+                // SAFETY: t < both lengths; the caller guarantees xs[offsets[t] + ox ..][..32] lies
+                // inside xs (ox + 32 <= hi).
+                unsafe {
+                    let w = _mm512_set1_ps(*weights.get_unchecked(t));
+                    let p = base.offset(*offsets.get_unchecked(t) + ox as isize);
+                    a0 = _mm512_fmadd_ps(w, _mm512_loadu_ps(p), a0);
+                    a1 = _mm512_fmadd_ps(w, _mm512_loadu_ps(p.add(16)), a1);
+                }
+            }
+            // SAFETY: out is valid for writes at ox..ox + 32 <= hi.
+            unsafe {
+                _mm512_storeu_ps(out.add(ox), act16(a0, act));
+                _mm512_storeu_ps(out.add(ox + 16), act16(a1, act));
+            }
+            ox += 32;
+        }
+        while ox < hi {
+            let k = (hi - ox).min(16);
+            let m: __mmask16 = if k == 16 { u16::MAX } else { (1u16 << k) - 1 };
+            let mut a = vinit;
+            for t in 0..taps {
+                // SAFETY: as above; masked-off lanes are neither read nor faulted on.
+                unsafe {
+                    let w = _mm512_set1_ps(*weights.get_unchecked(t));
+                    let p = base.offset(*offsets.get_unchecked(t) + ox as isize);
+                    a = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, p), a);
+                }
+            }
+            // SAFETY: the masked store writes out[ox..ox + k], below hi.
+            unsafe { _mm512_mask_storeu_ps(out.add(ox), m, act16(a, act)) };
+            ox += k;
+        }
     }
 }
 

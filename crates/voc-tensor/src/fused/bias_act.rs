@@ -355,6 +355,8 @@ mod tests {
     /// passes a gradient to the input.
     #[test]
     fn conv2d_bias_act_in_place_and_with_gradient_agree() {
+        // Two runs compared bit for bit: no other test may cap the kernels' level in between.
+        let _level = crate::simd::level_lock();
         let x = ramp(&[2, 3, 9, 8], 0.2, 0.1, 0);
         let shift = Tensor::new(&[0.5f32, -1.0, 4.0], &Device::Cpu).unwrap();
         let pointwise = ramp(&[3, 3, 1, 1], 0.3, 0.0, 0);
@@ -434,6 +436,8 @@ mod tests {
     /// input and the residual untouched, and with a variable input the gradient flows through both.
     #[test]
     fn conv2d_bias_residual_act_in_place_and_with_gradient_agree() {
+        // Two runs compared bit for bit: no other test may cap the kernels' level in between.
+        let _level = crate::simd::level_lock();
         let x = ramp(&[2, 3, 9, 8], 0.2, 0.1, 0);
         let residual = ramp(&[2, 4, 5, 4], 0.7, -0.3, 1);
         let shift = Tensor::new(&[0.5f32, -1.0, 4.0, 0.0], &Device::Cpu).unwrap();

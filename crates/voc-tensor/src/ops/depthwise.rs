@@ -7,10 +7,13 @@
 //! its `s` column phases (`x[.., p + j*s]` for each `p`), which makes the strided reads contiguous.
 //! The backward pass reads the upstream gradient and the input once and produces the input, weight and
 //! bias gradients together (per-plane partial weight and bias sums, reduced over the batch at the end).
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{contiguous_f32, init_plane, planes_from};
+use super::{contiguous_f32, init_plane, planes_uninit};
+use crate::fused::Act;
 #[cfg(target_arch = "x86_64")]
 use crate::simd;
 
@@ -264,38 +267,247 @@ macro_rules! dispatch_lanes {
     }};
 }
 
-/// One output plane: `out` (`oh x ow`, already holding the bias or zeros) += the taps `ws` over the
-/// input plane `xs` (phased when the stride is above 1).
+/// Where the taps of a plane read, in the order the kernel sums them (row-major over the kernel, tap
+/// columns that never fall inside the image left out). Output row `oy` uses the taps of its kernel
+/// rows that fall inside the image, a contiguous range `by_row[ki_lo]..by_row[ki_hi]`: tap `t` adds
+/// `w[index[t]] * xs[oy * row_step + offsets[t] + ox]` to output column `ox` for `ox` in
+/// `los[t]..his[t]`.
+struct TapTable {
+    offsets: Vec<isize>,
+    index: Vec<usize>,
+    los: Vec<usize>,
+    his: Vec<usize>,
+    /// `by_row[ki]`: the first tap of kernel row `ki` (`kh + 1` entries).
+    by_row: Vec<usize>,
+    /// How far one output row moves the input (`stride` input rows of the phased plane).
+    row_step: isize,
+}
+
+impl TapTable {
+    fn new(g: &Geometry, spans: &[Span]) -> Self {
+        let s = g.p.stride as isize;
+        let pl = g.phase_len() as isize;
+        let mut table = Self {
+            offsets: Vec::new(),
+            index: Vec::new(),
+            los: Vec::new(),
+            his: Vec::new(),
+            by_row: Vec::with_capacity(g.kh + 1),
+            row_step: s * s * pl,
+        };
+        for ki in 0..g.kh {
+            table.by_row.push(table.index.len());
+            // Input row of output row 0 (may be negative: padding there, never read).
+            let iy = (ki * g.p.dilation) as isize - g.p.pad_top as isize;
+            for (kj, sp) in spans.iter().enumerate() {
+                if sp.lo < sp.hi {
+                    let start = (iy * s + sp.phase as isize) * pl + sp.first as isize;
+                    table.offsets.push(start - sp.lo as isize);
+                    table.index.push(ki * g.kw + kj);
+                    table.los.push(sp.lo);
+                    table.his.push(sp.hi);
+                }
+            }
+        }
+        table.by_row.push(table.index.len());
+        table
+    }
+
+    /// The taps of output row `oy`: those of the kernel rows inside the image.
+    fn row(&self, g: &Geometry, oy: usize) -> std::ops::Range<usize> {
+        let valid = |ki: &usize| g.input_row(oy, *ki).is_some();
+        let Some(first) = (0..g.kh).find(valid) else {
+            return 0..0;
+        };
+        let last = (0..g.kh).rev().find(valid).unwrap_or(first);
+        self.by_row[first]..self.by_row[last + 1]
+    }
+}
+
+/// The output columns where every tap column reads inside the image (`lo >= hi`: none).
+fn interior(spans: &[Span]) -> (usize, usize) {
+    spans
+        .iter()
+        .filter(|sp| sp.lo < sp.hi)
+        .fold((0, usize::MAX), |(lo, hi), sp| {
+            (lo.max(sp.lo), hi.min(sp.hi))
+        })
+}
+
+/// The inner loops of the forward kernel. The SIMD ones keep each output vector in a register while
+/// every tap is added (one load per tap, one store per output); the portable one streams each tap over
+/// the row (`y += w * x` loops the compiler vectorises), as the kernel first did.
+trait ForwardRows {
+    /// `out[ox] = act(init + Σ_t weights[t] · xs[offsets[t] + ox])` for `ox` in `lo..hi`, where every
+    /// tap reads inside `xs`.
+    ///
+    /// Writes `out[lo..hi]`.
+    ///
+    /// # Safety
+    /// The CPU must support the implementation's instructions; `lo..hi` lies inside every tap's
+    /// `los[t]..his[t]` and inside `out`.
+    unsafe fn interior(
+        out: &mut [MaybeUninit<f32>],
+        xs: &[f32],
+        taps: (&[isize], &[f32]),
+        range: (usize, usize),
+        init: f32,
+        act: Act,
+    );
+    /// One tap's multiply-add exactly as [`ForwardRows::interior`] rounds it (fused or not), for the
+    /// border columns.
+    fn madd(w: f32, x: f32, acc: f32) -> f32;
+}
+
+impl ForwardRows for Portable {
+    #[inline(always)]
+    unsafe fn interior(
+        out: &mut [MaybeUninit<f32>],
+        xs: &[f32],
+        (offsets, weights): (&[isize], &[f32]),
+        (lo, hi): (usize, usize),
+        init: f32,
+        act: Act,
+    ) {
+        let row = init_plane(&mut out[lo..hi], init);
+        for (&off, &w) in offsets.iter().zip(weights) {
+            let start = (off + lo as isize) as usize;
+            for (d, x) in row.iter_mut().zip(&xs[start..start + hi - lo]) {
+                *d += w * x;
+            }
+        }
+        apply_act(row, act);
+    }
+
+    #[inline(always)]
+    fn madd(w: f32, x: f32, acc: f32) -> f32 {
+        acc + w * x
+    }
+}
+
+fn apply_act(row: &mut [f32], act: Act) {
+    match act {
+        Act::Identity => {}
+        Act::Relu => row.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Act::Relu6 => row.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
+    }
+}
+
+/// The activation on one scalar, as [`apply_act`] computes it.
+#[inline(always)]
+fn act_scalar(v: f32, act: Act) -> f32 {
+    match act {
+        Act::Identity => v,
+        Act::Relu => v.max(0.0),
+        Act::Relu6 => v.clamp(0.0, 6.0),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl ForwardRows for Avx2 {
+    #[inline(always)]
+    unsafe fn interior(
+        out: &mut [MaybeUninit<f32>],
+        xs: &[f32],
+        (offsets, weights): (&[isize], &[f32]),
+        range: (usize, usize),
+        init: f32,
+        act: Act,
+    ) {
+        // SAFETY: the caller's guarantees are the row kernel's.
+        unsafe {
+            simd::avx2::depthwise_row(
+                out.as_mut_ptr().cast(),
+                xs,
+                offsets,
+                weights,
+                range,
+                init,
+                act,
+            )
+        }
+    }
+
+    #[inline(always)]
+    fn madd(w: f32, x: f32, acc: f32) -> f32 {
+        w.mul_add(x, acc)
+    }
+}
+
+/// AVX-512F: the AVX2 kernels for the backward pass, 16-lane row kernels forward.
+#[cfg(target_arch = "x86_64")]
+struct Avx512;
+
+#[cfg(target_arch = "x86_64")]
+impl ForwardRows for Avx512 {
+    #[inline(always)]
+    unsafe fn interior(
+        out: &mut [MaybeUninit<f32>],
+        xs: &[f32],
+        (offsets, weights): (&[isize], &[f32]),
+        range: (usize, usize),
+        init: f32,
+        act: Act,
+    ) {
+        // SAFETY: the caller's guarantees are the row kernel's.
+        unsafe {
+            simd::avx512::depthwise_row(
+                out.as_mut_ptr().cast(),
+                xs,
+                offsets,
+                weights,
+                range,
+                init,
+                act,
+            )
+        }
+    }
+
+    #[inline(always)]
+    fn madd(w: f32, x: f32, acc: f32) -> f32 {
+        w.mul_add(x, acc)
+    }
+}
+
+/// One output plane: `out` (`oh x ow`) = `act(init + the taps ws over the input plane xs)` (`xs`
+/// phased when the stride is above 1). Writes every element of `out`.
 ///
 /// # Safety
 /// The CPU must support `L`'s instructions.
 #[inline(always)]
-unsafe fn forward_plane<L: Lanes>(
+#[allow(clippy::too_many_arguments)]
+unsafe fn forward_plane<L: ForwardRows>(
     g: &Geometry,
-    spans: &[Span],
+    table: &TapTable,
+    (lo, hi): (usize, usize),
     xs: &[f32],
-    ws: &[f32],
-    out: &mut [f32],
+    weights: &[f32],
+    init: f32,
+    act: Act,
+    out: &mut [MaybeUninit<f32>],
 ) {
-    let kw = g.kw;
+    let mut offsets = Vec::with_capacity(table.offsets.len());
     for (oy, orow) in out.chunks_exact_mut(g.p.ow).enumerate() {
-        for ki in 0..g.kh {
-            let Some(iy) = g.input_row(oy, ki) else {
-                continue;
-            };
-            for (kj, sp) in spans.iter().enumerate() {
-                if sp.lo < sp.hi {
-                    let start = g.row_start(iy, sp);
-                    // SAFETY: the caller guarantees L's instructions.
-                    unsafe {
-                        L::axpy(
-                            &mut orow[sp.lo..sp.hi],
-                            &xs[start..start + sp.hi - sp.lo],
-                            ws[ki * kw + kj],
-                        )
-                    };
+        let taps = table.row(g, oy);
+        let delta = oy as isize * table.row_step;
+        offsets.clear();
+        offsets.extend(table.offsets[taps.clone()].iter().map(|o| o + delta));
+        let weights = &weights[taps.clone()];
+        // The border columns one at a time, each tap checked (a loop, not a closure: closures do not
+        // inherit the caller's target features, and `mul_add` would become a libm call).
+        for ox in (0..lo).chain(hi..g.p.ow) {
+            let mut acc = init;
+            for (t, (&off, &w)) in taps.clone().zip(offsets.iter().zip(weights)) {
+                if (table.los[t]..table.his[t]).contains(&ox) {
+                    acc = L::madd(w, xs[(off + ox as isize) as usize], acc);
                 }
             }
+            orow[ox].write(act_scalar(acc, act));
+        }
+        if lo < hi {
+            // SAFETY: L's instructions are the caller's guarantee; lo..hi is the interior of every
+            // non-empty tap column (so of every tap) and lies inside the row.
+            unsafe { L::interior(orow, xs, (&offsets, weights), (lo, hi), init, act) };
         }
     }
 }
@@ -304,41 +516,94 @@ unsafe fn forward_plane<L: Lanes>(
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn forward_plane_avx2(
     g: &Geometry,
-    spans: &[Span],
+    table: &TapTable,
+    interior: (usize, usize),
     xs: &[f32],
-    ws: &[f32],
-    out: &mut [f32],
+    weights: &[f32],
+    init: f32,
+    act: Act,
+    out: &mut [MaybeUninit<f32>],
 ) {
     // SAFETY: this function's target features are Avx2's.
-    unsafe { forward_plane::<Avx2>(g, spans, xs, ws, out) }
+    unsafe { forward_plane::<Avx2>(g, table, interior, xs, weights, init, act, out) }
 }
 
-fn forward_planes(g: Geometry, x: &[f32], wt: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+/// # Safety
+/// The CPU must support AVX-512F, AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn forward_plane_avx512(
+    g: &Geometry,
+    table: &TapTable,
+    interior: (usize, usize),
+    xs: &[f32],
+    weights: &[f32],
+    init: f32,
+    act: Act,
+    out: &mut [MaybeUninit<f32>],
+) {
+    // SAFETY: this function's target features are Avx512's.
+    unsafe { forward_plane::<Avx512>(g, table, interior, xs, weights, init, act, out) }
+}
+
+/// Per-worker buffers of the forward planes: the phased input plane and the plane's tap weights.
+struct ForwardScratch {
+    phased: Vec<f32>,
+    weights: Vec<f32>,
+}
+
+/// `act(depthwise(x) + bias)` over every plane; the activation is applied as each output row is
+/// stored (inference), `Act::Identity` for the differentiable op.
+fn forward_planes(g: Geometry, x: &[f32], wt: &[f32], bias: Option<&[f32]>, act: Act) -> Vec<f32> {
     let (h, w, kh, kw, oh, ow, s) = (g.h, g.w, g.kh, g.kw, g.p.oh, g.p.ow, g.p.stride);
     let spans: Vec<Span> = (0..kw).map(|kj| g.span(kj)).collect();
+    let table = TapTable::new(&g, &spans);
+    let (lo, hi) = interior(&spans);
+    let interior = (lo.min(ow), hi.min(ow).max(lo.min(ow)));
     let phased_len = h * s * g.phase_len();
-    // Each plane is set to its bias (or zero) just before it is accumulated, while it is in cache:
-    // zeroing the whole output first would be one more pass over memory.
-    planes_from(
-        g.n * g.c * oh * ow,
-        oh * ow,
-        |plane| bias.map_or(0.0, |b| b[plane % g.c]),
-        || vec![0f32; if s > 1 { phased_len } else { 0 }],
-        |buf, plane, out| {
-            let ch = plane % g.c;
-            let xs = &x[plane * h * w..(plane + 1) * h * w];
-            let xs: &[f32] = if s > 1 {
-                to_phased(&g, xs, buf);
-                buf
-            } else {
-                xs
-            };
-            let ws = &wt[ch * kh * kw..(ch + 1) * kh * kw];
-            dispatch_lanes!(forward_plane_avx2, forward_plane(&g, &spans, xs, ws, out));
-        },
-    )
+    let fill = |scratch: &mut ForwardScratch, plane: usize, out: &mut [MaybeUninit<f32>]| {
+        let ch = plane % g.c;
+        let xs = &x[plane * h * w..(plane + 1) * h * w];
+        let xs: &[f32] = if s > 1 {
+            to_phased(&g, xs, &mut scratch.phased);
+            &scratch.phased
+        } else {
+            xs
+        };
+        let ws = &wt[ch * kh * kw..(ch + 1) * kh * kw];
+        scratch.weights.clear();
+        scratch.weights.extend(table.index.iter().map(|&k| ws[k]));
+        let weights = &scratch.weights;
+        let init = bias.map_or(0.0, |b| b[ch]);
+        #[cfg(target_arch = "x86_64")]
+        {
+            if simd::has_avx512() {
+                // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked just above).
+                return unsafe {
+                    forward_plane_avx512(&g, &table, interior, xs, weights, init, act, out)
+                };
+            }
+            if simd::has_avx2_fma() {
+                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+                return unsafe {
+                    forward_plane_avx2(&g, &table, interior, xs, weights, init, act, out)
+                };
+            }
+        }
+        // SAFETY: the portable kernels run on any CPU.
+        unsafe { forward_plane::<Portable>(&g, &table, interior, xs, weights, init, act, out) }
+    };
+    let scratch = || ForwardScratch {
+        phased: vec![0f32; if s > 1 { phased_len } else { 0 }],
+        weights: Vec::with_capacity(kh * kw),
+    };
+    // SAFETY: `forward_plane` writes every element of its plane (border columns one by one, the
+    // interior in the row kernels).
+    unsafe { planes_uninit(g.n * g.c * oh * ow, oh * ow, scratch, fill) }
 }
 
 /// One plane of the backward pass: accumulates the input gradient into `dacc` (phased when the stride
@@ -545,6 +810,7 @@ impl CustomOp2 for DepthwiseFwd {
             contiguous_f32(s1, l1, "depthwise_conv2d input")?,
             contiguous_f32(s2, l2, "depthwise_conv2d weight")?,
             None,
+            Act::Identity,
         );
         Ok((
             CpuStorage::F32(out),
@@ -588,6 +854,7 @@ impl CustomOp3 for DepthwiseBiasFwd {
             contiguous_f32(s1, l1, "depthwise_conv2d input")?,
             contiguous_f32(s2, l2, "depthwise_conv2d weight")?,
             Some(bias),
+            Act::Identity,
         );
         Ok((
             CpuStorage::F32(out),
@@ -675,7 +942,7 @@ pub(crate) fn forward_f32(
     weight: &[f32],
 ) -> Vec<f32> {
     let g = Geometry::new(params, dims, kernel);
-    forward_planes(g, x, weight, None)
+    forward_planes(g, x, weight, None, Act::Identity)
 }
 
 /// The backward kernel on raw buffers (shapes as in [`forward_f32`]): `[dx | dweight | dbias]`, with

@@ -145,6 +145,29 @@ pub(crate) fn planes_from<S>(
     out
 }
 
+/// A new `len`-value buffer computed plane by plane in parallel, each plane (of `plane` values) handed
+/// uninitialised to `fill(scratch, i, plane)`, with one `scratch` per worker made by `scratch()`: for
+/// kernels that write every output once, where [`planes_from`]'s initial pass would be wasted.
+///
+/// # Safety
+/// `fill` must write every element of the plane it is given.
+pub(crate) unsafe fn planes_uninit<S>(
+    len: usize,
+    plane: usize,
+    scratch: impl Fn() -> S + Sync + Send,
+    fill: impl Fn(&mut S, usize, &mut [std::mem::MaybeUninit<f32>]) + Sync + Send,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut out: Vec<f32> = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(plane.max(1))
+        .enumerate()
+        .for_each_init(scratch, |s, (i, p)| fill(s, i, p));
+    // SAFETY: the caller guarantees `fill` wrote every plane, which together cover the `len` values.
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// Writes `values` into `plane` in one pass and returns the plane as initialised values; positions
 /// that a too-short `values` does not reach are set to 0, so every element is written whatever
 /// `values` yields. For element-wise kernels, whose output is a function of their inputs: with

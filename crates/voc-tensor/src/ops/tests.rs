@@ -215,21 +215,25 @@ fn cpu_depthwise_kernel_matches_candle_and_the_tap_composition() {
         let weight = seeded(&[c, 1, k, k], 20 + seed as u64);
         let label = format!("{n}x{c}x{h}x{w} k{k} s{stride} d{dilation} {padding:?}");
 
-        let (y, dx, dw) = dw_with_grads(
-            |x, w| depthwise_conv2d(x, w, None, stride, padding, dilation),
-            &x,
-            &weight,
-            7,
-        );
+        // The AVX2 row kernels (what a CPU without AVX-512 runs) sum the same taps in the same order
+        // with the same fused multiply-adds: bit for bit the AVX-512 ones.
+        let run = || {
+            dw_with_grads(
+                |x, w| depthwise_conv2d(x, w, None, stride, padding, dilation),
+                &x,
+                &weight,
+                7,
+            )
+        };
+        let (ya, dxa, dwa) = crate::simd::with_level(crate::simd::Level::Avx2, run);
+        let lock = crate::simd::level_lock();
+        let (y, dx, dw) = run();
+        drop(lock);
+        for (name, a, b) in [("forward", &y, &ya), ("dx", &dx, &dxa), ("dw", &dw, &dwa)] {
+            assert_eq!(max_abs_diff(a, b).unwrap(), 0.0, "{label}: AVX2 {name}");
+        }
         // The portable row kernels (what a CPU without AVX2 runs) against the dispatched ones.
-        crate::simd::force_portable(true);
-        let (yp, dxp, dwp) = dw_with_grads(
-            |x, w| depthwise_conv2d(x, w, None, stride, padding, dilation),
-            &x,
-            &weight,
-            7,
-        );
-        crate::simd::force_portable(false);
+        let (yp, dxp, dwp) = crate::simd::with_level(crate::simd::Level::Portable, run);
         for (name, a, b) in [("forward", &y, &yp), ("dx", &dx, &dxp), ("dw", &dw, &dwp)] {
             assert!(rel_err(a, b).unwrap() < 1e-5, "{label}: portable {name}");
         }
@@ -331,6 +335,8 @@ fn pointwise_conv_with_constant_weight_gives_the_input_gradient_only() {
 /// only, equal to the one it computes alongside the weight gradient, and gives the weight none.
 #[test]
 fn depthwise_conv_with_constant_weight_gives_the_input_gradient_only() {
+    // Two runs compared bit for bit: no other test may cap the kernels' level in between.
+    let _level = crate::simd::level_lock();
     for (stride, dilation, bias) in [(1, 1, false), (2, 1, true), (1, 2, false)] {
         let x = seeded(&[2, 5, 11, 9], 21);
         let w = seeded(&[5, 1, 3, 3], 22);
