@@ -9,10 +9,16 @@ Two modes:
       model, device, batch, size, train, unfreeze, features, median_ms, min_ms, max_ms, images_per_s,
       peak_rss_mb.
 
-  python benches/torch_compare.py compare --voc target/release/voc [--rounds 3]
-      Runs `voc bench` and the PyTorch version of each workload alternately (the order flips every round,
-      so neither side always runs on a warmer or quieter machine), several rounds, and prints a table of
-      the medians of the per-run medians and the ratios voc / PyTorch against the targets.
+  python benches/torch_compare.py bench --engine ort --model mobilenet_v2 --batch 16 --json
+      The same inference workload in ONNX Runtime (onnxruntime from PyPI, in the same environment): the
+      PyTorch twin exported with torch.onnx.export (opset 17) to a temporary file, run by an
+      InferenceSession on the CPU with every graph optimisation and intra_op_num_threads = --threads.
+
+  python benches/torch_compare.py compare --voc target/release/voc [--rounds 3] [--no-ort]
+      Runs `voc bench`, the PyTorch version of each workload and, for inference workloads, the ONNX
+      Runtime version, one after the other (each round starts with another engine, so none always runs
+      on a warmer or quieter machine), several rounds, and prints a table of the medians of the per-run
+      medians and the ratios voc / PyTorch and voc / ONNX Runtime against the targets.
 
 The networks: torchvision's mobilenet_v2 (20 outputs, dropout 0.2) for the classifier, and for DeepLabV3
 the "mobile" head of voc's DeepLabV3 (image pooling + 1x1 branch, projection, 1x1 classifier) on
@@ -39,6 +45,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 
 SEGMENTERS = {"deeplabv3", "deeplabv3plus"}
 
@@ -335,7 +342,9 @@ def run_bench_ort(args):
     x = torch.randn(args.batch, 3, size, size)
     with tempfile.TemporaryDirectory(prefix="voc-ort-") as tmp:
         path = os.path.join(tmp, "model.onnx")
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # The TorchScript exporter (dynamo=False) is deprecated but needs no onnxscript.
+            warnings.simplefilter("ignore")
             torch.onnx.export(model, (x,), path, opset_version=17, input_names=["x"], output_names=["y"],
                               do_constant_folding=True, dynamo=False)
         options = ort.SessionOptions()
@@ -367,24 +376,27 @@ def run_bench_ort(args):
               f"iterations), {report['images_per_s']:.1f} images/s, peak RSS {report['peak_rss_mb']:.0f} MiB")
 
 
-# (name, voc bench arguments, time target, memory target): the acceptance workloads of issue 6, then the
-# classifier trainer's (fine-tuning step of the last 5 blocks, frozen feature pass; no target set).
+# (name, voc bench arguments, time target, memory target, ONNX Runtime time target): the acceptance
+# workloads of issue 6, then the classifier trainer's (fine-tuning step of the last 5 blocks, frozen
+# feature pass; no target set). Inference rows also run in ONNX Runtime (issue 17's targets).
 WORKLOADS = [
-    ("mobilenet_v2 224 inference b16", ["--model", "mobilenet_v2", "--size", "224", "--batch", "16"], 1.0, None),
-    ("mobilenet_v2 224 inference b1", ["--model", "mobilenet_v2", "--size", "224", "--batch", "1"], 1.2, None),
-    ("deeplabv3 513 inference b1", ["--model", "deeplabv3", "--size", "513", "--batch", "1"], 1.0, None),
+    ("mobilenet_v2 224 inference b16", ["--model", "mobilenet_v2", "--size", "224", "--batch", "16"], 1.0, None, 1.0),
+    ("mobilenet_v2 224 inference b1", ["--model", "mobilenet_v2", "--size", "224", "--batch", "1"], 1.2, None, 1.0),
+    ("deeplabv3 513 inference b1", ["--model", "deeplabv3", "--size", "513", "--batch", "1"], 1.0, None, 1.0),
     # Issue 13's target: the DeepLabV3+ training step at the notebook's crop.
     ("deeplabv3plus 321 train step b8",
-     ["--model", "deeplabv3plus", "--size", "321", "--batch", "8", "--train"], 1.0, 1.0),
-    ("mobilenet_v2 224 train step b8", ["--model", "mobilenet_v2", "--size", "224", "--batch", "8", "--train"], 1.5, 1.5),
+     ["--model", "deeplabv3plus", "--size", "321", "--batch", "8", "--train"], 1.0, 1.0, None),
+    ("mobilenet_v2 224 train step b8", ["--model", "mobilenet_v2", "--size", "224", "--batch", "8", "--train"], 1.5, 1.5,
+     None),
     ("mobilenet_v2 224 finetune b16",
-     ["--model", "mobilenet_v2", "--size", "224", "--batch", "16", "--train", "--unfreeze", "5"], None, None),
+     ["--model", "mobilenet_v2", "--size", "224", "--batch", "16", "--train", "--unfreeze", "5"], None, None, None),
     ("mobilenet_v2 224 features b16",
-     ["--model", "mobilenet_v2", "--size", "224", "--batch", "16", "--features"], None, None),
+     ["--model", "mobilenet_v2", "--size", "224", "--batch", "16", "--features"], None, None, None),
     # The notebook's other transfer backbones (timm's resnet50, resnetv2_50, vgg16 on the PyTorch side).
     *[row for model in TIMM_NAMES for row in (
-        (f"{model} 224 inference b16", ["--model", model, "--size", "224", "--batch", "16"], 1.0, None),
-        (f"{model} 224 train step b8", ["--model", model, "--size", "224", "--batch", "8", "--train"], None, None),
+        (f"{model} 224 inference b16", ["--model", model, "--size", "224", "--batch", "16"], 1.0, None, None),
+        (f"{model} 224 train step b8", ["--model", model, "--size", "224", "--batch", "8", "--train"], None, None,
+         None),
     )],
 ]
 
@@ -409,16 +421,18 @@ def run_compare(args):
     if not selected:
         raise SystemExit(f"--only {args.only}: matches none of {[w[0] for w in WORKLOADS]}")
     rows = []
-    for name, voc_args, time_target, mem_target in selected:
+    for name, voc_args, time_target, mem_target, ort_target in selected:
         iters = ["--iters", str(args.iters), "--warmup", str(args.warmup), "--json"]
         voc_cmd = [args.voc, "bench", "--device", "cpu", *voc_args, *iters]
         torch_cmd = [args.torch_python, os.path.abspath(__file__), "bench", "--threads", str(args.threads),
                      *voc_args, *iters]
-        runs = {"voc": [], "torch": []}
+        sides = [("voc", voc_cmd), ("torch", torch_cmd)]
+        if "--train" not in voc_args and not args.no_ort:
+            sides.append(("ort", [*torch_cmd, "--engine", "ort"]))
+        runs = {side: [] for side, _ in sides}
         for r in range(args.rounds):
-            order = [("voc", voc_cmd), ("torch", torch_cmd)]
-            if r % 2 == 1:
-                order.reverse()
+            # Each round starts with another engine, so none always runs on a warmer or quieter machine.
+            order = sides[r % len(sides):] + sides[:r % len(sides)]
             for side, cmd in order:
                 result = run_json(cmd, env)
                 result["load_average"] = os.getloadavg()[0]
@@ -430,12 +444,15 @@ def run_compare(args):
         torch_ms = statistics.median(x["median_ms"] for x in runs["torch"])
         voc_mb = statistics.median(x["peak_rss_mb"] for x in runs["voc"])
         torch_mb = statistics.median(x["peak_rss_mb"] for x in runs["torch"])
+        ort_ms = statistics.median(x["median_ms"] for x in runs["ort"]) if runs.get("ort") else None
         rows.append({
             "workload": name, "voc_ms": voc_ms, "torch_ms": torch_ms, "time_ratio": voc_ms / torch_ms,
             "time_target": time_target, "voc_peak_rss_mb": voc_mb, "torch_peak_rss_mb": torch_mb,
             "memory_ratio": voc_mb / torch_mb, "memory_target": mem_target,
+            "ort_ms": ort_ms, "ort_ratio": voc_ms / ort_ms if ort_ms else None, "ort_target": ort_target,
             "voc_runs_ms": [x["median_ms"] for x in runs["voc"]],
             "torch_runs_ms": [x["median_ms"] for x in runs["torch"]],
+            "ort_runs_ms": [x["median_ms"] for x in runs.get("ort", [])],
         })
 
     def verdict(ratio, target):
@@ -447,12 +464,14 @@ def run_compare(args):
     print(f"{args.rounds} interleaved rounds, {args.iters} timed iterations each after {args.warmup} warm-up, "
           f"{args.threads} threads{', PyTorch with OMP_WAIT_POLICY=PASSIVE' if args.omp_passive else ''}; "
           f"medians of the per-run medians; 1-minute load average at the end {load:.2f}")
-    print("| workload | voc ms | PyTorch ms | voc/PyTorch | time target | voc peak MiB | PyTorch peak MiB "
-          "| memory ratio | memory target |")
-    print("|---|---:|---:|---:|---|---:|---:|---:|---|")
+    print("| workload | voc ms | PyTorch ms | voc/PyTorch | time target | ONNX Runtime ms | voc/ORT | ORT target "
+          "| voc peak MiB | PyTorch peak MiB | memory ratio | memory target |")
+    print("|---|---:|---:|---:|---|---:|---:|---|---:|---:|---:|---|")
     for row in rows:
+        ort = (f"{row['ort_ms']:.1f} | {row['ort_ratio']:.2f}x | {verdict(row['ort_ratio'], row['ort_target'])}"
+               if row["ort_ms"] else " |  | ")
         print(f"| {row['workload']} | {row['voc_ms']:.1f} | {row['torch_ms']:.1f} | {row['time_ratio']:.2f}x "
-              f"| {verdict(row['time_ratio'], row['time_target'])} | {row['voc_peak_rss_mb']:.0f} "
+              f"| {verdict(row['time_ratio'], row['time_target'])} | {ort} | {row['voc_peak_rss_mb']:.0f} "
               f"| {row['torch_peak_rss_mb']:.0f} | {row['memory_ratio']:.2f}x "
               f"| {verdict(row['memory_ratio'], row['memory_target'])} |")
     if args.out:
@@ -493,6 +512,7 @@ def main():
     c.add_argument("--threads", type=int, default=2)
     c.add_argument("--only", nargs="*", help="run only workloads whose name contains one of these")
     c.add_argument("--out", help="also write the rows as JSON here")
+    c.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime column")
     c.add_argument("--omp-passive", action="store_true",
                    help="run PyTorch with OMP_WAIT_POLICY=PASSIVE (fairer to it when the machine is shared)")
     args = parser.parse_args()

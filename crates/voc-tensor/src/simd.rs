@@ -93,6 +93,15 @@ pub(crate) fn level_lock() -> std::sync::MutexGuard<'static, ()> {
     LEVEL_LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Runs `f` once per level, the kernels capped at it (widest first; a level the CPU lacks runs the
+/// best one it has).
+#[cfg(test)]
+pub(crate) fn for_each_level(f: impl Fn(Level)) {
+    for level in [Level::Avx512, Level::Avx2, Level::Portable] {
+        with_level(level, || f(level));
+    }
+}
+
 /// Runs `f` with the kernels capped at `level`, then uncaps them.
 #[cfg(test)]
 pub(crate) fn with_level<R>(level: Level, f: impl FnOnce() -> R) -> R {
@@ -403,8 +412,9 @@ pub(crate) mod avx2 {
     }
 
     /// One output row of a depthwise convolution:
-    /// `out[ox] = act(init + Σ_t weights[t] · xs[offsets[t] + ox])` for `ox` in `lo..hi`, each
-    /// output vector accumulated in a register over the taps in order (fused multiply-adds).
+    /// `out[ox] = act(init + Σ_t weights[t] · xs[offsets[t] + ox] + shift)` for `ox` in `lo..hi`, each
+    /// output vector accumulated in a register over the taps in order (fused multiply-adds), the
+    /// shift (if any) added after them.
     ///
     /// # Safety
     /// The CPU must support AVX2 and FMA; `out` is valid for writes at `lo..hi`, and
@@ -418,11 +428,17 @@ pub(crate) mod avx2 {
         weights: &[f32],
         (lo, hi): (usize, usize),
         init: f32,
+        shift: Option<f32>,
         act: Act,
     ) {
         let base = xs.as_ptr();
         let taps = offsets.len().min(weights.len());
         let vinit = _mm256_set1_ps(init);
+        // Added after the taps (not folded into `init`): see the caller's `Epilogue`.
+        let end = |a: __m256| match shift {
+            Some(s) => act8(_mm256_add_ps(a, _mm256_set1_ps(s)), act),
+            None => act8(a, act),
+        };
         let mut ox = lo;
         while ox + 16 <= hi {
             let (mut a0, mut a1) = (vinit, vinit);
@@ -438,8 +454,8 @@ pub(crate) mod avx2 {
             }
             // SAFETY: out is valid for writes at ox..ox + 16 <= hi.
             unsafe {
-                _mm256_storeu_ps(out.add(ox), act8(a0, act));
-                _mm256_storeu_ps(out.add(ox + 8), act8(a1, act));
+                _mm256_storeu_ps(out.add(ox), end(a0));
+                _mm256_storeu_ps(out.add(ox + 8), end(a1));
             }
             ox += 16;
         }
@@ -457,7 +473,7 @@ pub(crate) mod avx2 {
                 }
             }
             // SAFETY: the masked store writes out[ox..ox + k], below hi.
-            unsafe { _mm256_maskstore_ps(out.add(ox), m, act8(a, act)) };
+            unsafe { _mm256_maskstore_ps(out.add(ox), m, end(a)) };
             ox += k;
         }
     }
@@ -599,11 +615,17 @@ pub(crate) mod avx512 {
         weights: &[f32],
         (lo, hi): (usize, usize),
         init: f32,
+        shift: Option<f32>,
         act: Act,
     ) {
         let base = xs.as_ptr();
         let taps = offsets.len().min(weights.len());
         let vinit = _mm512_set1_ps(init);
+        // Added after the taps (not folded into `init`): see the caller's `Epilogue`.
+        let end = |a: __m512| match shift {
+            Some(s) => act16(_mm512_add_ps(a, _mm512_set1_ps(s)), act),
+            None => act16(a, act),
+        };
         let mut ox = lo;
         while ox + 32 <= hi {
             let (mut a0, mut a1) = (vinit, vinit);
@@ -619,8 +641,8 @@ pub(crate) mod avx512 {
             }
             // SAFETY: out is valid for writes at ox..ox + 32 <= hi.
             unsafe {
-                _mm512_storeu_ps(out.add(ox), act16(a0, act));
-                _mm512_storeu_ps(out.add(ox + 16), act16(a1, act));
+                _mm512_storeu_ps(out.add(ox), end(a0));
+                _mm512_storeu_ps(out.add(ox + 16), end(a1));
             }
             ox += 32;
         }
@@ -637,7 +659,7 @@ pub(crate) mod avx512 {
                 }
             }
             // SAFETY: the masked store writes out[ox..ox + k], below hi.
-            unsafe { _mm512_mask_storeu_ps(out.add(ox), m, act16(a, act)) };
+            unsafe { _mm512_mask_storeu_ps(out.add(ox), m, end(a)) };
             ox += k;
         }
     }

@@ -157,6 +157,40 @@ pub fn depthwise_conv2d(
     }
 }
 
+/// `act(depthwise_conv2d(x, weight) + shift)` in one pass, the activation applied as each output row
+/// is stored, when the CPU kernel can run it and nothing needs a gradient (inference on constant
+/// weights); `None` otherwise (not depthwise, another device or dtype, a tracked input), for the caller
+/// to take the general path.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn depthwise_bias_act_inference(
+    x: &Tensor,
+    weight: &Tensor,
+    shift: &Tensor,
+    stride: usize,
+    padding: Padding,
+    dilation: usize,
+    groups: usize,
+    act: crate::fused::Act,
+) -> Result<Option<Tensor>> {
+    let (_, c, h, w) = dims4(x, "depthwise_conv2d")?;
+    let (wc, one, kh, kw) = dims4(weight, "depthwise_conv2d weight")?;
+    let applies = groups == c
+        && wc == c
+        && one == 1
+        && groups > 1
+        && shift.elem_count() == c
+        && [x, weight, shift]
+            .iter()
+            .all(|t| t.device().is_cpu() && t.dtype() == DType::F32 && !t.track_op());
+    if !applies {
+        return Ok(None);
+    }
+    let params = depthwise_params((h, w), (kh, kw), stride, padding, dilation)?;
+    Ok(Some(depthwise::forward_inference(
+        x, weight, shift, params, act,
+    )?))
+}
+
 /// Where a depthwise kernel of size `kernel` reads an `H x W` input, and the output size.
 pub(crate) fn depthwise_params(
     (h, w): (usize, usize),

@@ -338,8 +338,9 @@ fn interior(spans: &[Span]) -> (usize, usize) {
 /// every tap is added (one load per tap, one store per output); the portable one streams each tap over
 /// the row (`y += w * x` loops the compiler vectorises), as the kernel first did.
 trait ForwardRows {
-    /// `out[ox] = act(init + Σ_t weights[t] · xs[offsets[t] + ox])` for `ox` in `lo..hi`, where every
-    /// tap reads inside `xs`.
+    /// `out[ox] = act(init + Σ_t weights[t] · xs[offsets[t] + ox] + shift)` for `ox` in `lo..hi` (the
+    /// taps summed in order onto `init`, the shift added after them: [`Epilogue`]), where every tap reads
+    /// inside `xs`.
     ///
     /// Writes `out[lo..hi]`.
     ///
@@ -351,8 +352,7 @@ trait ForwardRows {
         xs: &[f32],
         taps: (&[isize], &[f32]),
         range: (usize, usize),
-        init: f32,
-        act: Act,
+        ep: Epilogue,
     );
     /// One tap's multiply-add exactly as [`ForwardRows::interior`] rounds it (fused or not), for the
     /// border columns.
@@ -366,17 +366,19 @@ impl ForwardRows for Portable {
         xs: &[f32],
         (offsets, weights): (&[isize], &[f32]),
         (lo, hi): (usize, usize),
-        init: f32,
-        act: Act,
+        ep: Epilogue,
     ) {
-        let row = init_plane(&mut out[lo..hi], init);
+        let row = init_plane(&mut out[lo..hi], ep.init);
         for (&off, &w) in offsets.iter().zip(weights) {
             let start = (off + lo as isize) as usize;
             for (d, x) in row.iter_mut().zip(&xs[start..start + hi - lo]) {
                 *d += w * x;
             }
         }
-        apply_act(row, act);
+        if let Some(shift) = ep.shift {
+            row.iter_mut().for_each(|v| *v += shift);
+        }
+        apply_act(row, ep.act);
     }
 
     #[inline(always)]
@@ -411,8 +413,7 @@ impl ForwardRows for Avx2 {
         xs: &[f32],
         (offsets, weights): (&[isize], &[f32]),
         range: (usize, usize),
-        init: f32,
-        act: Act,
+        ep: Epilogue,
     ) {
         // SAFETY: the caller's guarantees are the row kernel's.
         unsafe {
@@ -422,8 +423,9 @@ impl ForwardRows for Avx2 {
                 offsets,
                 weights,
                 range,
-                init,
-                act,
+                ep.init,
+                ep.shift,
+                ep.act,
             )
         }
     }
@@ -446,8 +448,7 @@ impl ForwardRows for Avx512 {
         xs: &[f32],
         (offsets, weights): (&[isize], &[f32]),
         range: (usize, usize),
-        init: f32,
-        act: Act,
+        ep: Epilogue,
     ) {
         // SAFETY: the caller's guarantees are the row kernel's.
         unsafe {
@@ -457,8 +458,9 @@ impl ForwardRows for Avx512 {
                 offsets,
                 weights,
                 range,
-                init,
-                act,
+                ep.init,
+                ep.shift,
+                ep.act,
             )
         }
     }
@@ -482,8 +484,7 @@ unsafe fn forward_plane<L: ForwardRows>(
     (lo, hi): (usize, usize),
     xs: &[f32],
     weights: &[f32],
-    init: f32,
-    act: Act,
+    ep: Epilogue,
     out: &mut [MaybeUninit<f32>],
 ) {
     let mut offsets = Vec::with_capacity(table.offsets.len());
@@ -496,18 +497,21 @@ unsafe fn forward_plane<L: ForwardRows>(
         // The border columns one at a time, each tap checked (a loop, not a closure: closures do not
         // inherit the caller's target features, and `mul_add` would become a libm call).
         for ox in (0..lo).chain(hi..g.p.ow) {
-            let mut acc = init;
+            let mut acc = ep.init;
             for (t, (&off, &w)) in taps.clone().zip(offsets.iter().zip(weights)) {
                 if (table.los[t]..table.his[t]).contains(&ox) {
                     acc = L::madd(w, xs[(off + ox as isize) as usize], acc);
                 }
             }
-            orow[ox].write(act_scalar(acc, act));
+            if let Some(shift) = ep.shift {
+                acc += shift;
+            }
+            orow[ox].write(act_scalar(acc, ep.act));
         }
         if lo < hi {
             // SAFETY: L's instructions are the caller's guarantee; lo..hi is the interior of every
             // non-empty tap column (so of every tap) and lies inside the row.
-            unsafe { L::interior(orow, xs, (&offsets, weights), (lo, hi), init, act) };
+            unsafe { L::interior(orow, xs, (&offsets, weights), (lo, hi), ep) };
         }
     }
 }
@@ -523,12 +527,11 @@ unsafe fn forward_plane_avx2(
     interior: (usize, usize),
     xs: &[f32],
     weights: &[f32],
-    init: f32,
-    act: Act,
+    ep: Epilogue,
     out: &mut [MaybeUninit<f32>],
 ) {
     // SAFETY: this function's target features are Avx2's.
-    unsafe { forward_plane::<Avx2>(g, table, interior, xs, weights, init, act, out) }
+    unsafe { forward_plane::<Avx2>(g, table, interior, xs, weights, ep, out) }
 }
 
 /// # Safety
@@ -542,12 +545,11 @@ unsafe fn forward_plane_avx512(
     interior: (usize, usize),
     xs: &[f32],
     weights: &[f32],
-    init: f32,
-    act: Act,
+    ep: Epilogue,
     out: &mut [MaybeUninit<f32>],
 ) {
     // SAFETY: this function's target features are Avx512's.
-    unsafe { forward_plane::<Avx512>(g, table, interior, xs, weights, init, act, out) }
+    unsafe { forward_plane::<Avx512>(g, table, interior, xs, weights, ep, out) }
 }
 
 /// Per-worker buffers of the forward planes: the phased input plane and the plane's tap weights.
@@ -556,9 +558,29 @@ struct ForwardScratch {
     weights: Vec<f32>,
 }
 
-/// `act(depthwise(x) + bias)` over every plane; the activation is applied as each output row is
-/// stored (inference), `Act::Identity` for the differentiable op.
-fn forward_planes(g: Geometry, x: &[f32], wt: &[f32], bias: Option<&[f32]>, act: Act) -> Vec<f32> {
+/// How each output value starts and ends: the taps are summed onto `init`, then `shift` is added and
+/// `act` applied as the value is stored.
+///
+/// The differentiable op starts from its bias (as the kernel always has); the inference path of a
+/// convolution with a folded batch norm starts from 0 and adds the shift after the taps, the order in
+/// which a separate bias pass after the convolution rounds it, so fusing the two changes no bit.
+#[derive(Debug, Clone, Copy)]
+struct Epilogue {
+    init: f32,
+    shift: Option<f32>,
+    act: Act,
+}
+
+/// `act(bias + depthwise(x) + shift)` over every plane (per channel, either may be absent; see
+/// [`Epilogue`]); `Act::Identity` and no shift for the differentiable op.
+fn forward_planes(
+    g: Geometry,
+    x: &[f32],
+    wt: &[f32],
+    bias: Option<&[f32]>,
+    shift: Option<&[f32]>,
+    act: Act,
+) -> Vec<f32> {
     let (h, w, kh, kw, oh, ow, s) = (g.h, g.w, g.kh, g.kw, g.p.oh, g.p.ow, g.p.stride);
     let spans: Vec<Span> = (0..kw).map(|kj| g.span(kj)).collect();
     let table = TapTable::new(&g, &spans);
@@ -578,24 +600,24 @@ fn forward_planes(g: Geometry, x: &[f32], wt: &[f32], bias: Option<&[f32]>, act:
         scratch.weights.clear();
         scratch.weights.extend(table.index.iter().map(|&k| ws[k]));
         let weights = &scratch.weights;
-        let init = bias.map_or(0.0, |b| b[ch]);
+        let ep = Epilogue {
+            init: bias.map_or(0.0, |b| b[ch]),
+            shift: shift.map(|s| s[ch]),
+            act,
+        };
         #[cfg(target_arch = "x86_64")]
         {
             if simd::has_avx512() {
                 // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked just above).
-                return unsafe {
-                    forward_plane_avx512(&g, &table, interior, xs, weights, init, act, out)
-                };
+                return unsafe { forward_plane_avx512(&g, &table, interior, xs, weights, ep, out) };
             }
             if simd::has_avx2_fma() {
                 // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                return unsafe {
-                    forward_plane_avx2(&g, &table, interior, xs, weights, init, act, out)
-                };
+                return unsafe { forward_plane_avx2(&g, &table, interior, xs, weights, ep, out) };
             }
         }
         // SAFETY: the portable kernels run on any CPU.
-        unsafe { forward_plane::<Portable>(&g, &table, interior, xs, weights, init, act, out) }
+        unsafe { forward_plane::<Portable>(&g, &table, interior, xs, weights, ep, out) }
     };
     let scratch = || ForwardScratch {
         phased: vec![0f32; if s > 1 { phased_len } else { 0 }],
@@ -810,6 +832,7 @@ impl CustomOp2 for DepthwiseFwd {
             contiguous_f32(s1, l1, "depthwise_conv2d input")?,
             contiguous_f32(s2, l2, "depthwise_conv2d weight")?,
             None,
+            None,
             Act::Identity,
         );
         Ok((
@@ -854,6 +877,7 @@ impl CustomOp3 for DepthwiseBiasFwd {
             contiguous_f32(s1, l1, "depthwise_conv2d input")?,
             contiguous_f32(s2, l2, "depthwise_conv2d weight")?,
             Some(bias),
+            None,
             Act::Identity,
         );
         Ok((
@@ -914,6 +938,54 @@ impl CustomOp3 for DepthwiseBwd {
     }
 }
 
+/// `(x, weight, shift) -> act(depthwise(x) + shift)`, for inference (no backward).
+struct DepthwiseBiasActFwd(DwParams, Act);
+
+impl CustomOp3 for DepthwiseBiasActFwd {
+    fn name(&self) -> &'static str {
+        "voc-depthwise-conv2d-bias-act"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let g = geometry(self.0, l1, l2)?;
+        let out = forward_planes(
+            g,
+            contiguous_f32(s1, l1, "depthwise_conv2d input")?,
+            contiguous_f32(s2, l2, "depthwise_conv2d weight")?,
+            None,
+            Some(contiguous_f32(s3, l3, "depthwise_conv2d shift")?),
+            self.1,
+        );
+        Ok((
+            CpuStorage::F32(out),
+            Shape::from((g.n, g.c, g.p.oh, g.p.ow)),
+        ))
+    }
+}
+
+/// `act(depthwise(x) + bias)` on the CPU kernel, with no gradient (inputs f32 on the CPU).
+pub(crate) fn forward_inference(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    params: DwParams,
+    act: Act,
+) -> candle_core::Result<Tensor> {
+    x.contiguous()?.apply_op3_no_bwd(
+        &weight.contiguous()?,
+        &bias.flatten_all()?.contiguous()?,
+        &DepthwiseBiasActFwd(params, act),
+    )
+}
+
 /// Runs the CPU depthwise kernel (inputs must be f32 on the CPU; they are made contiguous here).
 pub(crate) fn forward(
     x: &Tensor,
@@ -942,7 +1014,7 @@ pub(crate) fn forward_f32(
     weight: &[f32],
 ) -> Vec<f32> {
     let g = Geometry::new(params, dims, kernel);
-    forward_planes(g, x, weight, None, Act::Identity)
+    forward_planes(g, x, weight, None, None, Act::Identity)
 }
 
 /// The backward kernel on raw buffers (shapes as in [`forward_f32`]): `[dx | dweight | dbias]`, with

@@ -6,7 +6,7 @@
 //! index in cross-entropy, a slow per-group depthwise conv) the op here either composes differentiable
 //! candle primitives (so the same code serves CPU and CUDA) or, on the hot CPU paths, runs a hand-written
 //! kernel wrapped as a candle custom op whose backward is itself a fast kernel.
-mod conv;
+pub(crate) mod conv;
 pub(crate) mod depthwise;
 pub(crate) mod im2col;
 mod loss;
