@@ -421,6 +421,7 @@ pub(crate) mod avx2 {
     /// `offsets[t] + lo >= 0` and `offsets[t] + hi <= xs.len()` for every tap.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn depthwise_row(
         out: *mut f32,
         xs: &[f32],
@@ -608,6 +609,7 @@ pub(crate) mod avx512 {
     /// The CPU must support AVX-512F; the bounds are [`super::avx2::depthwise_row`]'s.
     #[target_feature(enable = "avx512f")]
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn depthwise_row(
         out: *mut f32,
         xs: &[f32],
