@@ -217,6 +217,40 @@ mod portable {
     }
 }
 
+/// One output row of a depthwise convolution, for the row kernels:
+/// `out[ox] = act(init + Σ_t weights[t] · xs[delta + offsets[t] + ox] + shift)` for every `ox` below
+/// `out_len`, the sum over the taps `t` whose columns `los[t]..his[t]` hold `ox`, in order, onto
+/// `init`, the shift (if any) added after them. The fused inference path starts from 0 and adds the
+/// folded batch norm's shift last, the order in which a separate bias pass rounds it.
+///
+/// Bounds the kernels rely on: the four tap slices have one length; for every tap and every `ox` in
+/// `los[t]..his[t]` (inside `0..out_len`), `delta + offsets[t] + ox` indexes `xs`; every column of
+/// `interior` (`lo..hi`, empty when `lo >= hi`) lies inside every tap's columns.
+pub(crate) struct DwRow<'a> {
+    pub offsets: &'a [isize],
+    pub weights: &'a [f32],
+    pub los: &'a [usize],
+    pub his: &'a [usize],
+    pub delta: isize,
+    pub out_len: usize,
+    pub interior: (usize, usize),
+    pub init: f32,
+    pub shift: Option<f32>,
+    pub act: Act,
+}
+
+impl DwRow<'_> {
+    /// The number of taps (the shortest slice, so indexing below it is in bounds).
+    #[inline(always)]
+    pub(crate) fn taps(&self) -> usize {
+        self.offsets
+            .len()
+            .min(self.weights.len())
+            .min(self.los.len())
+            .min(self.his.len())
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2 {
     use std::arch::x86_64::*;
@@ -396,9 +430,6 @@ pub(crate) mod avx2 {
         }
     }
 
-    /// `Σ a`.
-    ///
-    /// # Safety
     /// The activation on 8 lanes as the scalar code computes it: `f32::max(v, 0)` is 0 for NaN,
     /// `f32::clamp(v, 0, 6)` keeps NaN (`max_ps`/`min_ps` return their second operand on NaN).
     #[target_feature(enable = "avx2,fma")]
@@ -411,74 +442,82 @@ pub(crate) mod avx2 {
         }
     }
 
-    /// One output row of a depthwise convolution:
-    /// `out[ox] = act(init + Σ_t weights[t] · xs[offsets[t] + ox] + shift)` for `ox` in `lo..hi`, each
-    /// output vector accumulated in a register over the taps in order (fused multiply-adds), the
-    /// shift (if any) added after them.
+    /// One output row of a depthwise convolution ([`super::DwRow`]), 8 lanes at a time, 16 per step
+    /// in the interior. Border chunks run every tap with a lane mask of the columns it reads inside
+    /// the image; masked-off lanes keep their sum (a blend, not a multiply-add of zero), so each
+    /// value sums exactly its in-image taps in order, as the scalar loop would.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA; `out` is valid for writes at `lo..hi`, and
-    /// `offsets[t] + lo >= 0` and `offsets[t] + hi <= xs.len()` for every tap.
+    /// The CPU must support AVX2 and FMA; `out` is valid for `row.out_len` writes; `row` satisfies
+    /// [`super::DwRow`]'s bounds for `xs`.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn depthwise_row(
-        out: *mut f32,
-        xs: &[f32],
-        offsets: &[isize],
-        weights: &[f32],
-        (lo, hi): (usize, usize),
-        init: f32,
-        shift: Option<f32>,
-        act: Act,
-    ) {
-        let base = xs.as_ptr();
-        let taps = offsets.len().min(weights.len());
-        let vinit = _mm256_set1_ps(init);
-        // Added after the taps (not folded into `init`): see the caller's `Epilogue`.
-        let end = |a: __m256| match shift {
-            Some(s) => act8(_mm256_add_ps(a, _mm256_set1_ps(s)), act),
-            None => act8(a, act),
+    pub(crate) unsafe fn depthwise_row(out: *mut f32, xs: &[f32], row: &super::DwRow<'_>) {
+        let base = xs.as_ptr().wrapping_offset(row.delta);
+        let taps = row.taps();
+        let (lo, hi) = row.interior;
+        let vinit = _mm256_set1_ps(row.init);
+        // Added after the taps (not folded into `init`): see `DwRow`.
+        let end = |a: __m256| match row.shift {
+            Some(s) => act8(_mm256_add_ps(a, _mm256_set1_ps(s)), row.act),
+            None => act8(a, row.act),
         };
-        let mut ox = lo;
-        while ox + 16 <= hi {
-            let (mut a0, mut a1) = (vinit, vinit);
-            for t in 0..taps {
-                // SAFETY: t < both lengths; the caller guarantees xs[offsets[t] + ox ..][..16] lies
-                // inside xs (ox + 16 <= hi).
-                unsafe {
-                    let w = _mm256_set1_ps(*weights.get_unchecked(t));
-                    let p = base.offset(*offsets.get_unchecked(t) + ox as isize);
-                    a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(p), a0);
-                    a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(p.add(8)), a1);
+        let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+        let n = row.out_len;
+        let mut ox = 0;
+        while ox < n {
+            if ox >= lo && ox + 16 <= hi {
+                let (mut a0, mut a1) = (vinit, vinit);
+                for t in 0..taps {
+                    // SAFETY: t < taps (every slice's length); ox..ox + 16 lies inside the tap's
+                    // columns, so the loads stay inside xs (DwRow's bounds).
+                    unsafe {
+                        let w = _mm256_set1_ps(*row.weights.get_unchecked(t));
+                        let p = base.offset(*row.offsets.get_unchecked(t) + ox as isize);
+                        a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(p), a0);
+                        a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(p.add(8)), a1);
+                    }
                 }
+                // SAFETY: ox + 16 <= hi <= n.
+                unsafe {
+                    _mm256_storeu_ps(out.add(ox), end(a0));
+                    _mm256_storeu_ps(out.add(ox + 8), end(a1));
+                }
+                ox += 16;
+                continue;
             }
-            // SAFETY: out is valid for writes at ox..ox + 16 <= hi.
-            unsafe {
-                _mm256_storeu_ps(out.add(ox), end(a0));
-                _mm256_storeu_ps(out.add(ox + 8), end(a1));
-            }
-            ox += 16;
-        }
-        while ox < hi {
-            let k = (hi - ox).min(8);
-            let m = tail_mask(k);
+            let k = (n - ox).min(8);
             let mut a = vinit;
             for t in 0..taps {
-                // SAFETY: as above; the mask enables the k lanes below hi only, so no load or store
-                // touches memory past them.
+                // SAFETY: t < taps.
+                let (tlo, thi) = unsafe { (*row.los.get_unchecked(t), *row.his.get_unchecked(t)) };
+                let (from, to) = (tlo.max(ox), thi.min(ox + k));
+                if from >= to {
+                    continue;
+                }
+                // Lanes from - ox .. to - ox: iota >= from - ox and iota < to - ox.
+                let m = _mm256_andnot_si256(
+                    _mm256_cmpgt_epi32(_mm256_set1_epi32((from - ox) as i32), iota),
+                    _mm256_cmpgt_epi32(_mm256_set1_epi32((to - ox) as i32), iota),
+                );
+                // SAFETY: the masked load reads the enabled lanes only, columns from..to of the tap,
+                // inside xs (DwRow's bounds); the pointer is formed with wrapping arithmetic.
                 unsafe {
-                    let w = _mm256_set1_ps(*weights.get_unchecked(t));
-                    let p = base.offset(*offsets.get_unchecked(t) + ox as isize);
-                    a = _mm256_fmadd_ps(w, _mm256_maskload_ps(p, m), a);
+                    let w = _mm256_set1_ps(*row.weights.get_unchecked(t));
+                    let p = base.wrapping_offset(*row.offsets.get_unchecked(t) + ox as isize);
+                    let sum = _mm256_fmadd_ps(w, _mm256_maskload_ps(p, m), a);
+                    a = _mm256_blendv_ps(a, sum, _mm256_castsi256_ps(m));
                 }
             }
-            // SAFETY: the masked store writes out[ox..ox + k], below hi.
-            unsafe { _mm256_maskstore_ps(out.add(ox), m, end(a)) };
+            // SAFETY: the masked store writes out[ox..ox + k], below n.
+            unsafe { _mm256_maskstore_ps(out.add(ox), tail_mask(k), end(a)) };
             ox += k;
         }
     }
 
+    /// `Σ a`.
+    ///
+    /// # Safety
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
@@ -602,66 +641,87 @@ pub(crate) mod avx512 {
         }
     }
 
-    /// As [`super::avx2::depthwise_row`], 16 lanes at a time, 32 per step while they last; the
-    /// sums (same taps, same order, fused multiply-adds) are bit for bit the AVX2 kernel's.
+    /// As [`super::avx2::depthwise_row`], 16 lanes at a time, 32 per step in the interior, border
+    /// lanes masked with mask registers; the sums (same taps, same order, fused multiply-adds) are
+    /// bit for bit the AVX2 kernel's.
     ///
     /// # Safety
     /// The CPU must support AVX-512F; the bounds are [`super::avx2::depthwise_row`]'s.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn depthwise_row(
-        out: *mut f32,
-        xs: &[f32],
-        offsets: &[isize],
-        weights: &[f32],
-        (lo, hi): (usize, usize),
-        init: f32,
-        shift: Option<f32>,
-        act: Act,
-    ) {
-        let base = xs.as_ptr();
-        let taps = offsets.len().min(weights.len());
-        let vinit = _mm512_set1_ps(init);
-        // Added after the taps (not folded into `init`): see the caller's `Epilogue`.
-        let end = |a: __m512| match shift {
-            Some(s) => act16(_mm512_add_ps(a, _mm512_set1_ps(s)), act),
-            None => act16(a, act),
+    pub(crate) unsafe fn depthwise_row(out: *mut f32, xs: &[f32], row: &super::DwRow<'_>) {
+        let base = xs.as_ptr().wrapping_offset(row.delta);
+        let taps = row.taps();
+        let (lo, hi) = row.interior;
+        let vinit = _mm512_set1_ps(row.init);
+        // Added after the taps (not folded into `init`): see `DwRow`.
+        let end = |a: __m512| match row.shift {
+            Some(s) => act16(_mm512_add_ps(a, _mm512_set1_ps(s)), row.act),
+            None => act16(a, row.act),
         };
-        let mut ox = lo;
-        while ox + 32 <= hi {
-            let (mut a0, mut a1) = (vinit, vinit);
-            for t in 0..taps {
-                // SAFETY: t < both lengths; the caller guarantees xs[offsets[t] + ox ..][..32] lies
-                // inside xs (ox + 32 <= hi).
-                unsafe {
-                    let w = _mm512_set1_ps(*weights.get_unchecked(t));
-                    let p = base.offset(*offsets.get_unchecked(t) + ox as isize);
-                    a0 = _mm512_fmadd_ps(w, _mm512_loadu_ps(p), a0);
-                    a1 = _mm512_fmadd_ps(w, _mm512_loadu_ps(p.add(16)), a1);
+        let lanes = |k: usize| -> __mmask16 {
+            if k >= 16 {
+                u16::MAX
+            } else {
+                (1u16 << k) - 1
+            }
+        };
+        let n = row.out_len;
+        let mut ox = 0;
+        while ox < n {
+            if ox >= lo && ox + 32 <= hi {
+                let (mut a0, mut a1) = (vinit, vinit);
+                for t in 0..taps {
+                    // SAFETY: t < taps (every slice's length); ox..ox + 32 lies inside the tap's
+                    // columns, so the loads stay inside xs (DwRow's bounds).
+                    unsafe {
+                        let w = _mm512_set1_ps(*row.weights.get_unchecked(t));
+                        let p = base.offset(*row.offsets.get_unchecked(t) + ox as isize);
+                        a0 = _mm512_fmadd_ps(w, _mm512_loadu_ps(p), a0);
+                        a1 = _mm512_fmadd_ps(w, _mm512_loadu_ps(p.add(16)), a1);
+                    }
                 }
+                // SAFETY: ox + 32 <= hi <= n.
+                unsafe {
+                    _mm512_storeu_ps(out.add(ox), end(a0));
+                    _mm512_storeu_ps(out.add(ox + 16), end(a1));
+                }
+                ox += 32;
+                continue;
             }
-            // SAFETY: out is valid for writes at ox..ox + 32 <= hi.
-            unsafe {
-                _mm512_storeu_ps(out.add(ox), end(a0));
-                _mm512_storeu_ps(out.add(ox + 16), end(a1));
-            }
-            ox += 32;
-        }
-        while ox < hi {
-            let k = (hi - ox).min(16);
-            let m: __mmask16 = if k == 16 { u16::MAX } else { (1u16 << k) - 1 };
+            let k = (n - ox).min(16);
             let mut a = vinit;
-            for t in 0..taps {
-                // SAFETY: as above; masked-off lanes are neither read nor faulted on.
-                unsafe {
-                    let w = _mm512_set1_ps(*weights.get_unchecked(t));
-                    let p = base.offset(*offsets.get_unchecked(t) + ox as isize);
-                    a = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, p), a);
+            if ox >= lo && ox + k <= hi {
+                for t in 0..taps {
+                    // SAFETY: as above for ox..ox + k (the masked-off lanes are not read).
+                    unsafe {
+                        let w = _mm512_set1_ps(*row.weights.get_unchecked(t));
+                        let p = base.offset(*row.offsets.get_unchecked(t) + ox as isize);
+                        a = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(lanes(k), p), a);
+                    }
+                }
+            } else {
+                for t in 0..taps {
+                    // SAFETY: t < taps.
+                    let (tlo, thi) =
+                        unsafe { (*row.los.get_unchecked(t), *row.his.get_unchecked(t)) };
+                    let (from, to) = (tlo.max(ox), thi.min(ox + k));
+                    if from >= to {
+                        continue;
+                    }
+                    let m = lanes(to - ox) & !lanes(from - ox);
+                    // SAFETY: the masked load reads the enabled lanes only, columns from..to of
+                    // the tap, inside xs (DwRow's bounds); the pointer is formed with wrapping
+                    // arithmetic. Lanes outside `m` keep their sum.
+                    unsafe {
+                        let w = _mm512_set1_ps(*row.weights.get_unchecked(t));
+                        let p = base.wrapping_offset(*row.offsets.get_unchecked(t) + ox as isize);
+                        a = _mm512_mask3_fmadd_ps(w, _mm512_maskz_loadu_ps(m, p), a, m);
+                    }
                 }
             }
-            // SAFETY: the masked store writes out[ox..ox + k], below hi.
-            unsafe { _mm512_mask_storeu_ps(out.add(ox), m, end(a)) };
+            // SAFETY: the masked store writes out[ox..ox + k], below n.
+            unsafe { _mm512_mask_storeu_ps(out.add(ox), lanes(k), end(a)) };
             ox += k;
         }
     }

@@ -329,73 +329,61 @@ fn interior(spans: &[Span]) -> (usize, usize) {
     spans
         .iter()
         .filter(|sp| sp.lo < sp.hi)
-        .fold((0, usize::MAX), |(lo, hi), sp| {
-            (lo.max(sp.lo), hi.min(sp.hi))
-        })
+        .fold((0, usize::MAX), |(lo, hi), sp| (lo.max(sp.lo), hi.min(sp.hi)))
 }
 
-/// The inner loops of the forward kernel. The SIMD ones keep each output vector in a register while
-/// every tap is added (one load per tap, one store per output); the portable one streams each tap over
-/// the row (`y += w * x` loops the compiler vectorises), as the kernel first did.
+/// The inner loop of the forward kernel: one output row. The SIMD ones keep each output vector in a
+/// register while every tap is added (one load per tap, one store per output; border columns with
+/// lane masks); the portable one streams each tap over the row (`y += w * x` loops the compiler
+/// vectorises) and does the border columns one by one, as the kernel first did.
 trait ForwardRows {
-    /// `out[ox] = act(init + Σ_t weights[t] · xs[offsets[t] + ox] + shift)` for `ox` in `lo..hi` (the
-    /// taps summed in order onto `init`, the shift added after them: [`Epilogue`]), where every tap reads
-    /// inside `xs`.
-    ///
-    /// Writes `out[lo..hi]`.
+    /// Writes `out[ox]` for every `ox` of the row (`row.out_len` values), see [`simd::DwRow`].
     ///
     /// # Safety
-    /// The CPU must support the implementation's instructions; `lo..hi` lies inside every tap's
-    /// `los[t]..his[t]` and inside `out`.
-    unsafe fn interior(
-        out: &mut [MaybeUninit<f32>],
-        xs: &[f32],
-        taps: (&[isize], &[f32]),
-        range: (usize, usize),
-        ep: Epilogue,
-    );
-    /// One tap's multiply-add exactly as [`ForwardRows::interior`] rounds it (fused or not), for the
-    /// border columns.
-    fn madd(w: f32, x: f32, acc: f32) -> f32;
+    /// The CPU must support the implementation's instructions; `out` holds `row.out_len` values and
+    /// `row` satisfies [`simd::DwRow`]'s bounds.
+    unsafe fn row(out: &mut [MaybeUninit<f32>], xs: &[f32], row: &simd::DwRow<'_>);
 }
 
 impl ForwardRows for Portable {
     #[inline(always)]
-    unsafe fn interior(
-        out: &mut [MaybeUninit<f32>],
-        xs: &[f32],
-        (offsets, weights): (&[isize], &[f32]),
-        (lo, hi): (usize, usize),
-        ep: Epilogue,
-    ) {
-        let row = init_plane(&mut out[lo..hi], ep.init);
-        for (&off, &w) in offsets.iter().zip(weights) {
-            let start = (off + lo as isize) as usize;
-            for (d, x) in row.iter_mut().zip(&xs[start..start + hi - lo]) {
+    unsafe fn row(out: &mut [MaybeUninit<f32>], xs: &[f32], row: &simd::DwRow<'_>) {
+        let (lo, hi) = row.interior;
+        let tap_x = |t: usize, ox: usize| xs[(row.delta + row.offsets[t] + ox as isize) as usize];
+        for ox in (0..lo).chain(hi..row.out_len) {
+            let mut acc = row.init;
+            for t in 0..row.offsets.len() {
+                if (row.los[t]..row.his[t]).contains(&ox) {
+                    acc += row.weights[t] * tap_x(t, ox);
+                }
+            }
+            if let Some(shift) = row.shift {
+                acc += shift;
+            }
+            out[ox].write(act_scalar(acc, row.act));
+        }
+        if lo >= hi {
+            return;
+        }
+        let values = init_plane(&mut out[lo..hi], row.init);
+        for (t, &w) in row.weights.iter().enumerate() {
+            let start = (row.delta + row.offsets[t] + lo as isize) as usize;
+            for (d, x) in values.iter_mut().zip(&xs[start..start + hi - lo]) {
                 *d += w * x;
             }
         }
-        if let Some(shift) = ep.shift {
-            row.iter_mut().for_each(|v| *v += shift);
+        if let Some(shift) = row.shift {
+            values.iter_mut().for_each(|v| *v += shift);
         }
-        apply_act(row, ep.act);
-    }
-
-    #[inline(always)]
-    fn madd(w: f32, x: f32, acc: f32) -> f32 {
-        acc + w * x
-    }
-}
-
-fn apply_act(row: &mut [f32], act: Act) {
-    match act {
-        Act::Identity => {}
-        Act::Relu => row.iter_mut().for_each(|v| *v = v.max(0.0)),
-        Act::Relu6 => row.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
+        match row.act {
+            Act::Identity => {}
+            Act::Relu => values.iter_mut().for_each(|v| *v = v.max(0.0)),
+            Act::Relu6 => values.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
+        }
     }
 }
 
-/// The activation on one scalar, as [`apply_act`] computes it.
+/// The activation on one scalar, as the row kernels compute it.
 #[inline(always)]
 fn act_scalar(v: f32, act: Act) -> f32 {
     match act {
@@ -408,31 +396,9 @@ fn act_scalar(v: f32, act: Act) -> f32 {
 #[cfg(target_arch = "x86_64")]
 impl ForwardRows for Avx2 {
     #[inline(always)]
-    unsafe fn interior(
-        out: &mut [MaybeUninit<f32>],
-        xs: &[f32],
-        (offsets, weights): (&[isize], &[f32]),
-        range: (usize, usize),
-        ep: Epilogue,
-    ) {
+    unsafe fn row(out: &mut [MaybeUninit<f32>], xs: &[f32], row: &simd::DwRow<'_>) {
         // SAFETY: the caller's guarantees are the row kernel's.
-        unsafe {
-            simd::avx2::depthwise_row(
-                out.as_mut_ptr().cast(),
-                xs,
-                offsets,
-                weights,
-                range,
-                ep.init,
-                ep.shift,
-                ep.act,
-            )
-        }
-    }
-
-    #[inline(always)]
-    fn madd(w: f32, x: f32, acc: f32) -> f32 {
-        w.mul_add(x, acc)
+        unsafe { simd::avx2::depthwise_row(out.as_mut_ptr().cast(), xs, row) }
     }
 }
 
@@ -443,76 +409,53 @@ struct Avx512;
 #[cfg(target_arch = "x86_64")]
 impl ForwardRows for Avx512 {
     #[inline(always)]
-    unsafe fn interior(
-        out: &mut [MaybeUninit<f32>],
-        xs: &[f32],
-        (offsets, weights): (&[isize], &[f32]),
-        range: (usize, usize),
-        ep: Epilogue,
-    ) {
+    unsafe fn row(out: &mut [MaybeUninit<f32>], xs: &[f32], row: &simd::DwRow<'_>) {
         // SAFETY: the caller's guarantees are the row kernel's.
-        unsafe {
-            simd::avx512::depthwise_row(
-                out.as_mut_ptr().cast(),
-                xs,
-                offsets,
-                weights,
-                range,
-                ep.init,
-                ep.shift,
-                ep.act,
-            )
-        }
-    }
-
-    #[inline(always)]
-    fn madd(w: f32, x: f32, acc: f32) -> f32 {
-        w.mul_add(x, acc)
+        unsafe { simd::avx512::depthwise_row(out.as_mut_ptr().cast(), xs, row) }
     }
 }
 
-/// One output plane: `out` (`oh x ow`) = `act(init + the taps ws over the input plane xs)` (`xs`
-/// phased when the stride is above 1). Writes every element of `out`.
+/// What every plane of one call shares: where the taps read, which taps each output row uses, and the
+/// columns where every tap reads inside the image.
+struct PlanePlan {
+    table: TapTable,
+    rows: Vec<std::ops::Range<usize>>,
+    interior: (usize, usize),
+}
+
+/// One output plane: `out` (`oh x ow`) = `act(init + the taps over the input plane xs + shift)` (`xs`
+/// phased when the stride is above 1; see [`Epilogue`]). Writes every element of `out`.
 ///
 /// # Safety
 /// The CPU must support `L`'s instructions.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 unsafe fn forward_plane<L: ForwardRows>(
     g: &Geometry,
-    table: &TapTable,
-    (lo, hi): (usize, usize),
+    plan: &PlanePlan,
     xs: &[f32],
     weights: &[f32],
     ep: Epilogue,
     out: &mut [MaybeUninit<f32>],
 ) {
-    let mut offsets = Vec::with_capacity(table.offsets.len());
+    let table = &plan.table;
     for (oy, orow) in out.chunks_exact_mut(g.p.ow).enumerate() {
-        let taps = table.row(g, oy);
-        let delta = oy as isize * table.row_step;
-        offsets.clear();
-        offsets.extend(table.offsets[taps.clone()].iter().map(|o| o + delta));
-        let weights = &weights[taps.clone()];
-        // The border columns one at a time, each tap checked (a loop, not a closure: closures do not
-        // inherit the caller's target features, and `mul_add` would become a libm call).
-        for ox in (0..lo).chain(hi..g.p.ow) {
-            let mut acc = ep.init;
-            for (t, (&off, &w)) in taps.clone().zip(offsets.iter().zip(weights)) {
-                if (table.los[t]..table.his[t]).contains(&ox) {
-                    acc = L::madd(w, xs[(off + ox as isize) as usize], acc);
-                }
-            }
-            if let Some(shift) = ep.shift {
-                acc += shift;
-            }
-            orow[ox].write(act_scalar(acc, ep.act));
-        }
-        if lo < hi {
-            // SAFETY: L's instructions are the caller's guarantee; lo..hi is the interior of every
-            // non-empty tap column (so of every tap) and lies inside the row.
-            unsafe { L::interior(orow, xs, (&offsets, weights), (lo, hi), ep) };
-        }
+        let taps = plan.rows[oy].clone();
+        let row = simd::DwRow {
+            offsets: &table.offsets[taps.clone()],
+            weights: &weights[taps.clone()],
+            los: &table.los[taps.clone()],
+            his: &table.his[taps],
+            delta: oy as isize * table.row_step,
+            out_len: g.p.ow,
+            interior: plan.interior,
+            init: ep.init,
+            shift: ep.shift,
+            act: ep.act,
+        };
+        // SAFETY: L's instructions are the caller's guarantee; the taps of row oy read inside the
+        // plane (TapTable), lo..hi of each tap lies inside the row, and the interior is the
+        // intersection of the taps' ranges.
+        unsafe { L::row(orow, xs, &row) };
     }
 }
 
@@ -520,36 +463,32 @@ unsafe fn forward_plane<L: ForwardRows>(
 /// The CPU must support AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn forward_plane_avx2(
     g: &Geometry,
-    table: &TapTable,
-    interior: (usize, usize),
+    plan: &PlanePlan,
     xs: &[f32],
     weights: &[f32],
     ep: Epilogue,
     out: &mut [MaybeUninit<f32>],
 ) {
     // SAFETY: this function's target features are Avx2's.
-    unsafe { forward_plane::<Avx2>(g, table, interior, xs, weights, ep, out) }
+    unsafe { forward_plane::<Avx2>(g, plan, xs, weights, ep, out) }
 }
 
 /// # Safety
 /// The CPU must support AVX-512F, AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-#[allow(clippy::too_many_arguments)]
 unsafe fn forward_plane_avx512(
     g: &Geometry,
-    table: &TapTable,
-    interior: (usize, usize),
+    plan: &PlanePlan,
     xs: &[f32],
     weights: &[f32],
     ep: Epilogue,
     out: &mut [MaybeUninit<f32>],
 ) {
     // SAFETY: this function's target features are Avx512's.
-    unsafe { forward_plane::<Avx512>(g, table, interior, xs, weights, ep, out) }
+    unsafe { forward_plane::<Avx512>(g, plan, xs, weights, ep, out) }
 }
 
 /// Per-worker buffers of the forward planes: the phased input plane and the plane's tap weights.
@@ -585,7 +524,11 @@ fn forward_planes(
     let spans: Vec<Span> = (0..kw).map(|kj| g.span(kj)).collect();
     let table = TapTable::new(&g, &spans);
     let (lo, hi) = interior(&spans);
-    let interior = (lo.min(ow), hi.min(ow).max(lo.min(ow)));
+    let plan = PlanePlan {
+        rows: (0..oh).map(|oy| table.row(&g, oy)).collect(),
+        interior: (lo.min(ow), hi.min(ow).max(lo.min(ow))),
+        table,
+    };
     let phased_len = h * s * g.phase_len();
     let fill = |scratch: &mut ForwardScratch, plane: usize, out: &mut [MaybeUninit<f32>]| {
         let ch = plane % g.c;
@@ -598,7 +541,7 @@ fn forward_planes(
         };
         let ws = &wt[ch * kh * kw..(ch + 1) * kh * kw];
         scratch.weights.clear();
-        scratch.weights.extend(table.index.iter().map(|&k| ws[k]));
+        scratch.weights.extend(plan.table.index.iter().map(|&k| ws[k]));
         let weights = &scratch.weights;
         let ep = Epilogue {
             init: bias.map_or(0.0, |b| b[ch]),
@@ -609,15 +552,15 @@ fn forward_planes(
         {
             if simd::has_avx512() {
                 // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked just above).
-                return unsafe { forward_plane_avx512(&g, &table, interior, xs, weights, ep, out) };
+                return unsafe { forward_plane_avx512(&g, &plan, xs, weights, ep, out) };
             }
             if simd::has_avx2_fma() {
                 // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                return unsafe { forward_plane_avx2(&g, &table, interior, xs, weights, ep, out) };
+                return unsafe { forward_plane_avx2(&g, &plan, xs, weights, ep, out) };
             }
         }
         // SAFETY: the portable kernels run on any CPU.
-        unsafe { forward_plane::<Portable>(&g, &table, interior, xs, weights, ep, out) }
+        unsafe { forward_plane::<Portable>(&g, &plan, xs, weights, ep, out) }
     };
     let scratch = || ForwardScratch {
         phased: vec![0f32; if s > 1 { phased_len } else { 0 }],
