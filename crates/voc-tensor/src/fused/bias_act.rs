@@ -55,11 +55,19 @@ pub fn conv2d_bias_act(
     groups: usize,
     act: Act,
 ) -> Result<Tensor> {
-    // A depthwise convolution adds the shift and applies the activation as it stores each row.
+    // A depthwise convolution adds the shift and applies the activation as it stores each row, a 1x1
+    // convolution on each tile of its output while the tile is in cache.
     if let Some(y) = crate::ops::conv::depthwise_bias_act_inference(
         x, weight, shift, stride, padding, dilation, groups, act,
     )? {
         return Ok(y);
+    }
+    if stride == 1 && padding.is_zero() && groups == 1 {
+        if let Some(y) =
+            super::pointwise::pointwise_epilogue_inference(x, weight, Some(shift), None, act)?
+        {
+            return Ok(y);
+        }
     }
     let y = crate::ops::conv2d(x, weight, None, stride, padding, dilation, groups)?;
     let (_, c, h, w) = crate::ops::dims4(&y, "conv2d_bias_act")?;
@@ -99,6 +107,13 @@ pub fn conv2d_bias_residual_act(
     groups: usize,
     act: Act,
 ) -> Result<Tensor> {
+    if stride == 1 && padding.is_zero() && groups == 1 {
+        if let Some(y) =
+            super::pointwise::pointwise_epilogue_inference(x, weight, shift, Some(residual), act)?
+        {
+            return Ok(y);
+        }
+    }
     let y = crate::ops::conv2d(x, weight, None, stride, padding, dilation, groups)?;
     if y.dims() != residual.dims() {
         return Err(VocError::BadArgument(format!(

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Shape, Tensor};
 
+use super::Act;
 use crate::error::{Result, VocError};
 use crate::ops::contiguous_f32;
 
@@ -330,5 +331,131 @@ impl candle_core::CustomOp2 for PointwiseConv {
         let dx = Tensor::from_vec(dx, (n, c_in, h, wd), x.device())?;
         let dw = Tensor::from_vec(dw, (c_out, c_in), w.device())?;
         Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// `act(w · x[b] + shift[c] (+ residual[b]))` for every image: the 1x1 convolution of inference (no
+/// gradient) with its folded batch norm's shift, an optional residual and the activation.
+///
+/// Register-blocked kernels ([`super::pointwise_gemm`]) apply the epilogue before each value is
+/// stored: one parallel region and one pass over the output per convolution, instead of a parallel
+/// gemm into a zero-filled buffer and a second pass. The epilogue rounds as the separate in-place pass
+/// does (`act(y + shift + residual)`, left to right); the sums are the kernels' own (in depth order,
+/// fused multiply-adds), so they may differ from a gemm library's in the last bits.
+pub(crate) fn pointwise_epilogue_inference(
+    x: &Tensor,
+    weight: &Tensor,
+    shift: Option<&Tensor>,
+    residual: Option<&Tensor>,
+    act: Act,
+) -> Result<Option<Tensor>> {
+    let (n, c_in, h, w) = crate::ops::dims4(x, "pointwise conv")?;
+    let dims = weight.dims();
+    let c_out = dims[0];
+    let applies = dims.len() == 4
+        && dims[1] == c_in
+        && dims[2] == 1
+        && dims[3] == 1
+        && shift.is_none_or(|s| s.elem_count() == c_out)
+        && residual.is_none_or(|r| r.dims() == [n, c_out, h, w])
+        && [Some(x), Some(weight), shift, residual]
+            .into_iter()
+            .flatten()
+            .all(|t| super::on_cpu_f32(&[t]) && !t.track_op());
+    if !applies {
+        return Ok(None);
+    }
+    let op = PointwiseEpilogue {
+        shift: match shift {
+            Some(s) => Some(s.flatten_all()?.to_vec1::<f32>()?),
+            None => None,
+        },
+        act,
+        dims: (n, c_in, c_out, h * w),
+    };
+    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+    let y = match residual {
+        Some(r) => x.apply_op3_no_bwd(&weight, &r.contiguous()?, &op)?,
+        None => x.apply_op2_no_bwd(&weight, &op)?,
+    };
+    Ok(Some(y.reshape((n, c_out, h, w))?))
+}
+
+struct PointwiseEpilogue {
+    shift: Option<Vec<f32>>,
+    act: Act,
+    /// `(n, c_in, c_out, hw)`.
+    dims: (usize, usize, usize, usize),
+}
+
+impl PointwiseEpilogue {
+    fn run(&self, x: &[f32], w: &[f32], residual: Option<&[f32]>) -> candle_core::Result<Vec<f32>> {
+        let (n, c_in, c_out, hw) = self.dims;
+        if x.len() != n * c_in * hw
+            || w.len() != c_out * c_in
+            || residual.is_some_and(|r| r.len() != n * c_out * hw)
+            || self.shift.as_ref().is_some_and(|s| s.len() != c_out)
+        {
+            candle_core::bail!("pointwise conv: buffer sizes do not match {:?}", self.dims);
+        }
+        Ok(super::pointwise_gemm::pointwise_forward_epilogue(
+            &super::pointwise_gemm::PointwiseProblem {
+                x,
+                weight: w,
+                shift: self.shift.as_deref(),
+                residual,
+                act: self.act,
+                n,
+                c_in,
+                c_out,
+                hw,
+            },
+        ))
+    }
+}
+
+impl candle_core::CustomOp2 for PointwiseEpilogue {
+    fn name(&self) -> &'static str {
+        "voc-pointwise-epilogue"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let y = self.run(
+            contiguous_f32(s1, l1, "pointwise conv input")?,
+            contiguous_f32(s2, l2, "pointwise conv weight")?,
+            None,
+        )?;
+        let len = y.len();
+        Ok((CpuStorage::F32(y), Shape::from(len)))
+    }
+}
+
+impl candle_core::CustomOp3 for PointwiseEpilogue {
+    fn name(&self) -> &'static str {
+        "voc-pointwise-epilogue-residual"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let y = self.run(
+            contiguous_f32(s1, l1, "pointwise conv input")?,
+            contiguous_f32(s2, l2, "pointwise conv weight")?,
+            Some(contiguous_f32(s3, l3, "pointwise conv residual")?),
+        )?;
+        let len = y.len();
+        Ok((CpuStorage::F32(y), Shape::from(len)))
     }
 }

@@ -329,7 +329,9 @@ fn interior(spans: &[Span]) -> (usize, usize) {
     spans
         .iter()
         .filter(|sp| sp.lo < sp.hi)
-        .fold((0, usize::MAX), |(lo, hi), sp| (lo.max(sp.lo), hi.min(sp.hi)))
+        .fold((0, usize::MAX), |(lo, hi), sp| {
+            (lo.max(sp.lo), hi.min(sp.hi))
+        })
 }
 
 /// The inner loop of the forward kernel: one output row. The SIMD ones keep each output vector in a
@@ -541,7 +543,9 @@ fn forward_planes(
         };
         let ws = &wt[ch * kh * kw..(ch + 1) * kh * kw];
         scratch.weights.clear();
-        scratch.weights.extend(plan.table.index.iter().map(|&k| ws[k]));
+        scratch
+            .weights
+            .extend(plan.table.index.iter().map(|&k| ws[k]));
         let weights = &scratch.weights;
         let ep = Epilogue {
             init: bias.map_or(0.0, |b| b[ch]),
