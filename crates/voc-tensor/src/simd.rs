@@ -96,7 +96,7 @@ pub(crate) fn level_lock() -> std::sync::MutexGuard<'static, ()> {
 /// Runs `f` once per level, the kernels capped at it (widest first; a level the CPU lacks runs the
 /// best one it has).
 #[cfg(test)]
-pub(crate) fn for_each_level(f: impl Fn(Level)) {
+pub(crate) fn for_each_level(mut f: impl FnMut(Level)) {
     for level in [Level::Avx512, Level::Avx2, Level::Portable] {
         with_level(level, || f(level));
     }
@@ -217,38 +217,16 @@ mod portable {
     }
 }
 
-/// One output row of a depthwise convolution, for the row kernels:
-/// `out[ox] = act(init + Σ_t weights[t] · xs[delta + offsets[t] + ox] + shift)` for every `ox` below
-/// `out_len`, the sum over the taps `t` whose columns `los[t]..his[t]` hold `ox`, in order, onto
-/// `init`, the shift (if any) added after them. The fused inference path starts from 0 and adds the
-/// folded batch norm's shift last, the order in which a separate bias pass rounds it.
-///
-/// Bounds the kernels rely on: the four tap slices have one length; for every tap and every `ox` in
-/// `los[t]..his[t]` (inside `0..out_len`), `delta + offsets[t] + ox` indexes `xs`; every column of
-/// `interior` (`lo..hi`, empty when `lo >= hi`) lies inside every tap's columns.
-pub(crate) struct DwRow<'a> {
-    pub offsets: &'a [isize],
+/// The taps of a depthwise convolution over one contiguous span of outputs, for the span kernels:
+/// `dst[i] = act(init + Σ_t weights[t] · src[bases[t] + i] + shift)`, the taps summed in order onto
+/// `init`, the shift (if any) added after them (the fused inference path starts from 0 and adds the
+/// folded batch norm's shift last, the order in which a separate bias pass rounds it).
+pub(crate) struct DwSpan<'a> {
+    pub bases: &'a [usize],
     pub weights: &'a [f32],
-    pub los: &'a [usize],
-    pub his: &'a [usize],
-    pub delta: isize,
-    pub out_len: usize,
-    pub interior: (usize, usize),
     pub init: f32,
     pub shift: Option<f32>,
     pub act: Act,
-}
-
-impl DwRow<'_> {
-    /// The number of taps (the shortest slice, so indexing below it is in bounds).
-    #[inline(always)]
-    pub(crate) fn taps(&self) -> usize {
-        self.offsets
-            .len()
-            .min(self.weights.len())
-            .min(self.los.len())
-            .min(self.his.len())
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -442,76 +420,60 @@ pub(crate) mod avx2 {
         }
     }
 
-    /// One output row of a depthwise convolution ([`super::DwRow`]), 8 lanes at a time, 16 per step
-    /// in the interior. Border chunks run every tap with a lane mask of the columns it reads inside
-    /// the image; masked-off lanes keep their sum (a blend, not a multiply-add of zero), so each
-    /// value sums exactly its in-image taps in order, as the scalar loop would.
+    /// A depthwise span ([`super::DwSpan`]), 8 lanes at a time, 16 per step, the last lanes masked.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA; `out` is valid for `row.out_len` writes; `row` satisfies
-    /// [`super::DwRow`]'s bounds for `xs`.
+    /// The CPU must support AVX2 and FMA; `dst` is valid for `len` writes; for every tap,
+    /// `bases[t] + len <= src.len()`; `bases` and `weights` have one length.
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    pub(crate) unsafe fn depthwise_row(out: *mut f32, xs: &[f32], row: &super::DwRow<'_>) {
-        let base = xs.as_ptr().wrapping_offset(row.delta);
-        let taps = row.taps();
-        let (lo, hi) = row.interior;
-        let vinit = _mm256_set1_ps(row.init);
-        // Added after the taps (not folded into `init`): see `DwRow`.
-        let end = |a: __m256| match row.shift {
-            Some(s) => act8(_mm256_add_ps(a, _mm256_set1_ps(s)), row.act),
-            None => act8(a, row.act),
+    pub(crate) unsafe fn depthwise_span(
+        dst: *mut f32,
+        len: usize,
+        src: &[f32],
+        span: &super::DwSpan<'_>,
+    ) {
+        let taps = span.bases.len().min(span.weights.len());
+        let vinit = _mm256_set1_ps(span.init);
+        let end = |a: __m256| match span.shift {
+            Some(s) => act8(_mm256_add_ps(a, _mm256_set1_ps(s)), span.act),
+            None => act8(a, span.act),
         };
-        let iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-        let n = row.out_len;
-        let mut ox = 0;
-        while ox < n {
-            if ox >= lo && ox + 16 <= hi {
-                let (mut a0, mut a1) = (vinit, vinit);
-                for t in 0..taps {
-                    // SAFETY: t < taps (every slice's length); ox..ox + 16 lies inside the tap's
-                    // columns, so the loads stay inside xs (DwRow's bounds).
-                    unsafe {
-                        let w = _mm256_set1_ps(*row.weights.get_unchecked(t));
-                        let p = base.offset(*row.offsets.get_unchecked(t) + ox as isize);
-                        a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(p), a0);
-                        a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(p.add(8)), a1);
-                    }
-                }
-                // SAFETY: ox + 16 <= hi <= n.
+        let base = src.as_ptr();
+        let mut i = 0;
+        while i + 16 <= len {
+            let (mut a0, mut a1) = (vinit, vinit);
+            for t in 0..taps {
+                // SAFETY: t < taps; src[bases[t] + i ..][..16] lies below bases[t] + len.
                 unsafe {
-                    _mm256_storeu_ps(out.add(ox), end(a0));
-                    _mm256_storeu_ps(out.add(ox + 8), end(a1));
+                    let w = _mm256_set1_ps(*span.weights.get_unchecked(t));
+                    let p = base.add(*span.bases.get_unchecked(t) + i);
+                    a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(p), a0);
+                    a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(p.add(8)), a1);
                 }
-                ox += 16;
-                continue;
             }
-            let k = (n - ox).min(8);
+            // SAFETY: i + 16 <= len.
+            unsafe {
+                _mm256_storeu_ps(dst.add(i), end(a0));
+                _mm256_storeu_ps(dst.add(i + 8), end(a1));
+            }
+            i += 16;
+        }
+        while i < len {
+            let k = (len - i).min(8);
+            let m = tail_mask(k);
             let mut a = vinit;
             for t in 0..taps {
-                // SAFETY: t < taps.
-                let (tlo, thi) = unsafe { (*row.los.get_unchecked(t), *row.his.get_unchecked(t)) };
-                let (from, to) = (tlo.max(ox), thi.min(ox + k));
-                if from >= to {
-                    continue;
-                }
-                // Lanes from - ox .. to - ox: iota >= from - ox and iota < to - ox.
-                let m = _mm256_andnot_si256(
-                    _mm256_cmpgt_epi32(_mm256_set1_epi32((from - ox) as i32), iota),
-                    _mm256_cmpgt_epi32(_mm256_set1_epi32((to - ox) as i32), iota),
-                );
-                // SAFETY: the masked load reads the enabled lanes only, columns from..to of the tap,
-                // inside xs (DwRow's bounds); the pointer is formed with wrapping arithmetic.
+                // SAFETY: as above; the mask enables the k lanes below len only.
                 unsafe {
-                    let w = _mm256_set1_ps(*row.weights.get_unchecked(t));
-                    let p = base.wrapping_offset(*row.offsets.get_unchecked(t) + ox as isize);
-                    let sum = _mm256_fmadd_ps(w, _mm256_maskload_ps(p, m), a);
-                    a = _mm256_blendv_ps(a, sum, _mm256_castsi256_ps(m));
+                    let w = _mm256_set1_ps(*span.weights.get_unchecked(t));
+                    let p = base.add(*span.bases.get_unchecked(t) + i);
+                    a = _mm256_fmadd_ps(w, _mm256_maskload_ps(p, m), a);
                 }
             }
-            // SAFETY: the masked store writes out[ox..ox + k], below n.
-            unsafe { _mm256_maskstore_ps(out.add(ox), tail_mask(k), end(a)) };
-            ox += k;
+            // SAFETY: the masked store writes dst[i..i + k], below len.
+            unsafe { _mm256_maskstore_ps(dst.add(i), m, end(a)) };
+            i += k;
         }
     }
 
@@ -641,88 +603,60 @@ pub(crate) mod avx512 {
         }
     }
 
-    /// As [`super::avx2::depthwise_row`], 16 lanes at a time, 32 per step in the interior, border
-    /// lanes masked with mask registers; the sums (same taps, same order, fused multiply-adds) are
-    /// bit for bit the AVX2 kernel's.
+    /// As [`super::avx2::depthwise_span`], 16 lanes at a time, 32 per step; the sums (same taps,
+    /// same order, fused multiply-adds) are bit for bit the AVX2 kernel's.
     ///
     /// # Safety
-    /// The CPU must support AVX-512F; the bounds are [`super::avx2::depthwise_row`]'s.
+    /// The CPU must support AVX-512F; the bounds are [`super::avx2::depthwise_span`]'s.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    pub(crate) unsafe fn depthwise_row(out: *mut f32, xs: &[f32], row: &super::DwRow<'_>) {
-        let base = xs.as_ptr().wrapping_offset(row.delta);
-        let taps = row.taps();
-        let (lo, hi) = row.interior;
-        let vinit = _mm512_set1_ps(row.init);
-        // Added after the taps (not folded into `init`): see `DwRow`.
-        let end = |a: __m512| match row.shift {
-            Some(s) => act16(_mm512_add_ps(a, _mm512_set1_ps(s)), row.act),
-            None => act16(a, row.act),
+    pub(crate) unsafe fn depthwise_span(
+        dst: *mut f32,
+        len: usize,
+        src: &[f32],
+        span: &super::DwSpan<'_>,
+    ) {
+        let taps = span.bases.len().min(span.weights.len());
+        let vinit = _mm512_set1_ps(span.init);
+        let end = |a: __m512| match span.shift {
+            Some(s) => act16(_mm512_add_ps(a, _mm512_set1_ps(s)), span.act),
+            None => act16(a, span.act),
         };
-        let lanes = |k: usize| -> __mmask16 {
-            if k >= 16 {
-                u16::MAX
-            } else {
-                (1u16 << k) - 1
-            }
-        };
-        let n = row.out_len;
-        let mut ox = 0;
-        while ox < n {
-            if ox >= lo && ox + 32 <= hi {
-                let (mut a0, mut a1) = (vinit, vinit);
-                for t in 0..taps {
-                    // SAFETY: t < taps (every slice's length); ox..ox + 32 lies inside the tap's
-                    // columns, so the loads stay inside xs (DwRow's bounds).
-                    unsafe {
-                        let w = _mm512_set1_ps(*row.weights.get_unchecked(t));
-                        let p = base.offset(*row.offsets.get_unchecked(t) + ox as isize);
-                        a0 = _mm512_fmadd_ps(w, _mm512_loadu_ps(p), a0);
-                        a1 = _mm512_fmadd_ps(w, _mm512_loadu_ps(p.add(16)), a1);
-                    }
-                }
-                // SAFETY: ox + 32 <= hi <= n.
+        let base = src.as_ptr();
+        let mut i = 0;
+        while i + 32 <= len {
+            let (mut a0, mut a1) = (vinit, vinit);
+            for t in 0..taps {
+                // SAFETY: t < taps; src[bases[t] + i ..][..32] lies below bases[t] + len.
                 unsafe {
-                    _mm512_storeu_ps(out.add(ox), end(a0));
-                    _mm512_storeu_ps(out.add(ox + 16), end(a1));
+                    let w = _mm512_set1_ps(*span.weights.get_unchecked(t));
+                    let p = base.add(*span.bases.get_unchecked(t) + i);
+                    a0 = _mm512_fmadd_ps(w, _mm512_loadu_ps(p), a0);
+                    a1 = _mm512_fmadd_ps(w, _mm512_loadu_ps(p.add(16)), a1);
                 }
-                ox += 32;
-                continue;
             }
-            let k = (n - ox).min(16);
+            // SAFETY: i + 32 <= len.
+            unsafe {
+                _mm512_storeu_ps(dst.add(i), end(a0));
+                _mm512_storeu_ps(dst.add(i + 16), end(a1));
+            }
+            i += 32;
+        }
+        while i < len {
+            let k = (len - i).min(16);
+            let m: __mmask16 = if k == 16 { u16::MAX } else { (1u16 << k) - 1 };
             let mut a = vinit;
-            if ox >= lo && ox + k <= hi {
-                for t in 0..taps {
-                    // SAFETY: as above for ox..ox + k (the masked-off lanes are not read).
-                    unsafe {
-                        let w = _mm512_set1_ps(*row.weights.get_unchecked(t));
-                        let p = base.offset(*row.offsets.get_unchecked(t) + ox as isize);
-                        a = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(lanes(k), p), a);
-                    }
-                }
-            } else {
-                for t in 0..taps {
-                    // SAFETY: t < taps.
-                    let (tlo, thi) =
-                        unsafe { (*row.los.get_unchecked(t), *row.his.get_unchecked(t)) };
-                    let (from, to) = (tlo.max(ox), thi.min(ox + k));
-                    if from >= to {
-                        continue;
-                    }
-                    let m = lanes(to - ox) & !lanes(from - ox);
-                    // SAFETY: the masked load reads the enabled lanes only, columns from..to of
-                    // the tap, inside xs (DwRow's bounds); the pointer is formed with wrapping
-                    // arithmetic. Lanes outside `m` keep their sum.
-                    unsafe {
-                        let w = _mm512_set1_ps(*row.weights.get_unchecked(t));
-                        let p = base.wrapping_offset(*row.offsets.get_unchecked(t) + ox as isize);
-                        a = _mm512_mask3_fmadd_ps(w, _mm512_maskz_loadu_ps(m, p), a, m);
-                    }
+            for t in 0..taps {
+                // SAFETY: as above; masked-off lanes are neither read nor faulted on.
+                unsafe {
+                    let w = _mm512_set1_ps(*span.weights.get_unchecked(t));
+                    let p = base.add(*span.bases.get_unchecked(t) + i);
+                    a = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m, p), a);
                 }
             }
-            // SAFETY: the masked store writes out[ox..ox + k], below n.
-            unsafe { _mm512_mask_storeu_ps(out.add(ox), lanes(k), end(a)) };
-            ox += k;
+            // SAFETY: the masked store writes dst[i..i + k], below len.
+            unsafe { _mm512_mask_storeu_ps(dst.add(i), m, end(a)) };
+            i += k;
         }
     }
 }

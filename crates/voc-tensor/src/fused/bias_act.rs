@@ -376,12 +376,15 @@ mod tests {
     /// passes a gradient to the input.
     #[test]
     fn conv2d_bias_act_in_place_and_with_gradient_agree() {
-        // At every instruction-set level: the fused depthwise epilogue rounds as the separate pass does.
+        // At every instruction-set level: the fused depthwise epilogue rounds as the separate pass does,
+        // and the 1x1 kernels agree with a gemm library to rounding.
         crate::simd::for_each_level(|level| conv2d_bias_act_agrees(&format!("{level:?}")));
     }
 
     fn conv2d_bias_act_agrees(level: &str) {
-        // 41 columns: the AVX-512 depthwise rows take a 32-wide step, then a masked tail.
+        // 41 columns: the AVX-512 depthwise rows take a 32-wide step, then a masked tail; at stride 2
+        // the 21-column output runs as one span over the plane; 2 x 9 x 41 pixels make several 1x1
+        // register blocks with a tail.
         let x = ramp(&[2, 3, 9, 41], 0.2, 0.1, 0);
         let shift = Tensor::new(&[0.5f32, -1.0, 4.0], &Device::Cpu).unwrap();
         let pointwise = ramp(&[3, 3, 1, 1], 0.3, 0.0, 0);
@@ -402,11 +405,13 @@ mod tests {
                 let x_before = x.copy().unwrap();
                 let in_place =
                     conv2d_bias_act(&x, weight, &shift, stride, padding, 1, groups, act).unwrap();
-                assert_eq!(
-                    max_abs_diff(&in_place, &reference).unwrap(),
-                    0.0,
-                    "{level} {act:?}"
-                );
+                let diff = max_abs_diff(&in_place, &reference).unwrap();
+                if groups == 1 {
+                    // The 1x1 kernels sum in their own order (the reference is a gemm library's).
+                    assert!(diff < 1e-5, "{level} {act:?} 1x1: {diff}");
+                } else {
+                    assert_eq!(diff, 0.0, "{level} {act:?} depthwise stride {stride}");
+                }
                 assert_eq!(
                     max_abs_diff(&x, &x_before).unwrap(),
                     0.0,

@@ -122,6 +122,13 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as above.
 unsafe impl Sync for OutPtr {}
 
+impl OutPtr {
+    /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw pointer field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `act(w · x + shift (+ residual))` for every image, `n x c_out x hw` values.
 pub(crate) fn pointwise_forward_epilogue(p: &PointwiseProblem) -> Vec<f32> {
     let (n, c_in, c_out, hw) = (p.n, p.c_in, p.c_out, p.hw);
@@ -138,7 +145,6 @@ pub(crate) fn pointwise_forward_epilogue(p: &PointwiseProblem) -> Vec<f32> {
     let mut y: Vec<f32> = Vec::with_capacity(len);
     let out = OutPtr(y.as_mut_ptr());
     let run_tile = |tile: &Tile| {
-        let out = out;
         for r0 in tile.rows.clone().step_by(mr) {
             let rows = (tile.rows.end - r0).min(mr);
             for c0 in tile.cols.clone().step_by(nr) {
@@ -153,7 +159,7 @@ pub(crate) fn pointwise_forward_epilogue(p: &PointwiseProblem) -> Vec<f32> {
                 // written by no other tile), its input columns inside image `image` of x and its
                 // weight rows inside the weights (lengths asserted above); the kernel matching `isa`
                 // runs only on a CPU that has it (Isa::detect).
-                unsafe { run_block(isa, p, &block, out.0) };
+                unsafe { run_block(isa, p, &block, out.get()) };
             }
         }
     };
@@ -220,6 +226,7 @@ fn finish(v: f32, shift: f32, residual: Option<f32>, act: Act) -> f32 {
 ///
 /// # Safety
 /// The block lies inside the buffers (see [`pointwise_forward_epilogue`]).
+#[allow(clippy::needless_range_loop)]
 unsafe fn block_portable(p: &PointwiseProblem, b: &Block, out: *mut f32) {
     const MR: usize = 4;
     const NR: usize = 16;
@@ -369,6 +376,147 @@ mod x86 {
                 };
                 // SAFETY: the masked lanes are this block's pixels of row row0 + r.
                 unsafe { _mm256_maskstore_ps(out.add(at + 8 * half), m, v) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic pseudo-random buffer in [-1, 1).
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+            })
+            .collect()
+    }
+
+    /// The same maths in f64, then the epilogue.
+    fn reference(p: &PointwiseProblem) -> Vec<f64> {
+        let mut y = vec![0f64; p.n * p.c_out * p.hw];
+        for b in 0..p.n {
+            for o in 0..p.c_out {
+                for j in 0..p.hw {
+                    let mut acc = 0f64;
+                    for k in 0..p.c_in {
+                        acc += p.weight[o * p.c_in + k] as f64
+                            * p.x[(b * p.c_in + k) * p.hw + j] as f64;
+                    }
+                    let at = (b * p.c_out + o) * p.hw + j;
+                    acc += p.shift.map_or(0.0, |s| s[o] as f64);
+                    acc += p.residual.map_or(0.0, |r| r[at] as f64);
+                    y[at] = match p.act {
+                        Act::Identity => acc,
+                        Act::Relu => acc.max(0.0),
+                        Act::Relu6 => acc.clamp(0.0, 6.0),
+                    };
+                }
+            }
+        }
+        y
+    }
+
+    /// Every instruction-set level, shapes with row and pixel tails, deep and shallow sums, with and
+    /// without shift and residual: the f64 result to rounding, AVX-512 and AVX2 bit for bit alike.
+    #[test]
+    fn kernels_match_f64_and_each_other() {
+        // (n, c_in, c_out, hw)
+        let shapes = [
+            (1, 3, 5, 7),
+            (2, 16, 13, 49),
+            (1, 40, 25, 100),
+            (3, 7, 12, 33),
+            (1, 300, 30, 20),
+        ];
+        for (seed, &(n, c_in, c_out, hw)) in shapes.iter().enumerate() {
+            let x = values(n * c_in * hw, seed as u64 + 1);
+            let w = values(c_out * c_in, seed as u64 + 11);
+            let shift = values(c_out, seed as u64 + 21);
+            let residual = values(n * c_out * hw, seed as u64 + 31);
+            for (with_shift, with_residual, act) in [
+                (true, false, Act::Relu6),
+                (true, true, Act::Identity),
+                (false, true, Act::Relu),
+                (false, false, Act::Identity),
+            ] {
+                let p = PointwiseProblem {
+                    x: &x,
+                    weight: &w,
+                    shift: with_shift.then_some(&shift[..]),
+                    residual: with_residual.then_some(&residual[..]),
+                    act,
+                    n,
+                    c_in,
+                    c_out,
+                    hw,
+                };
+                let want = reference(&p);
+                let label = format!(
+                    "{n}x{c_in}->{c_out}x{hw} shift {with_shift} residual {with_residual} {act:?}"
+                );
+                let mut by_level = Vec::new();
+                crate::simd::for_each_level(|level| {
+                    let got = pointwise_forward_epilogue(&p);
+                    for (i, (&g, &r)) in got.iter().zip(&want).enumerate() {
+                        let tol = 1e-5 * (1.0 + r.abs()) * (c_in as f64).sqrt();
+                        assert!(
+                            (g as f64 - r).abs() <= tol,
+                            "{label} {level:?}: value {i} is {g}, f64 {r}"
+                        );
+                    }
+                    by_level.push(got);
+                });
+                if crate::simd::has_avx512() {
+                    assert_eq!(by_level[0], by_level[1], "{label}: AVX-512 and AVX2 differ");
+                }
+            }
+        }
+    }
+
+    /// The tiles cover every output once, for batch sizes, thread counts and shapes around the split
+    /// rules (a tile left out or written twice would leave a value unset or race).
+    #[test]
+    fn tiles_cover_the_output_once() {
+        for &(n, c_in, c_out, hw) in &[
+            (1, 32, 16, 12544),
+            (16, 96, 24, 3136),
+            (1, 960, 160, 49),
+            (2, 3, 5, 1),
+            (1, 1, 1, 1),
+        ] {
+            let p = PointwiseProblem {
+                x: &[],
+                weight: &[],
+                shift: None,
+                residual: None,
+                act: Act::Identity,
+                n,
+                c_in,
+                c_out,
+                hw,
+            };
+            for threads in [1, 2, 3, 8] {
+                for block in [(12, 32), (6, 16), (4, 16)] {
+                    let mut count = vec![0u8; n * c_out * hw];
+                    for t in tiles(&p, block, threads) {
+                        for r in t.rows.clone() {
+                            for c in t.cols.clone() {
+                                count[(t.image * c_out + r) * hw + c] += 1;
+                            }
+                        }
+                    }
+                    assert!(
+                        count.iter().all(|&c| c == 1),
+                        "{n}x{c_out}x{hw} threads {threads} block {block:?}"
+                    );
+                }
             }
         }
     }

@@ -267,236 +267,145 @@ macro_rules! dispatch_lanes {
     }};
 }
 
-/// Where the taps of a plane read, in the order the kernel sums them (row-major over the kernel, tap
-/// columns that never fall inside the image left out). Output row `oy` uses the taps of its kernel
-/// rows that fall inside the image, a contiguous range `by_row[ki_lo]..by_row[ki_hi]`: tap `t` adds
-/// `w[index[t]] * xs[oy * row_step + offsets[t] + ox]` to output column `ox` for `ox` in
-/// `los[t]..his[t]`.
-struct TapTable {
-    offsets: Vec<isize>,
-    index: Vec<usize>,
-    los: Vec<usize>,
-    his: Vec<usize>,
-    /// `by_row[ki]`: the first tap of kernel row `ki` (`kh + 1` entries).
-    by_row: Vec<usize>,
-    /// How far one output row moves the input (`stride` input rows of the phased plane).
-    row_step: isize,
+/// The forward pass reads each input plane from a zero-padded polyphase copy: for stride `s`, `s x s`
+/// sub-planes, sub-plane `(rp, cp)` holding padded rows `rp, rp + s, ...` and columns `cp, cp + s,
+/// ...`, each `wq` wide with one spare row. Tap `(ki, kj)` of output `(oy, ox)` then reads position
+/// `tap_base(ki, kj) + oy * wq + ox`: every output row is one contiguous span per tap, with no border
+/// cases (padding reads zeros) and no stride, and consecutive output rows are `wq` apart, so narrow
+/// planes run as one span over all their rows (the `wq - ow` columns between rows computed and
+/// dropped).
+#[derive(Debug, Clone)]
+struct Polyphase {
+    s: usize,
+    d: usize,
+    /// Padded rows of the image before row 0.
+    pad_top: usize,
+    h: usize,
+    w: usize,
+    /// Rows (without the spare one) and width of each sub-plane.
+    hq: usize,
+    wq: usize,
+    /// Per column phase `cp`: the input row phase it copies from, where (`off`: sub-plane column `cq`
+    /// reads that phase at `cq + off`), and the sub-plane columns `first..end` that fall inside the
+    /// input (the others are padding).
+    columns: Vec<ColumnCopy>,
 }
 
-impl TapTable {
-    fn new(g: &Geometry, spans: &[Span]) -> Self {
-        let s = g.p.stride as isize;
-        let pl = g.phase_len() as isize;
-        let mut table = Self {
-            offsets: Vec::new(),
-            index: Vec::new(),
-            los: Vec::new(),
-            his: Vec::new(),
-            by_row: Vec::with_capacity(g.kh + 1),
-            row_step: s * s * pl,
-        };
-        for ki in 0..g.kh {
-            table.by_row.push(table.index.len());
-            // Input row of output row 0 (may be negative: padding there, never read).
-            let iy = (ki * g.p.dilation) as isize - g.p.pad_top as isize;
-            for (kj, sp) in spans.iter().enumerate() {
-                if sp.lo < sp.hi {
-                    let start = (iy * s + sp.phase as isize) * pl + sp.first as isize;
-                    table.offsets.push(start - sp.lo as isize);
-                    table.index.push(ki * g.kw + kj);
-                    table.los.push(sp.lo);
-                    table.his.push(sp.hi);
-                }
-            }
+#[derive(Debug, Clone, Copy, Default)]
+struct ColumnCopy {
+    par: usize,
+    off: isize,
+    first: usize,
+    end: usize,
+}
+
+impl Polyphase {
+    /// `None` when the output is empty.
+    fn new(g: &Geometry) -> Option<Self> {
+        let (s, d, oh, ow) = (g.p.stride, g.p.dilation, g.p.oh, g.p.ow);
+        if oh == 0 || ow == 0 || s == 0 {
+            return None;
         }
-        table.by_row.push(table.index.len());
-        table
-    }
-
-    /// The taps of output row `oy`: those of the kernel rows inside the image.
-    fn row(&self, g: &Geometry, oy: usize) -> std::ops::Range<usize> {
-        let valid = |ki: &usize| g.input_row(oy, *ki).is_some();
-        let Some(first) = (0..g.kh).find(valid) else {
-            return 0..0;
-        };
-        let last = (0..g.kh).rev().find(valid).unwrap_or(first);
-        self.by_row[first]..self.by_row[last + 1]
-    }
-}
-
-/// The output columns where every tap column reads inside the image (`lo >= hi`: none).
-fn interior(spans: &[Span]) -> (usize, usize) {
-    spans
-        .iter()
-        .filter(|sp| sp.lo < sp.hi)
-        .fold((0, usize::MAX), |(lo, hi), sp| {
-            (lo.max(sp.lo), hi.min(sp.hi))
+        let rows_read = (oh - 1) * s + (g.kh - 1) * d + 1;
+        let cols_read = (ow - 1) * s + (g.kw - 1) * d + 1;
+        let wq = cols_read.div_ceil(s);
+        let mut columns = vec![ColumnCopy::default(); s];
+        for (cp, column) in columns.iter_mut().enumerate() {
+            // Sub-plane column cq reads input column cq * s + c0: phase `par` of the row, position
+            // cq + off.
+            let c0 = cp as isize - g.p.pad_left as isize;
+            let par = c0.rem_euclid(s as isize) as usize;
+            let off = (c0 - par as isize) / s as isize;
+            let phase_len = g.w.saturating_sub(par).div_ceil(s) as isize;
+            let first = (-off).clamp(0, wq as isize) as usize;
+            let end = (phase_len - off).clamp(first as isize, wq as isize) as usize;
+            *column = ColumnCopy {
+                par,
+                off,
+                first,
+                end,
+            };
+        }
+        Some(Self {
+            s,
+            d,
+            pad_top: g.p.pad_top,
+            h: g.h,
+            w: g.w,
+            hq: rows_read.div_ceil(s),
+            wq,
+            columns,
         })
-}
+    }
 
-/// The inner loop of the forward kernel: one output row. The SIMD ones keep each output vector in a
-/// register while every tap is added (one load per tap, one store per output; border columns with
-/// lane masks); the portable one streams each tap over the row (`y += w * x` loops the compiler
-/// vectorises) and does the border columns one by one, as the kernel first did.
-trait ForwardRows {
-    /// Writes `out[ox]` for every `ox` of the row (`row.out_len` values), see [`simd::DwRow`].
-    ///
-    /// # Safety
-    /// The CPU must support the implementation's instructions; `out` holds `row.out_len` values and
-    /// `row` satisfies [`simd::DwRow`]'s bounds.
-    unsafe fn row(out: &mut [MaybeUninit<f32>], xs: &[f32], row: &simd::DwRow<'_>);
-}
+    fn sub_len(&self) -> usize {
+        (self.hq + 1) * self.wq
+    }
 
-impl ForwardRows for Portable {
-    #[inline(always)]
-    unsafe fn row(out: &mut [MaybeUninit<f32>], xs: &[f32], row: &simd::DwRow<'_>) {
-        let (lo, hi) = row.interior;
-        let tap_x = |t: usize, ox: usize| xs[(row.delta + row.offsets[t] + ox as isize) as usize];
-        for ox in (0..lo).chain(hi..row.out_len) {
-            let mut acc = row.init;
-            for t in 0..row.offsets.len() {
-                if (row.los[t]..row.his[t]).contains(&ox) {
-                    acc += row.weights[t] * tap_x(t, ox);
+    fn len(&self) -> usize {
+        self.s * self.s * self.sub_len()
+    }
+
+    /// Where tap `(ki, kj)` reads for output `(0, 0)`.
+    fn tap_base(&self, ki: usize, kj: usize) -> usize {
+        let (a, b) = (ki * self.d, kj * self.d);
+        ((a % self.s) * self.s + b % self.s) * self.sub_len() + (a / self.s) * self.wq + b / self.s
+    }
+
+    /// Writes every value of `buf` (`len()` values) from the `h x w` input plane; `phases` is scratch
+    /// for one input row split into its `s` column phases (unused at stride 1).
+    fn fill(&self, plane: &[f32], buf: &mut [f32], phases: &mut Vec<f32>) {
+        let (s, wq, sub_len) = (self.s, self.wq, self.sub_len());
+        let phase_len = self.w.div_ceil(s);
+        phases.resize(s * phase_len, 0.0);
+        for padded_row in 0..(self.hq + 1) * s {
+            let (rp, rq) = (padded_row % s, padded_row / s);
+            let r = padded_row as isize - self.pad_top as isize;
+            // Row rq (<= hq, so inside) of sub-plane (rp, cp).
+            let dst_start = |cp: usize| (rp * s + cp) * sub_len + rq * wq;
+            if r < 0 || r as usize >= self.h {
+                for cp in 0..s {
+                    buf[dst_start(cp)..dst_start(cp) + wq].fill(0.0);
                 }
+                continue;
             }
-            if let Some(shift) = row.shift {
-                acc += shift;
+            let src = &plane[r as usize * self.w..(r as usize + 1) * self.w];
+            if s == 2 {
+                let (even, odd) = phases.split_at_mut(phase_len);
+                #[cfg(target_arch = "x86_64")]
+                if simd::has_avx2_fma() {
+                    // SAFETY: the CPU supports AVX2 (checked); even and odd hold ceil(w / 2) values.
+                    unsafe { simd::avx2::deinterleave2(src, even, odd) };
+                } else {
+                    split_phases(src, 2, phases);
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                split_phases(src, 2, phases);
+            } else if s > 2 {
+                split_phases(src, s, phases);
             }
-            out[ox].write(act_scalar(acc, row.act));
-        }
-        if lo >= hi {
-            return;
-        }
-        let values = init_plane(&mut out[lo..hi], row.init);
-        for (t, &w) in row.weights.iter().enumerate() {
-            let start = (row.delta + row.offsets[t] + lo as isize) as usize;
-            for (d, x) in values.iter_mut().zip(&xs[start..start + hi - lo]) {
-                *d += w * x;
+            for (cp, col) in self.columns.iter().enumerate() {
+                let phase: &[f32] = if s == 1 {
+                    src
+                } else {
+                    &phases[col.par * phase_len..(col.par + 1) * phase_len]
+                };
+                let dst = &mut buf[dst_start(cp)..dst_start(cp) + wq];
+                dst[..col.first].fill(0.0);
+                let from = (col.first as isize + col.off) as usize;
+                dst[col.first..col.end].copy_from_slice(&phase[from..from + col.end - col.first]);
+                dst[col.end..].fill(0.0);
             }
         }
-        if let Some(shift) = row.shift {
-            values.iter_mut().for_each(|v| *v += shift);
-        }
-        match row.act {
-            Act::Identity => {}
-            Act::Relu => values.iter_mut().for_each(|v| *v = v.max(0.0)),
-            Act::Relu6 => values.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
-        }
     }
 }
 
-/// The activation on one scalar, as the row kernels compute it.
-#[inline(always)]
-fn act_scalar(v: f32, act: Act) -> f32 {
-    match act {
-        Act::Identity => v,
-        Act::Relu => v.max(0.0),
-        Act::Relu6 => v.clamp(0.0, 6.0),
+/// `phases[p * ceil(w / s) + j] = row[j * s + p]`.
+fn split_phases(row: &[f32], s: usize, phases: &mut [f32]) {
+    let phase_len = row.len().div_ceil(s);
+    for (k, &v) in row.iter().enumerate() {
+        phases[(k % s) * phase_len + k / s] = v;
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-impl ForwardRows for Avx2 {
-    #[inline(always)]
-    unsafe fn row(out: &mut [MaybeUninit<f32>], xs: &[f32], row: &simd::DwRow<'_>) {
-        // SAFETY: the caller's guarantees are the row kernel's.
-        unsafe { simd::avx2::depthwise_row(out.as_mut_ptr().cast(), xs, row) }
-    }
-}
-
-/// AVX-512F: the AVX2 kernels for the backward pass, 16-lane row kernels forward.
-#[cfg(target_arch = "x86_64")]
-struct Avx512;
-
-#[cfg(target_arch = "x86_64")]
-impl ForwardRows for Avx512 {
-    #[inline(always)]
-    unsafe fn row(out: &mut [MaybeUninit<f32>], xs: &[f32], row: &simd::DwRow<'_>) {
-        // SAFETY: the caller's guarantees are the row kernel's.
-        unsafe { simd::avx512::depthwise_row(out.as_mut_ptr().cast(), xs, row) }
-    }
-}
-
-/// What every plane of one call shares: where the taps read, which taps each output row uses, and the
-/// columns where every tap reads inside the image.
-struct PlanePlan {
-    table: TapTable,
-    rows: Vec<std::ops::Range<usize>>,
-    interior: (usize, usize),
-}
-
-/// One output plane: `out` (`oh x ow`) = `act(init + the taps over the input plane xs + shift)` (`xs`
-/// phased when the stride is above 1; see [`Epilogue`]). Writes every element of `out`.
-///
-/// # Safety
-/// The CPU must support `L`'s instructions.
-#[inline(always)]
-unsafe fn forward_plane<L: ForwardRows>(
-    g: &Geometry,
-    plan: &PlanePlan,
-    xs: &[f32],
-    weights: &[f32],
-    ep: Epilogue,
-    out: &mut [MaybeUninit<f32>],
-) {
-    let table = &plan.table;
-    for (oy, orow) in out.chunks_exact_mut(g.p.ow).enumerate() {
-        let taps = plan.rows[oy].clone();
-        let row = simd::DwRow {
-            offsets: &table.offsets[taps.clone()],
-            weights: &weights[taps.clone()],
-            los: &table.los[taps.clone()],
-            his: &table.his[taps],
-            delta: oy as isize * table.row_step,
-            out_len: g.p.ow,
-            interior: plan.interior,
-            init: ep.init,
-            shift: ep.shift,
-            act: ep.act,
-        };
-        // SAFETY: L's instructions are the caller's guarantee; the taps of row oy read inside the
-        // plane (TapTable), lo..hi of each tap lies inside the row, and the interior is the
-        // intersection of the taps' ranges.
-        unsafe { L::row(orow, xs, &row) };
-    }
-}
-
-/// # Safety
-/// The CPU must support AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn forward_plane_avx2(
-    g: &Geometry,
-    plan: &PlanePlan,
-    xs: &[f32],
-    weights: &[f32],
-    ep: Epilogue,
-    out: &mut [MaybeUninit<f32>],
-) {
-    // SAFETY: this function's target features are Avx2's.
-    unsafe { forward_plane::<Avx2>(g, plan, xs, weights, ep, out) }
-}
-
-/// # Safety
-/// The CPU must support AVX-512F, AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn forward_plane_avx512(
-    g: &Geometry,
-    plan: &PlanePlan,
-    xs: &[f32],
-    weights: &[f32],
-    ep: Epilogue,
-    out: &mut [MaybeUninit<f32>],
-) {
-    // SAFETY: this function's target features are Avx512's.
-    unsafe { forward_plane::<Avx512>(g, plan, xs, weights, ep, out) }
-}
-
-/// Per-worker buffers of the forward planes: the phased input plane and the plane's tap weights.
-struct ForwardScratch {
-    phased: Vec<f32>,
-    weights: Vec<f32>,
 }
 
 /// How each output value starts and ends: the taps are summed onto `init`, then `shift` is added and
@@ -512,6 +421,73 @@ struct Epilogue {
     act: Act,
 }
 
+/// Output rows narrower than this run as one span over the whole plane (then copied out row by row):
+/// per-row spans would be mostly vector tails.
+const FLAT_BELOW: usize = 24;
+
+/// Per-worker buffers of the forward planes: the polyphase input plane, and the plane's output at the
+/// polyphase width when it runs as one span.
+struct ForwardScratch {
+    poly: Vec<f32>,
+    flat: Vec<f32>,
+    phases: Vec<f32>,
+}
+
+/// `dst[i] = act(init + Σ_t weights[t] · src[bases[t] + i] + shift)` for `i < dst.len()`, the taps in
+/// order: the vector kernels with fused multiply-adds, the portable one multiply then add (as it
+/// always has).
+fn depthwise_span(
+    dst: &mut [MaybeUninit<f32>],
+    src: &[f32],
+    bases: &[usize],
+    weights: &[f32],
+    ep: Epilogue,
+) {
+    let len = dst.len();
+    if len == 0 {
+        return;
+    }
+    assert!(
+        bases.len() == weights.len() && bases.iter().all(|&b| b + len <= src.len()),
+        "depthwise span reads past its buffer"
+    );
+    let span = simd::DwSpan {
+        bases,
+        weights,
+        init: ep.init,
+        shift: ep.shift,
+        act: ep.act,
+    };
+    #[cfg(target_arch = "x86_64")]
+    {
+        if simd::has_avx512() {
+            // SAFETY: the CPU supports AVX-512F (checked); every tap reads src[base..base + len]
+            // (asserted above) and dst holds len values.
+            return unsafe {
+                simd::avx512::depthwise_span(dst.as_mut_ptr().cast(), len, src, &span)
+            };
+        }
+        if simd::has_avx2_fma() {
+            // SAFETY: as above for AVX2 and FMA.
+            return unsafe { simd::avx2::depthwise_span(dst.as_mut_ptr().cast(), len, src, &span) };
+        }
+    }
+    let values = init_plane(dst, ep.init);
+    for (&base, &w) in bases.iter().zip(weights) {
+        for (d, x) in values.iter_mut().zip(&src[base..base + len]) {
+            *d += w * x;
+        }
+    }
+    if let Some(shift) = ep.shift {
+        values.iter_mut().for_each(|v| *v += shift);
+    }
+    match ep.act {
+        Act::Identity => {}
+        Act::Relu => values.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Act::Relu6 => values.iter_mut().for_each(|v| *v = v.clamp(0.0, 6.0)),
+    }
+}
+
 /// `act(bias + depthwise(x) + shift)` over every plane (per channel, either may be absent; see
 /// [`Epilogue`]); `Act::Identity` and no shift for the differentiable op.
 fn forward_planes(
@@ -522,56 +498,54 @@ fn forward_planes(
     shift: Option<&[f32]>,
     act: Act,
 ) -> Vec<f32> {
-    let (h, w, kh, kw, oh, ow, s) = (g.h, g.w, g.kh, g.kw, g.p.oh, g.p.ow, g.p.stride);
-    let spans: Vec<Span> = (0..kw).map(|kj| g.span(kj)).collect();
-    let table = TapTable::new(&g, &spans);
-    let (lo, hi) = interior(&spans);
-    let plan = PlanePlan {
-        rows: (0..oh).map(|oy| table.row(&g, oy)).collect(),
-        interior: (lo.min(ow), hi.min(ow).max(lo.min(ow))),
-        table,
+    let (h, w, kh, kw, oh, ow) = (g.h, g.w, g.kh, g.kw, g.p.oh, g.p.ow);
+    let Some(poly) = Polyphase::new(&g) else {
+        return Vec::new();
     };
-    let phased_len = h * s * g.phase_len();
+    let bases: Vec<usize> = (0..kh)
+        .flat_map(|ki| (0..kw).map(move |kj| (ki, kj)))
+        .map(|(ki, kj)| poly.tap_base(ki, kj))
+        .collect();
+    let flat = ow < FLAT_BELOW;
+    let wq = poly.wq;
     let fill = |scratch: &mut ForwardScratch, plane: usize, out: &mut [MaybeUninit<f32>]| {
         let ch = plane % g.c;
-        let xs = &x[plane * h * w..(plane + 1) * h * w];
-        let xs: &[f32] = if s > 1 {
-            to_phased(&g, xs, &mut scratch.phased);
-            &scratch.phased
-        } else {
-            xs
-        };
-        let ws = &wt[ch * kh * kw..(ch + 1) * kh * kw];
-        scratch.weights.clear();
-        scratch
-            .weights
-            .extend(plan.table.index.iter().map(|&k| ws[k]));
-        let weights = &scratch.weights;
+        poly.fill(
+            &x[plane * h * w..(plane + 1) * h * w],
+            &mut scratch.poly,
+            &mut scratch.phases,
+        );
+        let weights = &wt[ch * kh * kw..(ch + 1) * kh * kw];
         let ep = Epilogue {
             init: bias.map_or(0.0, |b| b[ch]),
             shift: shift.map(|s| s[ch]),
             act,
         };
-        #[cfg(target_arch = "x86_64")]
-        {
-            if simd::has_avx512() {
-                // SAFETY: the CPU supports AVX-512F, AVX2 and FMA (checked just above).
-                return unsafe { forward_plane_avx512(&g, &plan, xs, weights, ep, out) };
+        if flat {
+            let values = &mut scratch.flat;
+            // SAFETY: MaybeUninit<f32> has f32's layout; the span writes every value before the
+            // rows are copied out of it.
+            let slots =
+                unsafe { &mut *(values.as_mut_slice() as *mut [f32] as *mut [MaybeUninit<f32>]) };
+            depthwise_span(slots, &scratch.poly, &bases, weights, ep);
+            for (orow, frow) in out.chunks_exact_mut(ow).zip(values.chunks(wq)) {
+                for (o, v) in orow.iter_mut().zip(frow) {
+                    o.write(*v);
+                }
             }
-            if simd::has_avx2_fma() {
-                // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-                return unsafe { forward_plane_avx2(&g, &plan, xs, weights, ep, out) };
+        } else {
+            for (oy, orow) in out.chunks_exact_mut(ow).enumerate() {
+                depthwise_span(orow, &scratch.poly[oy * wq..], &bases, weights, ep);
             }
         }
-        // SAFETY: the portable kernels run on any CPU.
-        unsafe { forward_plane::<Portable>(&g, &plan, xs, weights, ep, out) }
     };
     let scratch = || ForwardScratch {
-        phased: vec![0f32; if s > 1 { phased_len } else { 0 }],
-        weights: Vec::with_capacity(kh * kw),
+        poly: vec![0f32; poly.len()],
+        flat: vec![0f32; if flat { oh * wq } else { 0 }],
+        phases: Vec::new(),
     };
-    // SAFETY: `forward_plane` writes every element of its plane (border columns one by one, the
-    // interior in the row kernels).
+    // SAFETY: every plane is written whole: row by row by the spans, or copied out of the flat span
+    // (oh rows of ow <= wq values each).
     unsafe { planes_uninit(g.n * g.c * oh * ow, oh * ow, scratch, fill) }
 }
 
