@@ -259,14 +259,39 @@ mod x86 {
 
     use super::{weight_row, Act, Block, PointwiseProblem};
 
-    /// 12 output channels x 32 pixels: 24 accumulators, two input vectors and twelve broadcast weights
-    /// (one from each weight row, each row read in order) per depth step.
+    /// Up to 12 output channels x 32 pixels: 24 accumulators, two input vectors and twelve broadcast
+    /// weights (one from each weight row, each row read in order) per depth step.
     ///
     /// # Safety
     /// The CPU supports AVX-512F; the block lies inside the buffers.
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn block_avx512(p: &PointwiseProblem, b: &Block, out: *mut f32) {
-        const MR: usize = 12;
+        // SAFETY: the caller's guarantees; the quad variants get blocks of exactly their rows.
+        unsafe {
+            match b.rows {
+                12 => block_avx512_rows::<12, true>(p, b, out),
+                8 => block_avx512_rows::<8, true>(p, b, out),
+                4 => block_avx512_rows::<4, true>(p, b, out),
+                _ => block_avx512_rows::<12, false>(p, b, out),
+            }
+        }
+    }
+
+    /// [`block_avx512`] with `MR` accumulator rows. With `QUADS` (a block of exactly `MR` rows, a
+    /// multiple of 4) row `4j + i` is read `c_in * i` past row `4j`: one pointer per quad and two
+    /// strides keep every weight address in registers (twelve row pointers would spill, and reloading
+    /// them cost a tenth of the kernel's time). Without, each row has its own pointer (rows past the
+    /// block's last repeat it: computed, never stored).
+    ///
+    /// # Safety
+    /// As [`block_avx512`]; with `QUADS`, `b.rows == MR` and `MR % 4 == 0`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn block_avx512_rows<const MR: usize, const QUADS: bool>(
+        p: &PointwiseProblem,
+        b: &Block,
+        out: *mut f32,
+    ) {
         let lanes = |k: usize| -> __mmask16 {
             match k {
                 0 => 0,
@@ -277,16 +302,26 @@ mod x86 {
         let (m0, m1) = (lanes(b.cols), lanes(b.cols.saturating_sub(16)));
         let mut acc = [[_mm512_setzero_ps(); 2]; MR];
         let x = p.x.as_ptr();
-        let w_rows: [*const f32; MR] = std::array::from_fn(|r| weight_row(p, b, r).as_ptr());
-        for k in 0..p.c_in {
+        let c_in = p.c_in;
+        let w_rows: [*const f32; MR] = std::array::from_fn(|r| {
+            let row = if QUADS { 4 * (r / 4) } else { r };
+            weight_row(p, b, row).as_ptr()
+        });
+        for k in 0..c_in {
             // SAFETY: row k of the block's input columns (cols <= 32 of them, the rest masked off)
-            // lies inside x; each weight row holds c_in values.
+            // lies inside x; each weight row holds c_in values, and with QUADS rows 4j + i (all
+            // inside the block) start c_in * i past row 4j.
             unsafe {
                 let row = x.add(b.x_offset + k * p.hw);
                 let x0 = _mm512_maskz_loadu_ps(m0, row);
                 let x1 = _mm512_maskz_loadu_ps(m1, row.wrapping_add(16));
                 for (r, a) in acc.iter_mut().enumerate() {
-                    let wr = _mm512_set1_ps(*w_rows[r].add(k));
+                    let w = if QUADS {
+                        *w_rows[r].add(k + (r % 4) * c_in)
+                    } else {
+                        *w_rows[r].add(k)
+                    };
+                    let wr = _mm512_set1_ps(w);
                     a[0] = _mm512_fmadd_ps(wr, x0, a[0]);
                     a[1] = _mm512_fmadd_ps(wr, x1, a[1]);
                 }
