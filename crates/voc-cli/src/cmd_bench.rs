@@ -476,11 +476,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         )?;
         let features = args.features;
         Box::new(move |b: &Batch| {
-            let out = if features {
-                frozen.pooled(&b.images)?
-            } else {
-                frozen.forward(&b.images, false)?
-            };
+            // As `voc predict` and the frozen feature pass run them: one image per thread.
+            let out = voc_tensor::ops::per_image(&b.images, |x| {
+                if features {
+                    frozen.pooled(x)
+                } else {
+                    frozen.forward(x, false)
+                }
+            })?;
             // Reading one value forces any queued device work to finish.
             out.flatten_all()?
                 .narrow(0, 0, 1)?

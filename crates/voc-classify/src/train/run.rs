@@ -293,11 +293,9 @@ fn feature_pass(
     let mut rows = Vec::new();
     for batch in batches.epoch(view) {
         let batch = batch?;
-        rows.push(
-            model
-                .pooled_t(&batch.images, false)?
-                .to_device(&Device::Cpu)?,
-        );
+        // Constant weights: one image per thread (see `per_image`).
+        let pooled = voc_tensor::ops::per_image(&batch.images, |x| model.pooled_t(x, false))?;
+        rows.push(pooled.to_device(&Device::Cpu)?);
         observer.advance(batch.len(), None);
     }
     observer.finish();

@@ -33,6 +33,45 @@ pub fn relu6(x: &Tensor) -> Result<Tensor> {
     Ok(inside.where_cond(x, &clamped)?)
 }
 
+/// `f` (a network on constant weights: inference) applied to each image of the batch `x`
+/// (`N x ...`) on rayon's threads, one image at a time per thread, the outputs concatenated along the
+/// batch; `f(x)` itself when there is nothing to split (one image, one thread, not on the CPU, or an
+/// input that needs a gradient).
+///
+/// Run layer by layer over a whole batch, a MobileNet's activations (77 MB for one layer at batch 16)
+/// go to memory and back between layers, and every layer's work is split between the threads and
+/// joined again. One image per thread keeps an image's activations in the caches and the threads
+/// apart until the end. Each image's outputs are what the batch would give (no op mixes images in
+/// inference); `f` must not depend on the batch (batch statistics, a gradient through the weights).
+///
+/// ```
+/// use candle_core::{Device, Tensor};
+/// # fn main() -> voc_tensor::Result<()> {
+/// let x = Tensor::arange(0f32, 24.0, &Device::Cpu)?.reshape((4, 2, 3))?;
+/// let y = voc_tensor::ops::per_image(&x, |xi| Ok::<_, voc_tensor::VocError>((xi * 2.0)?))?;
+/// assert_eq!(y.to_vec3::<f32>()?, (x * 2.0)?.to_vec3::<f32>()?);
+/// # Ok(())
+/// # }
+/// ```
+pub fn per_image<E>(
+    x: &Tensor,
+    f: impl Fn(&Tensor) -> std::result::Result<Tensor, E> + Sync,
+) -> std::result::Result<Tensor, E>
+where
+    E: From<candle_core::Error> + Send,
+{
+    use rayon::prelude::*;
+    let n = x.dim(0)?;
+    if n < 2 || !x.device().is_cpu() || x.track_op() || rayon::current_num_threads() < 2 {
+        return f(x);
+    }
+    let outs = (0..n)
+        .into_par_iter()
+        .map(|i| f(&x.narrow(0, i, 1)?))
+        .collect::<std::result::Result<Vec<Tensor>, E>>()?;
+    Ok(Tensor::cat(&outs, 0)?)
+}
+
 /// Takes `count` entries of `dim` starting at `start`, `stride` apart: a strided slice built from
 /// differentiable primitives (narrow, or index_select whose backward is index_add) so it works everywhere.
 pub(crate) fn take_strided(
