@@ -327,7 +327,14 @@ mod x86 {
                 }
             }
         }
-        for (r, a) in acc.iter().enumerate().take(b.rows) {
+        // A loop to the constant MR (not `take(rows)`): the accumulators stay in registers instead of
+        // being kept (and zeroed) in memory.
+        #[allow(clippy::needless_range_loop)]
+        for r in 0..MR {
+            if r >= b.rows {
+                break;
+            }
+            let a = &acc[r];
             let shift = _mm512_set1_ps(p.shift.map_or(0.0, |s| s[b.row0 + r]));
             let at = b.y_offset + r * p.hw;
             for (half, m) in [(0, m0), (1, m1)] {
@@ -389,7 +396,12 @@ mod x86 {
                 }
             }
         }
-        for (r, a) in acc.iter().enumerate().take(b.rows) {
+        #[allow(clippy::needless_range_loop)]
+        for r in 0..MR {
+            if r >= b.rows {
+                break;
+            }
+            let a = &acc[r];
             let shift = _mm256_set1_ps(p.shift.map_or(0.0, |s| s[b.row0 + r]));
             let at = b.y_offset + r * p.hw;
             for (half, m) in [(0, m0), (1, m1)] {
