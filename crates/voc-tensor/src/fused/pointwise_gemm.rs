@@ -67,8 +67,11 @@ impl Isa {
 
 /// Work per tile below which splitting further costs more in scheduling than it gains (multiply-adds).
 const MIN_TILE_MACS: usize = 1 << 16;
-/// Pixels per tile at most: a tile's input panel and output rows stay in L2.
+/// Pixels per tile at most.
 const MAX_TILE_PIXELS: usize = 1024;
+/// A tile's input panel (`c_in x` its pixels) takes at most this many bytes, so that it stays in L2
+/// while every channel block of the tile reads it (a deep input, 960 channels, takes 136 pixels).
+const MAX_PANEL_BYTES: usize = 256 << 10;
 
 /// One tile of the output: image `image`, output channels `rows`, pixels `cols`.
 #[derive(Debug, Clone)]
@@ -93,6 +96,7 @@ fn tiles(p: &PointwiseProblem, (mr, nr): (usize, usize), threads: usize) -> Vec<
     let col_units = hw.div_ceil(nr).max(1);
     let col_blocks = per_image
         .max(hw.div_ceil(MAX_TILE_PIXELS))
+        .max(hw.div_ceil((MAX_PANEL_BYTES / (4 * p.c_in.max(1))).max(nr)))
         .clamp(1, col_units);
     let col_len = col_units.div_ceil(col_blocks) * nr;
     let col_blocks = hw.div_ceil(col_len).max(1);
