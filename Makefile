@@ -10,7 +10,7 @@ TORCH_PYTHON ?= python3
 # candle re-reads /proc/cpuinfo on every matmul unless the thread count is set.
 export RAYON_NUM_THREADS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: test lint demo report report-check fuzz build release bench bench-compare cuda-check fmt fmt-check clippy doc
+.PHONY: test lint demo report report-check fuzz build release bench bench-compare cuda-check aarch64-check fmt fmt-check clippy doc
 
 build:
 	$(CARGO) build --workspace
@@ -48,7 +48,9 @@ report-check:
 bench:
 	$(CARGO) bench --workspace --features voc-data/mimalloc
 
-# voc bench (release) and the same workloads in PyTorch, interleaved, 2 threads: a table of voc/PyTorch ratios.
+# voc bench (release) and the same workloads in PyTorch and (inference rows) ONNX Runtime, interleaved, 2
+# threads: a table of voc/PyTorch and voc/ORT ratios. TORCH_PYTHON needs torch, torchvision, onnx and
+# onnxruntime (`--no-ort` in BENCH_COMPARE_FLAGS skips ONNX Runtime).
 # `make bench-compare TORCH_PYTHON=path/to/python ROUNDS=5 BENCH_ONLY="b16 b1"`
 ROUNDS ?= 3
 BENCH_ITERS ?= 10
@@ -70,6 +72,12 @@ doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 
 # Compile-checks the CUDA code without CUDA installed (fake nvcc writes empty kernels).
+# Compile-checks every crate for aarch64 (the portable kernels): needs `rustup target add
+# aarch64-unknown-linux-gnu` and a C cross compiler for ring (Debian: gcc-aarch64-linux-gnu).
+aarch64-check:
+	CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc CARGO_TARGET_DIR=target/aarch64-check \
+	  $(CARGO) check --target aarch64-unknown-linux-gnu --workspace --all-targets
+
 cuda-check:
 	NVCC=$(abspath ../shared/tools/cuda/fake-nvcc) CUDARC_CUDA_VERSION=13000 CUDA_COMPUTE_CAP=90 \
 	  CARGO_TARGET_DIR=target/cuda-check $(CARGO) check --workspace --features cuda

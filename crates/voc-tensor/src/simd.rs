@@ -77,7 +77,7 @@ pub(crate) fn has_avx512() -> bool {
 #[cfg(test)]
 static FORCED_LEVEL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(u8::MAX);
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 fn forced_below(level: Level) -> bool {
     FORCED_LEVEL.load(std::sync::atomic::Ordering::Relaxed) < level as u8
 }
@@ -221,6 +221,7 @@ mod portable {
 /// `dst[i] = act(init + Σ_t weights[t] · src[bases[t] + i] + shift)`, the taps summed in order onto
 /// `init`, the shift (if any) added after them (the fused inference path starts from 0 and adds the
 /// folded batch norm's shift last, the order in which a separate bias pass rounds it).
+#[cfg(target_arch = "x86_64")]
 pub(crate) struct DwSpan<'a> {
     pub bases: &'a [usize],
     pub weights: &'a [f32],

@@ -524,6 +524,7 @@ mod tests {
                     }
                     by_level.push(got);
                 });
+                #[cfg(target_arch = "x86_64")]
                 if crate::simd::has_avx512() {
                     assert_eq!(by_level[0], by_level[1], "{label}: AVX-512 and AVX2 differ");
                 }

@@ -1,12 +1,19 @@
 //! Fast CPU depthwise convolution: forward and one fused backward as candle custom ops.
 //!
-//! Each (image, channel) plane is independent, so rayon splits the work over the N*C planes. Inside a
-//! plane the loops run output row by output row with the kernel taps inside, so a row of the output stays
-//! in L1 while the taps stream over it, and the innermost loop is always a contiguous `y += w * x`
-//! (or a dot product) that the compiler vectorises: at stride `s > 1` the input plane is first split into
-//! its `s` column phases (`x[.., p + j*s]` for each `p`), which makes the strided reads contiguous.
-//! The backward pass reads the upstream gradient and the input once and produces the input, weight and
-//! bias gradients together (per-plane partial weight and bias sums, reduced over the batch at the end).
+//! Each (image, channel) plane is independent, so rayon splits the work over the N*C planes.
+//!
+//! Forward: each input plane is copied into a zero-padded polyphase layout ([`Polyphase`]), where every
+//! output row reads one contiguous span per tap, and the span kernels (`simd::avx512`, `simd::avx2`, a
+//! portable loop) sum each output vector over the taps in a register, the activation and the folded
+//! batch norm's shift applied as it is stored (inference) or the bias added first (the differentiable
+//! op).
+//!
+//! Backward: the loops run output row by output row with the kernel taps inside, so a row stays in L1
+//! while the taps stream over it, and the innermost loop is a contiguous `y += w * x` (or a dot
+//! product): at stride `s > 1` the input plane is first split into its `s` column phases
+//! (`x[.., p + j*s]` for each `p`), which makes the strided reads contiguous. It reads the upstream
+//! gradient and the input once and produces the input, weight and bias gradients together (per-plane
+//! partial weight and bias sums, reduced over the batch at the end).
 use std::mem::MaybeUninit;
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Shape, Tensor};
@@ -370,19 +377,8 @@ impl Polyphase {
                 continue;
             }
             let src = &plane[r as usize * self.w..(r as usize + 1) * self.w];
-            if s == 2 {
-                let (even, odd) = phases.split_at_mut(phase_len);
-                #[cfg(target_arch = "x86_64")]
-                if simd::has_avx2_fma() {
-                    // SAFETY: the CPU supports AVX2 (checked); even and odd hold ceil(w / 2) values.
-                    unsafe { simd::avx2::deinterleave2(src, even, odd) };
-                } else {
-                    split_phases(src, 2, phases);
-                }
-                #[cfg(not(target_arch = "x86_64"))]
-                split_phases(src, 2, phases);
-            } else if s > 2 {
-                split_phases(src, s, phases);
+            if s > 1 {
+                split_phases(src, s, phase_len, phases);
             }
             for (cp, col) in self.columns.iter().enumerate() {
                 let phase: &[f32] = if s == 1 {
@@ -408,9 +404,15 @@ impl Polyphase {
     }
 }
 
-/// `phases[p * ceil(w / s) + j] = row[j * s + p]`.
-fn split_phases(row: &[f32], s: usize, phases: &mut [f32]) {
-    let phase_len = row.len().div_ceil(s);
+/// `phases[p * phase_len + j] = row[j * s + p]` (`phase_len = ceil(w / s)`).
+fn split_phases(row: &[f32], s: usize, phase_len: usize, phases: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if s == 2 && simd::has_avx2_fma() {
+        let (even, odd) = phases.split_at_mut(phase_len);
+        // SAFETY: the CPU supports AVX2 (checked); even and odd hold ceil(w / 2) values.
+        unsafe { simd::avx2::deinterleave2(row, even, odd) };
+        return;
+    }
     for (k, &v) in row.iter().enumerate() {
         phases[(k % s) * phase_len + k / s] = v;
     }
@@ -459,15 +461,15 @@ fn depthwise_span(
         bases.len() == weights.len() && bases.iter().all(|&b| b + len <= src.len()),
         "depthwise span reads past its buffer"
     );
-    let span = simd::DwSpan {
-        bases,
-        weights,
-        init: ep.init,
-        shift: ep.shift,
-        act: ep.act,
-    };
     #[cfg(target_arch = "x86_64")]
     {
+        let span = simd::DwSpan {
+            bases,
+            weights,
+            init: ep.init,
+            shift: ep.shift,
+            act: ep.act,
+        };
         if simd::has_avx512() {
             // SAFETY: the CPU supports AVX-512F (checked); every tap reads src[base..base + len]
             // (asserted above) and dst holds len values.
