@@ -315,8 +315,12 @@ def run_bench_ort(args):
     one inter-op thread."""
     import tempfile
 
-    import numpy as np
-    import onnxruntime as ort
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export needs it)
+        import onnxruntime as ort
+    except ImportError:
+        raise SystemExit("torch_compare.py: --engine ort needs onnx and onnxruntime (pip install onnx onnxruntime); "
+                         "`compare --no-ort` leaves ONNX Runtime out")
     import torch
     import torch.nn as nn
     import torch.nn.functional as F
