@@ -334,15 +334,17 @@ def run_bench_ort(args):
     if args.features:
         if args.model in SEGMENTERS:
             raise SystemExit("--features: classifiers only")
-        full = model
-
         class Pooled(nn.Module):
+            def __init__(self, full):
+                super().__init__()
+                self.full = full  # a submodule, so that its weights export as weights
+
             def forward(self, x):
                 if args.model in TIMM_NAMES:
-                    return full.forward_head(full.forward_features(x), pre_logits=True)
-                return F.adaptive_avg_pool2d(full.features(x), 1).flatten(1)
+                    return self.full.forward_head(self.full.forward_features(x), pre_logits=True)
+                return F.adaptive_avg_pool2d(self.full.features(x), 1).flatten(1)
 
-        model = Pooled().eval()
+        model = Pooled(model).eval()
     x = torch.randn(args.batch, 3, size, size)
     with tempfile.TemporaryDirectory(prefix="voc-ort-") as tmp:
         path = os.path.join(tmp, "model.onnx")
@@ -375,7 +377,8 @@ def run_bench_ort(args):
     if args.json:
         print(json.dumps(report))
     else:
-        print(f"onnxruntime {args.model} inference, batch {args.batch} at {size}x{size} ({args.threads} threads): "
+        what = "frozen feature pass" if args.features else "inference"
+        print(f"onnxruntime {args.model} {what}, batch {args.batch} at {size}x{size} ({args.threads} threads): "
               f"median {median:.2f} ms/batch (min {min(samples):.2f}, max {max(samples):.2f} over {args.iters} "
               f"iterations), {report['images_per_s']:.1f} images/s, peak RSS {report['peak_rss_mb']:.0f} MiB")
 
