@@ -118,7 +118,8 @@ pub const CANDLE_SPIN_LIMIT: u32 = 100;
 
 /// Sets `RAYON_NUM_THREADS` to [`cpu_threads`] unless it already holds a positive integer, and
 /// `CANDLE_BARRIER_POOL_SPIN_LIMIT` to [`CANDLE_SPIN_LIMIT`] unless it is set, and makes the calling
-/// thread one of the threads of rayon's global pool; returns the thread count.
+/// thread one of the threads of rayon's global pool when there are two or more; returns the thread
+/// count.
 ///
 /// voc's CPU kernels split their work with rayon. Called from a thread outside the pool, each kernel
 /// hands its work to the pool's threads and sleeps until they are done: two thread wake-ups per
@@ -155,11 +156,15 @@ pub unsafe fn init_cpu_threads() -> usize {
             )
         };
     }
+    // With one thread `main` stays out: a pool made of `main` alone would run no job handed to it by
+    // another thread (a data loader) while `main` waits on that thread. With more, the others do.
     // Fails only when the global pool already exists (a second call): it then stays as it is.
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .use_current_thread()
-        .build_global();
+    if n > 1 {
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .use_current_thread()
+            .build_global();
+    }
     n
 }
 

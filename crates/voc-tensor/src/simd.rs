@@ -1,12 +1,12 @@
-//! The innermost loops of the batch-norm and depthwise kernels with explicit AVX2/FMA code, picked at
-//! run time.
+//! The innermost loops of the batch-norm and depthwise kernels with explicit AVX-512 and AVX2/FMA code,
+//! picked at run time.
 //!
 //! Written as plain Rust, these per-channel sums compile to code that keeps its eight partial sums in
 //! memory (LLVM does not promote the lane arrays to registers) or does not vectorise at all; in a
 //! MobileNetV2 training step the batch-norm backward's sums alone took 17% of the time (`perf`). The
 //! AVX2 versions are 3-4x faster. Every function checks the CPU once per call and falls back to the
 //! portable loop, so a build for any x86-64 (or another architecture) gives the same results to f32
-//! rounding.
+//! rounding; the AVX-512 depthwise spans give the AVX2 ones' results bit for bit.
 use crate::fused::Act;
 
 /// Elements summed in f32 lanes before the partial sums are carried on in f64: short enough that the
