@@ -62,12 +62,11 @@ pub fn conv2d_bias_act(
     )? {
         return Ok(y);
     }
-    if stride == 1 && padding.is_zero() && groups == 1 {
-        if let Some(y) =
-            super::pointwise::pointwise_epilogue_inference(x, weight, Some(shift), None, act)?
-        {
-            return Ok(y);
-        }
+    let geometry = (stride, padding, groups);
+    if let Some(y) =
+        super::pointwise::pointwise_epilogue_inference(x, weight, geometry, Some(shift), None, act)?
+    {
+        return Ok(y);
     }
     let y = crate::ops::conv2d(x, weight, None, stride, padding, dilation, groups)?;
     let (_, c, h, w) = crate::ops::dims4(&y, "conv2d_bias_act")?;
@@ -107,12 +106,16 @@ pub fn conv2d_bias_residual_act(
     groups: usize,
     act: Act,
 ) -> Result<Tensor> {
-    if stride == 1 && padding.is_zero() && groups == 1 {
-        if let Some(y) =
-            super::pointwise::pointwise_epilogue_inference(x, weight, shift, Some(residual), act)?
-        {
-            return Ok(y);
-        }
+    let geometry = (stride, padding, groups);
+    if let Some(y) = super::pointwise::pointwise_epilogue_inference(
+        x,
+        weight,
+        geometry,
+        shift,
+        Some(residual),
+        act,
+    )? {
+        return Ok(y);
     }
     let y = crate::ops::conv2d(x, weight, None, stride, padding, dilation, groups)?;
     if y.dims() != residual.dims() {

@@ -342,9 +342,13 @@ impl candle_core::CustomOp2 for PointwiseConv {
 /// gemm into a zero-filled buffer and a second pass. The epilogue rounds as the separate in-place pass
 /// does (`act(y + shift + residual)`, left to right); the sums are the kernels' own (in depth order,
 /// fused multiply-adds), so they may differ from a gemm library's in the last bits.
+///
+/// `None` when this path does not apply (not a 1x1 convolution at stride 1 without padding or groups,
+/// another device or dtype, something that needs a gradient): the caller takes the general one.
 pub(crate) fn pointwise_epilogue_inference(
     x: &Tensor,
     weight: &Tensor,
+    (stride, padding, groups): (usize, crate::ops::Padding, usize),
     shift: Option<&Tensor>,
     residual: Option<&Tensor>,
     act: Act,
@@ -352,7 +356,10 @@ pub(crate) fn pointwise_epilogue_inference(
     let (n, c_in, h, w) = crate::ops::dims4(x, "pointwise conv")?;
     let dims = weight.dims();
     let c_out = dims[0];
-    let applies = dims.len() == 4
+    let applies = stride == 1
+        && padding.is_zero()
+        && groups == 1
+        && dims.len() == 4
         && dims[1] == c_in
         && dims[2] == 1
         && dims[3] == 1
@@ -389,7 +396,13 @@ struct PointwiseEpilogue {
 }
 
 impl PointwiseEpilogue {
-    fn run(&self, x: &[f32], w: &[f32], residual: Option<&[f32]>) -> candle_core::Result<Vec<f32>> {
+    /// The op's output storage (`n x c_out x hw`) for the inputs of either arity.
+    fn run(
+        &self,
+        x: &[f32],
+        w: &[f32],
+        residual: Option<&[f32]>,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
         let (n, c_in, c_out, hw) = self.dims;
         if x.len() != n * c_in * hw
             || w.len() != c_out * c_in
@@ -398,7 +411,7 @@ impl PointwiseEpilogue {
         {
             candle_core::bail!("pointwise conv: buffer sizes do not match {:?}", self.dims);
         }
-        Ok(super::pointwise_gemm::pointwise_forward_epilogue(
+        let y = super::pointwise_gemm::pointwise_forward_epilogue(
             &super::pointwise_gemm::PointwiseProblem {
                 x,
                 weight: w,
@@ -410,7 +423,8 @@ impl PointwiseEpilogue {
                 c_out,
                 hw,
             },
-        ))
+        );
+        Ok((CpuStorage::F32(y), Shape::from((n, c_out, hw))))
     }
 }
 
@@ -426,13 +440,11 @@ impl candle_core::CustomOp2 for PointwiseEpilogue {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y = self.run(
+        self.run(
             contiguous_f32(s1, l1, "pointwise conv input")?,
             contiguous_f32(s2, l2, "pointwise conv weight")?,
             None,
-        )?;
-        let len = y.len();
-        Ok((CpuStorage::F32(y), Shape::from(len)))
+        )
     }
 }
 
@@ -450,12 +462,10 @@ impl candle_core::CustomOp3 for PointwiseEpilogue {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let y = self.run(
+        self.run(
             contiguous_f32(s1, l1, "pointwise conv input")?,
             contiguous_f32(s2, l2, "pointwise conv weight")?,
             Some(contiguous_f32(s3, l3, "pointwise conv residual")?),
-        )?;
-        let len = y.len();
-        Ok((CpuStorage::F32(y), Shape::from(len)))
+        )
     }
 }

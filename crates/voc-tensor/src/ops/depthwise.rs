@@ -718,6 +718,31 @@ fn geometry(p: DwParams, x: &Layout, w: &Layout) -> candle_core::Result<Geometry
     })
 }
 
+/// The forward kernel on an op's storages: `x` and `weight`, then (per channel, each optional) the
+/// bias the taps are summed onto and the shift added after them, and the activation.
+fn forward_storage(
+    p: DwParams,
+    (s1, l1): (&CpuStorage, &Layout),
+    (s2, l2): (&CpuStorage, &Layout),
+    bias: Option<&[f32]>,
+    shift: Option<&[f32]>,
+    act: Act,
+) -> candle_core::Result<(CpuStorage, Shape)> {
+    let g = geometry(p, l1, l2)?;
+    let out = forward_planes(
+        g,
+        contiguous_f32(s1, l1, "depthwise_conv2d input")?,
+        contiguous_f32(s2, l2, "depthwise_conv2d weight")?,
+        bias,
+        shift,
+        act,
+    );
+    Ok((
+        CpuStorage::F32(out),
+        Shape::from((g.n, g.c, g.p.oh, g.p.ow)),
+    ))
+}
+
 /// `(x, weight) -> y`, no bias.
 struct DepthwiseFwd(DwParams);
 /// `(x, weight, bias) -> y`.
@@ -757,19 +782,7 @@ impl CustomOp2 for DepthwiseFwd {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = geometry(self.0, l1, l2)?;
-        let out = forward_planes(
-            g,
-            contiguous_f32(s1, l1, "depthwise_conv2d input")?,
-            contiguous_f32(s2, l2, "depthwise_conv2d weight")?,
-            None,
-            None,
-            Act::Identity,
-        );
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from((g.n, g.c, g.p.oh, g.p.ow)),
-        ))
+        forward_storage(self.0, (s1, l1), (s2, l2), None, None, Act::Identity)
     }
 
     fn bwd(
@@ -801,20 +814,8 @@ impl CustomOp3 for DepthwiseBiasFwd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = geometry(self.0, l1, l2)?;
         let bias = contiguous_f32(s3, l3, "depthwise_conv2d bias")?;
-        let out = forward_planes(
-            g,
-            contiguous_f32(s1, l1, "depthwise_conv2d input")?,
-            contiguous_f32(s2, l2, "depthwise_conv2d weight")?,
-            Some(bias),
-            None,
-            Act::Identity,
-        );
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from((g.n, g.c, g.p.oh, g.p.ow)),
-        ))
+        forward_storage(self.0, (s1, l1), (s2, l2), Some(bias), None, Act::Identity)
     }
 
     fn bwd(
@@ -886,19 +887,8 @@ impl CustomOp3 for DepthwiseBiasActFwd {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let g = geometry(self.0, l1, l2)?;
-        let out = forward_planes(
-            g,
-            contiguous_f32(s1, l1, "depthwise_conv2d input")?,
-            contiguous_f32(s2, l2, "depthwise_conv2d weight")?,
-            None,
-            Some(contiguous_f32(s3, l3, "depthwise_conv2d shift")?),
-            self.1,
-        );
-        Ok((
-            CpuStorage::F32(out),
-            Shape::from((g.n, g.c, g.p.oh, g.p.ow)),
-        ))
+        let shift = contiguous_f32(s3, l3, "depthwise_conv2d shift")?;
+        forward_storage(self.0, (s1, l1), (s2, l2), None, Some(shift), self.1)
     }
 }
 
