@@ -325,14 +325,17 @@ pub fn fit_fusion(
 }
 
 /// Held-out mean classification Dice of the classifier alone, the mask alone and the fusion, from
-/// [`cross_fitted_dice`].
+/// [`cross_fitted_dice`]: each a mean over [`repeats`](Self::repeats) fold assignments.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CrossFit {
     /// Folds the images were split into.
     pub folds: usize,
-    /// Seed of the fold assignment.
+    /// Seed of the first fold assignment (the others use the seeds after it).
     pub seed: u64,
-    /// Images scored (each exactly once, by the rules fitted without it).
+    /// Fold assignments the Dice values are averaged over (seeds `seed`, `seed + 1`, …).
+    #[serde(default = "one")]
+    pub repeats: usize,
+    /// Images scored (each exactly once per repeat, by the rules fitted without it).
     pub images: usize,
     /// The classifier alone (`w = 1`, thresholds fitted on the other folds).
     pub classifier_only_dice: f64,
@@ -340,6 +343,78 @@ pub struct CrossFit {
     pub mask_only_dice: f64,
     /// The fusion [`fit_fusion`] chooses on the other folds.
     pub fused_dice: f64,
+    /// Repeats in which the fusion's held-out Dice beat both the classifier's and the mask's.
+    #[serde(default)]
+    pub fused_wins: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Where the labels of an image come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LabelSource {
+    /// The classifier's probabilities, thresholded.
+    Classifier,
+    /// The classes of the segmenter's mask that cover enough of the image.
+    Mask,
+    /// Both, through a [`FusionRule`].
+    Fused,
+}
+
+impl LabelSource {
+    /// Every source, in the order of [`LabelSource::name`]'s list.
+    pub const ALL: [LabelSource; 3] = [Self::Classifier, Self::Mask, Self::Fused];
+
+    /// Its name (`voc predict --labels NAME`): `classifier`, `mask` or `fused`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Classifier => "classifier",
+            Self::Mask => "mask",
+            Self::Fused => "fused",
+        }
+    }
+}
+
+impl std::fmt::Display for LabelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for LabelSource {
+    type Err = ClassifyError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|l| l.name() == s)
+            .ok_or_else(|| {
+                bad(format!(
+                    "labels source '{s}': expected classifier, mask or fused"
+                ))
+            })
+    }
+}
+
+impl CrossFit {
+    /// The labels source of the highest mean held-out Dice; the fusion only when it beats both
+    /// sources alone in the mean and in most repeats (a fusion that wins by chance on one fold
+    /// assignment costs a rule fitted to noise), and ties go to the simpler source.
+    pub fn best_labels(&self) -> LabelSource {
+        let single = if self.mask_only_dice + TIE >= self.classifier_only_dice {
+            (LabelSource::Mask, self.mask_only_dice)
+        } else {
+            (LabelSource::Classifier, self.classifier_only_dice)
+        };
+        if self.fused_dice > single.1 + TIE && 2 * self.fused_wins > self.repeats {
+            LabelSource::Fused
+        } else {
+            single.0
+        }
+    }
 }
 
 /// The fold (0..folds) of each of `n` images: a seeded shuffle, dealt round-robin, so that fold
@@ -355,12 +430,15 @@ fn fold_of(n: usize, folds: usize, seed: u64) -> Vec<usize> {
 }
 
 /// An honest comparison of the classifier alone, the mask alone and their fusion on the same
-/// images: the images are split into `folds` folds (a deterministic shuffle from `seed`); for each
-/// fold, the three rules are fitted as [`fit_fusion`] fits them (`rule` choosing the thresholds) on
-/// the other folds and decide the labels of the held-out fold. The Dice values are the mean over all
-/// images of their held-out Dice (so each fold weighs by its size).
+/// images: the images are split into `folds` folds (a deterministic shuffle from the seed); for
+/// each fold, the three rules are fitted as [`fit_fusion`] fits them (`rule` choosing the
+/// thresholds) on the other folds and decide the labels of the held-out fold. A repeat's Dice
+/// values are the mean over all images of their held-out Dice (so each fold weighs by its size);
+/// with 112 images one fold assignment moves them by about ±0.01, so the result averages
+/// `repeats` assignments (seeds `seed`, `seed + 1`, …) and counts those the fusion won.
 ///
-/// Errors: as [`fit_fusion`], and `folds` below 2 or above the number of images.
+/// Errors: as [`fit_fusion`], `folds` below 2 or above the number of images, `repeats` 0.
+#[allow(clippy::too_many_arguments)]
 pub fn cross_fitted_dice(
     probs: &[f32],
     areas: &[f32],
@@ -369,6 +447,7 @@ pub fn cross_fitted_dice(
     rule: ThresholdRule,
     folds: usize,
     seed: u64,
+    repeats: usize,
 ) -> Result<CrossFit> {
     let n = check_inputs(probs, areas, truth, num_classes)?;
     if folds < 2 || folds > n {
@@ -377,7 +456,55 @@ pub fn cross_fitted_dice(
              something left to fit on)"
         )));
     }
-    let fold = fold_of(n, folds, seed);
+    if repeats == 0 {
+        return Err(bad(
+            "0 repeats: expected at least one fold assignment".into()
+        ));
+    }
+    let mut sums = [0.0f64; 3];
+    let mut fused_wins = 0;
+    for r in 0..repeats {
+        let [classifier, mask, fused] = held_out_dice(
+            probs,
+            areas,
+            truth,
+            num_classes,
+            rule,
+            &fold_of(n, folds, seed.wrapping_add(r as u64)),
+            folds,
+        )?;
+        if fused > classifier.max(mask) + TIE {
+            fused_wins += 1;
+        }
+        for (sum, d) in sums.iter_mut().zip([classifier, mask, fused]) {
+            *sum += d;
+        }
+    }
+    let mean = |k: usize| sums[k] / repeats as f64;
+    Ok(CrossFit {
+        folds,
+        seed,
+        repeats,
+        images: n,
+        classifier_only_dice: mean(0),
+        mask_only_dice: mean(1),
+        fused_dice: mean(2),
+        fused_wins,
+    })
+}
+
+/// The held-out Dice of the classifier alone, the mask alone and the fusion for one fold
+/// assignment (`fold[i]` in 0..folds), inputs already checked.
+fn held_out_dice(
+    probs: &[f32],
+    areas: &[f32],
+    truth: &[u8],
+    num_classes: usize,
+    rule: ThresholdRule,
+    fold: &[usize],
+    folds: usize,
+) -> Result<[f64; 3]> {
+    let n = fold.len();
     let rows = |keep: &dyn Fn(usize) -> bool| {
         let mut p = Vec::new();
         let mut a = Vec::new();
@@ -413,14 +540,7 @@ pub fn cross_fitted_dice(
         }
     }
     let dice = |p: &[u8]| metrics::classification_dice(p, truth, num_classes);
-    Ok(CrossFit {
-        folds,
-        seed,
-        images: n,
-        classifier_only_dice: dice(&pred[0])?,
-        mask_only_dice: dice(&pred[1])?,
-        fused_dice: dice(&pred[2])?,
-    })
+    Ok([dice(&pred[0])?, dice(&pred[1])?, dice(&pred[2])?])
 }
 
 #[cfg(test)]
@@ -480,7 +600,7 @@ mod tests {
         let w = fit.rule.classifier_weight;
         assert!(w > 0.0 && w < 1.0, "{fit:?}");
         let cross =
-            cross_fitted_dice(&probs, &areas, &truth, 4, ThresholdRule::PerClass, 2, 7).unwrap();
+            cross_fitted_dice(&probs, &areas, &truth, 4, ThresholdRule::PerClass, 2, 7, 1).unwrap();
         assert_eq!((cross.images, cross.folds, cross.seed), (200, 2, 7));
         assert!(
             cross.fused_dice > cross.classifier_only_dice + 0.03
@@ -491,11 +611,85 @@ mod tests {
         assert!(cross.fused_dice <= fit.dice + 1e-9, "{cross:?} {fit:?}");
         // Deterministic.
         let again =
-            cross_fitted_dice(&probs, &areas, &truth, 4, ThresholdRule::PerClass, 2, 7).unwrap();
+            cross_fitted_dice(&probs, &areas, &truth, 4, ThresholdRule::PerClass, 2, 7, 1).unwrap();
         assert_eq!(cross, again);
         assert_eq!(
             fit,
             fit_fusion(&probs, &areas, &truth, 4, ThresholdRule::PerClass).unwrap()
+        );
+    }
+
+    #[test]
+    fn repeats_average_the_fold_assignments_and_count_the_fusions_wins() {
+        let (probs, areas, truth) = synthetic(80, 3);
+        let rule = ThresholdRule::Global;
+        let single: Vec<CrossFit> = (5..8)
+            .map(|seed| cross_fitted_dice(&probs, &areas, &truth, 4, rule, 3, seed, 1).unwrap())
+            .collect();
+        let repeated = cross_fitted_dice(&probs, &areas, &truth, 4, rule, 3, 5, 3).unwrap();
+        assert_eq!((repeated.seed, repeated.repeats, repeated.folds), (5, 3, 3));
+        let mean = |f: fn(&CrossFit) -> f64| single.iter().map(f).sum::<f64>() / 3.0;
+        assert!((repeated.fused_dice - mean(|c| c.fused_dice)).abs() < 1e-12);
+        assert!((repeated.mask_only_dice - mean(|c| c.mask_only_dice)).abs() < 1e-12);
+        assert!((repeated.classifier_only_dice - mean(|c| c.classifier_only_dice)).abs() < 1e-12);
+        let wins: usize = single.iter().map(|c| c.fused_wins).sum();
+        assert_eq!(repeated.fused_wins, wins);
+        for c in &single {
+            let won = c.fused_dice > c.mask_only_dice.max(c.classifier_only_dice) + TIE;
+            assert_eq!(c.fused_wins, usize::from(won), "{c:?}");
+        }
+        // Different seeds deal different folds.
+        assert!(single.windows(2).any(|w| w[0] != w[1]), "{single:?}");
+        let e = cross_fitted_dice(&probs, &areas, &truth, 4, rule, 3, 5, 0).unwrap_err();
+        assert!(e.to_string().contains("0 repeats"), "{e}");
+    }
+
+    #[test]
+    fn best_labels_takes_the_fusion_only_when_it_wins_in_the_mean_and_mostly() {
+        let fit = |classifier, mask, fused, wins| CrossFit {
+            folds: 5,
+            seed: 0,
+            repeats: 5,
+            images: 100,
+            classifier_only_dice: classifier,
+            mask_only_dice: mask,
+            fused_dice: fused,
+            fused_wins: wins,
+        };
+        assert_eq!(fit(0.8, 0.85, 0.87, 5).best_labels(), LabelSource::Fused);
+        assert_eq!(fit(0.8, 0.85, 0.87, 3).best_labels(), LabelSource::Fused);
+        // Ahead in the mean by one lucky assignment only.
+        assert_eq!(fit(0.8, 0.85, 0.87, 2).best_labels(), LabelSource::Mask);
+        assert_eq!(fit(0.8, 0.85, 0.84, 0).best_labels(), LabelSource::Mask);
+        assert_eq!(
+            fit(0.9, 0.85, 0.88, 0).best_labels(),
+            LabelSource::Classifier
+        );
+        // A tie between the sources goes to the mask, one with the fusion to the source.
+        assert_eq!(fit(0.85, 0.85, 0.80, 0).best_labels(), LabelSource::Mask);
+        assert_eq!(fit(0.8, 0.85, 0.85, 5).best_labels(), LabelSource::Mask);
+        // Files from before repeats were counted read as one assignment the fusion did not win.
+        let old: CrossFit = serde_json::from_str(
+            r#"{"folds": 2, "seed": 0, "images": 2, "classifier_only_dice": 0.5,
+                "mask_only_dice": 0.6, "fused_dice": 0.7}"#,
+        )
+        .unwrap();
+        assert_eq!((old.repeats, old.fused_wins), (1, 0));
+        assert_eq!(old.best_labels(), LabelSource::Mask);
+    }
+
+    #[test]
+    fn label_sources_parse_from_their_names() {
+        for source in LabelSource::ALL {
+            assert_eq!(source.name().parse::<LabelSource>().unwrap(), source);
+            assert_eq!(source.to_string(), source.name());
+            let json = serde_json::to_string(&source).unwrap();
+            assert_eq!(json, format!("\"{}\"", source.name()));
+        }
+        let e = "best".parse::<LabelSource>().unwrap_err().to_string();
+        assert!(
+            e.contains("'best'") && e.contains("classifier, mask or fused"),
+            "{e}"
         );
     }
 
@@ -608,14 +802,32 @@ mod tests {
         assert!(fit(&probs, &areas, &[1, 2, 0, 1], 2).contains("truth[1]"));
         let cross = |folds| {
             message(
-                cross_fitted_dice(&probs, &areas, &truth, 2, ThresholdRule::Global, folds, 0)
-                    .unwrap_err(),
+                cross_fitted_dice(
+                    &probs,
+                    &areas,
+                    &truth,
+                    2,
+                    ThresholdRule::Global,
+                    folds,
+                    0,
+                    1,
+                )
+                .unwrap_err(),
             )
         };
         assert!(cross(1).contains("1 folds for 2 images"));
         assert!(cross(3).contains("3 folds for 2 images"));
-        let e = cross_fitted_dice(&probs, &areas[..2], &truth, 2, ThresholdRule::Global, 2, 0)
-            .unwrap_err();
+        let e = cross_fitted_dice(
+            &probs,
+            &areas[..2],
+            &truth,
+            2,
+            ThresholdRule::Global,
+            2,
+            0,
+            1,
+        )
+        .unwrap_err();
         assert!(message(e).contains("probs, areas and truth"));
     }
 

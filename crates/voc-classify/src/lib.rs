@@ -27,7 +27,7 @@ pub use checkpoint::CheckpointClassifier;
 pub use classifier::{top_k, ClassifierArch, ClassifierConfig, ImageClassifier, Prediction};
 pub use efficientnet::{EfficientNetLite, EfficientNetLiteConfig};
 pub use error::{ClassifyError, Result};
-pub use fusion::{cross_fitted_dice, fit_fusion, CrossFit, FusionFit, FusionRule};
+pub use fusion::{cross_fitted_dice, fit_fusion, CrossFit, FusionFit, FusionRule, LabelSource};
 pub use head::{Head, HeadKind};
 pub use metrics::{
     average_precision, choose_thresholds, classification_dice, evaluate, macro_f1,

@@ -54,15 +54,23 @@ pub struct FuseEvalArgs {
     #[arg(long)]
     out: PathBuf,
     /// Folds of the cross-fitted comparison (each fold scored by rules fitted on the others).
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 5)]
     folds: usize,
-    /// Seed of the fold assignment.
+    /// Fold assignments the cross-fitted comparison averages (seeds --seed, --seed + 1, ...).
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    /// Seed of the first fold assignment.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// How the thresholds on the fused scores are chosen: global, per-class or seed (0.15); all with
     /// the argmax fallback.
     #[arg(long, default_value = "global", value_parser = parse_threshold_rule)]
     threshold: ThresholdRule,
+    /// Also write what the fit saw, one row per image: Id, the classifier's 20 probabilities
+    /// (`p_CLASS`), the mask's 20 class areas (`area_CLASS`, fractions of the image) and the 20
+    /// true labels (`true_CLASS`), as CSV.
+    #[arg(long, value_name = "FILE.csv")]
+    scores: Option<PathBuf>,
     /// Print the summary as one JSON line.
     #[arg(long)]
     json: bool,
@@ -70,6 +78,40 @@ pub struct FuseEvalArgs {
 
 fn parse_threshold_rule(s: &str) -> Result<ThresholdRule, String> {
     s.parse::<ThresholdRule>().map_err(|e| e.to_string())
+}
+
+/// `voc eval fuse --scores`: one CSV row per image with its probabilities, areas and labels.
+fn write_fusion_scores(
+    path: &Path,
+    ids: &[String],
+    probs: &[f32],
+    areas: &[f32],
+    truth: &[u8],
+) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    let mut text = String::from("Id");
+    for prefix in ["p_", "area_", "true_"] {
+        for name in CLASS_NAMES {
+            write!(text, ",{prefix}{name}")?;
+        }
+    }
+    text.push('\n');
+    for (i, id) in ids.iter().enumerate() {
+        let row = i * NUM_CLASSES..(i + 1) * NUM_CLASSES;
+        text.push_str(id);
+        for p in &probs[row.clone()] {
+            write!(text, ",{p}")?;
+        }
+        for a in &areas[row.clone()] {
+            write!(text, ",{a}")?;
+        }
+        for t in &truth[row] {
+            write!(text, ",{t}")?;
+        }
+        text.push('\n');
+    }
+    voc_core::write_atomic(path, |f| std::io::Write::write_all(f, text.as_bytes()))
+        .with_context(|| format!("{}: cannot write the scores", path.display()))
 }
 
 /// What a fusion file (`voc eval fuse --out`) marks itself with.
@@ -390,6 +432,9 @@ fn fuse(args: FuseEvalArgs) -> anyhow::Result<()> {
             index.name
         );
     }
+    if args.repeats == 0 {
+        bail!("--repeats 0: expected at least 1 fold assignment to average");
+    }
     let classifier = CheckpointClassifier::load(&args.classifier, &device)?;
     check_class_names(
         &classifier.class_names,
@@ -419,6 +464,9 @@ fn fuse(args: FuseEvalArgs) -> anyhow::Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
+    if let Some(path) = &args.scores {
+        write_fusion_scores(path, &index.ids, &probs, &areas, &truth)?;
+    }
 
     let fit = fit_fusion(&probs, &areas, &truth, NUM_CLASSES, args.threshold)?;
     let cross = cross_fitted_dice(
@@ -429,6 +477,7 @@ fn fuse(args: FuseEvalArgs) -> anyhow::Result<()> {
         args.threshold,
         args.folds,
         args.seed,
+        args.repeats,
     )?;
     let file = FusionFile {
         format: FUSION_FORMAT.to_string(),
@@ -458,14 +507,16 @@ fn fuse(args: FuseEvalArgs) -> anyhow::Result<()> {
         // shortest).
         let mut value: serde_json::Value = serde_json::from_str(&json)?;
         value["fusion"] = serde_json::json!(args.out);
+        value["best_labels"] = serde_json::json!(file.cross_fitted.best_labels());
         println!("{value}");
         return Ok(());
     }
     let (c, i) = (&file.cross_fitted, &file.in_sample);
     println!(
         "wrote {}: classifier weight {}, area scale {}, {} thresholds; classification Dice on {} images \
-         of '{}', {}-fold cross-fitted: mask {:.4}, classifier {:.4}, fused {:.4} (in-sample: mask \
-         {:.4}, classifier {:.4}, fused {:.4})",
+         of '{}', {}-fold cross-fitted (mean of {} fold assignments): mask {:.4}, classifier {:.4}, \
+         fused {:.4}, the fusion best in {} of {} (in-sample: mask {:.4}, classifier {:.4}, fused \
+         {:.4}); best held out: --labels {}",
         args.out.display(),
         file.rule.classifier_weight,
         file.rule.area_scale,
@@ -473,12 +524,16 @@ fn fuse(args: FuseEvalArgs) -> anyhow::Result<()> {
         file.images,
         file.split,
         c.folds,
+        c.repeats,
         c.mask_only_dice,
         c.classifier_only_dice,
         c.fused_dice,
+        c.fused_wins,
+        c.repeats,
         i.mask_only,
         i.classifier_only,
         i.fused,
+        c.best_labels(),
     );
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::{bail, Context};
 use clap::{Args, ValueEnum};
-use voc_classify::CheckpointClassifier;
+use voc_classify::{CheckpointClassifier, LabelSource};
 use voc_core::{Mask, CLASS_NAMES, MASK_CLASS_NAMES, NUM_CLASSES};
 use voc_data::competition::CompetitionDir;
 use voc_segment::{load_segmenter, LoadedSegmenter, SizeStrategy, DEFAULT_SEGMENTER};
@@ -92,15 +92,19 @@ impl SegmenterArgs {
     }
 }
 
-/// Where `voc predict` takes each image's labels from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LabelSource {
-    /// The --classifier checkpoint's thresholds on its probabilities.
-    Classifier,
-    /// The classes whose predicted pixels cover at least --min-area of the image.
-    Mask,
-    /// The --fusion rule (`voc eval fuse`) on the classifier's probabilities and the mask's areas.
-    Fused,
+/// `--labels`: where `voc predict` takes each image's labels from, with each value's help.
+fn label_source_parser() -> impl clap::builder::TypedValueParser<Value = LabelSource> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(LabelSource::ALL.map(|source| {
+        PossibleValue::new(source.name()).help(match source {
+            LabelSource::Classifier => "The --classifier checkpoint's thresholds on its probabilities",
+            LabelSource::Mask => "The classes whose predicted pixels cover at least --min-area of the image",
+            LabelSource::Fused => {
+                "The --fusion rule (`voc eval fuse`) on the classifier's probabilities and the mask's areas"
+            }
+        })
+    }))
+    .try_map(|name| name.parse::<LabelSource>())
 }
 
 #[derive(Args)]
@@ -124,7 +128,7 @@ pub struct PredictArgs {
     /// Where the labels come from: classifier (its thresholds), mask (--min-area) or fused (the
     /// --fusion rule on the classifier's probabilities and the mask's class areas). Default:
     /// classifier when --classifier is given, else mask.
-    #[arg(long, value_enum)]
+    #[arg(long, value_parser = label_source_parser())]
     labels: Option<LabelSource>,
     /// With --labels fused: the rule `voc eval fuse` fitted (FUSION.json).
     #[arg(long)]
@@ -317,6 +321,21 @@ fn warn_fusion_mismatch(
             differ.join(", ")
         );
     }
+    let c = &file.cross_fitted;
+    let best = c.best_labels();
+    if best != LabelSource::Fused {
+        eprintln!(
+            "warning: in {}'s held-out comparison the fusion did not beat both sources (classification \
+             Dice: mask {:.4}, classifier {:.4}, fused {:.4}, the fusion best in {} of {} fold \
+             assignments): --labels {best} is likely the better choice",
+            path.display(),
+            c.mask_only_dice,
+            c.classifier_only_dice,
+            c.fused_dice,
+            c.fused_wins,
+            c.repeats,
+        );
+    }
 }
 
 fn create_dir(dir: &Path, what: &str) -> anyhow::Result<()> {
@@ -451,7 +470,7 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
                 "output_stride": args.model.output_stride,
                 "size_strategy": args.model.size_strategy.to_string(),
                 "tta": args.model.tta_name(),
-                "labels": source.to_possible_value().map(|v| v.get_name().to_string()),
+                "labels": source.name(),
                 "labels_from": labels_from,
                 "masks": args.save_masks.as_ref().map(|p| p.display().to_string()),
                 "overlays": args.save_overlays.as_ref().map(|p| p.display().to_string()),

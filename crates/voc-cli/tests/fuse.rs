@@ -75,6 +75,7 @@ fn fuse_then_predict_fused_labels_on_voc_sample() {
     assert!(classifier.is_file());
 
     let fusion = tmp.path().join("fusion.json");
+    let scores = tmp.path().join("scores.csv");
     let out = voc(
         &[
             "eval",
@@ -89,6 +90,10 @@ fn fuse_then_predict_fused_labels_on_voc_sample() {
             path_str(&fusion),
             "--folds",
             "3",
+            "--repeats",
+            "4",
+            "--scores",
+            path_str(&scores),
             "--device",
             "cpu",
             "--json",
@@ -96,6 +101,27 @@ fn fuse_then_predict_fused_labels_on_voc_sample() {
         Some(&hf),
     );
     let summary = json_line(&out, "voc eval fuse");
+    // What the fit saw: a header of Id + 3 x 20 columns, one row per image; areas are fractions
+    // of the image that sum to at most 1, the labels the split's.
+    let text = std::fs::read_to_string(&scores).unwrap();
+    let rows: Vec<Vec<&str>> = text.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 1 + 6, "{text}");
+    assert_eq!(rows[0][0], "Id");
+    assert_eq!(rows[0][1], "p_aeroplane");
+    assert_eq!(rows[0][21], "area_aeroplane");
+    assert_eq!(rows[0][60], "true_tvmonitor");
+    for row in &rows[1..] {
+        assert_eq!(row.len(), 61, "{text}");
+        let values: Vec<f64> = row[1..].iter().map(|v| v.parse().unwrap()).collect();
+        assert!(
+            values[..20].iter().all(|p| (0.0..=1.0).contains(p)),
+            "{text}"
+        );
+        let area: f64 = values[20..40].iter().sum();
+        assert!(area <= 1.0 + 1e-5, "{text}");
+        assert!(values[40..].iter().all(|&t| t == 0.0 || t == 1.0), "{text}");
+        assert!(values[40..].contains(&1.0), "{text}");
+    }
     assert_eq!(summary["fusion"], path_str(&fusion));
     let file: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&fusion).unwrap()).unwrap();
@@ -122,6 +148,14 @@ fn fuse_then_predict_fused_labels_on_voc_sample() {
     assert_eq!(file["images"], 6);
     assert_eq!(file["threshold_rule"], "global");
     assert_eq!(file["cross_fitted"]["folds"], 3);
+    assert_eq!(file["cross_fitted"]["repeats"], 4);
+    let wins = file["cross_fitted"]["fused_wins"].as_u64().unwrap();
+    assert!(wins <= 4, "{file}");
+    let best_labels = summary["best_labels"].as_str().unwrap().to_string();
+    assert!(
+        ["mask", "classifier", "fused"].contains(&best_labels.as_str()),
+        "{summary}"
+    );
     let w = file["rule"]["classifier_weight"].as_f64().unwrap();
     assert!((0.0..=1.0).contains(&w), "{file}");
     assert_eq!(
@@ -168,8 +202,15 @@ fn fuse_then_predict_fused_labels_on_voc_sample() {
     assert_eq!(predicted["labels"], "fused");
     assert_eq!(predicted["rows"], 12);
     assert!(
-        !stderr(&out).contains("warning"),
-        "same setup, no warning:\n{}",
+        !stderr(&out).contains("was fitted with"),
+        "same setup, no warning about it:\n{}",
+        stderr(&out)
+    );
+    // The file's own held-out comparison: a warning exactly when the fusion did not win it.
+    assert_eq!(
+        stderr(&out).contains("the fusion did not beat both sources"),
+        best_labels != "fused",
+        "best held out: {best_labels}\n{}",
         stderr(&out)
     );
     let out = voc(
@@ -411,7 +452,7 @@ fn eval_fuse_needs_a_labelled_split_and_sane_folds() {
     let tmp = tempfile::tempdir().unwrap();
     let data = repo_root().join("assets/voc-sample");
     let fusion = tmp.path().join("fusion.json");
-    let fuse = |split: &str, folds: &str| {
+    let fuse_with = |split: &str, folds: &str, repeats: &str| {
         voc(
             &[
                 "eval",
@@ -426,15 +467,22 @@ fn eval_fuse_needs_a_labelled_split_and_sane_folds() {
                 path_str(&fusion),
                 "--folds",
                 folds,
+                "--repeats",
+                repeats,
                 "--device",
                 "cpu",
             ],
             None,
         )
     };
+    let fuse = |split: &str, folds: &str| fuse_with(split, folds, "1");
     assert_fails_naming(&fuse("test", "2"), &["split 'test'", "no labels"]);
     // The bundled train split has 2 images.
     assert_fails_naming(&fuse("train", "1"), &["--folds 1", "2 to 2"]);
     assert_fails_naming(&fuse("train", "3"), &["--folds 3", "2 to 2"]);
+    assert_fails_naming(
+        &fuse_with("train", "2", "0"),
+        &["--repeats 0", "at least 1"],
+    );
     assert!(!fusion.exists());
 }
