@@ -321,6 +321,10 @@ fn warn_fusion_mismatch(
             differ.join(", ")
         );
     }
+}
+
+/// Warns when the fusion file's own held-out comparison found a source alone better than the fusion.
+fn warn_fusion_not_best(file: &crate::cmd_eval::FusionFile, path: &Path) {
     let c = &file.cross_fitted;
     let best = c.best_labels();
     if best != LabelSource::Fused {
@@ -373,6 +377,7 @@ pub fn predict(args: PredictArgs) -> anyhow::Result<()> {
     let loaded = open_segmenter(&args.model, &device)?;
     if let (Some(file), Some(path)) = (&fusion, &args.fusion) {
         warn_fusion_mismatch(file, path, &args, &loaded.source);
+        warn_fusion_not_best(file, path);
     }
     let classifier = match &args.classifier {
         Some(path) if source != LabelSource::Mask => {
