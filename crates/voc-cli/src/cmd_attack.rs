@@ -1043,19 +1043,11 @@ fn segment(args: SegmentAttackArgs) -> anyhow::Result<()> {
     let segmenter = loaded.segmenter;
     let started = Instant::now();
 
-    // Model on 0..1 pixels of one photo at its own size: normalise, pad as `voc predict` does, logits
-    // at the photo's size.
+    // Model on 0..1 pixels of one photo at its own size: normalise, then fit and run it as `voc
+    // predict` does (padded to the stride grid, logits cropped back to the photo).
     let network = |u: &Tensor| -> voc_segment::Result<Tensor> {
         let x = voc_tensor::preprocess::normalize(&(u * 255.0)?, &segmenter.normalization)?;
-        let (_, _, h, w) = x.dims4()?;
-        let os = segmenter.net.output_stride();
-        let grid = |side: usize| (side.max(513) - 1).div_ceil(os) * os + 1;
-        let (ph, pw) = (grid(h), grid(w));
-        let x = x
-            .pad_with_zeros(2, 0, ph - h)?
-            .pad_with_zeros(3, 0, pw - w)?;
-        let logits = segmenter.net.logits_at(&x, ph, pw, false)?;
-        Ok(logits.narrow(2, 0, h)?.narrow(3, 0, w)?)
+        segmenter.logits_of_input(&x)
     };
     // The attacker's view (through the defence only with --adaptive) and the deployed model.
     let model = |u: &Tensor| -> Result<Tensor, AttackError> {

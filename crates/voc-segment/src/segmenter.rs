@@ -279,8 +279,11 @@ impl Segmenter {
         Ok((sum / self.scales.len() as f64)?)
     }
 
-    /// Logits at the size of an already normalised `1 x 3 x h x w` input, fitted by the strategy.
-    fn logits_of_input(&self, x: &Tensor) -> Result<Tensor> {
+    /// Logits `1 x classes x h x w` of an already normalised `1 x 3 x h x w` input, fitted to the
+    /// network by [`Self::strategy`] (and mirrored with [`Self::flip_tta`]) as [`Self::logits`] fits a
+    /// photo: the entry point for callers that build the input themselves (an attack differentiates
+    /// through it).
+    pub fn logits_of_input(&self, x: &Tensor) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         match self.strategy {
             SizeStrategy::Resize(size) => {
