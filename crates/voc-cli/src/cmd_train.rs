@@ -1,6 +1,6 @@
 //! `voc train classify`: train a multi-label classifier (the scratch CNN, or a pretrained backbone frozen
 //! or fine-tuned) on the competition's data, with validation, checkpoints, curves and resume.
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -228,47 +228,65 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
 }
 
+/// What a run folder saved (`RUN/config.json`): its training configuration and data folder.
 #[derive(serde::Deserialize)]
-struct SavedRun {
-    config: TrainConfig,
+struct SavedRun<C> {
+    config: C,
     data: PathBuf,
+}
+
+impl<C: serde::de::DeserializeOwned> SavedRun<C> {
+    /// The run at `run`, for `--resume`; `what` names the kind of configuration in the error.
+    fn read(run: &Path, what: &str) -> anyhow::Result<Self> {
+        let path = run.join("config.json");
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "--resume {}: no run there (cannot read {})",
+                run.display(),
+                path.display()
+            )
+        })?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a voc {what} config", path.display()))
+    }
+}
+
+/// `--resume`'s rule for the flags that say what a run trains: each given with it (`Some`) must equal
+/// the run's saved value; `flags` holds `(given, flag, saved value)`.
+fn check_resume_flags(run: &Path, flags: &[(Option<&str>, &str, &str)]) -> anyhow::Result<()> {
+    for &(given, flag, saved) in flags {
+        if let Some(given) = given {
+            if given != saved {
+                bail!(
+                    "--resume {}: the run was started with {flag} {saved}, not {given}",
+                    run.display()
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn classify(args: ClassifyArgs) -> anyhow::Result<()> {
     let device = args.device.open()?;
     let (config, data, out, resume) = match &args.resume {
         Some(run) => {
-            let path = run.join("config.json");
-            let text = std::fs::read_to_string(&path).with_context(|| {
-                format!(
-                    "--resume {}: no run there (cannot read {})",
-                    run.display(),
-                    path.display()
-                )
-            })?;
-            let saved: SavedRun = serde_json::from_str(&text)
-                .with_context(|| format!("{}: not a voc training config", path.display()))?;
-            for (given, flag, saved_value) in [
-                (
-                    args.model.as_deref(),
-                    "--model",
-                    saved.config.model.as_str(),
-                ),
-                (
-                    args.mode.map(|m| m.name()),
-                    "--mode",
-                    saved.config.mode.name(),
-                ),
-            ] {
-                if let Some(g) = given {
-                    if g != saved_value {
-                        bail!(
-                            "--resume {}: the run was started with {flag} {saved_value}, not {g}",
-                            run.display()
-                        );
-                    }
-                }
-            }
+            let saved: SavedRun<TrainConfig> = SavedRun::read(run, "training")?;
+            check_resume_flags(
+                run,
+                &[
+                    (
+                        args.model.as_deref(),
+                        "--model",
+                        saved.config.model.as_str(),
+                    ),
+                    (
+                        args.mode.map(|m| m.name()),
+                        "--mode",
+                        saved.config.mode.name(),
+                    ),
+                ],
+            )?;
             let (config, _) = args.apply(saved.config.clone())?;
             let data = args.data.clone().unwrap_or(saved.data);
             (config, data, run.clone(), true)
@@ -506,48 +524,26 @@ impl SegmentArgs {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct SavedSegRun {
-    config: SegTrainConfig,
-    data: PathBuf,
-}
-
 fn segment(args: SegmentArgs) -> anyhow::Result<()> {
     let device = args.device.open()?;
     let (config, data, out, resume) = match &args.resume {
         Some(run) => {
-            let path = run.join("config.json");
-            let text = std::fs::read_to_string(&path).with_context(|| {
-                format!(
-                    "--resume {}: no run there (cannot read {})",
-                    run.display(),
-                    path.display()
-                )
-            })?;
-            let saved: SavedSegRun = serde_json::from_str(&text).with_context(|| {
-                format!("{}: not a voc segmentation training config", path.display())
-            })?;
-            for (given, flag, saved_value) in [
-                (
-                    args.model.map(|m| m.name()),
-                    "--model",
-                    saved.config.model.name(),
-                ),
-                (
-                    args.backbone.map(|b| b.name()),
-                    "--backbone",
-                    saved.config.backbone.name(),
-                ),
-            ] {
-                if let Some(g) = given {
-                    if g != saved_value {
-                        bail!(
-                            "--resume {}: the run was started with {flag} {saved_value}, not {g}",
-                            run.display()
-                        );
-                    }
-                }
-            }
+            let saved: SavedRun<SegTrainConfig> = SavedRun::read(run, "segmentation training")?;
+            check_resume_flags(
+                run,
+                &[
+                    (
+                        args.model.map(|m| m.name()),
+                        "--model",
+                        saved.config.model.name(),
+                    ),
+                    (
+                        args.backbone.map(|b| b.name()),
+                        "--backbone",
+                        saved.config.backbone.name(),
+                    ),
+                ],
+            )?;
             let config = args.apply(saved.config.clone());
             let data = args.data.clone().unwrap_or(saved.data);
             (config, data, run.clone(), true)

@@ -131,6 +131,26 @@ fn a_killed_run_stays_loadable_and_resumes() {
     assert!(!out.status.success());
     let err = text(&out);
     assert!(err.contains("lr: 0.001 -> 0.5"), "{err}");
+    // So is one that names another model.
+    let out = voc(
+        &[
+            "train",
+            "classify",
+            "--resume",
+            run_s,
+            "--model",
+            "mobilenet_v2",
+            "--device",
+            "cpu",
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    let err = text(&out);
+    assert!(
+        err.contains("started with --model scratch, not mobilenet_v2"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -261,6 +261,13 @@ fn segment_training_bad_input_is_a_clear_error() {
         &["another configuration", "lr"],
     );
     assert_fails_naming(
+        &voc(
+            &["train", "segment", "--resume", run_s, "--backbone", "voc"],
+            None,
+        ),
+        &["started with --backbone random, not voc"],
+    );
+    assert_fails_naming(
         &train(&["--epochs", "1"]),
         &["already holds a training run"],
     );
