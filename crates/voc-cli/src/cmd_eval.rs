@@ -53,9 +53,10 @@ pub struct FuseEvalArgs {
     /// the Dice values), for `voc predict --labels fused --fusion FILE`.
     #[arg(long)]
     out: PathBuf,
-    /// Folds of the cross-fitted comparison (each fold scored by rules fitted on the others).
-    #[arg(long, default_value_t = 5)]
-    folds: usize,
+    /// Folds of the cross-fitted comparison (each fold scored by rules fitted on the others);
+    /// default 5, or one per image on a split of fewer.
+    #[arg(long)]
+    folds: Option<usize>,
     /// Fold assignments the cross-fitted comparison averages (seeds --seed, --seed + 1, ...).
     #[arg(long, default_value_t = 5)]
     repeats: usize,
@@ -422,12 +423,17 @@ fn segment(args: SegmentEvalArgs) -> anyhow::Result<()> {
 }
 
 fn fuse(args: FuseEvalArgs) -> anyhow::Result<()> {
+    // Checked before minutes of inference, not after.
+    crate::outputs::check_file(&args.out, Some(&args.data), "--out")?;
+    if let Some(scores) = &args.scores {
+        crate::outputs::check_file(scores, Some(&args.data), "--scores")?;
+    }
     let device = args.model.device.open()?;
     let (index, truth) = labelled_split(&args.data, &args.split, "fit the fusion")?;
-    if args.folds < 2 || args.folds > index.len() {
+    let folds = args.folds.unwrap_or(5.min(index.len()));
+    if folds < 2 || folds > index.len() {
         bail!(
-            "--folds {}: expected 2 to {} (the images of split '{}')",
-            args.folds,
+            "--folds {folds}: expected 2 to {} (the images of split '{}')",
             index.len(),
             index.name
         );
@@ -475,7 +481,7 @@ fn fuse(args: FuseEvalArgs) -> anyhow::Result<()> {
         &truth,
         NUM_CLASSES,
         args.threshold,
-        args.folds,
+        folds,
         args.seed,
         args.repeats,
     )?;

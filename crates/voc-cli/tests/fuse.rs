@@ -484,5 +484,25 @@ fn eval_fuse_needs_a_labelled_split_and_sane_folds() {
         &fuse_with("train", "2", "0"),
         &["--repeats 0", "at least 1"],
     );
+    // Output paths are checked before anything is loaded (no hub cache here).
+    let nowhere = tmp.path().to_path_buf();
+    let out = voc(
+        &[
+            "eval",
+            "fuse",
+            "--data",
+            path_str(&data),
+            "--split",
+            "train",
+            "--classifier",
+            path_str(&tmp.path().join("classifier.safetensors")),
+            "--out",
+            path_str(&fusion),
+            "--scores",
+            path_str(&nowhere),
+        ],
+        None,
+    );
+    assert_fails_naming(&out, &["--scores", "is a folder"]);
     assert!(!fusion.exists());
 }
