@@ -856,9 +856,118 @@ pub fn confusion_svg(
     Ok(svg)
 }
 
+/// One epoch of a training run, as [`training_curve_panels`] plots it.
+pub trait EpochPoint {
+    /// 1-based epoch.
+    fn epoch(&self) -> usize;
+    /// Mean training loss over the epoch.
+    fn train_loss(&self) -> f64;
+    /// Loss on the validation images.
+    fn val_loss(&self) -> f64;
+    /// The learning rate the epoch ran at.
+    fn learning_rate(&self) -> f64;
+}
+
+/// A named validation score of an epoch, for [`training_curve_panels`].
+pub type EpochScore<'a, R> = (&'a str, fn(&R) -> f64);
+
+/// The three panels of a training run's `curves.png`: the training and validation loss, the
+/// validation `scores` (name and value, on 0..1) and the learning rate (log scale), each with the
+/// run's best and stopping epochs marked.
+pub fn training_curve_panels<R: EpochPoint>(
+    records: &[R],
+    scores: &[EpochScore<'_, R>],
+    best_epoch: Option<usize>,
+    stopped_at: Option<usize>,
+) -> Vec<Panel> {
+    let series = |name: &str, color: usize, f: &dyn Fn(&R) -> f64| {
+        Series::new(
+            name,
+            SERIES_COLORS[color % SERIES_COLORS.len()],
+            records.iter().map(|r| (r.epoch() as f64, f(r))).collect(),
+        )
+    };
+    // Scores skip the validation loss's colour, so a score never looks like a loss.
+    let score_colors = [0, 2, 3, 5];
+    [
+        Panel::new(
+            "Loss",
+            "epoch",
+            vec![
+                series("train", 0, &|r| r.train_loss()),
+                series("validation", 1, &|r| r.val_loss()),
+            ],
+        ),
+        Panel::new(
+            "Validation scores",
+            "epoch",
+            scores
+                .iter()
+                .zip(score_colors.iter().cycle())
+                .map(|((name, f), &color)| series(name, color, f))
+                .collect(),
+        )
+        .with_y_range(0.0, 1.0),
+        Panel::new(
+            "Learning rate",
+            "epoch",
+            vec![series("lr", 4, &|r| r.learning_rate())],
+        )
+        .log_y(),
+    ]
+    .into_iter()
+    .map(|p| p.with_run_marks(best_epoch, stopped_at))
+    .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    struct Epoch(usize, f64);
+
+    impl EpochPoint for Epoch {
+        fn epoch(&self) -> usize {
+            self.0
+        }
+        fn train_loss(&self) -> f64 {
+            1.0 / self.0 as f64
+        }
+        fn val_loss(&self) -> f64 {
+            2.0 / self.0 as f64
+        }
+        fn learning_rate(&self) -> f64 {
+            1e-3
+        }
+    }
+
+    #[test]
+    fn training_curves_are_loss_scores_and_rate_with_the_run_marks() {
+        let records = [Epoch(1, 0.2), Epoch(2, 0.5), Epoch(3, 0.4)];
+        let scores: [EpochScore<'_, Epoch>; 2] = [("mAP", |r| r.1), ("Dice", |r| r.1 / 2.0)];
+        let panels = training_curve_panels(&records, &scores, Some(2), Some(3));
+        let titles: Vec<&str> = panels.iter().map(|p| p.title.as_str()).collect();
+        assert_eq!(titles, ["Loss", "Validation scores", "Learning rate"]);
+        let names = |p: &Panel| p.series.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&panels[0]), ["train", "validation"]);
+        assert_eq!(names(&panels[1]), ["mAP", "Dice"]);
+        assert_eq!(
+            panels[1].series[1].points,
+            [(1.0, 0.1), (2.0, 0.25), (3.0, 0.2)]
+        );
+        assert_eq!(panels[0].series[1].points[1], (2.0, 1.0));
+        // Scores never take the validation loss's colour.
+        assert!(panels[1]
+            .series
+            .iter()
+            .all(|s| s.color != panels[0].series[1].color));
+        assert_eq!(panels[1].y_range, Some((0.0, 1.0)));
+        assert_eq!(panels[2].y_scale, YScale::Log10);
+        for p in &panels {
+            let marks: Vec<&str> = p.marks.iter().map(|m| m.label.as_str()).collect();
+            assert_eq!(marks, ["best 2", "stop 3"]);
+        }
+    }
 
     fn series(color: [u8; 3], points: &[(f64, f64)]) -> Series {
         Series::new("", color, points.to_vec())

@@ -998,38 +998,31 @@ pub fn curve_panels(
     best_epoch: Option<usize>,
     stopped_at: Option<usize>,
 ) -> Vec<voc_data::chart::Panel> {
-    use voc_data::chart::{Panel, Series, SERIES_COLORS};
-    let series = |name: &str, color: usize, f: &dyn Fn(&EpochRecord) -> f64| {
-        Series::new(
-            name,
-            SERIES_COLORS[color],
-            records.iter().map(|r| (r.epoch as f64, f(r))).collect(),
-        )
-    };
-    [
-        Panel::new(
-            "Loss",
-            "epoch",
-            vec![
-                series("train", 0, &|r| r.train_loss),
-                series("validation", 1, &|r| r.val_loss),
-            ],
-        ),
-        Panel::new(
-            "Validation scores",
-            "epoch",
-            vec![
-                series("mAP", 0, &|r| r.val_map),
-                series("Dice", 2, &|r| r.val_dice),
-                series("macro F1", 3, &|r| r.val_macro_f1),
-            ],
-        )
-        .with_y_range(0.0, 1.0),
-        Panel::new("Learning rate", "epoch", vec![series("lr", 4, &|r| r.lr)]).log_y(),
-    ]
-    .into_iter()
-    .map(|p| p.with_run_marks(best_epoch, stopped_at))
-    .collect()
+    voc_data::chart::training_curve_panels(
+        records,
+        &[
+            ("mAP", |r| r.val_map),
+            ("Dice", |r| r.val_dice),
+            ("macro F1", |r| r.val_macro_f1),
+        ],
+        best_epoch,
+        stopped_at,
+    )
+}
+
+impl voc_data::chart::EpochPoint for EpochRecord {
+    fn epoch(&self) -> usize {
+        self.epoch
+    }
+    fn train_loss(&self) -> f64 {
+        self.train_loss
+    }
+    fn val_loss(&self) -> f64 {
+        self.val_loss
+    }
+    fn learning_rate(&self) -> f64 {
+        self.lr
+    }
 }
 
 /// `curves.png`: [`curve_panels`] as a picture.

@@ -945,38 +945,31 @@ pub fn seg_curve_panels(
     best_epoch: Option<usize>,
     stopped_at: Option<usize>,
 ) -> Vec<voc_data::chart::Panel> {
-    use voc_data::chart::{Panel, Series, SERIES_COLORS};
-    let series = |name: &str, color: usize, f: &dyn Fn(&SegEpochRecord) -> f64| {
-        Series::new(
-            name,
-            SERIES_COLORS[color],
-            records.iter().map(|r| (r.epoch as f64, f(r))).collect(),
-        )
-    };
-    [
-        Panel::new(
-            "Loss",
-            "epoch",
-            vec![
-                series("train", 0, &|r| r.train_loss),
-                series("validation", 1, &|r| r.val_loss),
-            ],
-        ),
-        Panel::new(
-            "Validation scores",
-            "epoch",
-            vec![
-                series("pixel acc", 0, &|r| r.val_pixel_accuracy),
-                series("mIoU", 2, &|r| r.val_miou),
-                series("Dice", 3, &|r| r.val_dice),
-            ],
-        )
-        .with_y_range(0.0, 1.0),
-        Panel::new("Learning rate", "epoch", vec![series("lr", 4, &|r| r.lr)]).log_y(),
-    ]
-    .into_iter()
-    .map(|p| p.with_run_marks(best_epoch, stopped_at))
-    .collect()
+    voc_data::chart::training_curve_panels(
+        records,
+        &[
+            ("pixel acc", |r| r.val_pixel_accuracy),
+            ("mIoU", |r| r.val_miou),
+            ("Dice", |r| r.val_dice),
+        ],
+        best_epoch,
+        stopped_at,
+    )
+}
+
+impl voc_data::chart::EpochPoint for SegEpochRecord {
+    fn epoch(&self) -> usize {
+        self.epoch
+    }
+    fn train_loss(&self) -> f64 {
+        self.train_loss
+    }
+    fn val_loss(&self) -> f64 {
+        self.val_loss
+    }
+    fn learning_rate(&self) -> f64 {
+        self.lr
+    }
 }
 
 /// `curves.png`: [`seg_curve_panels`] as a picture.
