@@ -3,22 +3,10 @@
 //! rejects bad input with errors that say what is wrong. Tests that need the pretrained backbones skip
 //! without the shared hub cache (and fail under `VOC_REQUIRE_SHARED=1`).
 use std::path::Path;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
-use common::{command, copy_dir, sample_copies, text, voc};
-
-fn metrics_epochs(run: &Path) -> Vec<usize> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
-            v["epoch"].as_u64().expect("an epoch") as usize
-        })
-        .collect()
-}
+use common::{copy_dir, kill_after_first_epoch, metrics_epochs, sample_copies, text, voc};
 
 const SCRATCH: [&str; 12] = [
     "--model",
@@ -45,28 +33,13 @@ fn a_killed_run_stays_loadable_and_resumes() {
         "train", "classify", "--data", data_s, "--out", run_s, "--epochs", "6",
     ];
     args.extend(SCRATCH);
-    let mut child = command(&args, None)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawning voc");
-    // Kill it (SIGKILL: no clean-up) once the first epoch's files are written, mid-way through the next.
-    let t0 = Instant::now();
-    while metrics_epochs(&run).is_empty() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(120),
-            "no epoch after 120 s"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "voc ended before it was killed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(150));
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let done = metrics_epochs(&run);
+    // SIGKILL (no clean-up) once the first epoch's files are written, mid-way through the next.
+    let done = kill_after_first_epoch(
+        &args,
+        &run,
+        Duration::from_secs(120),
+        Duration::from_millis(150),
+    );
     assert!(
         !done.is_empty() && done.len() < 6,
         "killed after epochs {done:?}"

@@ -1,23 +1,13 @@
 //! End-to-end tests of `voc train segment`: the `voc` binary trains a DeepLabV3+ from random weights
 //! (no download) on a small folder built from the bundled sample, is killed mid-run and resumed, its
 //! checkpoints load in `voc eval segment`, and bad input is refused with errors that say what is wrong.
-use std::path::Path;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 mod common;
-use common::{assert_fails_naming, command, json_line, path_str, small_seg_data, text, voc};
-
-fn metrics_epochs(run: &Path) -> Vec<usize> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
-            v["epoch"].as_u64().expect("an epoch") as usize
-        })
-        .collect()
-}
+use common::{
+    assert_fails_naming, json_line, kill_after_first_epoch, metrics_epochs, path_str,
+    small_seg_data, text, voc,
+};
 
 /// A small, fast configuration: random DeepLabV3+, 65x65 crops, validation resized to 65x65.
 const SMALL: [&str; 16] = [
@@ -49,28 +39,13 @@ fn a_killed_segment_run_stays_loadable_and_resumes() {
         "train", "segment", "--data", data_s, "--out", run_s, "--epochs", "5",
     ];
     args.extend(SMALL);
-    let mut child = command(&args, None)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawning voc");
     // SIGKILL (no clean-up) once the first epoch's files are written, mid-way through the next.
-    let t0 = Instant::now();
-    while metrics_epochs(&run).is_empty() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(180),
-            "no epoch after 180 s"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "voc ended before it was killed"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    child.kill().unwrap();
-    child.wait().unwrap();
-    let done = metrics_epochs(&run);
+    let done = kill_after_first_epoch(
+        &args,
+        &run,
+        Duration::from_secs(180),
+        Duration::from_millis(300),
+    );
     assert!(
         !done.is_empty() && done.len() < 5,
         "killed after epochs {done:?}"

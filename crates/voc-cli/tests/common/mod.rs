@@ -137,3 +137,45 @@ pub fn sample_copies(dir: &Path, copies: usize, masks: bool) -> PathBuf {
 pub fn small_seg_data(dir: &Path, copies: usize) -> PathBuf {
     sample_copies(dir, copies, true)
 }
+
+/// The epochs a training run has logged in `RUN/metrics.jsonl`, in file order (none when absent).
+pub fn metrics_epochs(run: &Path) -> Vec<usize> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("a JSON line");
+            v["epoch"].as_u64().expect("an epoch") as usize
+        })
+        .collect()
+}
+
+/// Starts `voc args` training into `run` and kills it (SIGKILL: no clean-up) `settle` after its first
+/// epoch's files are written, mid-way through the next; returns the epochs logged by then. Fails
+/// when no epoch is written within `timeout` or the run ends before it is killed.
+pub fn kill_after_first_epoch(
+    args: &[&str],
+    run: &Path,
+    timeout: std::time::Duration,
+    settle: std::time::Duration,
+) -> Vec<usize> {
+    use std::process::Stdio;
+    let mut child = command(args, None)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning voc");
+    let t0 = std::time::Instant::now();
+    while metrics_epochs(run).is_empty() {
+        assert!(t0.elapsed() < timeout, "no epoch after {timeout:?}");
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "voc ended before it was killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(settle);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    metrics_epochs(run)
+}
