@@ -96,6 +96,28 @@ impl Im2ColParams {
     pub fn cols_len(&self) -> usize {
         self.n * self.c * self.taps() * self.out_plane()
     }
+
+    /// What the per-image loops of the training conv's three ops share, for `c_out` output channels.
+    fn per_image(&self, c_out: usize) -> PerImage {
+        let k = self.c * self.taps();
+        PerImage {
+            k,
+            c_out,
+            in_len: self.c * self.plane(),
+            out_len: c_out * self.out_plane(),
+            cols: vec![0f32; k * self.out_plane()],
+        }
+    }
+}
+
+/// One image's sizes in the training conv's ops: rows of the expanded matrix (`c · kh · kw`), output
+/// channels, input and output values; and a buffer for its expanded matrix.
+struct PerImage {
+    k: usize,
+    c_out: usize,
+    in_len: usize,
+    out_len: usize,
+    cols: Vec<f32>,
 }
 
 /// `x (N, C, H, W) -> cols (C*kh*kw, N*oh*ow)`: the images side by side, so the whole batch is one
@@ -285,10 +307,13 @@ impl candle_core::CustomOp2 for Conv2dRecompute {
         let p = self.0;
         let x = contiguous_f32(s1, l1, "conv2d input")?;
         let w = contiguous_f32(s2, l2, "conv2d weight")?;
-        let k = p.c * p.taps();
-        let c_out = w.len() / k.max(1);
-        let (in_len, out_len) = (p.c * p.plane(), c_out * p.out_plane());
-        let mut cols = vec![0f32; k * p.out_plane()];
+        let PerImage {
+            k,
+            c_out,
+            in_len,
+            out_len,
+            mut cols,
+        } = p.per_image(w.len() / (p.c * p.taps()).max(1));
         let mut y = vec![0f32; p.n * out_len];
         for b in 0..p.n {
             im2col_image(&p, &x[b * in_len..(b + 1) * in_len], &mut cols);
@@ -346,10 +371,13 @@ impl candle_core::CustomOp2 for Conv2dInputGrad {
         let p = self.0;
         let dy = contiguous_f32(s1, l1, "conv2d output gradient")?;
         let w = contiguous_f32(s2, l2, "conv2d weight")?;
-        let k = p.c * p.taps();
-        let c_out = w.len() / k.max(1);
-        let (in_len, out_len) = (p.c * p.plane(), c_out * p.out_plane());
-        let mut cols = vec![0f32; k * p.out_plane()];
+        let PerImage {
+            k,
+            c_out,
+            in_len,
+            out_len,
+            mut cols,
+        } = p.per_image(w.len() / (p.c * p.taps()).max(1));
         let mut dx = vec![0f32; p.n * in_len];
         for b in 0..p.n {
             // dcols = wᵀ · dy[b]: wᵀ is w read with swapped strides.
@@ -383,10 +411,13 @@ impl candle_core::CustomOp2 for Conv2dWeightGrad {
         let p = self.0;
         let x = contiguous_f32(s1, l1, "conv2d input")?;
         let dy = contiguous_f32(s2, l2, "conv2d output gradient")?;
-        let k = p.c * p.taps();
-        let c_out = dy.len() / (p.n * p.out_plane()).max(1);
-        let (in_len, out_len) = (p.c * p.plane(), c_out * p.out_plane());
-        let mut cols = vec![0f32; k * p.out_plane()];
+        let PerImage {
+            k,
+            c_out,
+            in_len,
+            out_len,
+            mut cols,
+        } = p.per_image(dy.len() / (p.n * p.out_plane()).max(1));
         let mut dw = vec![0f32; c_out * k];
         for b in 0..p.n {
             im2col_image(&p, &x[b * in_len..(b + 1) * in_len], &mut cols);
