@@ -126,21 +126,8 @@ impl Geometry {
 /// Copies a plane into the phased layout: row `iy`, phase `p`, position `j` holds `x[iy, p + j*s]`.
 fn to_phased(g: &Geometry, plane: &[f32], out: &mut [f32]) {
     let (s, wp) = (g.p.stride, g.phase_len());
-    #[cfg(target_arch = "x86_64")]
-    if s == 2 && simd::has_avx2_fma() {
-        for (row, phased) in plane.chunks_exact(g.w).zip(out.chunks_exact_mut(2 * wp)) {
-            let (even, odd) = phased.split_at_mut(wp);
-            // SAFETY: the CPU supports AVX2 and FMA (checked above).
-            unsafe { simd::avx2::deinterleave2(row, even, odd) };
-        }
-        return;
-    }
     for (row, phased) in plane.chunks_exact(g.w).zip(out.chunks_exact_mut(s * wp)) {
-        for (p, dst) in phased.chunks_exact_mut(wp).enumerate() {
-            for (d, v) in dst.iter_mut().zip(row.iter().skip(p).step_by(s)) {
-                *d = *v;
-            }
-        }
+        split_phases(row, s, wp, phased);
     }
 }
 
