@@ -452,57 +452,37 @@ fn eval_fuse_needs_a_labelled_split_and_sane_folds() {
     let tmp = tempfile::tempdir().unwrap();
     let data = repo_root().join("assets/voc-sample");
     let fusion = tmp.path().join("fusion.json");
-    let fuse_with = |split: &str, folds: &str, repeats: &str| {
-        voc(
-            &[
-                "eval",
-                "fuse",
-                "--data",
-                path_str(&data),
-                "--split",
-                split,
-                "--classifier",
-                path_str(&tmp.path().join("classifier.safetensors")),
-                "--out",
-                path_str(&fusion),
-                "--folds",
-                folds,
-                "--repeats",
-                repeats,
-                "--device",
-                "cpu",
-            ],
-            None,
-        )
-    };
-    let fuse = |split: &str, folds: &str| fuse_with(split, folds, "1");
-    assert_fails_naming(&fuse("test", "2"), &["split 'test'", "no labels"]);
-    // The bundled train split has 2 images.
-    assert_fails_naming(&fuse("train", "1"), &["--folds 1", "2 to 2"]);
-    assert_fails_naming(&fuse("train", "3"), &["--folds 3", "2 to 2"]);
-    assert_fails_naming(
-        &fuse_with("train", "2", "0"),
-        &["--repeats 0", "at least 1"],
-    );
-    // Output paths are checked before anything is loaded (no hub cache here).
-    let nowhere = tmp.path().to_path_buf();
-    let out = voc(
-        &[
+    let classifier = tmp.path().join("classifier.safetensors");
+    // `voc eval fuse` on the bundled sample with `flags` after the common ones.
+    let fuse_with = |split: &str, flags: &[&str]| {
+        let mut args = vec![
             "eval",
             "fuse",
             "--data",
             path_str(&data),
             "--split",
-            "train",
+            split,
             "--classifier",
-            path_str(&tmp.path().join("classifier.safetensors")),
+            path_str(&classifier),
             "--out",
             path_str(&fusion),
-            "--scores",
-            path_str(&nowhere),
-        ],
-        None,
+            "--device",
+            "cpu",
+        ];
+        args.extend(flags);
+        voc(&args, None)
+    };
+    let fuse = |split: &str, folds: &str| fuse_with(split, &["--folds", folds, "--repeats", "1"]);
+    assert_fails_naming(&fuse("test", "2"), &["split 'test'", "no labels"]);
+    // The bundled train split has 2 images.
+    assert_fails_naming(&fuse("train", "1"), &["--folds 1", "2 to 2"]);
+    assert_fails_naming(&fuse("train", "3"), &["--folds 3", "2 to 2"]);
+    assert_fails_naming(
+        &fuse_with("train", &["--folds", "2", "--repeats", "0"]),
+        &["--repeats 0", "at least 1"],
     );
+    // Output paths are checked before anything is loaded (no hub cache here).
+    let out = fuse_with("train", &["--scores", path_str(tmp.path())]);
     assert_fails_naming(&out, &["--scores", "is a folder"]);
     assert!(!fusion.exists());
 }
