@@ -439,6 +439,17 @@ impl ConvNormAct {
         Ok(Some((weight, shift)))
     }
 
+    /// The kernel and per-channel shift with the eval-mode batch norm folded in, when the layer is
+    /// all constants (no variable weight, a batch norm whose parameters are constants): what an
+    /// inference engine outside candle's graph (voc-tensor's NHWC layers) needs. `None` otherwise.
+    pub fn constant_folded(&self) -> Result<Option<(Tensor, Tensor)>> {
+        let variable = self.weight.track_op() || self.bias.as_ref().is_some_and(|b| b.track_op());
+        match &self.norm {
+            Some(bn) if !variable => self.eval_weights(bn),
+            _ => Ok(None),
+        }
+    }
+
     /// Forgets what eval mode cached from the running statistics (a training forward moves them).
     fn drop_folded(&self) {
         *lock(&self.folded) = None;

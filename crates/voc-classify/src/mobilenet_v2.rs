@@ -6,8 +6,12 @@
 //! stride below 32 is reached as transformers does it: once the running stride equals the target, later
 //! blocks keep stride 1 and the blocks after a skipped stride-2 block dilate their depthwise convolution by
 //! the product of the skipped strides.
-use candle_core::{ModuleT, Tensor};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{DType, ModuleT, Tensor};
 use candle_nn::VarBuilder;
+use voc_tensor::nhwc::{self, DenseConv, DepthwiseConv, NhwcMaps, PointwiseConv};
+use voc_tensor::ops;
 
 use crate::backbone::{stride_schedule, BackboneFeatures, FeatureChannels};
 use crate::error::{ClassifyError, Result};
@@ -114,6 +118,101 @@ impl InvertedResidual {
         let residual = self.residual.then_some(x);
         self.project.forward_residual_t(&h, residual, train)
     }
+
+    /// The block's layers for the NHWC path, or `None` when one of them is not all constants.
+    fn nhwc_layers(&self) -> Result<Option<NhwcBlock>> {
+        let pointwise = |layer: &ConvNormAct| -> Result<Option<PointwiseConv>> {
+            Ok(match layer.constant_folded()? {
+                Some((w, shift)) => Some(PointwiseConv::new(&w, &shift, act(layer))?),
+                None => None,
+            })
+        };
+        let expand = match &self.expand {
+            Some(e) => match pointwise(e)? {
+                Some(p) => Some(p),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        let Some((w, shift)) = self.depthwise.constant_folded()? else {
+            return Ok(None);
+        };
+        let depthwise = DepthwiseConv::new(&w, &shift, act(&self.depthwise))?;
+        let Some(project) = pointwise(&self.project)? else {
+            return Ok(None);
+        };
+        Ok(Some(NhwcBlock {
+            expand,
+            depthwise,
+            project,
+        }))
+    }
+
+    /// The block on NHWC maps with `layers` (from [`InvertedResidual::nhwc_layers`]); the geometry is
+    /// this block's current one.
+    fn forward_nhwc(&self, layers: &NhwcBlock, x: &NhwcMaps) -> Result<NhwcMaps> {
+        let expanded;
+        let h = match &layers.expand {
+            Some(e) => {
+                expanded = e.forward(x, None)?;
+                &expanded
+            }
+            None => x,
+        };
+        let spec = self.depthwise.spec();
+        let (_, height, width, _) = h.dims();
+        let padding = padding_of(spec, height, width);
+        let h = layers
+            .depthwise
+            .forward(h, spec.stride, spec.dilation, padding)?;
+        Ok(layers.project.forward(&h, self.residual.then_some(x))?)
+    }
+}
+
+/// The padding of a layer with `spec` on an input of `height x width`.
+fn padding_of(spec: &ConvSpec, height: usize, width: usize) -> ops::Padding {
+    match spec.padding {
+        ConvPadding::TfSame => {
+            ops::tf_same_padding(height, width, spec.kernel, spec.stride, spec.dilation)
+        }
+        ConvPadding::Symmetric(p) => ops::Padding::same(p),
+    }
+}
+
+/// The activation of a layer, as the fused kernels name it.
+fn act(layer: &ConvNormAct) -> voc_tensor::fused::Act {
+    use voc_tensor::fused::Act;
+    match layer.spec().activation {
+        Activation::Identity => Act::Identity,
+        Activation::Relu => Act::Relu,
+        Activation::Relu6 => Act::Relu6,
+    }
+}
+
+/// One inverted-residual block's constant layers for the NHWC path.
+#[derive(Debug)]
+struct NhwcBlock {
+    expand: Option<PointwiseConv>,
+    depthwise: DepthwiseConv,
+    project: PointwiseConv,
+}
+
+/// The network's constant layers for the NHWC path.
+#[derive(Debug)]
+struct NhwcLayers {
+    first_conv: DenseConv,
+    /// The stem block's layers, then the 16 blocks'.
+    blocks: Vec<NhwcBlock>,
+}
+
+/// Whether the NHWC layers of a network were built, found impossible (a layer has variable weights),
+/// or not tried yet.
+#[derive(Debug, Default)]
+enum NhwcState {
+    #[default]
+    Unbuilt,
+    Unavailable,
+    Ready(Arc<NhwcLayers>),
 }
 
 /// The MobileNetV2 feature extractor: `conv_stem` and `layer.0..15` (no `conv_1x1`, which belongs to the
@@ -138,6 +237,9 @@ pub struct MobileNetV2 {
     stem_block: InvertedResidual,
     blocks: Vec<InvertedResidual>,
     config: MobileNetV2Config,
+    /// The blocks' layers for inference in NHWC, built on the first eval-mode call; shared by clones
+    /// (as the weights are).
+    nhwc: Arc<Mutex<NhwcState>>,
 }
 
 impl MobileNetV2 {
@@ -199,6 +301,7 @@ impl MobileNetV2 {
             stem_block,
             blocks,
             config,
+            nhwc: Arc::default(),
         })
     }
 
@@ -244,6 +347,12 @@ impl MobileNetV2 {
     /// Features of an `N x 3 x H x W` batch after `layer.1`, `layer.4`, `layer.11` and `layer.15`; see
     /// [`BackboneFeatures`]. `train`: batch norms use batch statistics and update their running averages.
     pub fn features_t(&self, x: &Tensor, train: bool) -> Result<BackboneFeatures> {
+        if train {
+            // A training forward moves the batch-norm statistics the NHWC layers were folded from.
+            *lock(&self.nhwc) = NhwcState::Unbuilt;
+        } else if let Some(layers) = self.nhwc_layers(x)? {
+            return self.features_nhwc(x, &layers);
+        }
         let mut h = self.first_conv.forward_t(x, train)?;
         h = self.stem_block.forward_t(&h, train)?;
         let mut taps = Vec::with_capacity(4);
@@ -255,6 +364,71 @@ impl MobileNetV2 {
         }
         BackboneFeatures::from_taps(taps)
     }
+}
+
+impl MobileNetV2 {
+    /// The blocks' NHWC layers when inference on `x` can run in NHWC (enabled, a CPU f32 batch, every
+    /// block all constants), built on the first call.
+    fn nhwc_layers(&self, x: &Tensor) -> Result<Option<Arc<NhwcLayers>>> {
+        if !nhwc::enabled() || !x.device().is_cpu() || x.dtype() != DType::F32 || x.track_op() {
+            return Ok(None);
+        }
+        let mut state = lock(&self.nhwc);
+        if let NhwcState::Unbuilt = *state {
+            *state = match self.build_nhwc_layers()? {
+                Some(layers) => NhwcState::Ready(Arc::new(layers)),
+                None => NhwcState::Unavailable,
+            };
+        }
+        Ok(match &*state {
+            NhwcState::Ready(layers) => Some(layers.clone()),
+            _ => None,
+        })
+    }
+
+    /// Every layer's NHWC form, or `None` when one of them is not all constants.
+    fn build_nhwc_layers(&self) -> Result<Option<NhwcLayers>> {
+        let Some((w, shift)) = self.first_conv.constant_folded()? else {
+            return Ok(None);
+        };
+        let first_conv = DenseConv::new(&w, &shift, act(&self.first_conv))?;
+        let mut blocks = Vec::with_capacity(self.blocks.len() + 1);
+        for block in std::iter::once(&self.stem_block).chain(&self.blocks) {
+            match block.nhwc_layers()? {
+                Some(l) => blocks.push(l),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(NhwcLayers { first_conv, blocks }))
+    }
+
+    /// [`MobileNetV2::features_t`] in eval mode in NHWC: the stem convolution reads the NCHW batch
+    /// and writes NHWC maps, the blocks run on those, and the four taps go back to NCHW.
+    fn features_nhwc(&self, x: &Tensor, layers: &NhwcLayers) -> Result<BackboneFeatures> {
+        let (_, _, height, width) = x.dims4()?;
+        let spec = self.first_conv.spec();
+        let stem = layers.first_conv.forward_nchw(
+            x,
+            spec.stride,
+            spec.dilation,
+            padding_of(spec, height, width),
+        )?;
+        let mut h = self.stem_block.forward_nhwc(&layers.blocks[0], &stem)?;
+        let mut taps = Vec::with_capacity(4);
+        for (i, (block, block_layers)) in self.blocks.iter().zip(&layers.blocks[1..]).enumerate() {
+            h = block.forward_nhwc(block_layers, &h)?;
+            if TAPS.contains(&i) {
+                taps.push(h.to_nchw()?);
+            }
+        }
+        BackboneFeatures::from_taps(taps)
+    }
+}
+
+fn lock<T>(cache: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    cache
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl ModuleT for MobileNetV2 {
@@ -321,5 +495,92 @@ mod tests {
         let vb = VarBuilder::zeros(candle_core::DType::F32, &candle_core::Device::Cpu);
         let err = MobileNetV2::new(vb, cfg).unwrap_err().to_string();
         assert!(err.contains("output stride 4"), "{err}");
+    }
+
+    /// Constant weights: every tensor of a freshly built network replaced by seeded values (running
+    /// variances and batch-norm weights positive).
+    fn constant_weights(config: MobileNetV2Config, seed: u64) -> MobileNetV2 {
+        use candle_core::Device;
+        let varmap = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        MobileNetV2::new(vb, config).unwrap();
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        };
+        let mut tensors = std::collections::HashMap::new();
+        let data = varmap.data().lock().unwrap();
+        let mut names: Vec<_> = data.keys().cloned().collect();
+        names.sort();
+        for name in names {
+            let t = data[&name].as_tensor();
+            let positive = name.ends_with("running_var") || name.ends_with("normalization.weight");
+            let values: Vec<f32> = (0..t.elem_count())
+                .map(|_| if positive { 0.5 + next() } else { next() - 0.5 })
+                .collect();
+            tensors.insert(
+                name,
+                Tensor::from_vec(values, t.dims(), &Device::Cpu).unwrap(),
+            );
+        }
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        MobileNetV2::new(vb, config).unwrap()
+    }
+
+    /// The NHWC inference path gives the NCHW path's features (to rounding), at output stride 32
+    /// and dilated at 8 (odd input sizes: TF "SAME" puts the odd padding pixel bottom/right).
+    #[test]
+    fn nhwc_inference_matches_the_nchw_path() {
+        let mut net = constant_weights(MobileNetV2Config::default(), 3);
+        let x = Tensor::rand(-1f32, 1f32, (2, 3, 45, 37), &candle_core::Device::Cpu).unwrap();
+        for stride in [32, 8] {
+            net.set_output_stride(stride).unwrap();
+            voc_tensor::nhwc::set_enabled(false);
+            let nchw = net.features_t(&x, false).unwrap();
+            voc_tensor::nhwc::set_enabled(true);
+            let nhwc = net.features_t(&x, false).unwrap();
+            assert!(matches!(*lock(&net.nhwc), NhwcState::Ready(_)));
+            for (a, b) in [
+                (&nhwc.stride4, &nchw.stride4),
+                (&nhwc.stride8, &nchw.stride8),
+                (&nhwc.stride16, &nchw.stride16),
+                (&nhwc.stride32, &nchw.stride32),
+            ] {
+                assert_eq!(a.dims(), b.dims());
+                let (a, b) = (
+                    a.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    b.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                );
+                // The blocks give the NCHW path's values exactly (voc-tensor's tests); the stem sums
+                // in another order than the gemm library, which moves the features by rounding.
+                let diff = a
+                    .iter()
+                    .zip(&b)
+                    .map(|(p, q)| (p - q).abs())
+                    .fold(0f32, f32::max);
+                let scale = b.iter().map(|v| v.abs()).fold(0f32, f32::max);
+                assert!(
+                    diff <= 1e-4 * scale.max(1.0),
+                    "stride {stride}: differ by {diff}"
+                );
+            }
+        }
+        // A training forward drops the layers (its batch statistics move the folded shifts).
+        net.features_t(&x, true).unwrap();
+        assert!(matches!(*lock(&net.nhwc), NhwcState::Unbuilt));
+    }
+
+    /// Variable weights (training, fine-tuning) keep the NCHW path.
+    #[test]
+    fn variable_weights_keep_the_nchw_path() {
+        let varmap = candle_nn::VarMap::new();
+        let vb = VarBuilder::from_varmap(&varmap, DType::F32, &candle_core::Device::Cpu);
+        let net = MobileNetV2::new(vb, MobileNetV2Config::default()).unwrap();
+        let x = Tensor::zeros((1, 3, 32, 32), DType::F32, &candle_core::Device::Cpu).unwrap();
+        net.features_t(&x, false).unwrap();
+        assert!(matches!(*lock(&net.nhwc), NhwcState::Unavailable));
     }
 }

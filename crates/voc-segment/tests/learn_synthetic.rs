@@ -4,7 +4,7 @@
 //! minutes on two cores (about 140 steps of batch 8 and 75 s here; the last points are the shapes'
 //! borders, which the decoder sees at stride 4).
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use voc_core::metrics::SegmentationMetrics;
@@ -82,6 +82,7 @@ fn shapes(n: usize, rng: &mut Lcg) -> (Tensor, Tensor) {
 
 #[test]
 fn deeplabv3plus_learns_shapes_on_noise() -> anyhow::Result<()> {
+    const MAX_STEPS: usize = 250;
     let started = Instant::now();
     let mut rng = Lcg(7);
     let config = SegLearnerConfig {
@@ -116,7 +117,9 @@ fn deeplabv3plus_learns_shapes_on_noise() -> anyhow::Result<()> {
     };
     let mut miou = 0.0;
     let mut steps = 0;
-    while started.elapsed() < Duration::from_secs(115) {
+    // Bounded by steps, not time: the run is deterministic (seeded data and weights) and reaches 0.9
+    // at step 140; a time bound failed on a loaded machine (106 steps in 115 s).
+    while steps < MAX_STEPS {
         let (x, y) = shapes(8, &mut rng);
         learner.step(&x, &y)?;
         steps += 1;

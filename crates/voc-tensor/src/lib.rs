@@ -6,6 +6,7 @@ pub mod device;
 pub mod error;
 pub mod fused;
 pub mod hub;
+pub mod nhwc;
 pub mod nn;
 pub mod ops;
 pub mod optim;

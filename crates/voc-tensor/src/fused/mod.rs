@@ -53,7 +53,7 @@ mod batch_norm;
 mod bias_act;
 mod conv_bn;
 mod pointwise;
-mod pointwise_gemm;
+pub(crate) mod pointwise_gemm;
 
 pub use batch_norm::batch_norm_act_train;
 pub use bias_act::{bias_act, conv2d_bias_act, conv2d_bias_residual_act, scale_shift_act};

@@ -418,6 +418,7 @@ impl PointwiseEpilogue {
                 shift: self.shift.as_deref(),
                 residual,
                 act: self.act,
+                shift_per_col: false,
                 n,
                 c_in,
                 c_out,

@@ -23,6 +23,9 @@ pub(crate) struct PointwiseProblem<'a> {
     pub shift: Option<&'a [f32]>,
     pub residual: Option<&'a [f32]>,
     pub act: Act,
+    /// Whether `shift` runs along the columns (one value per output column: the channels of an NHWC
+    /// output, where the rows are pixels) instead of the rows (the channels of NCHW).
+    pub shift_per_col: bool,
     pub n: usize,
     pub c_in: usize,
     pub c_out: usize,
@@ -118,6 +121,41 @@ fn tiles(p: &PointwiseProblem, (mr, nr): (usize, usize), threads: usize) -> Vec<
     out
 }
 
+/// Tiles for the NHWC orientation (rows are pixels, columns the output channels): pixel rows are split
+/// first, so that each tile reads its rows of the input once while the weights (`c_in x c_out`, read by
+/// every tile) stay in L2; columns only when there are too few rows for the threads, or when a tile's
+/// weight panel would not fit [`MAX_PANEL_BYTES`].
+fn row_tiles(p: &PointwiseProblem, (mr, nr): (usize, usize), threads: usize) -> Vec<Tile> {
+    let (rows_total, cols_total) = (p.n * p.c_out, p.hw);
+    let macs = rows_total * p.c_in * cols_total;
+    let wanted = if threads > 1 {
+        (threads * 4).min(macs / MIN_TILE_MACS).max(1)
+    } else {
+        1
+    };
+    let row_units = rows_total.div_ceil(mr).max(1);
+    let row_blocks = wanted.clamp(1, row_units);
+    let row_len = row_units.div_ceil(row_blocks) * mr;
+    let col_units = cols_total.div_ceil(nr).max(1);
+    let panel_cols = (MAX_PANEL_BYTES / (4 * p.c_in.max(1))).max(nr);
+    let col_blocks = wanted
+        .div_ceil(row_blocks)
+        .max(cols_total.div_ceil(panel_cols))
+        .clamp(1, col_units);
+    let col_len = col_units.div_ceil(col_blocks) * nr;
+    let mut out = Vec::new();
+    for c0 in (0..cols_total.max(1)).step_by(col_len) {
+        for r0 in (0..rows_total).step_by(row_len) {
+            out.push(Tile {
+                image: 0,
+                rows: r0..(r0 + row_len).min(rows_total),
+                cols: c0..(c0 + col_len).min(cols_total),
+            });
+        }
+    }
+    out
+}
+
 /// The output buffer's pointer, shared by the tiles (each writes its own elements only).
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
@@ -139,7 +177,8 @@ pub(crate) fn pointwise_forward_epilogue(p: &PointwiseProblem) -> Vec<f32> {
     assert!(
         p.x.len() >= n * c_in * hw
             && p.weight.len() >= c_out * c_in
-            && p.shift.is_none_or(|s| s.len() >= c_out)
+            && p.shift
+                .is_none_or(|s| s.len() >= if p.shift_per_col { hw } else { c_out })
             && p.residual.is_none_or(|r| r.len() >= n * c_out * hw),
         "pointwise conv: buffers shorter than {n} x {c_in} -> {c_out} x {hw}"
     );
@@ -157,6 +196,7 @@ pub(crate) fn pointwise_forward_epilogue(p: &PointwiseProblem) -> Vec<f32> {
                     y_offset: tile.image * c_out * hw + r0 * hw + c0,
                     row0: r0,
                     rows,
+                    col0: c0,
                     cols: (tile.cols.end - c0).min(nr),
                 };
                 // SAFETY: the block's rows x cols lie inside this tile (so inside the output and
@@ -167,7 +207,12 @@ pub(crate) fn pointwise_forward_epilogue(p: &PointwiseProblem) -> Vec<f32> {
             }
         }
     };
-    let tiles = tiles(p, (mr, nr), rayon::current_num_threads());
+    let threads = rayon::current_num_threads();
+    let tiles = if p.shift_per_col {
+        row_tiles(p, (mr, nr), threads)
+    } else {
+        tiles(p, (mr, nr), threads)
+    };
     if tiles.len() == 1 {
         run_tile(&tiles[0]);
     } else {
@@ -185,6 +230,7 @@ struct Block {
     y_offset: usize,
     row0: usize,
     rows: usize,
+    col0: usize,
     cols: usize,
 }
 
@@ -209,6 +255,16 @@ unsafe fn run_block(isa: Isa, p: &PointwiseProblem, b: &Block, out: *mut f32) {
 fn weight_row<'a>(p: &PointwiseProblem<'a>, b: &Block, r: usize) -> &'a [f32] {
     let row = b.row0 + r.min(b.rows - 1);
     &p.weight[row * p.c_in..(row + 1) * p.c_in]
+}
+
+/// The shift of value (`r`, `j`) of the block: its row's or its column's, 0 without one.
+#[inline(always)]
+fn shift_at(p: &PointwiseProblem, b: &Block, r: usize, j: usize) -> f32 {
+    match p.shift {
+        Some(s) if p.shift_per_col => s[b.col0 + j],
+        Some(s) => s[b.row0 + r],
+        None => 0.0,
+    }
 }
 
 /// The epilogue of one value, as the separate in-place pass computes it: `act(y + shift + residual)`
@@ -246,9 +302,9 @@ unsafe fn block_portable(p: &PointwiseProblem, b: &Block, out: *mut f32) {
         }
     }
     for (r, acc_row) in acc.iter().enumerate().take(b.rows) {
-        let shift = p.shift.map_or(0.0, |s| s[b.row0 + r]);
         let at = b.y_offset + r * p.hw;
         for (j, &v) in acc_row.iter().enumerate().take(b.cols) {
+            let shift = shift_at(p, b, r, j);
             let res = p.residual.map(|res| res[at + j]);
             // SAFETY: element (row0 + r, col j) of the block, inside the output (the caller's
             // guarantee).
@@ -276,6 +332,10 @@ mod x86 {
                 12 => block_avx512_rows::<12, true>(p, b, out),
                 8 => block_avx512_rows::<8, true>(p, b, out),
                 4 => block_avx512_rows::<4, true>(p, b, out),
+                // A short tail block (the 49 pixels of a 7x7 map end in one row) computes only the
+                // rows it needs, rounded up to 4 or 8.
+                1..=3 => block_avx512_rows::<4, false>(p, b, out),
+                5..=7 => block_avx512_rows::<8, false>(p, b, out),
                 _ => block_avx512_rows::<12, false>(p, b, out),
             }
         }
@@ -350,8 +410,9 @@ mod x86 {
     ///
     /// # Safety
     /// The CPU supports AVX-512F; row `r` of the block lies inside the buffers.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
+    // Not a `#[target_feature]` function (those cannot be forced inline): only ever called, and
+    // inlined, from the block kernel of its instruction set, so the accumulators stay in registers.
+    #[inline(always)]
     unsafe fn store_row_avx512(
         p: &PointwiseProblem,
         b: &Block,
@@ -360,28 +421,41 @@ mod x86 {
         a: [__m512; 2],
         masks: (__mmask16, __mmask16),
     ) {
-        let shift = _mm512_set1_ps(p.shift.map_or(0.0, |s| s[b.row0 + r]));
-        let at = b.y_offset + r * p.hw;
-        for (half, m) in [(0, masks.0), (1, masks.1)] {
-            if m == 0 {
-                continue;
-            }
-            let mut v = _mm512_add_ps(a[half], shift);
-            if let Some(res) = p.residual {
-                // SAFETY: the masked lanes are this block's pixels of row row0 + r, inside the
-                // residual (same shape as the output).
-                let rv = unsafe { _mm512_maskz_loadu_ps(m, res.as_ptr().add(at + 16 * half)) };
-                v = _mm512_add_ps(v, rv);
-            }
-            let v = match p.act {
-                Act::Identity => v,
-                Act::Relu => _mm512_max_ps(v, _mm512_setzero_ps()),
-                Act::Relu6 => {
-                    _mm512_min_ps(_mm512_set1_ps(6.0), _mm512_max_ps(_mm512_setzero_ps(), v))
+        // SAFETY: the caller's: the CPU has the instruction set, row `r` lies inside the buffers.
+        unsafe {
+            let row_shift = _mm512_set1_ps(match p.shift {
+                Some(s) if !p.shift_per_col => s[b.row0 + r],
+                _ => 0.0,
+            });
+            let at = b.y_offset + r * p.hw;
+            for (half, m) in [(0, masks.0), (1, masks.1)] {
+                if m == 0 {
+                    continue;
                 }
-            };
-            // SAFETY: the masked lanes are this block's pixels of row row0 + r.
-            unsafe { _mm512_mask_storeu_ps(out.add(at + 16 * half), m, v) };
+                let shift = match p.shift {
+                    // SAFETY: the masked lanes are this block's columns, inside the shift (one per column).
+                    Some(s) if p.shift_per_col => {
+                        _mm512_maskz_loadu_ps(m, s.as_ptr().add(b.col0 + 16 * half))
+                    }
+                    _ => row_shift,
+                };
+                let mut v = _mm512_add_ps(a[half], shift);
+                if let Some(res) = p.residual {
+                    // SAFETY: the masked lanes are this block's pixels of row row0 + r, inside the
+                    // residual (same shape as the output).
+                    let rv = _mm512_maskz_loadu_ps(m, res.as_ptr().add(at + 16 * half));
+                    v = _mm512_add_ps(v, rv);
+                }
+                let v = match p.act {
+                    Act::Identity => v,
+                    Act::Relu => _mm512_max_ps(v, _mm512_setzero_ps()),
+                    Act::Relu6 => {
+                        _mm512_min_ps(_mm512_set1_ps(6.0), _mm512_max_ps(_mm512_setzero_ps(), v))
+                    }
+                };
+                // SAFETY: the masked lanes are this block's pixels of row row0 + r.
+                _mm512_mask_storeu_ps(out.add(at + 16 * half), m, v);
+            }
         }
     }
 
@@ -436,8 +510,9 @@ mod x86 {
     ///
     /// # Safety
     /// The CPU supports AVX2 and FMA; row `r` of the block lies inside the buffers.
-    #[target_feature(enable = "avx2,fma")]
-    #[inline]
+    // Not a `#[target_feature]` function (those cannot be forced inline): only ever called, and
+    // inlined, from the block kernel of its instruction set, so the accumulators stay in registers.
+    #[inline(always)]
     unsafe fn store_row_avx2(
         p: &PointwiseProblem,
         b: &Block,
@@ -447,27 +522,40 @@ mod x86 {
         masks: (__m256i, __m256i),
         any1: bool,
     ) {
-        let shift = _mm256_set1_ps(p.shift.map_or(0.0, |s| s[b.row0 + r]));
-        let at = b.y_offset + r * p.hw;
-        for (half, m) in [(0, masks.0), (1, masks.1)] {
-            if half == 1 && !any1 {
-                continue;
-            }
-            let mut v = _mm256_add_ps(a[half], shift);
-            if let Some(res) = p.residual {
-                // SAFETY: as in the AVX-512 kernel.
-                let rv = unsafe { _mm256_maskload_ps(res.as_ptr().add(at + 8 * half), m) };
-                v = _mm256_add_ps(v, rv);
-            }
-            let v = match p.act {
-                Act::Identity => v,
-                Act::Relu => _mm256_max_ps(v, _mm256_setzero_ps()),
-                Act::Relu6 => {
-                    _mm256_min_ps(_mm256_set1_ps(6.0), _mm256_max_ps(_mm256_setzero_ps(), v))
+        // SAFETY: the caller's: the CPU has the instruction set, row `r` lies inside the buffers.
+        unsafe {
+            let row_shift = _mm256_set1_ps(match p.shift {
+                Some(s) if !p.shift_per_col => s[b.row0 + r],
+                _ => 0.0,
+            });
+            let at = b.y_offset + r * p.hw;
+            for (half, m) in [(0, masks.0), (1, masks.1)] {
+                if half == 1 && !any1 {
+                    continue;
                 }
-            };
-            // SAFETY: the masked lanes are this block's pixels of row row0 + r.
-            unsafe { _mm256_maskstore_ps(out.add(at + 8 * half), m, v) };
+                let shift = match p.shift {
+                    // SAFETY: the masked lanes are this block's columns, inside the shift (one per column).
+                    Some(s) if p.shift_per_col => {
+                        _mm256_maskload_ps(s.as_ptr().add(b.col0 + 8 * half), m)
+                    }
+                    _ => row_shift,
+                };
+                let mut v = _mm256_add_ps(a[half], shift);
+                if let Some(res) = p.residual {
+                    // SAFETY: as in the AVX-512 kernel.
+                    let rv = _mm256_maskload_ps(res.as_ptr().add(at + 8 * half), m);
+                    v = _mm256_add_ps(v, rv);
+                }
+                let v = match p.act {
+                    Act::Identity => v,
+                    Act::Relu => _mm256_max_ps(v, _mm256_setzero_ps()),
+                    Act::Relu6 => {
+                        _mm256_min_ps(_mm256_set1_ps(6.0), _mm256_max_ps(_mm256_setzero_ps(), v))
+                    }
+                };
+                // SAFETY: the masked lanes are this block's pixels of row row0 + r.
+                _mm256_maskstore_ps(out.add(at + 8 * half), m, v);
+            }
         }
     }
 }
@@ -501,7 +589,8 @@ mod tests {
                             * p.x[(b * p.c_in + k) * p.hw + j] as f64;
                     }
                     let at = (b * p.c_out + o) * p.hw + j;
-                    acc += p.shift.map_or(0.0, |s| s[o] as f64);
+                    let shift_index = if p.shift_per_col { j } else { o };
+                    acc += p.shift.map_or(0.0, |s| s[shift_index] as f64);
                     acc += p.residual.map_or(0.0, |r| r[at] as f64);
                     y[at] = match p.act {
                         Act::Identity => acc,
@@ -529,20 +618,27 @@ mod tests {
         for (seed, &(n, c_in, c_out, hw)) in shapes.iter().enumerate() {
             let x = values(n * c_in * hw, seed as u64 + 1);
             let w = values(c_out * c_in, seed as u64 + 11);
-            let shift = values(c_out, seed as u64 + 21);
+            let shift = values(c_out.max(hw), seed as u64 + 21);
             let residual = values(n * c_out * hw, seed as u64 + 31);
-            for (with_shift, with_residual, act) in [
-                (true, false, Act::Relu6),
-                (true, true, Act::Identity),
-                (false, true, Act::Relu),
-                (false, false, Act::Identity),
+            for (with_shift, with_residual, act, shift_per_col) in [
+                (true, false, Act::Relu6, false),
+                (true, true, Act::Identity, false),
+                (false, true, Act::Relu, false),
+                (false, false, Act::Identity, false),
+                (true, false, Act::Relu6, true),
+                (true, true, Act::Relu, true),
             ] {
+                // The NHWC orientation has one image of pixel rows.
+                if shift_per_col && n > 1 {
+                    continue;
+                }
                 let p = PointwiseProblem {
                     x: &x,
                     weight: &w,
                     shift: with_shift.then_some(&shift[..]),
                     residual: with_residual.then_some(&residual[..]),
                     act,
+                    shift_per_col,
                     n,
                     c_in,
                     c_out,
@@ -550,7 +646,8 @@ mod tests {
                 };
                 let want = reference(&p);
                 let label = format!(
-                    "{n}x{c_in}->{c_out}x{hw} shift {with_shift} residual {with_residual} {act:?}"
+                    "{n}x{c_in}->{c_out}x{hw} shift {with_shift} (per column {shift_per_col}) \
+                     residual {with_residual} {act:?}"
                 );
                 let mut by_level = Vec::new();
                 crate::simd::for_each_level(|level| {
@@ -572,7 +669,9 @@ mod tests {
         }
     }
 
-    /// The tiles cover every output once, for batch sizes, thread counts and shapes around the split
+    type Planner = fn(&PointwiseProblem, (usize, usize), usize) -> Vec<Tile>;
+
+    /// The tiles (both orientations' planners) cover every output once, for batch sizes, thread counts and shapes around the split
     /// rules (a tile left out or written twice would leave a value unset or race).
     #[test]
     fn tiles_cover_the_output_once() {
@@ -589,15 +688,19 @@ mod tests {
                 shift: None,
                 residual: None,
                 act: Act::Identity,
+                shift_per_col: false,
                 n,
                 c_in,
                 c_out,
                 hw,
             };
             for threads in [1, 2, 3, 8] {
-                for block in [(12, 32), (6, 16), (4, 16)] {
+                for (block, planner) in [(12, 32), (6, 16), (4, 16)]
+                    .into_iter()
+                    .flat_map(|b| [(b, tiles as Planner), (b, row_tiles as Planner)])
+                {
                     let mut count = vec![0u8; n * c_out * hw];
-                    for t in tiles(&p, block, threads) {
+                    for t in planner(&p, block, threads) {
                         for r in t.rows.clone() {
                             for c in t.cols.clone() {
                                 count[(t.image * c_out + r) * hw + c] += 1;

@@ -1,0 +1,456 @@
+//! The NHWC depthwise kernels: one output row at a time, one vector of channels at a time, four output
+//! pixels per step (four independent sums hide the multiply-add latency).
+//!
+//! Each output value is `act(Σ w · x + shift)`, the sum from 0 over the taps in row-major order with
+//! fused multiply-adds (the portable loop multiplies then adds), a tap outside the input skipped: the
+//! order of the NCHW kernels, whose padded taps add an exact zero, so both layouts give the same values.
+use std::mem::MaybeUninit;
+
+use crate::fused::Act;
+
+/// Sizes of one depthwise convolution.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Geometry {
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub oh: usize,
+    pub ow: usize,
+    pub stride: usize,
+    pub dilation: usize,
+    pub pad_top: usize,
+    pub pad_left: usize,
+}
+
+impl Geometry {
+    /// The input coordinate of output coordinate `o` and tap `k` on an axis padded by `pad` of
+    /// length `len`, or `None` in the padding.
+    #[inline(always)]
+    fn input(&self, o: usize, k: usize, pad: usize, len: usize) -> Option<usize> {
+        (o * self.stride + k * self.dilation)
+            .checked_sub(pad)
+            .filter(|&i| i < len)
+    }
+
+    /// The output columns `lo..hi` whose every tap lies inside the input row.
+    fn interior_cols(&self) -> (usize, usize) {
+        let lo = self.pad_left.div_ceil(self.stride).min(self.ow);
+        // The last tap of column o reads o*s - pad_left + (kw-1)*d, which must be below w.
+        let reach = (self.kw - 1) * self.dilation;
+        let hi = match (self.w + self.pad_left).checked_sub(reach + 1) {
+            Some(last) => (last / self.stride + 1).min(self.ow),
+            None => 0,
+        };
+        (lo, hi.max(lo))
+    }
+}
+
+/// Output rows per parallel chunk at least (each row is `ow x c` values).
+const MIN_CHUNK_VALUES: usize = 1 << 14;
+
+/// `act(depthwise(x) + shift)` of `n` images: `n x oh x ow x c` values.
+pub(super) fn forward(
+    g: &Geometry,
+    n: usize,
+    x: &[f32],
+    taps: &[f32],
+    shift: &[f32],
+    act: Act,
+) -> Vec<f32> {
+    assert!(
+        x.len() >= n * g.h * g.w * g.c && taps.len() >= g.kh * g.kw * g.c && shift.len() >= g.c,
+        "depthwise NHWC: buffers shorter than the geometry"
+    );
+    let row = g.ow * g.c;
+    let rows = n * g.oh;
+    if row * rows == 0 {
+        return Vec::new();
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let rows_per_chunk = if threads > 1 {
+        rows.div_ceil(threads * 4)
+            .max(MIN_CHUNK_VALUES.div_ceil(row.max(1)))
+            .max(1)
+    } else {
+        rows.max(1)
+    };
+    let kernel = Kernel::detect();
+    let fill = |_: &mut (), chunk: usize, out: &mut [MaybeUninit<f32>]| {
+        for (i, out_row) in out.chunks_exact_mut(row).enumerate() {
+            let global = chunk * rows_per_chunk + i;
+            let (image, oy) = (global / g.oh, global % g.oh);
+            let image_x = &x[image * g.h * g.w * g.c..(image + 1) * g.h * g.w * g.c];
+            kernel.row(g, image_x, taps, shift, act, oy, out_row);
+        }
+    };
+    // SAFETY: each chunk holds whole output rows (the last one fewer), and `row` writes every value of
+    // each.
+    unsafe { crate::ops::planes_uninit(rows * row, rows_per_chunk * row, || (), fill) }
+}
+
+/// The instruction set of the row kernel.
+#[derive(Debug, Clone, Copy)]
+enum Kernel {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
+impl Kernel {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if crate::simd::has_avx512() {
+                return Self::Avx512;
+            }
+            if crate::simd::has_avx2_fma() {
+                return Self::Avx2;
+            }
+        }
+        Self::Portable
+    }
+
+    /// Output row `oy` of one image (`out` holds `ow x c` values).
+    #[allow(clippy::too_many_arguments)]
+    fn row(
+        self,
+        g: &Geometry,
+        x: &[f32],
+        taps: &[f32],
+        shift: &[f32],
+        act: Act,
+        oy: usize,
+        out: &mut [MaybeUninit<f32>],
+    ) {
+        let args = RowArgs {
+            g,
+            x,
+            taps,
+            shift,
+            act,
+            oy,
+        };
+        let out = out.as_mut_ptr().cast::<f32>();
+        match self {
+            // SAFETY: the CPU supports AVX-512F (Kernel::detect); `out` holds ow x c values and the
+            // input and weights are as long as the geometry says (asserted in `forward`).
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx512 => unsafe { x86::row_avx512(&args, out) },
+            // SAFETY: as above for AVX2 and FMA.
+            #[cfg(target_arch = "x86_64")]
+            Self::Avx2 => unsafe { x86::row_avx2(&args, out) },
+            // SAFETY: the portable lanes run on any CPU; buffers as above.
+            Self::Portable => unsafe { row_generic::<Portable>(&args, out) },
+        }
+    }
+}
+
+/// What one output row's kernel reads.
+struct RowArgs<'a> {
+    g: &'a Geometry,
+    x: &'a [f32],
+    taps: &'a [f32],
+    shift: &'a [f32],
+    act: Act,
+    oy: usize,
+}
+
+/// A vector of f32 lanes and the operations the row kernel needs. Implemented once per instruction
+/// set; the row kernel is generic over it and compiled inside each `#[target_feature]` wrapper.
+trait Lanes: Copy {
+    const LANES: usize;
+    type Mask: Copy;
+    /// The first `k` lanes.
+    ///
+    /// # Safety
+    /// The CPU supports the implementation's instructions (so for every method).
+    unsafe fn mask(k: usize) -> Self::Mask;
+    unsafe fn zero() -> Self;
+    /// Loads the masked lanes from `p` (the others read as 0, and are not touched).
+    unsafe fn load(p: *const f32, m: Self::Mask) -> Self;
+    /// `acc + w · x`.
+    unsafe fn mul_add(w: Self, x: Self, acc: Self) -> Self;
+    /// `act(v + shift)`, stored to the masked lanes of `p`.
+    unsafe fn finish(p: *mut f32, m: Self::Mask, v: Self, shift: Self, act: Act);
+}
+
+/// Output row `oy`: for each vector of channels, the border columns one at a time, the interior four
+/// at a time with their input columns computed without bounds checks.
+///
+/// # Safety
+/// The CPU supports `L`'s instructions; `out` holds `ow x c` values; `x`, `taps` and `shift` are as long
+/// as the geometry needs.
+#[inline(always)]
+unsafe fn row_generic<L: Lanes>(a: &RowArgs, out: *mut f32) {
+    let g = a.g;
+    let c = g.c;
+    // The tap rows inside the input: (tap row, input row).
+    let mut tap_rows = [(0usize, 0usize); 16];
+    let mut n_rows = 0;
+    for ky in 0..g.kh {
+        if let Some(iy) = g.input(a.oy, ky, g.pad_top, g.h) {
+            if n_rows < tap_rows.len() {
+                tap_rows[n_rows] = (ky, iy);
+                n_rows += 1;
+            }
+        }
+    }
+    // Kernels taller than 16 rows are not supported here; `forward`'s callers only build 3x3 and 5x5.
+    debug_assert!(g.kh <= 16);
+    let tap_rows = &tap_rows[..n_rows];
+    let (lo, hi) = g.interior_cols();
+    let x = a.x.as_ptr();
+    let taps = a.taps.as_ptr();
+    let col_step = g.stride * c;
+    for c0 in (0..c).step_by(L::LANES) {
+        // SAFETY: every offset below is inside its buffer: channels c0..c0 + lanes of a tap's
+        // weights, of the shift, of an input pixel inside the image (checked or interior) and of an
+        // output column below ow.
+        unsafe {
+            let m = L::mask(c - c0);
+            let shift = L::load(a.shift.as_ptr().add(c0), m);
+            for ox in (0..lo).chain(hi..g.ow) {
+                checked_column::<L>(a, tap_rows, c0, m, shift, ox, out);
+            }
+            let mut ox = lo;
+            while ox + 4 <= hi {
+                let (mut a0, mut a1, mut a2, mut a3) = (L::zero(), L::zero(), L::zero(), L::zero());
+                for &(ky, iy) in tap_rows {
+                    let row = x.add(iy * g.w * c + c0);
+                    for kx in 0..g.kw {
+                        let w = L::load(taps.add((ky * g.kw + kx) * c + c0), m);
+                        // Interior: ox*s + kx*d >= pad_left, and the last column stays below w.
+                        let ix = ox * g.stride + kx * g.dilation - g.pad_left;
+                        let p = row.add(ix * c);
+                        a0 = L::mul_add(w, L::load(p, m), a0);
+                        a1 = L::mul_add(w, L::load(p.add(col_step), m), a1);
+                        a2 = L::mul_add(w, L::load(p.add(2 * col_step), m), a2);
+                        a3 = L::mul_add(w, L::load(p.add(3 * col_step), m), a3);
+                    }
+                }
+                let o = out.add(ox * c + c0);
+                L::finish(o, m, a0, shift, a.act);
+                L::finish(o.add(c), m, a1, shift, a.act);
+                L::finish(o.add(2 * c), m, a2, shift, a.act);
+                L::finish(o.add(3 * c), m, a3, shift, a.act);
+                ox += 4;
+            }
+            while ox < hi {
+                checked_column::<L>(a, tap_rows, c0, m, shift, ox, out);
+                ox += 1;
+            }
+        }
+    }
+}
+
+/// Output column `ox`, channels `c0..` (the lanes of `m`), every tap checked against the input's edges.
+///
+/// # Safety
+/// As [`row_generic`].
+#[inline(always)]
+unsafe fn checked_column<L: Lanes>(
+    a: &RowArgs,
+    tap_rows: &[(usize, usize)],
+    c0: usize,
+    m: L::Mask,
+    shift: L,
+    ox: usize,
+    out: *mut f32,
+) {
+    let g = a.g;
+    let c = g.c;
+    // SAFETY: the caller's; every tap read is inside the image (checked) and the store is column ox.
+    unsafe {
+        let mut acc = L::zero();
+        for &(ky, iy) in tap_rows {
+            for kx in 0..g.kw {
+                if let Some(ix) = g.input(ox, kx, g.pad_left, g.w) {
+                    let w = L::load(a.taps.as_ptr().add((ky * g.kw + kx) * c + c0), m);
+                    let v = L::load(a.x.as_ptr().add((iy * g.w + ix) * c + c0), m);
+                    acc = L::mul_add(w, v, acc);
+                }
+            }
+        }
+        L::finish(out.add(ox * c + c0), m, acc, shift, a.act);
+    }
+}
+
+/// Plain Rust, eight lanes in an array (any CPU; multiply then add, as the portable NCHW kernel).
+#[derive(Clone, Copy)]
+struct Portable([f32; 8]);
+
+impl Lanes for Portable {
+    const LANES: usize = 8;
+    type Mask = usize;
+
+    #[inline(always)]
+    unsafe fn mask(k: usize) -> usize {
+        k.min(8)
+    }
+
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        Self([0.0; 8])
+    }
+
+    #[inline(always)]
+    unsafe fn load(p: *const f32, m: usize) -> Self {
+        let mut v = [0f32; 8];
+        for (i, slot) in v.iter_mut().enumerate().take(m) {
+            // SAFETY: the caller's: the first m lanes at p are inside the buffer.
+            *slot = unsafe { *p.add(i) };
+        }
+        Self(v)
+    }
+
+    #[inline(always)]
+    unsafe fn mul_add(w: Self, x: Self, acc: Self) -> Self {
+        Self(std::array::from_fn(|i| acc.0[i] + w.0[i] * x.0[i]))
+    }
+
+    #[inline(always)]
+    unsafe fn finish(p: *mut f32, m: usize, v: Self, shift: Self, act: Act) {
+        for i in 0..m {
+            let y = v.0[i] + shift.0[i];
+            let y = match act {
+                Act::Identity => y,
+                Act::Relu => y.max(0.0),
+                Act::Relu6 => y.clamp(0.0, 6.0),
+            };
+            // SAFETY: the caller's: the first m lanes at p are inside the output.
+            unsafe { *p.add(i) = y };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{row_generic, Act, Lanes, RowArgs};
+
+    #[derive(Clone, Copy)]
+    struct Avx512(__m512);
+
+    impl Lanes for Avx512 {
+        const LANES: usize = 16;
+        type Mask = __mmask16;
+
+        #[inline(always)]
+        unsafe fn mask(k: usize) -> __mmask16 {
+            if k >= 16 {
+                u16::MAX
+            } else {
+                (1u16 << k) - 1
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            // SAFETY: the caller's (AVX-512F).
+            Self(unsafe { _mm512_setzero_ps() })
+        }
+
+        #[inline(always)]
+        unsafe fn load(p: *const f32, m: __mmask16) -> Self {
+            // SAFETY: the caller's: the masked lanes at p are inside the buffer.
+            Self(unsafe { _mm512_maskz_loadu_ps(m, p) })
+        }
+
+        #[inline(always)]
+        unsafe fn mul_add(w: Self, x: Self, acc: Self) -> Self {
+            // SAFETY: the caller's (AVX-512F).
+            Self(unsafe { _mm512_fmadd_ps(w.0, x.0, acc.0) })
+        }
+
+        #[inline(always)]
+        unsafe fn finish(p: *mut f32, m: __mmask16, v: Self, shift: Self, act: Act) {
+            // SAFETY: the caller's: AVX-512F, the masked lanes at p are inside the output.
+            unsafe {
+                let y = _mm512_add_ps(v.0, shift.0);
+                let y = match act {
+                    Act::Identity => y,
+                    Act::Relu => _mm512_max_ps(y, _mm512_setzero_ps()),
+                    Act::Relu6 => {
+                        _mm512_min_ps(_mm512_set1_ps(6.0), _mm512_max_ps(_mm512_setzero_ps(), y))
+                    }
+                };
+                _mm512_mask_storeu_ps(p, m, y);
+            }
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    struct Avx2(__m256);
+
+    impl Lanes for Avx2 {
+        const LANES: usize = 8;
+        type Mask = __m256i;
+
+        #[inline(always)]
+        unsafe fn mask(k: usize) -> __m256i {
+            let k = k.min(8) as i32;
+            // SAFETY: the caller's (AVX2).
+            unsafe {
+                _mm256_cmpgt_epi32(
+                    _mm256_set1_epi32(k),
+                    _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                )
+            }
+        }
+
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            // SAFETY: the caller's (AVX).
+            Self(unsafe { _mm256_setzero_ps() })
+        }
+
+        #[inline(always)]
+        unsafe fn load(p: *const f32, m: __m256i) -> Self {
+            // SAFETY: the caller's: the masked lanes at p are inside the buffer.
+            Self(unsafe { _mm256_maskload_ps(p, m) })
+        }
+
+        #[inline(always)]
+        unsafe fn mul_add(w: Self, x: Self, acc: Self) -> Self {
+            // SAFETY: the caller's (FMA).
+            Self(unsafe { _mm256_fmadd_ps(w.0, x.0, acc.0) })
+        }
+
+        #[inline(always)]
+        unsafe fn finish(p: *mut f32, m: __m256i, v: Self, shift: Self, act: Act) {
+            // SAFETY: the caller's: AVX, the masked lanes at p are inside the output.
+            unsafe {
+                let y = _mm256_add_ps(v.0, shift.0);
+                let y = match act {
+                    Act::Identity => y,
+                    Act::Relu => _mm256_max_ps(y, _mm256_setzero_ps()),
+                    Act::Relu6 => {
+                        _mm256_min_ps(_mm256_set1_ps(6.0), _mm256_max_ps(_mm256_setzero_ps(), y))
+                    }
+                };
+                _mm256_maskstore_ps(p, m, y);
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU supports AVX-512F; buffers as [`row_generic`] needs.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn row_avx512(a: &RowArgs, out: *mut f32) {
+        // SAFETY: the caller's guarantees.
+        unsafe { row_generic::<Avx512>(a, out) }
+    }
+
+    /// # Safety
+    /// The CPU supports AVX2 and FMA; buffers as [`row_generic`] needs.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn row_avx2(a: &RowArgs, out: *mut f32) {
+        // SAFETY: the caller's guarantees.
+        unsafe { row_generic::<Avx2>(a, out) }
+    }
+}

@@ -1,0 +1,420 @@
+//! Inference on constant weights in the NHWC layout (channels innermost), kept from one layer to the next.
+//!
+//! The NCHW kernels of [`crate::fused`] are as fast as the layout allows on the 1x1 convolutions, but a
+//! depthwise convolution on NCHW works plane by plane: each plane is copied into a padded polyphase
+//! buffer, and on the small planes of a network's deep end (7x7, 14x14) its rows are shorter than a
+//! vector. In NHWC a depthwise convolution is vectorised over the channels (every MobileNet layer has a
+//! multiple of 16 of them), reads the input in place (a padded tap is skipped, not read from a copy) and
+//! keeps its sum per output pixel in a register. The 1x1 convolutions become `pixels x c_in` by
+//! `c_in x c_out` products with the same register-blocked kernels as NCHW, transposed: one sum per
+//! output value, in the same order, so a layer gives the NCHW path's values bit for bit.
+//!
+//! A network converts its input once ([`NhwcMaps::from_nchw`]), runs its layers here, and converts the
+//! feature maps it hands on ([`NhwcMaps::to_nchw`]).
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use voc_tensor::fused::Act;
+//! use voc_tensor::nhwc::{DepthwiseConv, NhwcMaps, PointwiseConv};
+//! use voc_tensor::ops::Padding;
+//! let dev = Device::Cpu;
+//! let x = Tensor::rand(-1f32, 1f32, (2, 16, 9, 9), &dev)?;
+//! let dw = DepthwiseConv::new(
+//!     &Tensor::rand(-1f32, 1f32, (16, 1, 3, 3), &dev)?,
+//!     &Tensor::zeros(16, candle_core::DType::F32, &dev)?,
+//!     Act::Relu6,
+//! )?;
+//! let pw = PointwiseConv::new(
+//!     &Tensor::rand(-1f32, 1f32, (24, 16, 1, 1), &dev)?,
+//!     &Tensor::zeros(24, candle_core::DType::F32, &dev)?,
+//!     Act::Identity,
+//! )?;
+//! let h = dw.forward(&NhwcMaps::from_nchw(&x)?, 2, 1, Padding::same(1))?;
+//! let y = pw.forward(&h, None)?.to_nchw()?;
+//! assert_eq!(y.dims(), [2, 24, 5, 5]);
+//! # Ok::<(), voc_tensor::VocError>(())
+//! ```
+use candle_core::{DType, Device, Tensor};
+
+use crate::error::{Result, VocError};
+use crate::fused::pointwise_gemm::{pointwise_forward_epilogue, PointwiseProblem};
+use crate::fused::Act;
+use crate::ops::Padding;
+
+mod depthwise;
+
+static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Whether networks that can run their inference here do (the default), instead of on the NCHW
+/// kernels. Both give the same values; tests and benchmarks switch it to compare the two, with
+/// [`set_enabled`] or, for a whole process, `VOC_NHWC=0` in the environment.
+pub fn enabled() -> bool {
+    static FROM_ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let env_allows = *FROM_ENV.get_or_init(|| std::env::var("VOC_NHWC").map_or(true, |v| v != "0"));
+    env_allows && ENABLED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Switches the NHWC inference path on or off, process-wide (see [`enabled`]).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// A batch of `n` feature maps of `h x w` pixels and `c` channels, stored pixel by pixel with each
+/// pixel's channels contiguous (`[n][h][w][c]`), on the CPU in f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NhwcMaps {
+    data: Vec<f32>,
+    n: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+}
+
+impl NhwcMaps {
+    /// Maps of the given size from their values in NHWC order; a length other than `n*h*w*c` is an
+    /// error.
+    pub fn new(data: Vec<f32>, (n, h, w, c): (usize, usize, usize, usize)) -> Result<Self> {
+        if data.len() != n * h * w * c {
+            return Err(VocError::BadArgument(format!(
+                "NHWC maps of {n}x{h}x{w}x{c} need {} values, got {}",
+                n * h * w * c,
+                data.len()
+            )));
+        }
+        Ok(Self { data, n, h, w, c })
+    }
+
+    /// The maps of an `N x C x H x W` tensor (any device and float dtype: read back as f32 on the CPU).
+    pub fn from_nchw(x: &Tensor) -> Result<Self> {
+        let (n, c, h, w) = crate::ops::dims4(x, "NhwcMaps::from_nchw")?;
+        let data = x
+            .to_device(&Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .permute((0, 2, 3, 1))?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        Ok(Self { data, n, h, w, c })
+    }
+
+    /// The same values as an `N x C x H x W` tensor on the CPU (the channels transposed in parallel
+    /// blocks: a network hands on maps of up to a few megabytes).
+    pub fn to_nchw(&self) -> Result<Tensor> {
+        use rayon::prelude::*;
+        const BLOCK: usize = 16;
+        let (n, h, w, c) = self.dims();
+        let hw = h * w;
+        let mut out = vec![0f32; self.data.len()];
+        if hw > 0 && c > 0 {
+            // One task per image and block of 16 channels: it reads each pixel's 16 channels (one
+            // cache line) and writes 16 planes.
+            out.par_chunks_mut(c * hw)
+                .zip(self.data.par_chunks(c * hw))
+                .for_each(|(image_out, src)| {
+                    image_out
+                        .par_chunks_mut(BLOCK * hw)
+                        .enumerate()
+                        .for_each(|(block, planes)| {
+                            let (c0, channels) = (block * BLOCK, planes.len() / hw);
+                            for (p, pixel) in src.chunks_exact(c).enumerate() {
+                                for (cc, &v) in pixel[c0..c0 + channels].iter().enumerate() {
+                                    planes[cc * hw + p] = v;
+                                }
+                            }
+                        });
+                });
+        }
+        Ok(Tensor::from_vec(out, (n, c, h, w), &Device::Cpu)?)
+    }
+
+    /// `(n, h, w, c)`.
+    pub fn dims(&self) -> (usize, usize, usize, usize) {
+        (self.n, self.h, self.w, self.c)
+    }
+
+    /// The values, NHWC order.
+    pub fn as_slice(&self) -> &[f32] {
+        &self.data
+    }
+}
+
+/// The values of a constant CPU tensor, checked to hold `len` of them.
+fn values_of(t: &Tensor, len: usize, what: &str) -> Result<Vec<f32>> {
+    if t.elem_count() != len {
+        return Err(VocError::BadArgument(format!(
+            "{what}: expected {len} values, got a tensor of shape {:?}",
+            t.dims()
+        )));
+    }
+    Ok(t.to_device(&Device::Cpu)?
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?)
+}
+
+/// A 1x1 convolution with its batch norm folded in: `act(Σ_k w[o, k] · x[.., k] + shift[o] (+ residual))`
+/// at every pixel.
+#[derive(Debug, Clone)]
+pub struct PointwiseConv {
+    /// `c_in x c_out`: row `k` holds every output channel's weight for input channel `k`.
+    weight_t: Vec<f32>,
+    shift: Vec<f32>,
+    c_in: usize,
+    c_out: usize,
+    act: Act,
+}
+
+impl PointwiseConv {
+    /// From the kernel (`c_out x c_in x 1 x 1`, or `c_out x c_in`) and the per-channel shift (`c_out`).
+    pub fn new(weight: &Tensor, shift: &Tensor, act: Act) -> Result<Self> {
+        let dims = weight.dims();
+        let (c_out, c_in) = match dims {
+            [o, i] | [o, i, 1, 1] => (*o, *i),
+            _ => {
+                return Err(VocError::BadArgument(format!(
+                    "PointwiseConv: weight of shape {dims:?}, expected c_out x c_in x 1 x 1"
+                )))
+            }
+        };
+        let w = values_of(weight, c_out * c_in, "PointwiseConv weight")?;
+        let mut weight_t = vec![0f32; c_in * c_out];
+        for (o, row) in w.chunks_exact(c_in).enumerate() {
+            for (k, &v) in row.iter().enumerate() {
+                weight_t[k * c_out + o] = v;
+            }
+        }
+        Ok(Self {
+            weight_t,
+            shift: values_of(shift, c_out, "PointwiseConv shift")?,
+            c_in,
+            c_out,
+            act,
+        })
+    }
+
+    /// `(c_in, c_out)`.
+    pub fn channels(&self) -> (usize, usize) {
+        (self.c_in, self.c_out)
+    }
+
+    /// The convolution of `x`, plus `residual` (maps of the output's size) before the activation.
+    pub fn forward(&self, x: &NhwcMaps, residual: Option<&NhwcMaps>) -> Result<NhwcMaps> {
+        let (n, h, w, c) = x.dims();
+        if c != self.c_in {
+            return Err(VocError::BadArgument(format!(
+                "PointwiseConv: input has {c} channels, the weights {}",
+                self.c_in
+            )));
+        }
+        let out_dims = (n, h, w, self.c_out);
+        if let Some(r) = residual {
+            if r.dims() != out_dims {
+                return Err(VocError::BadArgument(format!(
+                    "PointwiseConv: residual of {:?}, the output is {out_dims:?}",
+                    r.dims()
+                )));
+            }
+        }
+        let pixels = n * h * w;
+        // Transposed onto the NCHW kernels: their "weight rows" are the pixels, their "input rows" the
+        // rows of the transposed weight, one column per output channel.
+        let data = pointwise_forward_epilogue(&PointwiseProblem {
+            x: &self.weight_t,
+            weight: &x.data,
+            shift: Some(&self.shift),
+            residual: residual.map(|r| &r.data[..]),
+            act: self.act,
+            shift_per_col: true,
+            n: 1,
+            c_in: self.c_in,
+            c_out: pixels,
+            hw: self.c_out,
+        });
+        NhwcMaps::new(data, out_dims)
+    }
+}
+
+/// A dense `kh x kw` convolution with its batch norm folded in, reading an NCHW batch and writing NHWC
+/// maps: the first layer of a network, on the few channels of an image. Each output pixel's patch
+/// (`c_in x kh x kw` values, in the kernel's order) becomes one row of a matrix that the 1x1 kernels
+/// multiply by the kernel.
+#[derive(Debug, Clone)]
+pub struct DenseConv {
+    /// The kernel as a `c_out x (c_in*kh*kw)` 1x1 convolution over patches.
+    patches: PointwiseConv,
+    c_in: usize,
+    kh: usize,
+    kw: usize,
+}
+
+impl DenseConv {
+    /// From the kernel (`c_out x c_in x kh x kw`) and the per-channel shift (`c_out`).
+    pub fn new(weight: &Tensor, shift: &Tensor, act: Act) -> Result<Self> {
+        let dims = weight.dims();
+        let &[c_out, c_in, kh, kw] = dims else {
+            return Err(VocError::BadArgument(format!(
+                "DenseConv: weight of shape {dims:?}, expected c_out x c_in x kh x kw"
+            )));
+        };
+        Ok(Self {
+            patches: PointwiseConv::new(&weight.reshape((c_out, c_in * kh * kw))?, shift, act)?,
+            c_in,
+            kh,
+            kw,
+        })
+    }
+
+    /// The convolution of the `N x C x H x W` batch `x` (CPU, f32) at `stride` and `dilation` with
+    /// `padding` zeros around it.
+    pub fn forward_nchw(
+        &self,
+        x: &Tensor,
+        stride: usize,
+        dilation: usize,
+        padding: Padding,
+    ) -> Result<NhwcMaps> {
+        use rayon::prelude::*;
+        let (n, c, h, w) = crate::ops::dims4(x, "DenseConv::forward_nchw")?;
+        if c != self.c_in {
+            return Err(VocError::BadArgument(format!(
+                "DenseConv: input has {c} channels, the weights {}",
+                self.c_in
+            )));
+        }
+        let (stride, dilation) = (stride.max(1), dilation.max(1));
+        let (kh, kw) = (self.kh, self.kw);
+        let oh = out_len(h, padding.top, padding.bottom, kh, stride, dilation)?;
+        let ow = out_len(w, padding.left, padding.right, kw, stride, dilation)?;
+        let x = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let k = c * kh * kw;
+        let mut patches = vec![0f32; n * oh * ow * k];
+        if k > 0 && ow > 0 {
+            // One task per output row: its ow patches, padded taps left at 0.
+            patches
+                .par_chunks_mut(ow * k)
+                .enumerate()
+                .for_each(|(row, out)| {
+                    let (image, oy) = (row / oh, row % oh);
+                    let planes = &x[image * c * h * w..(image + 1) * c * h * w];
+                    for (ox, patch) in out.chunks_exact_mut(k).enumerate() {
+                        let mut i = 0;
+                        for plane in planes.chunks_exact(h * w) {
+                            for ky in 0..kh {
+                                let iy = (oy * stride + ky * dilation).checked_sub(padding.top);
+                                for kx in 0..kw {
+                                    let ix =
+                                        (ox * stride + kx * dilation).checked_sub(padding.left);
+                                    if let (Some(iy), Some(ix)) = (iy, ix) {
+                                        if iy < h && ix < w {
+                                            patch[i] = plane[iy * w + ix];
+                                        }
+                                    }
+                                    i += 1;
+                                }
+                            }
+                        }
+                    }
+                });
+        }
+        let patches = NhwcMaps::new(patches, (n, oh, ow, k))?;
+        self.patches.forward(&patches, None)
+    }
+}
+
+/// Output length of one axis of a convolution, or an error naming the sizes when the padded input is
+/// smaller than the (dilated) kernel.
+fn out_len(
+    size: usize,
+    before: usize,
+    after: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+) -> Result<usize> {
+    let span = dilation * (kernel.max(1) - 1) + 1;
+    (size + before + after)
+        .checked_sub(span)
+        .map(|free| free / stride + 1)
+        .ok_or_else(|| {
+            VocError::BadArgument(format!(
+                "convolution: an input of {size} padded by {before} + {after} is smaller than the \
+                 {kernel}-tap kernel at dilation {dilation}"
+            ))
+        })
+}
+
+/// A depthwise convolution with its batch norm folded in: `act(Σ_taps w[c, tap] · x[.., c] + shift[c])`.
+#[derive(Debug, Clone)]
+pub struct DepthwiseConv {
+    /// `kh*kw x c`: each tap's weights for every channel, contiguous.
+    taps: Vec<f32>,
+    shift: Vec<f32>,
+    c: usize,
+    kh: usize,
+    kw: usize,
+    act: Act,
+}
+
+impl DepthwiseConv {
+    /// From the kernel (`c x 1 x kh x kw`) and the per-channel shift (`c`).
+    pub fn new(weight: &Tensor, shift: &Tensor, act: Act) -> Result<Self> {
+        let dims = weight.dims();
+        let &[c, 1, kh, kw] = dims else {
+            return Err(VocError::BadArgument(format!(
+                "DepthwiseConv: weight of shape {dims:?}, expected channels x 1 x kh x kw"
+            )));
+        };
+        let w = values_of(weight, c * kh * kw, "DepthwiseConv weight")?;
+        let mut taps = vec![0f32; c * kh * kw];
+        for (ch, kernel) in w.chunks_exact(kh * kw).enumerate() {
+            for (t, &v) in kernel.iter().enumerate() {
+                taps[t * c + ch] = v;
+            }
+        }
+        Ok(Self {
+            taps,
+            shift: values_of(shift, c, "DepthwiseConv shift")?,
+            c,
+            kh,
+            kw,
+            act,
+        })
+    }
+
+    /// The convolution of `x` at `stride` and `dilation` with `padding` zeros around it.
+    pub fn forward(
+        &self,
+        x: &NhwcMaps,
+        stride: usize,
+        dilation: usize,
+        padding: Padding,
+    ) -> Result<NhwcMaps> {
+        let (n, h, w, c) = x.dims();
+        if c != self.c {
+            return Err(VocError::BadArgument(format!(
+                "DepthwiseConv: input has {c} channels, the weights {}",
+                self.c
+            )));
+        }
+        let (stride, dilation) = (stride.max(1), dilation.max(1));
+        let oh = out_len(h, padding.top, padding.bottom, self.kh, stride, dilation)?;
+        let ow = out_len(w, padding.left, padding.right, self.kw, stride, dilation)?;
+        let geometry = depthwise::Geometry {
+            h,
+            w,
+            c,
+            kh: self.kh,
+            kw: self.kw,
+            oh,
+            ow,
+            stride,
+            dilation,
+            pad_top: padding.top,
+            pad_left: padding.left,
+        };
+        let data = depthwise::forward(&geometry, n, &x.data, &self.taps, &self.shift, self.act);
+        NhwcMaps::new(data, (n, oh, ow, c))
+    }
+}
+
+#[cfg(test)]
+mod tests;
