@@ -328,15 +328,20 @@ mod x86 {
     pub(super) unsafe fn block_avx512(p: &PointwiseProblem, b: &Block, out: *mut f32) {
         // SAFETY: the caller's guarantees; the quad variants get blocks of exactly their rows.
         unsafe {
-            match b.rows {
-                12 => block_avx512_rows::<12, true>(p, b, out),
-                8 => block_avx512_rows::<8, true>(p, b, out),
-                4 => block_avx512_rows::<4, true>(p, b, out),
+            // A block of 16 columns or fewer (an NHWC output of 16 channels) runs one vector per
+            // row instead of multiplying a masked-off second one.
+            match (b.rows, b.cols > 16) {
+                (12, true) => block_avx512_rows::<12, true, true>(p, b, out),
+                (8, true) => block_avx512_rows::<8, true, true>(p, b, out),
+                (4, true) => block_avx512_rows::<4, true, true>(p, b, out),
+                (12, false) => block_avx512_rows::<12, true, false>(p, b, out),
+                (8, false) => block_avx512_rows::<8, true, false>(p, b, out),
+                (4, false) => block_avx512_rows::<4, true, false>(p, b, out),
                 // A short tail block (the 49 pixels of a 7x7 map end in one row) computes only the
                 // rows it needs, rounded up to 4 or 8.
-                1..=3 => block_avx512_rows::<4, false>(p, b, out),
-                5..=7 => block_avx512_rows::<8, false>(p, b, out),
-                _ => block_avx512_rows::<12, false>(p, b, out),
+                (1..=3, _) => block_avx512_rows::<4, false, true>(p, b, out),
+                (5..=7, _) => block_avx512_rows::<8, false, true>(p, b, out),
+                _ => block_avx512_rows::<12, false, true>(p, b, out),
             }
         }
     }
@@ -348,10 +353,11 @@ mod x86 {
     /// block's last repeat it: computed, never stored).
     ///
     /// # Safety
-    /// As [`block_avx512`]; with `QUADS`, `b.rows == MR` and `MR % 4 == 0`.
+    /// As [`block_avx512`]; with `QUADS`, `b.rows == MR` and `MR % 4 == 0`; without `TWO` (one vector
+    /// of columns per row), `b.cols <= 16`.
     #[target_feature(enable = "avx512f")]
     #[inline]
-    unsafe fn block_avx512_rows<const MR: usize, const QUADS: bool>(
+    unsafe fn block_avx512_rows<const MR: usize, const QUADS: bool, const TWO: bool>(
         p: &PointwiseProblem,
         b: &Block,
         out: *mut f32,
@@ -378,7 +384,11 @@ mod x86 {
             unsafe {
                 let row = x.add(b.x_offset + k * p.hw);
                 let x0 = _mm512_maskz_loadu_ps(m0, row);
-                let x1 = _mm512_maskz_loadu_ps(m1, row.wrapping_add(16));
+                let x1 = if TWO {
+                    _mm512_maskz_loadu_ps(m1, row.wrapping_add(16))
+                } else {
+                    _mm512_setzero_ps()
+                };
                 for (r, a) in acc.iter_mut().enumerate() {
                     let w = if QUADS {
                         *w_rows[r].add(k + (r % 4) * c_in)
@@ -387,7 +397,9 @@ mod x86 {
                     };
                     let wr = _mm512_set1_ps(w);
                     a[0] = _mm512_fmadd_ps(wr, x0, a[0]);
-                    a[1] = _mm512_fmadd_ps(wr, x1, a[1]);
+                    if TWO {
+                        a[1] = _mm512_fmadd_ps(wr, x1, a[1]);
+                    }
                 }
             }
         }

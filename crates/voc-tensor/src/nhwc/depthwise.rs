@@ -206,18 +206,22 @@ unsafe fn row_generic<L: Lanes>(a: &RowArgs, out: *mut f32) {
     let x = a.x.as_ptr();
     let taps = a.taps.as_ptr();
     let col_step = g.stride * c;
-    for c0 in (0..c).step_by(L::LANES) {
-        // SAFETY: every offset below is inside its buffer: channels c0..c0 + lanes of a tap's
-        // weights, of the shift, of an input pixel inside the image (checked or interior) and of an
-        // output column below ow.
-        unsafe {
-            let m = L::mask(c - c0);
-            let shift = L::load(a.shift.as_ptr().add(c0), m);
-            for ox in (0..lo).chain(hi..g.ow) {
-                checked_column::<L>(a, tap_rows, c0, m, shift, ox, out);
+    // SAFETY: every offset below is inside its buffer: channels c0..c0 + lanes of a tap's weights, of
+    // the shift, of an input pixel inside the image (checked or interior) and of an output column
+    // below ow.
+    unsafe {
+        // (A loop, not a closure: a closure would not inherit the caller's target features.)
+        for ox in (0..lo).chain(hi..g.ow) {
+            for c0 in (0..c).step_by(L::LANES) {
+                checked_column::<L>(a, tap_rows, c0, ox, out);
             }
-            let mut ox = lo;
-            while ox + 4 <= hi {
+        }
+        // Four output columns at a time, all their channels before the next four: their input
+        // pixels are a few contiguous lines of each tap row, read while in L1.
+        let mut ox = lo;
+        while ox + 4 <= hi {
+            for c0 in (0..c).step_by(L::LANES) {
+                let m = L::mask(c - c0);
                 let (mut a0, mut a1, mut a2, mut a3) = (L::zero(), L::zero(), L::zero(), L::zero());
                 for &(ky, iy) in tap_rows {
                     let row = x.add(iy * g.w * c + c0);
@@ -232,17 +236,20 @@ unsafe fn row_generic<L: Lanes>(a: &RowArgs, out: *mut f32) {
                         a3 = L::mul_add(w, L::load(p.add(3 * col_step), m), a3);
                     }
                 }
+                let shift = L::load(a.shift.as_ptr().add(c0), m);
                 let o = out.add(ox * c + c0);
                 L::finish(o, m, a0, shift, a.act);
                 L::finish(o.add(c), m, a1, shift, a.act);
                 L::finish(o.add(2 * c), m, a2, shift, a.act);
                 L::finish(o.add(3 * c), m, a3, shift, a.act);
-                ox += 4;
             }
-            while ox < hi {
-                checked_column::<L>(a, tap_rows, c0, m, shift, ox, out);
-                ox += 1;
+            ox += 4;
+        }
+        while ox < hi {
+            for c0 in (0..c).step_by(L::LANES) {
+                checked_column::<L>(a, tap_rows, c0, ox, out);
             }
+            ox += 1;
         }
     }
 }
@@ -256,8 +263,6 @@ unsafe fn checked_column<L: Lanes>(
     a: &RowArgs,
     tap_rows: &[(usize, usize)],
     c0: usize,
-    m: L::Mask,
-    shift: L,
     ox: usize,
     out: *mut f32,
 ) {
@@ -265,6 +270,8 @@ unsafe fn checked_column<L: Lanes>(
     let c = g.c;
     // SAFETY: the caller's; every tap read is inside the image (checked) and the store is column ox.
     unsafe {
+        let m = L::mask(c - c0);
+        let shift = L::load(a.shift.as_ptr().add(c0), m);
         let mut acc = L::zero();
         for &(ky, iy) in tap_rows {
             for kx in 0..g.kw {

@@ -288,27 +288,35 @@ impl DenseConv {
         let k = c * kh * kw;
         let mut patches = vec![0f32; n * oh * ow * k];
         if k > 0 && ow > 0 {
-            // One task per output row: its ow patches, padded taps left at 0.
+            // One task per output row: its ow patches, padded taps left at 0. For each kernel tap, the
+            // output columns whose input column lies inside the row are a range: a copy loop
+            // without checks.
             patches
                 .par_chunks_mut(ow * k)
                 .enumerate()
                 .for_each(|(row, out)| {
                     let (image, oy) = (row / oh, row % oh);
                     let planes = &x[image * c * h * w..(image + 1) * c * h * w];
-                    for (ox, patch) in out.chunks_exact_mut(k).enumerate() {
-                        let mut i = 0;
-                        for plane in planes.chunks_exact(h * w) {
-                            for ky in 0..kh {
-                                let iy = (oy * stride + ky * dilation).checked_sub(padding.top);
-                                for kx in 0..kw {
-                                    let ix =
-                                        (ox * stride + kx * dilation).checked_sub(padding.left);
-                                    if let (Some(iy), Some(ix)) = (iy, ix) {
-                                        if iy < h && ix < w {
-                                            patch[i] = plane[iy * w + ix];
-                                        }
-                                    }
-                                    i += 1;
+                    for (ci, plane) in planes.chunks_exact(h * w).enumerate() {
+                        for ky in 0..kh {
+                            let Some(iy) = (oy * stride + ky * dilation)
+                                .checked_sub(padding.top)
+                                .filter(|&iy| iy < h)
+                            else {
+                                continue;
+                            };
+                            let src = &plane[iy * w..(iy + 1) * w];
+                            for kx in 0..kw {
+                                let col = (ci * kh + ky) * kw + kx;
+                                let offset = kx * dilation;
+                                // ix = ox*stride + offset - left, inside 0..w.
+                                let first = padding.left.saturating_sub(offset).div_ceil(stride);
+                                let end = (w + padding.left)
+                                    .saturating_sub(offset)
+                                    .div_ceil(stride)
+                                    .min(ow);
+                                for ox in first..end {
+                                    out[ox * k + col] = src[ox * stride + offset - padding.left];
                                 }
                             }
                         }
