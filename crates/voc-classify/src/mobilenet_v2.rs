@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, ModuleT, Tensor};
 use candle_nn::VarBuilder;
 use voc_tensor::nhwc::{self, DenseConv, DepthwiseConv, NhwcMaps, PointwiseConv};
+
+type NhwcBlock = nhwc::InvertedResidual;
 use voc_tensor::ops;
 
 use crate::backbone::{stride_schedule, BackboneFeatures, FeatureChannels};
@@ -151,21 +153,10 @@ impl InvertedResidual {
     /// The block on NHWC maps with `layers` (from [`InvertedResidual::nhwc_layers`]); the geometry is
     /// this block's current one.
     fn forward_nhwc(&self, layers: &NhwcBlock, x: &NhwcMaps) -> Result<NhwcMaps> {
-        let expanded;
-        let h = match &layers.expand {
-            Some(e) => {
-                expanded = e.forward(x, None)?;
-                &expanded
-            }
-            None => x,
-        };
         let spec = self.depthwise.spec();
-        let (_, height, width, _) = h.dims();
+        let (_, height, width, _) = x.dims();
         let padding = padding_of(spec, height, width);
-        let h = layers
-            .depthwise
-            .forward(h, spec.stride, spec.dilation, padding)?;
-        Ok(layers.project.forward(&h, self.residual.then_some(x))?)
+        Ok(layers.forward(x, spec.stride, spec.dilation, padding, self.residual)?)
     }
 }
 
@@ -187,14 +178,6 @@ fn act(layer: &ConvNormAct) -> voc_tensor::fused::Act {
         Activation::Relu => Act::Relu,
         Activation::Relu6 => Act::Relu6,
     }
-}
-
-/// One inverted-residual block's constant layers for the NHWC path.
-#[derive(Debug)]
-struct NhwcBlock {
-    expand: Option<PointwiseConv>,
-    depthwise: DepthwiseConv,
-    project: PointwiseConv,
 }
 
 /// The network's constant layers for the NHWC path.

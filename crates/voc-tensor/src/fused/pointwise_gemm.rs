@@ -173,6 +173,32 @@ impl OutPtr {
 
 /// `act(w · x + shift (+ residual))` for every image, `n x c_out x hw` values.
 pub(crate) fn pointwise_forward_epilogue(p: &PointwiseProblem) -> Vec<f32> {
+    let len = p.n * p.c_out * p.hw;
+    let mut y: Vec<f32> = Vec::with_capacity(len);
+    // SAFETY: `y` has room for the `len` values, which the call writes, every one.
+    unsafe {
+        pointwise_run(p, y.as_mut_ptr(), true);
+        y.set_len(len);
+    }
+    y
+}
+
+/// [`pointwise_forward_epilogue`] into `out` (`n x c_out x hw` values) on the calling thread: for
+/// a caller that already splits its work over the threads (a block fused row by row).
+pub(crate) fn pointwise_serial_into(p: &PointwiseProblem, out: &mut [std::mem::MaybeUninit<f32>]) {
+    assert!(
+        out.len() >= p.n * p.c_out * p.hw,
+        "pointwise conv: output shorter than its values"
+    );
+    // SAFETY: `out` holds the values the call writes (MaybeUninit<f32> has f32's layout).
+    unsafe { pointwise_run(p, out.as_mut_ptr().cast(), false) };
+}
+
+/// Writes the `n x c_out x hw` values of `p` to `out`, in parallel tiles when `parallel`.
+///
+/// # Safety
+/// `out` has room for `n x c_out x hw` values.
+unsafe fn pointwise_run(p: &PointwiseProblem, out: *mut f32, parallel: bool) {
     let (n, c_in, c_out, hw) = (p.n, p.c_in, p.c_out, p.hw);
     assert!(
         p.x.len() >= n * c_in * hw
@@ -184,9 +210,7 @@ pub(crate) fn pointwise_forward_epilogue(p: &PointwiseProblem) -> Vec<f32> {
     );
     let isa = Isa::detect();
     let (mr, nr) = isa.block();
-    let len = n * c_out * hw;
-    let mut y: Vec<f32> = Vec::with_capacity(len);
-    let out = OutPtr(y.as_mut_ptr());
+    let out = OutPtr(out);
     let run_tile = |tile: &Tile| {
         for r0 in tile.rows.clone().step_by(mr) {
             let rows = (tile.rows.end - r0).min(mr);
@@ -207,21 +231,23 @@ pub(crate) fn pointwise_forward_epilogue(p: &PointwiseProblem) -> Vec<f32> {
             }
         }
     };
-    let threads = rayon::current_num_threads();
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
     let tiles = if p.shift_per_col {
         row_tiles(p, (mr, nr), threads)
     } else {
         tiles(p, (mr, nr), threads)
     };
+    // The tiles cover every (image, channel, pixel) once, and every block's kernel writes all of its
+    // values.
     if tiles.len() == 1 {
         run_tile(&tiles[0]);
     } else {
         tiles.par_iter().for_each(run_tile);
     }
-    // SAFETY: the tiles cover every (image, channel, pixel) once, and every block's kernel wrote all of
-    // its values.
-    unsafe { y.set_len(len) };
-    y
 }
 
 /// One register block: output channels `row0..row0 + rows` (`rows <= MR`) and `cols <= NR` pixels.

@@ -24,7 +24,28 @@ pub(super) struct Geometry {
     pub pad_left: usize,
 }
 
+/// Kernel rows at most (the networks here use 3 and 5).
+pub(super) const MAX_KH: usize = 16;
+
 impl Geometry {
+    /// The kernel rows of output row `oy` that fall inside the input, as `(kernel row, input row
+    /// pointer)` from `row_ptr(input row)`, written to `rows`; returns how many.
+    pub(super) fn tap_rows(
+        &self,
+        oy: usize,
+        row_ptr: impl Fn(usize) -> *const f32,
+        rows: &mut [(usize, *const f32); MAX_KH],
+    ) -> usize {
+        let mut n = 0;
+        for ky in 0..self.kh.min(MAX_KH) {
+            if let Some(iy) = self.input(oy, ky, self.pad_top, self.h) {
+                rows[n] = (ky, row_ptr(iy));
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// The input coordinate of output coordinate `o` and tap `k` on an axis padded by `pad` of
     /// length `len`, or `None` in the padding.
     #[inline(always)]
@@ -82,7 +103,10 @@ pub(super) fn forward(
             let global = chunk * rows_per_chunk + i;
             let (image, oy) = (global / g.oh, global % g.oh);
             let image_x = &x[image * g.h * g.w * g.c..(image + 1) * g.h * g.w * g.c];
-            kernel.row(g, image_x, taps, shift, act, oy, out_row);
+            let mut rows = [(0, std::ptr::null()); MAX_KH];
+            let n_rows = g.tap_rows(oy, |iy| image_x[iy * g.w * g.c..].as_ptr(), &mut rows);
+            // SAFETY: each row pointer starts an input row of w x c values inside `image_x`.
+            unsafe { kernel.row(g, &rows[..n_rows], taps, shift, act, out_row) };
         }
     };
     // SAFETY: each chunk holds whole output rows (the last one fewer), and `row` writes every value of
@@ -92,7 +116,7 @@ pub(super) fn forward(
 
 /// The instruction set of the row kernel.
 #[derive(Debug, Clone, Copy)]
-enum Kernel {
+pub(super) enum Kernel {
     #[cfg(target_arch = "x86_64")]
     Avx512,
     #[cfg(target_arch = "x86_64")]
@@ -101,7 +125,7 @@ enum Kernel {
 }
 
 impl Kernel {
-    fn detect() -> Self {
+    pub(super) fn detect() -> Self {
         #[cfg(target_arch = "x86_64")]
         {
             if crate::simd::has_avx512() {
@@ -114,25 +138,30 @@ impl Kernel {
         Self::Portable
     }
 
-    /// Output row `oy` of one image (`out` holds `ow x c` values).
-    #[allow(clippy::too_many_arguments)]
-    fn row(
+    /// One output row (`out` holds `ow x c` values) from the input rows of its kernel rows that lie
+    /// inside the input (`Geometry::tap_rows`).
+    ///
+    /// # Safety
+    /// Each row pointer starts an input row of `w x c` readable values.
+    pub(super) unsafe fn row(
         self,
         g: &Geometry,
-        x: &[f32],
+        tap_rows: &[(usize, *const f32)],
         taps: &[f32],
         shift: &[f32],
         act: Act,
-        oy: usize,
         out: &mut [MaybeUninit<f32>],
     ) {
+        assert!(
+            out.len() >= g.ow * g.c && taps.len() >= g.kh * g.kw * g.c && shift.len() >= g.c,
+            "depthwise NHWC row: buffers shorter than the geometry"
+        );
         let args = RowArgs {
             g,
-            x,
+            tap_rows,
             taps,
             shift,
             act,
-            oy,
         };
         let out = out.as_mut_ptr().cast::<f32>();
         match self {
@@ -152,11 +181,11 @@ impl Kernel {
 /// What one output row's kernel reads.
 struct RowArgs<'a> {
     g: &'a Geometry,
-    x: &'a [f32],
+    /// `(kernel row, start of its input row)` for the kernel rows inside the input.
+    tap_rows: &'a [(usize, *const f32)],
     taps: &'a [f32],
     shift: &'a [f32],
     act: Act,
-    oy: usize,
 }
 
 /// A vector of f32 lanes and the operations the row kernel needs. Implemented once per instruction
@@ -188,22 +217,8 @@ trait Lanes: Copy {
 unsafe fn row_generic<L: Lanes>(a: &RowArgs, out: *mut f32) {
     let g = a.g;
     let c = g.c;
-    // The tap rows inside the input: (tap row, input row).
-    let mut tap_rows = [(0usize, 0usize); 16];
-    let mut n_rows = 0;
-    for ky in 0..g.kh {
-        if let Some(iy) = g.input(a.oy, ky, g.pad_top, g.h) {
-            if n_rows < tap_rows.len() {
-                tap_rows[n_rows] = (ky, iy);
-                n_rows += 1;
-            }
-        }
-    }
-    // Kernels taller than 16 rows are not supported here; `forward`'s callers only build 3x3 and 5x5.
-    debug_assert!(g.kh <= 16);
-    let tap_rows = &tap_rows[..n_rows];
+    let tap_rows = a.tap_rows;
     let (lo, hi) = g.interior_cols();
-    let x = a.x.as_ptr();
     let taps = a.taps.as_ptr();
     let col_step = g.stride * c;
     // SAFETY: every offset below is inside its buffer: channels c0..c0 + lanes of a tap's weights, of
@@ -223,8 +238,8 @@ unsafe fn row_generic<L: Lanes>(a: &RowArgs, out: *mut f32) {
             for c0 in (0..c).step_by(L::LANES) {
                 let m = L::mask(c - c0);
                 let (mut a0, mut a1, mut a2, mut a3) = (L::zero(), L::zero(), L::zero(), L::zero());
-                for &(ky, iy) in tap_rows {
-                    let row = x.add(iy * g.w * c + c0);
+                for &(ky, row) in tap_rows {
+                    let row = row.add(c0);
                     for kx in 0..g.kw {
                         let w = L::load(taps.add((ky * g.kw + kx) * c + c0), m);
                         // Interior: ox*s + kx*d >= pad_left, and the last column stays below w.
@@ -261,7 +276,7 @@ unsafe fn row_generic<L: Lanes>(a: &RowArgs, out: *mut f32) {
 #[inline(always)]
 unsafe fn checked_column<L: Lanes>(
     a: &RowArgs,
-    tap_rows: &[(usize, usize)],
+    tap_rows: &[(usize, *const f32)],
     c0: usize,
     ox: usize,
     out: *mut f32,
@@ -273,11 +288,11 @@ unsafe fn checked_column<L: Lanes>(
         let m = L::mask(c - c0);
         let shift = L::load(a.shift.as_ptr().add(c0), m);
         let mut acc = L::zero();
-        for &(ky, iy) in tap_rows {
+        for &(ky, row) in tap_rows {
             for kx in 0..g.kw {
                 if let Some(ix) = g.input(ox, kx, g.pad_left, g.w) {
                     let w = L::load(a.taps.as_ptr().add((ky * g.kw + kx) * c + c0), m);
-                    let v = L::load(a.x.as_ptr().add((iy * g.w + ix) * c + c0), m);
+                    let v = L::load(row.add(ix * c + c0), m);
                     acc = L::mul_add(w, v, acc);
                 }
             }

@@ -41,7 +41,10 @@ use crate::fused::pointwise_gemm::{pointwise_forward_epilogue, PointwiseProblem}
 use crate::fused::Act;
 use crate::ops::Padding;
 
+mod block;
 mod depthwise;
+
+pub use block::InvertedResidual;
 
 static ENABLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 

@@ -207,3 +207,87 @@ fn dense_conv_matches_the_nchw_path() {
     let err = dense.forward_nchw(&values(&[1, 3, 1, 1], 3), 1, 1, Padding::default());
     assert!(err.unwrap_err().to_string().contains("smaller than"));
 }
+
+/// The inverted-residual block row by row (maps large enough to be fused) against its layers one
+/// after the other: the same values, with and without expansion and residual, strided and dilated,
+/// one image (bands over the threads) and a batch (one band per image).
+#[test]
+fn fused_block_matches_its_layers() {
+    // (n, c_in, expanded, c_out, h, w, stride, dilation, residual, expand)
+    let cases = [
+        (1, 16, 96, 16, 64, 56, 1, 1, true, true),
+        (1, 16, 96, 24, 65, 63, 2, 1, false, true),
+        (3, 24, 144, 24, 48, 48, 1, 2, true, true),
+        (1, 32, 32, 16, 96, 96, 1, 1, false, false),
+        (2, 8, 48, 8, 80, 80, 1, 4, true, true),
+    ];
+    for (seed, &(n, c_in, e, c_out, h, w, stride, dilation, residual, expand)) in
+        cases.iter().enumerate()
+    {
+        let seed = seed as u64 + 40;
+        let x = NhwcMaps::from_nchw(&values(&[n, c_in, h, w], seed)).unwrap();
+        let block = InvertedResidual {
+            expand: expand.then(|| {
+                let weight = values(&[e, c_in, 1, 1], seed + 1);
+                PointwiseConv::new(&weight, &values(&[e], seed + 2), Act::Relu6).unwrap()
+            }),
+            depthwise: DepthwiseConv::new(
+                &values(&[e, 1, 3, 3], seed + 3),
+                &values(&[e], seed + 4),
+                Act::Relu6,
+            )
+            .unwrap(),
+            project: PointwiseConv::new(
+                &values(&[c_out, e, 1, 1], seed + 5),
+                &values(&[c_out], seed + 6),
+                Act::Identity,
+            )
+            .unwrap(),
+        };
+        let padding = tf_same_padding(h, w, 3, stride, dilation);
+        let what = format!("{n}x{h}x{w} {c_in}->{e}->{c_out} s{stride} d{dilation}");
+        assert!(
+            h * w * e * 4 > block::FUSE_ABOVE_BYTES,
+            "{what}: would not be fused"
+        );
+        crate::simd::for_each_level(|level| {
+            let want = block
+                .layer_by_layer(&x, stride, dilation, padding, residual)
+                .unwrap();
+            for threads in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let got = pool
+                    .install(|| block.forward(&x, stride, dilation, padding, residual))
+                    .unwrap();
+                assert_eq!(got.dims(), want.dims(), "{what}");
+                let same = got
+                    .as_slice()
+                    .iter()
+                    .zip(want.as_slice())
+                    .all(|(a, b)| a == b);
+                assert!(
+                    same,
+                    "{what} {level:?} threads {threads}: fused values differ"
+                );
+            }
+        });
+    }
+    let block = InvertedResidual {
+        expand: None,
+        depthwise: DepthwiseConv::new(&values(&[8, 1, 3, 3], 1), &values(&[8], 2), Act::Relu6)
+            .unwrap(),
+        project: PointwiseConv::new(&values(&[4, 8, 1, 1], 3), &values(&[4], 4), Act::Identity)
+            .unwrap(),
+    };
+    let x = NhwcMaps::from_nchw(&values(&[1, 8, 5, 5], 5)).unwrap();
+    let err = block.forward(&x, 1, 1, Padding::same(1), true).unwrap_err();
+    assert!(err.to_string().contains("residual"), "{err}");
+    let x = NhwcMaps::from_nchw(&values(&[1, 6, 5, 5], 5)).unwrap();
+    let err = block
+        .forward(&x, 1, 1, Padding::same(1), false)
+        .unwrap_err();
+    assert!(err.to_string().contains("6 channels"), "{err}");
+}
