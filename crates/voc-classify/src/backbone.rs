@@ -117,6 +117,15 @@ impl Backbone {
         }
     }
 
+    /// The last feature map (`stride32` of [`Backbone::features_t`]) alone, which a backbone may
+    /// compute without handing on the other three.
+    pub fn last_features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        match self {
+            Self::MobileNetV2(m) => m.last_features_t(x, train),
+            _ => Ok(self.features_t(x, train)?.stride32),
+        }
+    }
+
     /// Channel counts of the four feature maps.
     pub fn feature_channels(&self) -> FeatureChannels {
         match self {

@@ -251,8 +251,8 @@ impl ImageClassifier {
     /// Pooled features `N x num_features`: the last feature map through the architecture's neck (the
     /// widening conv, ResNetV2's final norm, VGG's `pre_logits`), then global average pooling.
     pub fn pooled_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let features = self.backbone.features_t(x, train)?;
-        let h = self.neck.forward_t(&features.stride32, train)?;
+        let features = self.backbone.last_features_t(x, train)?;
+        let h = self.neck.forward_t(&features, train)?;
         Ok(layers::global_avg_pool(&h)?.flatten_from(1)?)
     }
 

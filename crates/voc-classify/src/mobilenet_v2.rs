@@ -334,7 +334,7 @@ impl MobileNetV2 {
             // A training forward moves the batch-norm statistics the NHWC layers were folded from.
             *lock(&self.nhwc) = NhwcState::Unbuilt;
         } else if let Some(layers) = self.nhwc_layers(x)? {
-            return self.features_nhwc(x, &layers);
+            return BackboneFeatures::from_taps(self.taps_nhwc(x, &layers, true)?);
         }
         let mut h = self.first_conv.forward_t(x, train)?;
         h = self.stem_block.forward_t(&h, train)?;
@@ -385,9 +385,24 @@ impl MobileNetV2 {
         Ok(Some(NhwcLayers { first_conv, blocks }))
     }
 
-    /// [`MobileNetV2::features_t`] in eval mode in NHWC: the stem convolution reads the NCHW batch
-    /// and writes NHWC maps, the blocks run on those, and the four taps go back to NCHW.
-    fn features_nhwc(&self, x: &Tensor, layers: &NhwcLayers) -> Result<BackboneFeatures> {
+    /// The last feature map of [`MobileNetV2::features_t`] (`stride32`) alone: in eval mode on the
+    /// NHWC path only that map goes back to NCHW (what a classifier or DeepLabV3 reads).
+    pub fn last_features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        if !train {
+            if let Some(layers) = self.nhwc_layers(x)? {
+                let mut taps = self.taps_nhwc(x, &layers, false)?;
+                return taps.pop().ok_or_else(|| {
+                    ClassifyError::BadArgument("MobileNetV2: no feature map".into())
+                });
+            }
+        }
+        Ok(self.features_t(x, train)?.stride32)
+    }
+
+    /// The feature taps in eval mode in NHWC, back in NCHW (all four, or with `all_taps` false the
+    /// last alone): the stem convolution reads the NCHW batch and writes NHWC maps, the blocks run on
+    /// those.
+    fn taps_nhwc(&self, x: &Tensor, layers: &NhwcLayers, all_taps: bool) -> Result<Vec<Tensor>> {
         let (_, _, height, width) = x.dims4()?;
         let spec = self.first_conv.spec();
         let stem = layers.first_conv.forward_nchw(
@@ -400,11 +415,11 @@ impl MobileNetV2 {
         let mut taps = Vec::with_capacity(4);
         for (i, (block, block_layers)) in self.blocks.iter().zip(&layers.blocks[1..]).enumerate() {
             h = block.forward_nhwc(block_layers, &h)?;
-            if TAPS.contains(&i) {
+            if (all_taps && TAPS.contains(&i)) || i + 1 == self.blocks.len() {
                 taps.push(h.to_nchw()?);
             }
         }
-        BackboneFeatures::from_taps(taps)
+        Ok(taps)
     }
 }
 
@@ -417,7 +432,7 @@ fn lock<T>(cache: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl ModuleT for MobileNetV2 {
     /// The last feature map of [`MobileNetV2::features_t`] (`stride32`, after `layer.15`).
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        Ok(self.features_t(xs, train)?.stride32)
+        Ok(self.last_features_t(xs, train)?)
     }
 }
 
@@ -526,6 +541,9 @@ mod tests {
             voc_tensor::nhwc::set_enabled(true);
             let nhwc = net.features_t(&x, false).unwrap();
             assert!(matches!(*lock(&net.nhwc), NhwcState::Ready(_)));
+            let last = net.last_features_t(&x, false).unwrap();
+            let max_diff = voc_tensor::testing::max_abs_diff(&last, &nhwc.stride32).unwrap();
+            assert_eq!(max_diff, 0.0, "stride {stride}: the last map alone differs");
             for (a, b) in [
                 (&nhwc.stride4, &nchw.stride4),
                 (&nhwc.stride8, &nchw.stride8),

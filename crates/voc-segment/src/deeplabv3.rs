@@ -137,7 +137,7 @@ impl DeepLabV3 {
     /// its batch norms frozen (`backbone_train == false`) while a new head learns batch statistics
     /// (`train`, which also turns dropout on).
     pub fn forward_modes(&self, x: &Tensor, backbone_train: bool, train: bool) -> Result<Tensor> {
-        let features = self.backbone.features_t(x, backbone_train)?.stride32;
+        let features = self.backbone.last_features_t(x, backbone_train)?;
         let pooled =
             head::image_pool(&self.conv_pool, &features, self.config.head_channels, train)?;
         let aspp = self.conv_aspp.forward_t(&features, train)?;

@@ -34,6 +34,8 @@
 //! assert_eq!(y.dims(), [2, 24, 5, 5]);
 //! # Ok::<(), voc_tensor::VocError>(())
 //! ```
+use std::mem::MaybeUninit;
+
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Result, VocError};
@@ -289,15 +291,21 @@ impl DenseConv {
         let ow = out_len(w, padding.left, padding.right, kw, stride, dilation)?;
         let x = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
         let k = c * kh * kw;
-        let mut patches = vec![0f32; n * oh * ow * k];
-        if k > 0 && ow > 0 {
-            // One task per output row: its ow patches, padded taps left at 0. For each kernel tap, the
-            // output columns whose input column lies inside the row are a range: a copy loop
-            // without checks.
-            patches
+        let len = n * oh * ow * k;
+        let mut patches: Vec<f32> = Vec::with_capacity(len);
+        if len > 0 {
+            // One task per output row: its ow patches, zeroed while in cache (the padded taps stay
+            // 0), then for each kernel tap the output columns whose input column lies inside the row,
+            // a range: a strided copy without checks.
+            patches.spare_capacity_mut()[..len]
                 .par_chunks_mut(ow * k)
                 .enumerate()
-                .for_each(|(row, out)| {
+                .for_each(|(row, slots)| {
+                    for slot in slots.iter_mut() {
+                        slot.write(0.0);
+                    }
+                    // SAFETY: every value was just written; MaybeUninit<f32> has f32's layout.
+                    let out = unsafe { &mut *(slots as *mut [MaybeUninit<f32>] as *mut [f32]) };
                     let (image, oy) = (row / oh, row % oh);
                     let planes = &x[image * c * h * w..(image + 1) * c * h * w];
                     for (ci, plane) in planes.chunks_exact(h * w).enumerate() {
@@ -318,14 +326,21 @@ impl DenseConv {
                                     .saturating_sub(offset)
                                     .div_ceil(stride)
                                     .min(ow);
-                                for ox in first..end {
-                                    out[ox * k + col] = src[ox * stride + offset - padding.left];
+                                if first < end {
+                                    let dst = out[first * k + col..].iter_mut().step_by(k);
+                                    let from = first * stride + offset - padding.left;
+                                    let src = src[from..].iter().step_by(stride);
+                                    for (d, v) in dst.zip(src).take(end - first) {
+                                        *d = *v;
+                                    }
                                 }
                             }
                         }
                     }
                 });
         }
+        // SAFETY: the tasks wrote all `len` values (every row zeroed, then its taps).
+        unsafe { patches.set_len(len) };
         let patches = NhwcMaps::new(patches, (n, oh, ow, k))?;
         self.patches.forward(&patches, None)
     }
