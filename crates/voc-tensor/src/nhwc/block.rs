@@ -19,7 +19,16 @@ use crate::ops::Padding;
 
 /// Expanded maps below this many bytes (per image) stay in cache anyway: the block runs layer by
 /// layer (one call per layer, spread over the threads by each kernel).
-pub(super) const FUSE_ABOVE_BYTES: usize = 1 << 20;
+const FUSE_ABOVE_BYTES: usize = 1 << 19;
+/// Rows narrower than this make 1x1 products of too few pixels (their register blocks' tails cost more
+/// than the memory traffic saved): DeepLabV3 at 513 took 35.4 ms fusing its 33-pixel rows too, 34.5
+/// without (`voc bench`, 2 threads); MobileNetV2's 28-pixel rows gained nothing either way.
+const FUSE_MIN_WIDTH: usize = 40;
+
+/// Whether a block whose expanded maps are `h x w x expanded` runs row by row.
+pub(super) fn worth_fusing(h: usize, w: usize, expanded: usize) -> bool {
+    h * w * expanded * 4 > FUSE_ABOVE_BYTES && w >= FUSE_MIN_WIDTH
+}
 
 /// The three convolutions of a MobileNetV2 inverted-residual block, batch norms folded in.
 #[derive(Debug, Clone)]
@@ -71,7 +80,7 @@ impl InvertedResidual {
         // Bands per image: each starts by expanding the span - 1 rows above it again.
         let bands = if n >= threads { 1 } else { threads.div_ceil(n) }.min(oh.max(1));
         let recomputed = (span - 1) * (bands - 1);
-        let big = h * w * expanded * 4 > FUSE_ABOVE_BYTES;
+        let big = worth_fusing(h, w, expanded);
         if !big || dw.kh > MAX_KH || recomputed * 8 > h || oh * ow == 0 {
             return self.layer_by_layer(x, stride, dilation, padding, residual);
         }

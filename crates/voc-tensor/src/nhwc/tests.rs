@@ -246,10 +246,7 @@ fn fused_block_matches_its_layers() {
         };
         let padding = tf_same_padding(h, w, 3, stride, dilation);
         let what = format!("{n}x{h}x{w} {c_in}->{e}->{c_out} s{stride} d{dilation}");
-        assert!(
-            h * w * e * 4 > block::FUSE_ABOVE_BYTES,
-            "{what}: would not be fused"
-        );
+        assert!(block::worth_fusing(h, w, e), "{what}: would not be fused");
         crate::simd::for_each_level(|level| {
             let want = block
                 .layer_by_layer(&x, stride, dilation, padding, residual)
