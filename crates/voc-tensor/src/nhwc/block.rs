@@ -11,7 +11,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::depthwise::{Geometry, Kernel, MAX_KH};
+use super::kernels::{Geometry, Kernel, MAX_KH};
 use super::{DepthwiseConv, NhwcMaps, PointwiseConv};
 use crate::error::{Result, VocError};
 use crate::fused::pointwise_gemm::{pointwise_serial_into, PointwiseProblem};

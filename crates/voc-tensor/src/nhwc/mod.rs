@@ -34,8 +34,6 @@
 //! assert_eq!(y.dims(), [2, 24, 5, 5]);
 //! # Ok::<(), voc_tensor::VocError>(())
 //! ```
-use std::mem::MaybeUninit;
-
 use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Result, VocError};
@@ -44,7 +42,7 @@ use crate::fused::Act;
 use crate::ops::Padding;
 
 mod block;
-mod depthwise;
+mod kernels;
 
 pub use block::InvertedResidual;
 
@@ -239,12 +237,13 @@ impl PointwiseConv {
 }
 
 /// A dense `kh x kw` convolution with its batch norm folded in, reading an NCHW batch and writing NHWC
-/// maps: the first layer of a network, on the few channels of an image. Each output pixel's patch
-/// (`c_in x kh x kw` values, in the kernel's order) becomes one row of a matrix that the 1x1 kernels
-/// multiply by the kernel.
+/// maps: the first layer of a network, on the few channels of an image. Each output pixel sums its
+/// patch (`c_in x kh x kw` values, in the kernel's order) times the kernel in vectors of output
+/// channels: what a 1x1 convolution of a matrix of patches computes, without building the matrix.
 #[derive(Debug, Clone)]
 pub struct DenseConv {
-    /// The kernel as a `c_out x (c_in*kh*kw)` 1x1 convolution over patches.
+    /// The kernel as a `c_out x (c_in*kh*kw)` 1x1 convolution over patches (its weights transposed,
+    /// its shift and activation).
     patches: PointwiseConv,
     c_in: usize,
     kh: usize,
@@ -277,7 +276,6 @@ impl DenseConv {
         dilation: usize,
         padding: Padding,
     ) -> Result<NhwcMaps> {
-        use rayon::prelude::*;
         let (n, c, h, w) = crate::ops::dims4(x, "DenseConv::forward_nchw")?;
         if c != self.c_in {
             return Err(VocError::BadArgument(format!(
@@ -290,59 +288,22 @@ impl DenseConv {
         let oh = out_len(h, padding.top, padding.bottom, kh, stride, dilation)?;
         let ow = out_len(w, padding.left, padding.right, kw, stride, dilation)?;
         let x = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let k = c * kh * kw;
-        let len = n * oh * ow * k;
-        let mut patches: Vec<f32> = Vec::with_capacity(len);
-        if len > 0 {
-            // One task per output row: its ow patches, zeroed while in cache (the padded taps stay
-            // 0), then for each kernel tap the output columns whose input column lies inside the row,
-            // a range: a strided copy without checks.
-            patches.spare_capacity_mut()[..len]
-                .par_chunks_mut(ow * k)
-                .enumerate()
-                .for_each(|(row, slots)| {
-                    for slot in slots.iter_mut() {
-                        slot.write(0.0);
-                    }
-                    // SAFETY: every value was just written; MaybeUninit<f32> has f32's layout.
-                    let out = unsafe { &mut *(slots as *mut [MaybeUninit<f32>] as *mut [f32]) };
-                    let (image, oy) = (row / oh, row % oh);
-                    let planes = &x[image * c * h * w..(image + 1) * c * h * w];
-                    for (ci, plane) in planes.chunks_exact(h * w).enumerate() {
-                        for ky in 0..kh {
-                            let Some(iy) = (oy * stride + ky * dilation)
-                                .checked_sub(padding.top)
-                                .filter(|&iy| iy < h)
-                            else {
-                                continue;
-                            };
-                            let src = &plane[iy * w..(iy + 1) * w];
-                            for kx in 0..kw {
-                                let col = (ci * kh + ky) * kw + kx;
-                                let offset = kx * dilation;
-                                // ix = ox*stride + offset - left, inside 0..w.
-                                let first = padding.left.saturating_sub(offset).div_ceil(stride);
-                                let end = (w + padding.left)
-                                    .saturating_sub(offset)
-                                    .div_ceil(stride)
-                                    .min(ow);
-                                if first < end {
-                                    let dst = out[first * k + col..].iter_mut().step_by(k);
-                                    let from = first * stride + offset - padding.left;
-                                    let src = src[from..].iter().step_by(stride);
-                                    for (d, v) in dst.zip(src).take(end - first) {
-                                        *d = *v;
-                                    }
-                                }
-                            }
-                        }
-                    }
-                });
-        }
-        // SAFETY: the tasks wrote all `len` values (every row zeroed, then its taps).
-        unsafe { patches.set_len(len) };
-        let patches = NhwcMaps::new(patches, (n, oh, ow, k))?;
-        self.patches.forward(&patches, None)
+        let geometry = kernels::Geometry {
+            h,
+            w,
+            c,
+            kh,
+            kw,
+            oh,
+            ow,
+            stride,
+            dilation,
+            pad_top: padding.top,
+            pad_left: padding.left,
+        };
+        let k = &self.patches;
+        let data = kernels::dense_forward(&geometry, k.c_out, n, &x, &k.weight_t, &k.shift, k.act);
+        NhwcMaps::new(data, (n, oh, ow, k.c_out))
     }
 }
 
@@ -424,7 +385,7 @@ impl DepthwiseConv {
         let (stride, dilation) = (stride.max(1), dilation.max(1));
         let oh = out_len(h, padding.top, padding.bottom, self.kh, stride, dilation)?;
         let ow = out_len(w, padding.left, padding.right, self.kw, stride, dilation)?;
-        let geometry = depthwise::Geometry {
+        let geometry = kernels::Geometry {
             h,
             w,
             c,
@@ -437,7 +398,8 @@ impl DepthwiseConv {
             pad_top: padding.top,
             pad_left: padding.left,
         };
-        let data = depthwise::forward(&geometry, n, &x.data, &self.taps, &self.shift, self.act);
+        let data =
+            kernels::depthwise_forward(&geometry, n, &x.data, &self.taps, &self.shift, self.act);
         NhwcMaps::new(data, (n, oh, ow, c))
     }
 }

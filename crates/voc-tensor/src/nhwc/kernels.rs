@@ -1,9 +1,11 @@
-//! The NHWC depthwise kernels: one output row at a time, one vector of channels at a time, four output
-//! pixels per step (four independent sums hide the multiply-add latency).
+//! The NHWC row kernels: the depthwise convolution, and the dense first convolution that reads the
+//! NCHW image. One output row at a time, one vector of channels at a time, four output pixels per
+//! step (four independent sums hide the multiply-add latency).
 //!
-//! Each output value is `act(Σ w · x + shift)`, the sum from 0 over the taps in row-major order with
+//! Each output value is `act(Σ w · x + shift)`, the sum from 0 over the taps in the kernel's order with
 //! fused multiply-adds (the portable loop multiplies then adds), a tap outside the input skipped: the
-//! order of the NCHW kernels, whose padded taps add an exact zero, so both layouts give the same values.
+//! order of the NCHW depthwise kernels (whose padded taps add an exact zero) and of the 1x1 kernels on
+//! a matrix of patches, so each gives the same values as those.
 use std::mem::MaybeUninit;
 
 use crate::fused::Act;
@@ -72,7 +74,7 @@ impl Geometry {
 const MIN_CHUNK_VALUES: usize = 1 << 14;
 
 /// `act(depthwise(x) + shift)` of `n` images: `n x oh x ow x c` values.
-pub(super) fn forward(
+pub(super) fn depthwise_forward(
     g: &Geometry,
     n: usize,
     x: &[f32],
@@ -199,6 +201,8 @@ trait Lanes: Copy {
     /// The CPU supports the implementation's instructions (so for every method).
     unsafe fn mask(k: usize) -> Self::Mask;
     unsafe fn zero() -> Self;
+    /// `v` in every lane.
+    unsafe fn splat(v: f32) -> Self;
     /// Loads the masked lanes from `p` (the others read as 0, and are not touched).
     unsafe fn load(p: *const f32, m: Self::Mask) -> Self;
     /// `acc + w · x`.
@@ -301,6 +305,174 @@ unsafe fn checked_column<L: Lanes>(
     }
 }
 
+/// A dense convolution's sizes and values, for its row kernel: `g` with `c` the input channels.
+pub(super) struct DenseRowArgs<'a> {
+    pub g: &'a Geometry,
+    pub c_out: usize,
+    /// One image, `c x h x w` (NCHW).
+    pub x: &'a [f32],
+    /// `(c * kh * kw) x c_out`: row `(ci * kh + ky) * kw + kx` holds every output channel's weight.
+    pub weight_t: &'a [f32],
+    pub shift: &'a [f32],
+    pub act: Act,
+    pub oy: usize,
+}
+
+/// `act(dense conv + shift)` of `n` NCHW images (`g.c` channels) into NHWC maps of `c_out` channels.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn dense_forward(
+    g: &Geometry,
+    c_out: usize,
+    n: usize,
+    x: &[f32],
+    weight_t: &[f32],
+    shift: &[f32],
+    act: Act,
+) -> Vec<f32> {
+    let plane = g.h * g.w;
+    assert!(
+        x.len() >= n * g.c * plane
+            && weight_t.len() >= g.c * g.kh * g.kw * c_out
+            && shift.len() >= c_out,
+        "dense NHWC: buffers shorter than the geometry"
+    );
+    let row = g.ow * c_out;
+    let rows = n * g.oh;
+    if row * rows == 0 {
+        return Vec::new();
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let rows_per_chunk = if threads > 1 {
+        rows.div_ceil(threads * 4)
+            .max(MIN_CHUNK_VALUES.div_ceil(row))
+            .max(1)
+    } else {
+        rows
+    };
+    let kernel = Kernel::detect();
+    let fill = |_: &mut (), chunk: usize, out: &mut [MaybeUninit<f32>]| {
+        for (i, out_row) in out.chunks_exact_mut(row).enumerate() {
+            let global = chunk * rows_per_chunk + i;
+            let (image, oy) = (global / g.oh, global % g.oh);
+            let args = DenseRowArgs {
+                g,
+                c_out,
+                x: &x[image * g.c * plane..(image + 1) * g.c * plane],
+                weight_t,
+                shift,
+                act,
+                oy,
+            };
+            let out = out_row.as_mut_ptr().cast::<f32>();
+            match kernel {
+                // SAFETY: the CPU supports AVX-512F (Kernel::detect); `out` holds ow x c_out
+                // values, the image and weights are as long as the geometry says (asserted above).
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx512 => unsafe { x86::dense_row_avx512(&args, out) },
+                // SAFETY: as above for AVX2 and FMA.
+                #[cfg(target_arch = "x86_64")]
+                Kernel::Avx2 => unsafe { x86::dense_row_avx2(&args, out) },
+                // SAFETY: the portable lanes run on any CPU; buffers as above.
+                Kernel::Portable => unsafe { dense_row_generic::<Portable>(&args, out) },
+            }
+        }
+    };
+    // SAFETY: each chunk holds whole output rows, and the row kernel writes every value of each.
+    unsafe { crate::ops::planes_uninit(rows * row, rows_per_chunk * row, || (), fill) }
+}
+
+/// One output row of a dense convolution: the border columns one at a time with every tap checked,
+/// the interior four at a time.
+///
+/// # Safety
+/// The CPU supports `L`'s instructions; `out` holds `ow x c_out` values; the buffers of `a` are as long
+/// as the geometry needs.
+#[inline(always)]
+unsafe fn dense_row_generic<L: Lanes>(a: &DenseRowArgs, out: *mut f32) {
+    let g = a.g;
+    let (lo, hi) = g.interior_cols();
+    // SAFETY: every read is inside the image (checked, or interior columns of rows inside it), the
+    // weights and the shift (channels co0.. of c_out), every write inside the output row.
+    unsafe {
+        for ox in (0..lo).chain(hi..g.ow) {
+            for co0 in (0..a.c_out).step_by(L::LANES) {
+                dense_checked_column::<L>(a, co0, ox, out);
+            }
+        }
+        let plane = g.h * g.w;
+        let x = a.x.as_ptr();
+        let mut ox = lo;
+        while ox + 4 <= hi {
+            for co0 in (0..a.c_out).step_by(L::LANES) {
+                let m = L::mask(a.c_out - co0);
+                let (mut a0, mut a1, mut a2, mut a3) = (L::zero(), L::zero(), L::zero(), L::zero());
+                for ci in 0..g.c {
+                    for ky in 0..g.kh {
+                        let Some(iy) = g.input(a.oy, ky, g.pad_top, g.h) else {
+                            continue;
+                        };
+                        let row = x.add(ci * plane + iy * g.w);
+                        for kx in 0..g.kw {
+                            let tap = (ci * g.kh + ky) * g.kw + kx;
+                            let w = L::load(a.weight_t.as_ptr().add(tap * a.c_out + co0), m);
+                            // Interior: ox*s + kx*d >= pad_left, the last column below w.
+                            let p = row.add(ox * g.stride + kx * g.dilation - g.pad_left);
+                            a0 = L::mul_add(w, L::splat(*p), a0);
+                            a1 = L::mul_add(w, L::splat(*p.add(g.stride)), a1);
+                            a2 = L::mul_add(w, L::splat(*p.add(2 * g.stride)), a2);
+                            a3 = L::mul_add(w, L::splat(*p.add(3 * g.stride)), a3);
+                        }
+                    }
+                }
+                let shift = L::load(a.shift.as_ptr().add(co0), m);
+                let o = out.add(ox * a.c_out + co0);
+                L::finish(o, m, a0, shift, a.act);
+                L::finish(o.add(a.c_out), m, a1, shift, a.act);
+                L::finish(o.add(2 * a.c_out), m, a2, shift, a.act);
+                L::finish(o.add(3 * a.c_out), m, a3, shift, a.act);
+            }
+            ox += 4;
+        }
+        while ox < hi {
+            for co0 in (0..a.c_out).step_by(L::LANES) {
+                dense_checked_column::<L>(a, co0, ox, out);
+            }
+            ox += 1;
+        }
+    }
+}
+
+/// Output column `ox`, channels `co0..`, every tap checked against the image's edges.
+///
+/// # Safety
+/// As [`dense_row_generic`].
+#[inline(always)]
+unsafe fn dense_checked_column<L: Lanes>(a: &DenseRowArgs, co0: usize, ox: usize, out: *mut f32) {
+    let g = a.g;
+    // SAFETY: the caller's; every tap read is inside the image (checked).
+    unsafe {
+        let m = L::mask(a.c_out - co0);
+        let mut acc = L::zero();
+        for ci in 0..g.c {
+            for ky in 0..g.kh {
+                let Some(iy) = g.input(a.oy, ky, g.pad_top, g.h) else {
+                    continue;
+                };
+                for kx in 0..g.kw {
+                    if let Some(ix) = g.input(ox, kx, g.pad_left, g.w) {
+                        let tap = (ci * g.kh + ky) * g.kw + kx;
+                        let w = L::load(a.weight_t.as_ptr().add(tap * a.c_out + co0), m);
+                        let v = *a.x.as_ptr().add((ci * g.h + iy) * g.w + ix);
+                        acc = L::mul_add(w, L::splat(v), acc);
+                    }
+                }
+            }
+        }
+        let shift = L::load(a.shift.as_ptr().add(co0), m);
+        L::finish(out.add(ox * a.c_out + co0), m, acc, shift, a.act);
+    }
+}
+
 /// Plain Rust, eight lanes in an array (any CPU; multiply then add, as the portable NCHW kernel).
 #[derive(Clone, Copy)]
 struct Portable([f32; 8]);
@@ -317,6 +489,11 @@ impl Lanes for Portable {
     #[inline(always)]
     unsafe fn zero() -> Self {
         Self([0.0; 8])
+    }
+
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> Self {
+        Self([v; 8])
     }
 
     #[inline(always)]
@@ -353,7 +530,7 @@ impl Lanes for Portable {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{row_generic, Act, Lanes, RowArgs};
+    use super::{dense_row_generic, row_generic, Act, DenseRowArgs, Lanes, RowArgs};
 
     #[derive(Clone, Copy)]
     struct Avx512(__m512);
@@ -375,6 +552,12 @@ mod x86 {
         unsafe fn zero() -> Self {
             // SAFETY: the caller's (AVX-512F).
             Self(unsafe { _mm512_setzero_ps() })
+        }
+
+        #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            // SAFETY: the caller's (AVX-512F).
+            Self(unsafe { _mm512_set1_ps(v) })
         }
 
         #[inline(always)]
@@ -432,6 +615,12 @@ mod x86 {
         }
 
         #[inline(always)]
+        unsafe fn splat(v: f32) -> Self {
+            // SAFETY: the caller's (AVX).
+            Self(unsafe { _mm256_set1_ps(v) })
+        }
+
+        #[inline(always)]
         unsafe fn load(p: *const f32, m: __m256i) -> Self {
             // SAFETY: the caller's: the masked lanes at p are inside the buffer.
             Self(unsafe { _mm256_maskload_ps(p, m) })
@@ -474,5 +663,21 @@ mod x86 {
     pub(super) unsafe fn row_avx2(a: &RowArgs, out: *mut f32) {
         // SAFETY: the caller's guarantees.
         unsafe { row_generic::<Avx2>(a, out) }
+    }
+
+    /// # Safety
+    /// The CPU supports AVX-512F; buffers as [`dense_row_generic`] needs.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn dense_row_avx512(a: &DenseRowArgs, out: *mut f32) {
+        // SAFETY: the caller's guarantees.
+        unsafe { dense_row_generic::<Avx512>(a, out) }
+    }
+
+    /// # Safety
+    /// The CPU supports AVX2 and FMA; buffers as [`dense_row_generic`] needs.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dense_row_avx2(a: &DenseRowArgs, out: *mut f32) {
+        // SAFETY: the caller's guarantees.
+        unsafe { dense_row_generic::<Avx2>(a, out) }
     }
 }
