@@ -419,6 +419,7 @@ impl PointwiseEpilogue {
                 residual,
                 act: self.act,
                 shift_per_col: false,
+                x_panel: 0,
                 n,
                 c_in,
                 c_out,

@@ -26,6 +26,10 @@ pub(crate) struct PointwiseProblem<'a> {
     /// Whether `shift` runs along the columns (one value per output column: the channels of an NHWC
     /// output, where the rows are pixels) instead of the rows (the channels of NCHW).
     pub shift_per_col: bool,
+    /// 0: each row of `x` holds `hw` values (NCHW). `P > 0`: `x` is packed in panels of `P` columns
+    /// (the last one zero-padded), each `c_in x P` values in a row, so a register block reads
+    /// consecutive memory (a multiple of every instruction set's block width).
+    pub x_panel: usize,
     pub n: usize,
     pub c_in: usize,
     pub c_out: usize,
@@ -200,8 +204,14 @@ pub(crate) fn pointwise_serial_into(p: &PointwiseProblem, out: &mut [std::mem::M
 /// `out` has room for `n x c_out x hw` values.
 unsafe fn pointwise_run(p: &PointwiseProblem, out: *mut f32, parallel: bool) {
     let (n, c_in, c_out, hw) = (p.n, p.c_in, p.c_out, p.hw);
+    let x_len = if p.x_panel > 0 {
+        hw.div_ceil(p.x_panel) * p.x_panel * c_in
+    } else {
+        n * c_in * hw
+    };
     assert!(
-        p.x.len() >= n * c_in * hw
+        p.x.len() >= x_len
+            && (p.x_panel == 0 || (p.x_panel.is_multiple_of(32) && n == 1))
             && p.weight.len() >= c_out * c_in
             && p.shift
                 .is_none_or(|s| s.len() >= if p.shift_per_col { hw } else { c_out })
@@ -215,8 +225,15 @@ unsafe fn pointwise_run(p: &PointwiseProblem, out: *mut f32, parallel: bool) {
         for r0 in tile.rows.clone().step_by(mr) {
             let rows = (tile.rows.end - r0).min(mr);
             for c0 in tile.cols.clone().step_by(nr) {
+                let (x_offset, x_stride) = if p.x_panel > 0 {
+                    let panel = p.x_panel;
+                    ((c0 / panel) * c_in * panel + c0 % panel, panel)
+                } else {
+                    (tile.image * c_in * hw + c0, hw)
+                };
                 let block = Block {
-                    x_offset: tile.image * c_in * hw + c0,
+                    x_offset,
+                    x_stride,
                     y_offset: tile.image * c_out * hw + r0 * hw + c0,
                     row0: r0,
                     rows,
@@ -253,6 +270,8 @@ unsafe fn pointwise_run(p: &PointwiseProblem, out: *mut f32, parallel: bool) {
 /// One register block: output channels `row0..row0 + rows` (`rows <= MR`) and `cols <= NR` pixels.
 struct Block {
     x_offset: usize,
+    /// Values from one row of `x` to the next.
+    x_stride: usize,
     y_offset: usize,
     row0: usize,
     rows: usize,
@@ -319,7 +338,7 @@ unsafe fn block_portable(p: &PointwiseProblem, b: &Block, out: *mut f32) {
     let mut acc = [[0f32; NR]; MR];
     let w_rows: [&[f32]; MR] = std::array::from_fn(|r| weight_row(p, b, r));
     for k in 0..p.c_in {
-        let xs = &p.x[b.x_offset + k * p.hw..][..b.cols];
+        let xs = &p.x[b.x_offset + k * b.x_stride..][..b.cols];
         for (r, acc_row) in acc.iter_mut().enumerate() {
             let wv = w_rows[r][k];
             for (a, &xv) in acc_row.iter_mut().zip(xs) {
@@ -408,7 +427,7 @@ mod x86 {
             // lies inside x; each weight row holds c_in values, and with QUADS rows 4j + i (all
             // inside the block) start c_in * i past row 4j.
             unsafe {
-                let row = x.add(b.x_offset + k * p.hw);
+                let row = x.add(b.x_offset + k * b.x_stride);
                 let x0 = _mm512_maskz_loadu_ps(m0, row);
                 let x1 = if TWO {
                     _mm512_maskz_loadu_ps(m1, row.wrapping_add(16))
@@ -522,7 +541,7 @@ mod x86 {
         for k in 0..p.c_in {
             // SAFETY: as in the AVX-512 kernel; masked-off lanes are not read.
             unsafe {
-                let row = x.add(b.x_offset + k * p.hw);
+                let row = x.add(b.x_offset + k * b.x_stride);
                 let x0 = _mm256_maskload_ps(row, m0);
                 let x1 = _mm256_maskload_ps(row.wrapping_add(8), m1);
                 for (r, a) in acc.iter_mut().enumerate() {
@@ -677,6 +696,7 @@ mod tests {
                     residual: with_residual.then_some(&residual[..]),
                     act,
                     shift_per_col,
+                    x_panel: 0,
                     n,
                     c_in,
                     c_out,
@@ -727,6 +747,7 @@ mod tests {
                 residual: None,
                 act: Act::Identity,
                 shift_per_col: false,
+                x_panel: 0,
                 n,
                 c_in,
                 c_out,

@@ -154,11 +154,16 @@ fn values_of(t: &Tensor, len: usize, what: &str) -> Result<Vec<f32>> {
         .to_vec1::<f32>()?)
 }
 
+/// Output channels per panel of a packed 1x1 kernel (the AVX-512 register block's width).
+const PANEL: usize = 32;
+
 /// A 1x1 convolution with its batch norm folded in: `act(Σ_k w[o, k] · x[.., k] + shift[o] (+ residual))`
 /// at every pixel.
 #[derive(Debug, Clone)]
 pub struct PointwiseConv {
-    /// `c_in x c_out`: row `k` holds every output channel's weight for input channel `k`.
+    /// The transposed kernel (`c_in x c_out`: row `k` holds every output channel's weight for input
+    /// channel `k`) in panels of [`PANEL`] output channels, each `c_in x PANEL` values in a row, the
+    /// last zero-padded: a register block reads its weights as one stream.
     weight_t: Vec<f32>,
     shift: Vec<f32>,
     c_in: usize,
@@ -179,10 +184,11 @@ impl PointwiseConv {
             }
         };
         let w = values_of(weight, c_out * c_in, "PointwiseConv weight")?;
-        let mut weight_t = vec![0f32; c_in * c_out];
+        let mut weight_t = vec![0f32; c_out.div_ceil(PANEL) * PANEL * c_in];
         for (o, row) in w.chunks_exact(c_in).enumerate() {
+            let panel = &mut weight_t[(o / PANEL) * c_in * PANEL..];
             for (k, &v) in row.iter().enumerate() {
-                weight_t[k * c_out + o] = v;
+                panel[k * PANEL + o % PANEL] = v;
             }
         }
         Ok(Self {
@@ -227,6 +233,7 @@ impl PointwiseConv {
             residual: residual.map(|r| &r.data[..]),
             act: self.act,
             shift_per_col: true,
+            x_panel: PANEL,
             n: 1,
             c_in: self.c_in,
             c_out: pixels,
@@ -242,9 +249,11 @@ impl PointwiseConv {
 /// channels: what a 1x1 convolution of a matrix of patches computes, without building the matrix.
 #[derive(Debug, Clone)]
 pub struct DenseConv {
-    /// The kernel as a `c_out x (c_in*kh*kw)` 1x1 convolution over patches (its weights transposed,
-    /// its shift and activation).
-    patches: PointwiseConv,
+    /// `(c_in*kh*kw) x c_out`: row `(ci * kh + ky) * kw + kx` holds every output channel's weight.
+    weight_t: Vec<f32>,
+    shift: Vec<f32>,
+    act: Act,
+    c_out: usize,
     c_in: usize,
     kh: usize,
     kw: usize,
@@ -259,8 +268,19 @@ impl DenseConv {
                 "DenseConv: weight of shape {dims:?}, expected c_out x c_in x kh x kw"
             )));
         };
+        let k = c_in * kh * kw;
+        let w = values_of(weight, c_out * k, "DenseConv weight")?;
+        let mut weight_t = vec![0f32; k * c_out];
+        for (o, row) in w.chunks_exact(k).enumerate() {
+            for (t, &v) in row.iter().enumerate() {
+                weight_t[t * c_out + o] = v;
+            }
+        }
         Ok(Self {
-            patches: PointwiseConv::new(&weight.reshape((c_out, c_in * kh * kw))?, shift, act)?,
+            weight_t,
+            shift: values_of(shift, c_out, "DenseConv shift")?,
+            act,
+            c_out,
             c_in,
             kh,
             kw,
@@ -301,9 +321,16 @@ impl DenseConv {
             pad_top: padding.top,
             pad_left: padding.left,
         };
-        let k = &self.patches;
-        let data = kernels::dense_forward(&geometry, k.c_out, n, &x, &k.weight_t, &k.shift, k.act);
-        NhwcMaps::new(data, (n, oh, ow, k.c_out))
+        let data = kernels::dense_forward(
+            &geometry,
+            self.c_out,
+            n,
+            &x,
+            &self.weight_t,
+            &self.shift,
+            self.act,
+        );
+        NhwcMaps::new(data, (n, oh, ow, self.c_out))
     }
 }
 
