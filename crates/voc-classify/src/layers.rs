@@ -33,7 +33,8 @@ impl Activation {
         })
     }
 
-    fn fused(self) -> Act {
+    /// The same activation as the fused kernels name it.
+    pub(crate) fn fused(self) -> Act {
         match self {
             Self::Identity => Act::Identity,
             Self::Relu => Act::Relu,
@@ -130,6 +131,17 @@ impl ConvSpec {
     pub fn padding(mut self, padding: ConvPadding) -> Self {
         self.padding = padding;
         self
+    }
+
+    /// The zeros around an input of `height x width`: TF "SAME" depends on the input's size (the odd
+    /// pixel goes bottom/right).
+    pub fn padding_on(&self, height: usize, width: usize) -> Padding {
+        match self.padding {
+            ConvPadding::TfSame => {
+                ops::tf_same_padding(height, width, self.kernel, self.stride, self.dilation)
+            }
+            ConvPadding::Symmetric(p) => Padding::same(p),
+        }
     }
 }
 
@@ -291,14 +303,8 @@ impl ConvNormAct {
     /// The padding of the convolution on `x`: TF "SAME" is recomputed per call (it depends on the
     /// input size: the odd pixel goes bottom/right).
     fn padding(&self, x: &Tensor) -> Result<Padding> {
-        let s = &self.spec;
-        Ok(match s.padding {
-            ConvPadding::TfSame => {
-                let (_, _, h, w) = x.dims4()?;
-                ops::tf_same_padding(h, w, s.kernel, s.stride, s.dilation)
-            }
-            ConvPadding::Symmetric(p) => Padding::same(p),
-        })
+        let (_, _, h, w) = x.dims4()?;
+        Ok(self.spec.padding_on(h, w))
     }
 
     /// The layer with `activation` in place of the spec's, then `+ residual`.
@@ -518,7 +524,7 @@ impl NormAct {
 }
 
 /// Locks an eval-mode cache; a poisoned lock still holds a whole value (it is only ever replaced).
-fn lock<T>(cache: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(cache: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     cache
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())

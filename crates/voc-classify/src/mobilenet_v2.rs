@@ -13,11 +13,10 @@ use candle_nn::VarBuilder;
 use voc_tensor::nhwc::{self, DenseConv, DepthwiseConv, NhwcMaps, PointwiseConv};
 
 type NhwcBlock = nhwc::InvertedResidual;
-use voc_tensor::ops;
 
 use crate::backbone::{stride_schedule, BackboneFeatures, FeatureChannels};
 use crate::error::{ClassifyError, Result};
-use crate::layers::{Activation, ConvNormAct, ConvPadding, ConvSpec, NormSpec};
+use crate::layers::{lock, Activation, ConvNormAct, ConvPadding, ConvSpec, NormSpec};
 
 /// Output channels of the stem and of the 16 inverted-residual blocks, before the depth multiplier.
 const CHANNELS: [usize; 17] = [
@@ -125,7 +124,11 @@ impl InvertedResidual {
     fn nhwc_layers(&self) -> Result<Option<NhwcBlock>> {
         let pointwise = |layer: &ConvNormAct| -> Result<Option<PointwiseConv>> {
             Ok(match layer.constant_folded()? {
-                Some((w, shift)) => Some(PointwiseConv::new(&w, &shift, act(layer))?),
+                Some((w, shift)) => Some(PointwiseConv::new(
+                    &w,
+                    &shift,
+                    layer.spec().activation.fused(),
+                )?),
                 None => None,
             })
         };
@@ -139,7 +142,7 @@ impl InvertedResidual {
         let Some((w, shift)) = self.depthwise.constant_folded()? else {
             return Ok(None);
         };
-        let depthwise = DepthwiseConv::new(&w, &shift, act(&self.depthwise))?;
+        let depthwise = DepthwiseConv::new(&w, &shift, self.depthwise.spec().activation.fused())?;
         let Some(project) = pointwise(&self.project)? else {
             return Ok(None);
         };
@@ -155,28 +158,8 @@ impl InvertedResidual {
     fn forward_nhwc(&self, layers: &NhwcBlock, x: &NhwcMaps) -> Result<NhwcMaps> {
         let spec = self.depthwise.spec();
         let (_, height, width, _) = x.dims();
-        let padding = padding_of(spec, height, width);
+        let padding = spec.padding_on(height, width);
         Ok(layers.forward(x, spec.stride, spec.dilation, padding, self.residual)?)
-    }
-}
-
-/// The padding of a layer with `spec` on an input of `height x width`.
-fn padding_of(spec: &ConvSpec, height: usize, width: usize) -> ops::Padding {
-    match spec.padding {
-        ConvPadding::TfSame => {
-            ops::tf_same_padding(height, width, spec.kernel, spec.stride, spec.dilation)
-        }
-        ConvPadding::Symmetric(p) => ops::Padding::same(p),
-    }
-}
-
-/// The activation of a layer, as the fused kernels name it.
-fn act(layer: &ConvNormAct) -> voc_tensor::fused::Act {
-    use voc_tensor::fused::Act;
-    match layer.spec().activation {
-        Activation::Identity => Act::Identity,
-        Activation::Relu => Act::Relu,
-        Activation::Relu6 => Act::Relu6,
     }
 }
 
@@ -374,7 +357,7 @@ impl MobileNetV2 {
         let Some((w, shift)) = self.first_conv.constant_folded()? else {
             return Ok(None);
         };
-        let first_conv = DenseConv::new(&w, &shift, act(&self.first_conv))?;
+        let first_conv = DenseConv::new(&w, &shift, self.first_conv.spec().activation.fused())?;
         let mut blocks = Vec::with_capacity(self.blocks.len() + 1);
         for block in std::iter::once(&self.stem_block).chain(&self.blocks) {
             match block.nhwc_layers()? {
@@ -409,7 +392,7 @@ impl MobileNetV2 {
             x,
             spec.stride,
             spec.dilation,
-            padding_of(spec, height, width),
+            spec.padding_on(height, width),
         )?;
         let mut h = self.stem_block.forward_nhwc(&layers.blocks[0], &stem)?;
         let mut taps = Vec::with_capacity(4);
@@ -421,12 +404,6 @@ impl MobileNetV2 {
         }
         Ok(taps)
     }
-}
-
-fn lock<T>(cache: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    cache
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl ModuleT for MobileNetV2 {

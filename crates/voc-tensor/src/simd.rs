@@ -43,6 +43,32 @@ pub(crate) fn gated_sums(
     portable::gated_sums(xs, outs, grads, mean, act)
 }
 
+/// The instruction set a kernel runs with: the widest the CPU has (below the tests' cap, see
+/// [`for_each_level`]). Kernels with one function per instruction set match on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Isa {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Portable,
+}
+
+impl Isa {
+    pub(crate) fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if has_avx512() {
+                return Self::Avx512;
+            }
+            if has_avx2_fma() {
+                return Self::Avx2;
+            }
+        }
+        Self::Portable
+    }
+}
+
 /// The instruction sets the kernels pick from, widest last.
 #[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -413,7 +439,7 @@ pub(crate) mod avx2 {
     /// `f32::clamp(v, 0, 6)` keeps NaN (`max_ps`/`min_ps` return their second operand on NaN).
     #[target_feature(enable = "avx2,fma")]
     #[inline]
-    fn act8(v: __m256, act: Act) -> __m256 {
+    pub(crate) fn act8(v: __m256, act: Act) -> __m256 {
         match act {
             Act::Identity => v,
             Act::Relu => _mm256_max_ps(v, _mm256_setzero_ps()),
@@ -596,7 +622,7 @@ pub(crate) mod avx512 {
     /// As `avx2::act8` on 16 lanes (same NaN behaviour).
     #[target_feature(enable = "avx512f")]
     #[inline]
-    fn act16(v: __m512, act: Act) -> __m512 {
+    pub(crate) fn act16(v: __m512, act: Act) -> __m512 {
         match act {
             Act::Identity => v,
             Act::Relu => _mm512_max_ps(v, _mm512_setzero_ps()),

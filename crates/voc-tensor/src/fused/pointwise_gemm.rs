@@ -15,6 +15,7 @@
 use rayon::prelude::*;
 
 use super::Act;
+use crate::simd::Isa;
 
 /// `(x, packed weights, shift, residual)` of one convolution, for the kernels.
 pub(crate) struct PointwiseProblem<'a> {
@@ -36,30 +37,8 @@ pub(crate) struct PointwiseProblem<'a> {
     pub hw: usize,
 }
 
-/// The instruction set the kernels run with, and its register block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Isa {
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    Portable,
-}
-
+/// Each instruction set's register block.
 impl Isa {
-    fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if crate::simd::has_avx512() {
-                return Self::Avx512;
-            }
-            if crate::simd::has_avx2_fma() {
-                return Self::Avx2;
-            }
-        }
-        Self::Portable
-    }
-
     /// Output channels and pixels per register block.
     fn block(self) -> (usize, usize) {
         match self {
@@ -362,7 +341,7 @@ unsafe fn block_portable(p: &PointwiseProblem, b: &Block, out: *mut f32) {
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{weight_row, Act, Block, PointwiseProblem};
+    use super::{weight_row, Block, PointwiseProblem};
 
     /// Up to 12 output channels x 32 pixels: 24 accumulators, two input vectors and twelve broadcast
     /// weights (one from each weight row, each row read in order) per depth step.
@@ -503,13 +482,7 @@ mod x86 {
                     let rv = _mm512_maskz_loadu_ps(m, res.as_ptr().add(at + 16 * half));
                     v = _mm512_add_ps(v, rv);
                 }
-                let v = match p.act {
-                    Act::Identity => v,
-                    Act::Relu => _mm512_max_ps(v, _mm512_setzero_ps()),
-                    Act::Relu6 => {
-                        _mm512_min_ps(_mm512_set1_ps(6.0), _mm512_max_ps(_mm512_setzero_ps(), v))
-                    }
-                };
+                let v = crate::simd::avx512::act16(v, p.act);
                 // SAFETY: the masked lanes are this block's pixels of row row0 + r.
                 _mm512_mask_storeu_ps(out.add(at + 16 * half), m, v);
             }
@@ -603,13 +576,7 @@ mod x86 {
                     let rv = _mm256_maskload_ps(res.as_ptr().add(at + 8 * half), m);
                     v = _mm256_add_ps(v, rv);
                 }
-                let v = match p.act {
-                    Act::Identity => v,
-                    Act::Relu => _mm256_max_ps(v, _mm256_setzero_ps()),
-                    Act::Relu6 => {
-                        _mm256_min_ps(_mm256_set1_ps(6.0), _mm256_max_ps(_mm256_setzero_ps(), v))
-                    }
-                };
+                let v = crate::simd::avx2::act8(v, p.act);
                 // SAFETY: the masked lanes are this block's pixels of row row0 + r.
                 _mm256_maskstore_ps(out.add(at + 8 * half), m, v);
             }

@@ -11,11 +11,12 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::kernels::{Geometry, Kernel, MAX_KH};
+use super::kernels::{Geometry, MAX_KH};
 use super::{DepthwiseConv, NhwcMaps, PointwiseConv};
 use crate::error::{Result, VocError};
 use crate::fused::pointwise_gemm::{pointwise_serial_into, PointwiseProblem};
 use crate::ops::Padding;
+use crate::simd::Isa;
 
 /// Expanded maps below this many bytes (per image) stay in cache anyway: the block runs layer by
 /// layer (one call per layer, spread over the threads by each kernel).
@@ -64,10 +65,9 @@ impl InvertedResidual {
                 self.project.c_out
             )));
         }
-        let (stride, dilation) = (stride.max(1), dilation.max(1));
         let dw = &self.depthwise;
-        let oh = super::out_len(h, padding.top, padding.bottom, dw.kh, stride, dilation)?;
-        let ow = super::out_len(w, padding.left, padding.right, dw.kw, stride, dilation)?;
+        let g = super::geometry((h, w, expanded), (dw.kh, dw.kw), stride, dilation, padding)?;
+        let (oh, ow) = (g.oh, g.ow);
         let c_out = self.project.c_out;
         if residual && (oh, ow, c_out) != (h, w, c) {
             return Err(VocError::BadArgument(format!(
@@ -75,7 +75,7 @@ impl InvertedResidual {
                  input's size ({h}x{w}x{c})"
             )));
         }
-        let span = (dw.kh - 1) * dilation + 1;
+        let span = (dw.kh - 1) * g.dilation + 1;
         let threads = rayon::current_num_threads().max(1);
         // Bands per image: each starts by expanding the span - 1 rows above it again.
         let bands = if n >= threads { 1 } else { threads.div_ceil(n) }.min(oh.max(1));
@@ -84,24 +84,11 @@ impl InvertedResidual {
         if !big || dw.kh > MAX_KH || recomputed * 8 > h || oh * ow == 0 {
             return self.layer_by_layer(x, stride, dilation, padding, residual);
         }
-        let g = Geometry {
-            h,
-            w,
-            c: expanded,
-            kh: dw.kh,
-            kw: dw.kw,
-            oh,
-            ow,
-            stride,
-            dilation,
-            pad_top: padding.top,
-            pad_left: padding.left,
-        };
         let band_rows = oh.div_ceil(bands);
         let out_row = ow * c_out;
         let image_out = oh * out_row;
         let mut out: Vec<f32> = Vec::with_capacity(n * image_out);
-        let kernel = Kernel::detect();
+        let kernel = Isa::detect();
         out.spare_capacity_mut()[..n * image_out]
             .par_chunks_mut(image_out)
             .enumerate()
@@ -145,7 +132,7 @@ impl InvertedResidual {
     fn band(
         &self,
         g: &Geometry,
-        kernel: Kernel,
+        kernel: Isa,
         image_x: &[f32],
         residual: bool,
         oy0: usize,
@@ -197,7 +184,7 @@ impl InvertedResidual {
             // SAFETY: each row pointer starts an expanded (or input) row of w x e values, held in
             // the ring (or the image) for this output row.
             unsafe {
-                kernel.row(
+                kernel.depthwise_row(
                     g,
                     &rows[..n_rows],
                     &dw.taps,

@@ -9,6 +9,7 @@
 use std::mem::MaybeUninit;
 
 use crate::fused::Act;
+use crate::simd::Isa;
 
 /// Sizes of one depthwise convolution.
 #[derive(Debug, Clone, Copy)]
@@ -99,7 +100,7 @@ pub(super) fn depthwise_forward(
     } else {
         rows.max(1)
     };
-    let kernel = Kernel::detect();
+    let kernel = Isa::detect();
     let fill = |_: &mut (), chunk: usize, out: &mut [MaybeUninit<f32>]| {
         for (i, out_row) in out.chunks_exact_mut(row).enumerate() {
             let global = chunk * rows_per_chunk + i;
@@ -108,7 +109,7 @@ pub(super) fn depthwise_forward(
             let mut rows = [(0, std::ptr::null()); MAX_KH];
             let n_rows = g.tap_rows(oy, |iy| image_x[iy * g.w * g.c..].as_ptr(), &mut rows);
             // SAFETY: each row pointer starts an input row of w x c values inside `image_x`.
-            unsafe { kernel.row(g, &rows[..n_rows], taps, shift, act, out_row) };
+            unsafe { kernel.depthwise_row(g, &rows[..n_rows], taps, shift, act, out_row) };
         }
     };
     // SAFETY: each chunk holds whole output rows (the last one fewer), and `row` writes every value of
@@ -116,36 +117,14 @@ pub(super) fn depthwise_forward(
     unsafe { crate::ops::planes_uninit(rows * row, rows_per_chunk * row, || (), fill) }
 }
 
-/// The instruction set of the row kernel.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Kernel {
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    Portable,
-}
-
-impl Kernel {
-    pub(super) fn detect() -> Self {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if crate::simd::has_avx512() {
-                return Self::Avx512;
-            }
-            if crate::simd::has_avx2_fma() {
-                return Self::Avx2;
-            }
-        }
-        Self::Portable
-    }
-
+/// The row kernels, each with its instruction set's lanes.
+impl Isa {
     /// One output row (`out` holds `ow x c` values) from the input rows of its kernel rows that lie
     /// inside the input (`Geometry::tap_rows`).
     ///
     /// # Safety
     /// Each row pointer starts an input row of `w x c` readable values.
-    pub(super) unsafe fn row(
+    pub(super) unsafe fn depthwise_row(
         self,
         g: &Geometry,
         tap_rows: &[(usize, *const f32)],
@@ -167,7 +146,7 @@ impl Kernel {
         };
         let out = out.as_mut_ptr().cast::<f32>();
         match self {
-            // SAFETY: the CPU supports AVX-512F (Kernel::detect); `out` holds ow x c values and the
+            // SAFETY: the CPU supports AVX-512F (Isa::detect); `out` holds ow x c values and the
             // input and weights are as long as the geometry says (asserted in `forward`).
             #[cfg(target_arch = "x86_64")]
             Self::Avx512 => unsafe { x86::row_avx512(&args, out) },
@@ -349,7 +328,7 @@ pub(super) fn dense_forward(
     } else {
         rows
     };
-    let kernel = Kernel::detect();
+    let kernel = Isa::detect();
     let fill = |_: &mut (), chunk: usize, out: &mut [MaybeUninit<f32>]| {
         for (i, out_row) in out.chunks_exact_mut(row).enumerate() {
             let global = chunk * rows_per_chunk + i;
@@ -365,15 +344,15 @@ pub(super) fn dense_forward(
             };
             let out = out_row.as_mut_ptr().cast::<f32>();
             match kernel {
-                // SAFETY: the CPU supports AVX-512F (Kernel::detect); `out` holds ow x c_out
+                // SAFETY: the CPU supports AVX-512F (Isa::detect); `out` holds ow x c_out
                 // values, the image and weights are as long as the geometry says (asserted above).
                 #[cfg(target_arch = "x86_64")]
-                Kernel::Avx512 => unsafe { x86::dense_row_avx512(&args, out) },
+                Isa::Avx512 => unsafe { x86::dense_row_avx512(&args, out) },
                 // SAFETY: as above for AVX2 and FMA.
                 #[cfg(target_arch = "x86_64")]
-                Kernel::Avx2 => unsafe { x86::dense_row_avx2(&args, out) },
+                Isa::Avx2 => unsafe { x86::dense_row_avx2(&args, out) },
                 // SAFETY: the portable lanes run on any CPU; buffers as above.
-                Kernel::Portable => unsafe { dense_row_generic::<Portable>(&args, out) },
+                Isa::Portable => unsafe { dense_row_generic::<Portable>(&args, out) },
             }
         }
     };
@@ -531,6 +510,8 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{dense_row_generic, row_generic, Act, DenseRowArgs, Lanes, RowArgs};
+    use crate::simd::avx2::act8;
+    use crate::simd::avx512::act16;
 
     #[derive(Clone, Copy)]
     struct Avx512(__m512);
@@ -576,14 +557,7 @@ mod x86 {
         unsafe fn finish(p: *mut f32, m: __mmask16, v: Self, shift: Self, act: Act) {
             // SAFETY: the caller's: AVX-512F, the masked lanes at p are inside the output.
             unsafe {
-                let y = _mm512_add_ps(v.0, shift.0);
-                let y = match act {
-                    Act::Identity => y,
-                    Act::Relu => _mm512_max_ps(y, _mm512_setzero_ps()),
-                    Act::Relu6 => {
-                        _mm512_min_ps(_mm512_set1_ps(6.0), _mm512_max_ps(_mm512_setzero_ps(), y))
-                    }
-                };
+                let y = act16(_mm512_add_ps(v.0, shift.0), act);
                 _mm512_mask_storeu_ps(p, m, y);
             }
         }
@@ -636,14 +610,7 @@ mod x86 {
         unsafe fn finish(p: *mut f32, m: __m256i, v: Self, shift: Self, act: Act) {
             // SAFETY: the caller's: AVX, the masked lanes at p are inside the output.
             unsafe {
-                let y = _mm256_add_ps(v.0, shift.0);
-                let y = match act {
-                    Act::Identity => y,
-                    Act::Relu => _mm256_max_ps(y, _mm256_setzero_ps()),
-                    Act::Relu6 => {
-                        _mm256_min_ps(_mm256_set1_ps(6.0), _mm256_max_ps(_mm256_setzero_ps(), y))
-                    }
-                };
+                let y = act8(_mm256_add_ps(v.0, shift.0), act);
                 _mm256_maskstore_ps(p, m, y);
             }
         }

@@ -157,6 +157,18 @@ fn values_of(t: &Tensor, len: usize, what: &str) -> Result<Vec<f32>> {
 /// Output channels per panel of a packed 1x1 kernel (the AVX-512 register block's width).
 const PANEL: usize = 32;
 
+/// The `cols x rows` transpose of the row-major `rows x cols` matrix `m`: a kernel with one row per
+/// output channel becomes one row per tap, its channels contiguous.
+fn transposed(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; rows * cols];
+    for (r, row) in m.chunks_exact(cols.max(1)).take(rows).enumerate() {
+        for (j, &v) in row.iter().enumerate() {
+            t[j * rows + r] = v;
+        }
+    }
+    t
+}
+
 /// A 1x1 convolution with its batch norm folded in: `act(Σ_k w[o, k] · x[.., k] + shift[o] (+ residual))`
 /// at every pixel.
 #[derive(Debug, Clone)]
@@ -270,14 +282,8 @@ impl DenseConv {
         };
         let k = c_in * kh * kw;
         let w = values_of(weight, c_out * k, "DenseConv weight")?;
-        let mut weight_t = vec![0f32; k * c_out];
-        for (o, row) in w.chunks_exact(k).enumerate() {
-            for (t, &v) in row.iter().enumerate() {
-                weight_t[t * c_out + o] = v;
-            }
-        }
         Ok(Self {
-            weight_t,
+            weight_t: transposed(&w, c_out, k),
             shift: values_of(shift, c_out, "DenseConv shift")?,
             act,
             c_out,
@@ -303,24 +309,8 @@ impl DenseConv {
                 self.c_in
             )));
         }
-        let (stride, dilation) = (stride.max(1), dilation.max(1));
-        let (kh, kw) = (self.kh, self.kw);
-        let oh = out_len(h, padding.top, padding.bottom, kh, stride, dilation)?;
-        let ow = out_len(w, padding.left, padding.right, kw, stride, dilation)?;
+        let geometry = geometry((h, w, c), (self.kh, self.kw), stride, dilation, padding)?;
         let x = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-        let geometry = kernels::Geometry {
-            h,
-            w,
-            c,
-            kh,
-            kw,
-            oh,
-            ow,
-            stride,
-            dilation,
-            pad_top: padding.top,
-            pad_left: padding.left,
-        };
         let data = kernels::dense_forward(
             &geometry,
             self.c_out,
@@ -330,8 +320,34 @@ impl DenseConv {
             &self.shift,
             self.act,
         );
-        NhwcMaps::new(data, (n, oh, ow, self.c_out))
+        NhwcMaps::new(data, (n, geometry.oh, geometry.ow, self.c_out))
     }
+}
+
+/// The sizes of a `kh x kw` convolution on `h x w x c` maps at `stride` and `dilation` (0 read as 1)
+/// with `padding`, its output size included; an error when the padded input is smaller than the
+/// (dilated) kernel.
+fn geometry(
+    (h, w, c): (usize, usize, usize),
+    (kh, kw): (usize, usize),
+    stride: usize,
+    dilation: usize,
+    padding: Padding,
+) -> Result<kernels::Geometry> {
+    let (stride, dilation) = (stride.max(1), dilation.max(1));
+    Ok(kernels::Geometry {
+        h,
+        w,
+        c,
+        kh,
+        kw,
+        oh: out_len(h, padding.top, padding.bottom, kh, stride, dilation)?,
+        ow: out_len(w, padding.left, padding.right, kw, stride, dilation)?,
+        stride,
+        dilation,
+        pad_top: padding.top,
+        pad_left: padding.left,
+    })
 }
 
 /// Output length of one axis of a convolution, or an error naming the sizes when the padded input is
@@ -378,14 +394,8 @@ impl DepthwiseConv {
             )));
         };
         let w = values_of(weight, c * kh * kw, "DepthwiseConv weight")?;
-        let mut taps = vec![0f32; c * kh * kw];
-        for (ch, kernel) in w.chunks_exact(kh * kw).enumerate() {
-            for (t, &v) in kernel.iter().enumerate() {
-                taps[t * c + ch] = v;
-            }
-        }
         Ok(Self {
-            taps,
+            taps: transposed(&w, c, kh * kw),
             shift: values_of(shift, c, "DepthwiseConv shift")?,
             c,
             kh,
@@ -409,25 +419,10 @@ impl DepthwiseConv {
                 self.c
             )));
         }
-        let (stride, dilation) = (stride.max(1), dilation.max(1));
-        let oh = out_len(h, padding.top, padding.bottom, self.kh, stride, dilation)?;
-        let ow = out_len(w, padding.left, padding.right, self.kw, stride, dilation)?;
-        let geometry = kernels::Geometry {
-            h,
-            w,
-            c,
-            kh: self.kh,
-            kw: self.kw,
-            oh,
-            ow,
-            stride,
-            dilation,
-            pad_top: padding.top,
-            pad_left: padding.left,
-        };
+        let geometry = geometry((h, w, c), (self.kh, self.kw), stride, dilation, padding)?;
         let data =
             kernels::depthwise_forward(&geometry, n, &x.data, &self.taps, &self.shift, self.act);
-        NhwcMaps::new(data, (n, oh, ow, c))
+        NhwcMaps::new(data, (n, geometry.oh, geometry.ow, c))
     }
 }
 
