@@ -126,6 +126,15 @@ impl Backbone {
         }
     }
 
+    /// [`Backbone::last_features_t`] in eval mode as NHWC maps, where the backbone runs its inference
+    /// in NHWC (MobileNetV2 with constant weights, on a CPU f32 batch); `None` otherwise.
+    pub fn last_features_nhwc(&self, x: &Tensor) -> Result<Option<voc_tensor::nhwc::NhwcMaps>> {
+        match self {
+            Self::MobileNetV2(m) => m.last_features_nhwc(x),
+            _ => Ok(None),
+        }
+    }
+
     /// Channel counts of the four feature maps.
     pub fn feature_channels(&self) -> FeatureChannels {
         match self {

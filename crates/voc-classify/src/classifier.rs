@@ -1,7 +1,10 @@
 //! Backbone + 1x1 widening convolution + global average pool + linear layer: the ImageNet classifiers,
 //! and the same network with a new head for VOC's 20 labels.
+use std::sync::{Arc, Mutex};
+
 use candle_core::{ModuleT, Tensor};
 use candle_nn::VarBuilder;
+use voc_tensor::nhwc::PointwiseConv;
 
 use crate::backbone::Backbone;
 use crate::efficientnet::{EfficientNetLite, EfficientNetLiteConfig, LITE_HEAD_CHANNELS};
@@ -154,7 +157,23 @@ pub struct ImageClassifier {
     num_features: usize,
     head: Head,
     config: ClassifierConfig,
+    /// The widening convolution's NHWC form; shared by clones.
+    neck_nhwc: Arc<Mutex<NhwcNeck>>,
 }
+
+/// Whether the widening convolution's NHWC form was built, found impossible (no widening
+/// convolution, or variable weights), or not tried yet.
+#[derive(Debug, Default)]
+enum NhwcNeck {
+    #[default]
+    Unbuilt,
+    Unavailable,
+    Ready(Arc<PointwiseConv>),
+}
+
+/// Feature maps at least this wide pool through candle (whose sums over such rows run in vector
+/// lanes, an order [`voc_tensor::nhwc::NhwcMaps::mean_of_row_means`] does not reproduce).
+const NHWC_POOL_MAX_WIDTH: usize = 31;
 
 impl ImageClassifier {
     /// Builds the network; `vb` is the root of the weight names. No classes, a dropout outside `[0, 1)`
@@ -229,6 +248,7 @@ impl ImageClassifier {
             num_features: features,
             head,
             config,
+            neck_nhwc: Arc::default(),
         })
     }
 
@@ -250,10 +270,50 @@ impl ImageClassifier {
 
     /// Pooled features `N x num_features`: the last feature map through the architecture's neck (the
     /// widening conv, ResNetV2's final norm, VGG's `pre_logits`), then global average pooling.
+    ///
+    /// In eval mode on a backbone whose inference runs in NHWC (MobileNetV2), the widening
+    /// convolution and the pool run on its NHWC maps too: the same values, without turning 62 720
+    /// values per image back to NCHW and pooling them through candle's reductions (together a fifth
+    /// of a batch-1 inference).
     pub fn pooled_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
-        let features = self.backbone.last_features_t(x, train)?;
+        let features = if train {
+            // A training forward moves the batch-norm statistics the NHWC form was folded from.
+            *layers::lock(&self.neck_nhwc) = NhwcNeck::Unbuilt;
+            self.backbone.last_features_t(x, true)?
+        } else if let Some(maps) = self.backbone.last_features_nhwc(x)? {
+            match self.neck_nhwc()? {
+                Some(neck) if maps.dims().2 <= NHWC_POOL_MAX_WIDTH => {
+                    return Ok(neck.forward(&maps, None)?.mean_of_row_means()?);
+                }
+                _ => maps.to_nchw()?,
+            }
+        } else {
+            self.backbone.last_features_t(x, false)?
+        };
         let h = self.neck.forward_t(&features, train)?;
         Ok(layers::global_avg_pool(&h)?.flatten_from(1)?)
+    }
+
+    /// The widening convolution's NHWC form, built on the first call; `None` without a widening
+    /// 1x1 convolution of constant weights.
+    fn neck_nhwc(&self) -> Result<Option<Arc<PointwiseConv>>> {
+        let mut state = layers::lock(&self.neck_nhwc);
+        if let NhwcNeck::Unbuilt = *state {
+            *state = NhwcNeck::Unavailable;
+            if let Neck::Conv(conv) = &self.neck {
+                let spec = conv.spec();
+                if spec.kernel == 1 && spec.stride == 1 && spec.groups == 1 {
+                    if let Some((w, shift)) = conv.constant_folded()? {
+                        let act = spec.activation.fused();
+                        *state = NhwcNeck::Ready(Arc::new(PointwiseConv::new(&w, &shift, act)?));
+                    }
+                }
+            }
+        }
+        Ok(match &*state {
+            NhwcNeck::Ready(neck) => Some(neck.clone()),
+            _ => None,
+        })
     }
 
     /// The head on the pooled features.
@@ -342,4 +402,86 @@ pub fn top_k(logits: &Tensor, class_names: &[String], k: usize) -> Result<Vec<Pr
             prob: probs[i],
         })
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use candle_core::{DType, Device};
+
+    use super::*;
+
+    /// A MobileNetV2 classifier whose tensors are all constants (seeded; running variances and
+    /// batch-norm weights positive).
+    fn constant_mobilenet_v2(seed: u64) -> ImageClassifier {
+        let config = ClassifierConfig {
+            arch: ClassifierArch::MobileNetV2(MobileNetV2Config::default()),
+            num_classes: 20,
+            dropout: 0.0,
+            head: HeadKind::Linear,
+        };
+        let varmap = candle_nn::VarMap::new();
+        ImageClassifier::new(
+            VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu),
+            config,
+        )
+        .unwrap();
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32
+        };
+        let data = varmap.data().lock().unwrap();
+        let mut names: Vec<_> = data.keys().cloned().collect();
+        names.sort();
+        let mut tensors = std::collections::HashMap::new();
+        for name in names {
+            let t = data[&name].as_tensor();
+            let positive = name.ends_with("running_var") || name.ends_with("normalization.weight");
+            let values: Vec<f32> = (0..t.elem_count())
+                .map(|_| if positive { 0.5 + next() } else { next() - 0.5 })
+                .collect();
+            tensors.insert(
+                name,
+                Tensor::from_vec(values, t.dims(), &Device::Cpu).unwrap(),
+            );
+        }
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        ImageClassifier::new(vb, config).unwrap()
+    }
+
+    /// In eval mode the widening convolution and the pool run on the backbone's NHWC maps and give,
+    /// value for value, what candle's layers give on the same maps in NCHW.
+    #[test]
+    fn nhwc_neck_and_pool_match_the_nchw_layers() {
+        let _switch = crate::NHWC_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
+        let net = constant_mobilenet_v2(5);
+        for (h, w) in [(64, 64), (45, 37), (224, 224)] {
+            let x = Tensor::rand(-1f32, 1f32, (2, 3, h, w), &Device::Cpu).unwrap();
+            let pooled = net.pooled_t(&x, false).unwrap();
+            assert!(matches!(*layers::lock(&net.neck_nhwc), NhwcNeck::Ready(_)));
+            let features = net.backbone.last_features_t(&x, false).unwrap();
+            let widened = net.neck.forward_t(&features, false).unwrap();
+            let want = layers::global_avg_pool(&widened)
+                .unwrap()
+                .flatten_from(1)
+                .unwrap();
+            assert_eq!(pooled.dims(), want.dims());
+            let (got, want) = (
+                pooled.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                want.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            );
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!(a == b, "{h}x{w}: feature {i} is {a}, the NCHW layers' {b}");
+            }
+        }
+        // A training forward moves the batch-norm statistics: the NHWC form is built again after.
+        net.pooled_t(
+            &Tensor::rand(-1f32, 1f32, (2, 3, 64, 64), &Device::Cpu).unwrap(),
+            true,
+        )
+        .unwrap();
+        assert!(matches!(*layers::lock(&net.neck_nhwc), NhwcNeck::Unbuilt));
+    }
 }

@@ -44,3 +44,8 @@ pub use scratch::{ScratchCnn, ScratchCnnConfig};
 pub use vgg::{Vgg16, VggConfig};
 pub use voc_core::{Normalization, RgbImage};
 pub use weights::FromWeights;
+
+/// Held by the unit tests that switch the process-wide NHWC path ([`voc_tensor::nhwc::set_enabled`])
+/// or check that it ran, so that they do not see each other's switch.
+#[cfg(test)]
+pub(crate) static NHWC_SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());

@@ -317,7 +317,9 @@ impl MobileNetV2 {
             // A training forward moves the batch-norm statistics the NHWC layers were folded from.
             *lock(&self.nhwc) = NhwcState::Unbuilt;
         } else if let Some(layers) = self.nhwc_layers(x)? {
-            return BackboneFeatures::from_taps(self.taps_nhwc(x, &layers, true)?);
+            let (mut taps, last) = self.taps_nhwc(x, &layers, true)?;
+            taps.push(last.to_nchw()?);
+            return BackboneFeatures::from_taps(taps);
         }
         let mut h = self.first_conv.forward_t(x, train)?;
         h = self.stem_block.forward_t(&h, train)?;
@@ -372,20 +374,32 @@ impl MobileNetV2 {
     /// NHWC path only that map goes back to NCHW (what a classifier or DeepLabV3 reads).
     pub fn last_features_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         if !train {
-            if let Some(layers) = self.nhwc_layers(x)? {
-                let mut taps = self.taps_nhwc(x, &layers, false)?;
-                return taps.pop().ok_or_else(|| {
-                    ClassifyError::BadArgument("MobileNetV2: no feature map".into())
-                });
+            if let Some(last) = self.last_features_nhwc(x)? {
+                return Ok(last.to_nchw()?);
             }
         }
         Ok(self.features_t(x, train)?.stride32)
     }
 
-    /// The feature taps in eval mode in NHWC, back in NCHW (all four, or with `all_taps` false the
-    /// last alone): the stem convolution reads the NCHW batch and writes NHWC maps, the blocks run on
-    /// those.
-    fn taps_nhwc(&self, x: &Tensor, layers: &NhwcLayers, all_taps: bool) -> Result<Vec<Tensor>> {
+    /// [`MobileNetV2::last_features_t`] in eval mode as NHWC maps, for a caller that goes on in
+    /// NHWC (a classifier's 1x1 widening convolution and pool); `None` when inference on `x` does not
+    /// run in NHWC (disabled, not a CPU f32 batch, or a layer with variable weights).
+    pub fn last_features_nhwc(&self, x: &Tensor) -> Result<Option<NhwcMaps>> {
+        match self.nhwc_layers(x)? {
+            Some(layers) => Ok(Some(self.taps_nhwc(x, &layers, false)?.1)),
+            None => Ok(None),
+        }
+    }
+
+    /// The feature taps in eval mode in NHWC: the stem convolution reads the NCHW batch and writes
+    /// NHWC maps, the blocks run on those. Returns the taps before the last back in NCHW (none unless
+    /// `all_taps`) and the last map in NHWC.
+    fn taps_nhwc(
+        &self,
+        x: &Tensor,
+        layers: &NhwcLayers,
+        all_taps: bool,
+    ) -> Result<(Vec<Tensor>, NhwcMaps)> {
         let (_, _, height, width) = x.dims4()?;
         let spec = self.first_conv.spec();
         let stem = layers.first_conv.forward_nchw(
@@ -395,14 +409,15 @@ impl MobileNetV2 {
             spec.padding_on(height, width),
         )?;
         let mut h = self.stem_block.forward_nhwc(&layers.blocks[0], &stem)?;
-        let mut taps = Vec::with_capacity(4);
+        let mut taps = Vec::with_capacity(3);
+        let last = self.blocks.len().saturating_sub(1);
         for (i, (block, block_layers)) in self.blocks.iter().zip(&layers.blocks[1..]).enumerate() {
             h = block.forward_nhwc(block_layers, &h)?;
-            if (all_taps && TAPS.contains(&i)) || i + 1 == self.blocks.len() {
+            if all_taps && i != last && TAPS.contains(&i) {
                 taps.push(h.to_nchw()?);
             }
         }
-        Ok(taps)
+        Ok((taps, h))
     }
 }
 
@@ -509,6 +524,7 @@ mod tests {
     /// and dilated at 8 (odd input sizes: TF "SAME" puts the odd padding pixel bottom/right).
     #[test]
     fn nhwc_inference_matches_the_nchw_path() {
+        let _switch = crate::NHWC_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
         let mut net = constant_weights(MobileNetV2Config::default(), 3);
         let x = Tensor::rand(-1f32, 1f32, (2, 3, 45, 37), &candle_core::Device::Cpu).unwrap();
         for stride in [32, 8] {
@@ -554,6 +570,7 @@ mod tests {
     /// Variable weights (training, fine-tuning) keep the NCHW path.
     #[test]
     fn variable_weights_keep_the_nchw_path() {
+        let _switch = crate::NHWC_SWITCH.lock().unwrap_or_else(|e| e.into_inner());
         let varmap = candle_nn::VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &candle_core::Device::Cpu);
         let net = MobileNetV2::new(vb, MobileNetV2Config::default()).unwrap();

@@ -117,10 +117,19 @@ fn row_tiles(p: &PointwiseProblem, (mr, nr): (usize, usize), threads: usize) -> 
         1
     };
     let row_units = rows_total.div_ceil(mr).max(1);
-    let row_blocks = wanted.clamp(1, row_units);
-    let row_len = row_units.div_ceil(row_blocks) * mr;
     let col_units = cols_total.div_ceil(nr).max(1);
     let panel_cols = (MAX_PANEL_BYTES / (4 * p.c_in.max(1))).max(nr);
+    if threads > 1 && wanted >= threads && rows_total >= 2 * threads * mr {
+        return balanced_row_tiles(
+            p,
+            mr,
+            (nr, col_units, panel_cols),
+            threads,
+            wanted / threads,
+        );
+    }
+    let row_blocks = wanted.clamp(1, row_units);
+    let row_len = row_units.div_ceil(row_blocks) * mr;
     let col_blocks = wanted
         .div_ceil(row_blocks)
         .max(cols_total.div_ceil(panel_cols))
@@ -134,6 +143,55 @@ fn row_tiles(p: &PointwiseProblem, (mr, nr): (usize, usize), threads: usize) -> 
                 rows: r0..(r0 + row_len).min(rows_total),
                 cols: c0..(c0 + col_len).min(cols_total),
             });
+        }
+    }
+    out
+}
+
+/// [`row_tiles`] when every thread can have whole register blocks: the pixels cut in one share per
+/// thread, even to 4 pixels (the smallest register block), each share in `per_thread` tiles of whole
+/// blocks. Tiles of whole blocks over all the pixels left one thread up to a tile more than the
+/// other (MobileNetV2's 14x14 layers: 108 pixels against 88).
+fn balanced_row_tiles(
+    p: &PointwiseProblem,
+    mr: usize,
+    (nr, col_units, panel_cols): (usize, usize, usize),
+    threads: usize,
+    per_thread: usize,
+) -> Vec<Tile> {
+    let (rows_total, cols_total) = (p.n * p.c_out, p.hw);
+    let col_blocks = cols_total.div_ceil(panel_cols).clamp(1, col_units);
+    let col_len = col_units.div_ceil(col_blocks) * nr;
+    let share_start = |t: usize| {
+        if t >= threads {
+            rows_total
+        } else {
+            (t * rows_total / threads + 2) / 4 * 4
+        }
+    };
+    let mut out = Vec::new();
+    for c0 in (0..cols_total.max(1)).step_by(col_len) {
+        let cols = c0..(c0 + col_len).min(cols_total);
+        for t in 0..threads {
+            let (s0, s1) = (share_start(t), share_start(t + 1));
+            let units = (s1 - s0) / mr;
+            let tile_start = |j: usize| {
+                if j >= per_thread {
+                    s1
+                } else {
+                    s0 + j * units / per_thread * mr
+                }
+            };
+            for j in 0..per_thread {
+                let rows = tile_start(j)..tile_start(j + 1);
+                if !rows.is_empty() {
+                    out.push(Tile {
+                        image: 0,
+                        rows,
+                        cols: cols.clone(),
+                    });
+                }
+            }
         }
     }
     out
@@ -706,6 +764,12 @@ mod tests {
             (1, 960, 160, 49),
             (2, 3, 5, 1),
             (1, 1, 1, 1),
+            // NHWC orientation (pixels as rows): MobileNetV2's 28x28, 14x14 and 7x7 layers.
+            (1, 32, 784, 192),
+            (1, 96, 196, 576),
+            (1, 576, 196, 96),
+            (1, 160, 49, 960),
+            (1, 24, 3136, 144),
         ] {
             let p = PointwiseProblem {
                 x: &[],
@@ -739,6 +803,35 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// With two threads, the NHWC tiles' halves (what each thread takes when rayon splits the list)
+    /// hold the same pixels to 4.
+    #[test]
+    fn row_tiles_halves_are_even() {
+        for pixels in [784, 196, 3136, 1000, 98] {
+            let p = PointwiseProblem {
+                x: &[],
+                weight: &[],
+                shift: None,
+                residual: None,
+                act: Act::Identity,
+                shift_per_col: true,
+                x_panel: 32,
+                n: 1,
+                c_in: 96,
+                c_out: pixels,
+                hw: 576,
+            };
+            let tiles = row_tiles(&p, (12, 32), 2);
+            let (first, second) = tiles.split_at(tiles.len() / 2);
+            let area = |t: &[Tile]| t.iter().map(|t| t.rows.len() * t.cols.len()).sum::<usize>();
+            let (a, b) = (area(first), area(second));
+            assert!(
+                a.abs_diff(b) <= 4 * 576,
+                "{pixels} pixels: halves of {a} and {b} values"
+            );
         }
     }
 }

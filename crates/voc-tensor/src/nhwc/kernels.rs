@@ -74,6 +74,24 @@ impl Geometry {
 /// Output rows per parallel chunk at least (each row is `ow x c` values).
 const MIN_CHUNK_VALUES: usize = 1 << 14;
 
+/// Output rows per parallel chunk, for `rows` rows of `row_values` values on `threads` threads: as
+/// many equal chunks as up to four per thread, each of at least [`MIN_CHUNK_VALUES`], when they split
+/// the rows evenly; else one chunk per thread (the rows split to one). Chunks of a quarter of each
+/// thread's share, rounded up, left one thread with up to a chunk more than the other (MobileNetV2's
+/// 28x28 depthwise layers: 16 rows against 12).
+pub(super) fn chunk_rows(rows: usize, row_values: usize, threads: usize) -> usize {
+    if threads <= 1 || rows == 0 {
+        return rows.max(1);
+    }
+    (2..=4)
+        .rev()
+        .map(|per_thread| threads * per_thread)
+        .find(|&chunks| {
+            rows.is_multiple_of(chunks) && rows / chunks * row_values >= MIN_CHUNK_VALUES
+        })
+        .map_or(rows.div_ceil(threads), |chunks| rows / chunks)
+}
+
 /// `act(depthwise(x) + shift)` of `n` images: `n x oh x ow x c` values.
 pub(super) fn depthwise_forward(
     g: &Geometry,
@@ -92,14 +110,7 @@ pub(super) fn depthwise_forward(
     if row * rows == 0 {
         return Vec::new();
     }
-    let threads = rayon::current_num_threads().max(1);
-    let rows_per_chunk = if threads > 1 {
-        rows.div_ceil(threads * 4)
-            .max(MIN_CHUNK_VALUES.div_ceil(row.max(1)))
-            .max(1)
-    } else {
-        rows.max(1)
-    };
+    let rows_per_chunk = chunk_rows(rows, row, rayon::current_num_threads());
     let kernel = Isa::detect();
     let fill = |_: &mut (), chunk: usize, out: &mut [MaybeUninit<f32>]| {
         for (i, out_row) in out.chunks_exact_mut(row).enumerate() {
@@ -214,6 +225,10 @@ unsafe fn row_generic<L: Lanes>(a: &RowArgs, out: *mut f32) {
                 checked_column::<L>(a, tap_rows, c0, ox, out);
             }
         }
+        if g.kh == 3 && g.kw == 3 && tap_rows.len() == 3 {
+            interior_3x3::<L>(a, lo, hi, out);
+            return;
+        }
         // Four output columns at a time, all their channels before the next four: their input
         // pixels are a few contiguous lines of each tap row, read while in L1.
         let mut ox = lo;
@@ -247,6 +262,88 @@ unsafe fn row_generic<L: Lanes>(a: &RowArgs, out: *mut f32) {
             for c0 in (0..c).step_by(L::LANES) {
                 checked_column::<L>(a, tap_rows, c0, ox, out);
             }
+            ox += 1;
+        }
+    }
+}
+
+/// The interior columns `lo..hi` of an output row whose three kernel rows all lie inside the input,
+/// for a 3x3 kernel (every MobileNetV2 and DeepLabV3 depthwise layer): one vector of channels at a
+/// time with its nine weights and shift held in registers, four output columns per step, the taps
+/// unrolled. The generic loop spent more on its tap bookkeeping and weight loads than on the
+/// multiply-adds. Same sums, in the same order, as [`row_generic`].
+///
+/// # Safety
+/// As [`row_generic`], with `a.tap_rows` holding kernel rows 0, 1 and 2.
+#[inline(always)]
+unsafe fn interior_3x3<L: Lanes>(a: &RowArgs, lo: usize, hi: usize, out: *mut f32) {
+    let c = a.g.c;
+    let rows = [a.tap_rows[0].1, a.tap_rows[1].1, a.tap_rows[2].1];
+    let full = c - c % L::LANES;
+    // SAFETY: the caller's; every vector is inside the channels.
+    unsafe {
+        for c0 in (0..full).step_by(L::LANES) {
+            vector_3x3::<L>(a, rows, c0, L::mask(L::LANES), lo, hi, out);
+        }
+        if full < c {
+            vector_3x3::<L>(a, rows, full, L::mask(c - full), lo, hi, out);
+        }
+    }
+}
+
+/// [`interior_3x3`] for the channels `c0..` of the lanes of `m`. (A function, not a closure: a
+/// closure would not inherit the caller's target features.)
+///
+/// # Safety
+/// As [`interior_3x3`].
+#[inline(always)]
+unsafe fn vector_3x3<L: Lanes>(
+    a: &RowArgs,
+    rows: [*const f32; 3],
+    c0: usize,
+    m: L::Mask,
+    lo: usize,
+    hi: usize,
+    out: *mut f32,
+) {
+    let g = a.g;
+    let c = g.c;
+    let col_step = g.stride * c;
+    let tap_step = g.dilation * c;
+    // SAFETY: as in `row_generic`: channels c0.. of the masked lanes, input columns of interior
+    // outputs (every tap inside the row), output columns below ow.
+    unsafe {
+        let w: [L; 9] = std::array::from_fn(|t| L::load(a.taps.as_ptr().add(t * c + c0), m));
+        let shift = L::load(a.shift.as_ptr().add(c0), m);
+        let mut ox = lo;
+        while ox + 4 <= hi {
+            let first = (ox * g.stride - g.pad_left) * c + c0;
+            let mut acc = [L::zero(); 4];
+            for (ky, row) in rows.iter().enumerate() {
+                for kx in 0..3 {
+                    let p = row.add(first + kx * tap_step);
+                    let w = w[ky * 3 + kx];
+                    for (j, acc) in acc.iter_mut().enumerate() {
+                        *acc = L::mul_add(w, L::load(p.add(j * col_step), m), *acc);
+                    }
+                }
+            }
+            let o = out.add(ox * c + c0);
+            for (j, acc) in acc.into_iter().enumerate() {
+                L::finish(o.add(j * c), m, acc, shift, a.act);
+            }
+            ox += 4;
+        }
+        while ox < hi {
+            let first = (ox * g.stride - g.pad_left) * c + c0;
+            let mut acc = L::zero();
+            for (ky, row) in rows.iter().enumerate() {
+                for kx in 0..3 {
+                    let x = L::load(row.add(first + kx * tap_step), m);
+                    acc = L::mul_add(w[ky * 3 + kx], x, acc);
+                }
+            }
+            L::finish(out.add(ox * c + c0), m, acc, shift, a.act);
             ox += 1;
         }
     }
@@ -320,14 +417,7 @@ pub(super) fn dense_forward(
     if row * rows == 0 {
         return Vec::new();
     }
-    let threads = rayon::current_num_threads().max(1);
-    let rows_per_chunk = if threads > 1 {
-        rows.div_ceil(threads * 4)
-            .max(MIN_CHUNK_VALUES.div_ceil(row))
-            .max(1)
-    } else {
-        rows
-    };
+    let rows_per_chunk = chunk_rows(rows, row, rayon::current_num_threads());
     let kernel = Isa::detect();
     let fill = |_: &mut (), chunk: usize, out: &mut [MaybeUninit<f32>]| {
         for (i, out_row) in out.chunks_exact_mut(row).enumerate() {
@@ -352,7 +442,7 @@ pub(super) fn dense_forward(
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => unsafe { x86::dense_row_avx2(&args, out) },
                 // SAFETY: the portable lanes run on any CPU; buffers as above.
-                Isa::Portable => unsafe { dense_row_generic::<Portable>(&args, out) },
+                Isa::Portable => unsafe { dense_row_generic::<Portable, 4>(&args, out) },
             }
         }
     };
@@ -367,7 +457,7 @@ pub(super) fn dense_forward(
 /// The CPU supports `L`'s instructions; `out` holds `ow x c_out` values; the buffers of `a` are as long
 /// as the geometry needs.
 #[inline(always)]
-unsafe fn dense_row_generic<L: Lanes>(a: &DenseRowArgs, out: *mut f32) {
+unsafe fn dense_row_generic<L: Lanes, const P: usize>(a: &DenseRowArgs, out: *mut f32) {
     let g = a.g;
     let (lo, hi) = g.interior_cols();
     // SAFETY: every read is inside the image (checked, or interior columns of rows inside it), the
@@ -378,45 +468,113 @@ unsafe fn dense_row_generic<L: Lanes>(a: &DenseRowArgs, out: *mut f32) {
                 dense_checked_column::<L>(a, co0, ox, out);
             }
         }
-        let plane = g.h * g.w;
-        let x = a.x.as_ptr();
-        let mut ox = lo;
-        while ox + 4 <= hi {
-            for co0 in (0..a.c_out).step_by(L::LANES) {
-                let m = L::mask(a.c_out - co0);
-                let (mut a0, mut a1, mut a2, mut a3) = (L::zero(), L::zero(), L::zero(), L::zero());
-                for ci in 0..g.c {
-                    for ky in 0..g.kh {
-                        let Some(iy) = g.input(a.oy, ky, g.pad_top, g.h) else {
-                            continue;
-                        };
-                        let row = x.add(ci * plane + iy * g.w);
-                        for kx in 0..g.kw {
-                            let tap = (ci * g.kh + ky) * g.kw + kx;
-                            let w = L::load(a.weight_t.as_ptr().add(tap * a.c_out + co0), m);
-                            // Interior: ox*s + kx*d >= pad_left, the last column below w.
-                            let p = row.add(ox * g.stride + kx * g.dilation - g.pad_left);
-                            a0 = L::mul_add(w, L::splat(*p), a0);
-                            a1 = L::mul_add(w, L::splat(*p.add(g.stride)), a1);
-                            a2 = L::mul_add(w, L::splat(*p.add(2 * g.stride)), a2);
-                            a3 = L::mul_add(w, L::splat(*p.add(3 * g.stride)), a3);
-                        }
-                    }
+        // The kernel rows inside the image, per input channel: (start of the input row, first tap).
+        let mut rows = [(std::ptr::null(), 0); MAX_DENSE_ROWS];
+        let mut n_rows = 0;
+        for ci in 0..g.c {
+            for ky in 0..g.kh {
+                if let Some(iy) = g.input(a.oy, ky, g.pad_top, g.h) {
+                    rows[n_rows] = (
+                        a.x.as_ptr().add((ci * g.h + iy) * g.w),
+                        (ci * g.kh + ky) * g.kw,
+                    );
+                    n_rows += 1;
                 }
-                let shift = L::load(a.shift.as_ptr().add(co0), m);
-                let o = out.add(ox * a.c_out + co0);
-                L::finish(o, m, a0, shift, a.act);
-                L::finish(o.add(a.c_out), m, a1, shift, a.act);
-                L::finish(o.add(2 * a.c_out), m, a2, shift, a.act);
-                L::finish(o.add(3 * a.c_out), m, a3, shift, a.act);
             }
-            ox += 4;
+        }
+        let rows = &rows[..n_rows];
+        let mut co0 = 0;
+        while co0 < a.c_out {
+            let left = a.c_out - co0;
+            if left > L::LANES {
+                let m = [L::mask(L::LANES), L::mask(left - L::LANES)];
+                dense_interior::<L, 2, P>(a, rows, co0, m, lo, hi, out);
+                co0 += 2 * L::LANES;
+            } else {
+                dense_interior::<L, 1, P>(a, rows, co0, [L::mask(left)], lo, hi, out);
+                co0 += L::LANES;
+            }
+        }
+    }
+}
+
+/// Input rows of a dense convolution's output row at most (channels x kernel rows).
+pub(super) const MAX_DENSE_ROWS: usize = 64;
+
+/// The interior columns `lo..hi` of a dense convolution's output row, for the `V` vectors of output
+/// channels from `co0` (lanes `m`): `P` output pixels at a time (then one at a time), each input value
+/// broadcast once for the `V` vectors.
+///
+/// # Safety
+/// As [`dense_row_generic`]; `rows` holds the input rows of the output row inside the image.
+#[inline(always)]
+unsafe fn dense_interior<L: Lanes, const V: usize, const P: usize>(
+    a: &DenseRowArgs,
+    rows: &[(*const f32, usize)],
+    co0: usize,
+    m: [L::Mask; V],
+    lo: usize,
+    hi: usize,
+    out: *mut f32,
+) {
+    // SAFETY: the caller's.
+    unsafe {
+        let shift: [L; V] =
+            std::array::from_fn(|v| L::load(a.shift.as_ptr().add(co0 + v * L::LANES), m[v]));
+        let mut ox = lo;
+        while ox + P <= hi {
+            dense_pixels::<L, V, P>(a, rows, co0, m, shift, ox, out);
+            ox += P;
         }
         while ox < hi {
-            for co0 in (0..a.c_out).step_by(L::LANES) {
-                dense_checked_column::<L>(a, co0, ox, out);
-            }
+            dense_pixels::<L, V, 1>(a, rows, co0, m, shift, ox, out);
             ox += 1;
+        }
+    }
+}
+
+/// Output pixels `ox..ox + P` (interior) of [`dense_interior`]'s vectors: the taps in the kernel's
+/// order (input channel, kernel row, kernel column), as the 1x1 kernels sum a matrix of patches.
+///
+/// # Safety
+/// As [`dense_interior`], with `ox + P` at most the interior's end.
+// The accumulators are a register block indexed by vector and pixel together.
+#[allow(clippy::needless_range_loop)]
+#[inline(always)]
+unsafe fn dense_pixels<L: Lanes, const V: usize, const P: usize>(
+    a: &DenseRowArgs,
+    rows: &[(*const f32, usize)],
+    co0: usize,
+    m: [L::Mask; V],
+    shift: [L; V],
+    ox: usize,
+    out: *mut f32,
+) {
+    let g = a.g;
+    // SAFETY: the caller's: interior columns read inside their rows, the weights of the masked
+    // lanes, writes inside the output row.
+    unsafe {
+        let weights = a.weight_t.as_ptr().add(co0);
+        let mut acc = [[L::zero(); P]; V];
+        for &(row, tap0) in rows {
+            for kx in 0..g.kw {
+                let tap = weights.add((tap0 + kx) * a.c_out);
+                let w: [L; V] = std::array::from_fn(|v| L::load(tap.add(v * L::LANES), m[v]));
+                // Interior: ox*s + kx*d >= pad_left, the last column below w.
+                let p = row.add(ox * g.stride + kx * g.dilation - g.pad_left);
+                for j in 0..P {
+                    let x = L::splat(*p.add(j * g.stride));
+                    for v in 0..V {
+                        acc[v][j] = L::mul_add(w[v], x, acc[v][j]);
+                    }
+                }
+            }
+        }
+        for j in 0..P {
+            let o = out.add((ox + j) * a.c_out + co0);
+            for v in 0..V {
+                L::finish(o.add(v * L::LANES), m[v], acc[v][j], shift[v], a.act);
+            }
         }
     }
 }
@@ -637,7 +795,7 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn dense_row_avx512(a: &DenseRowArgs, out: *mut f32) {
         // SAFETY: the caller's guarantees.
-        unsafe { dense_row_generic::<Avx512>(a, out) }
+        unsafe { dense_row_generic::<Avx512, 8>(a, out) }
     }
 
     /// # Safety
@@ -645,6 +803,6 @@ mod x86 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dense_row_avx2(a: &DenseRowArgs, out: *mut f32) {
         // SAFETY: the caller's guarantees.
-        unsafe { dense_row_generic::<Avx2>(a, out) }
+        unsafe { dense_row_generic::<Avx2, 4>(a, out) }
     }
 }

@@ -138,6 +138,43 @@ impl NhwcMaps {
     pub fn as_slice(&self) -> &[f32] {
         &self.data
     }
+
+    /// Global average pooling: `n x c` means over the pixels, as an `N x C` tensor on the CPU.
+    ///
+    /// Computed as candle computes `mean_keepdim(3)` then `mean_keepdim(2)` on the NCHW maps when rows
+    /// are narrower than 32 pixels (then candle sums each row left to right): each row summed from 0
+    /// and scaled by `1/w`, those row means summed top to bottom and scaled by `1/h`. Such maps (every
+    /// classifier input below 1024 pixels) pool to the same values in either layout.
+    pub fn mean_of_row_means(&self) -> Result<Tensor> {
+        let (n, h, w, c) = self.dims();
+        // candle scales by 1/len computed in f64, rounded to the element type.
+        let (inv_w, inv_h) = ((1.0 / w as f64) as f32, (1.0 / h as f64) as f32);
+        let mut means = vec![0f32; n * c];
+        let mut row_sum = vec![0f32; c];
+        if c > 0 {
+            for (image, mean) in self
+                .data
+                .chunks_exact(h * w * c)
+                .zip(means.chunks_exact_mut(c))
+            {
+                for row in image.chunks_exact(w * c) {
+                    row_sum.fill(0.0);
+                    for pixel in row.chunks_exact(c) {
+                        for (s, &v) in row_sum.iter_mut().zip(pixel) {
+                            *s += v;
+                        }
+                    }
+                    for (m, &s) in mean.iter_mut().zip(&row_sum) {
+                        *m += s * inv_w + 0.0;
+                    }
+                }
+                for m in mean.iter_mut() {
+                    *m = *m * inv_h + 0.0;
+                }
+            }
+        }
+        Ok(Tensor::from_vec(means, (n, c), &Device::Cpu)?)
+    }
 }
 
 /// The values of a constant CPU tensor, checked to hold `len` of them.
@@ -280,6 +317,13 @@ impl DenseConv {
                 "DenseConv: weight of shape {dims:?}, expected c_out x c_in x kh x kw"
             )));
         };
+        if c_in * kh > kernels::MAX_DENSE_ROWS {
+            return Err(VocError::BadArgument(format!(
+                "DenseConv: {c_in} input channels x {kh} kernel rows, at most {} (a first layer, on \
+                 an image's few channels)",
+                kernels::MAX_DENSE_ROWS
+            )));
+        }
         let k = c_in * kh * kw;
         let w = values_of(weight, c_out * k, "DenseConv weight")?;
         Ok(Self {
@@ -310,12 +354,20 @@ impl DenseConv {
             )));
         }
         let geometry = geometry((h, w, c), (self.kh, self.kw), stride, dilation, padding)?;
-        let x = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        // Read in place: a copy of the image cost a tenth of the convolution.
+        let x = x.to_dtype(DType::F32)?.contiguous()?;
+        let (storage, layout) = x.storage_and_layout();
+        let candle_core::Storage::Cpu(storage) = &*storage else {
+            return Err(VocError::BadArgument(
+                "DenseConv::forward_nchw: expected a CPU tensor".into(),
+            ));
+        };
+        let x = crate::ops::contiguous_f32(storage, layout, "DenseConv input")?;
         let data = kernels::dense_forward(
             &geometry,
             self.c_out,
             n,
-            &x,
+            x,
             &self.weight_t,
             &self.shift,
             self.act,

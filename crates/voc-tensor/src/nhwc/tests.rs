@@ -83,6 +83,7 @@ fn pointwise_matches_the_nchw_path() {
         (3, 7, 13, 4, 5),
         (1, 960, 320, 2, 2),
         (1, 32, 16, 20, 20),
+        (2, 96, 72, 14, 13),
     ];
     for (seed, &(n, c_in, c_out, h, w)) in cases.iter().enumerate() {
         let seed = seed as u64 + 10;
@@ -166,6 +167,9 @@ fn dense_conv_matches_the_nchw_path() {
         (2, 3, 16, 8, 8, 3, 1, 1, false),
         (1, 5, 24, 9, 12, 3, 2, 2, true),
         (1, 2, 7, 6, 5, 1, 1, 1, false),
+        // Wide enough for whole groups of pixels, 40 channels: a pair of vectors, then one masked.
+        (1, 3, 40, 9, 41, 3, 1, 1, true),
+        (1, 3, 32, 12, 60, 3, 2, 1, true),
     ];
     for (seed, &(n, c_in, c_out, h, w, k, stride, dilation, tf_same)) in cases.iter().enumerate() {
         let seed = seed as u64 + 20;
@@ -287,4 +291,61 @@ fn fused_block_matches_its_layers() {
         .forward(&x, 1, 1, Padding::same(1), false)
         .unwrap_err();
     assert!(err.to_string().contains("6 channels"), "{err}");
+}
+
+#[test]
+fn dense_conv_refuses_more_rows_than_its_kernel_holds() {
+    let c_in = kernels::MAX_DENSE_ROWS / 3 + 1;
+    let err = DenseConv::new(&values(&[4, c_in, 3, 3], 1), &values(&[4], 2), Act::Relu)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(&format!("{c_in} input channels")), "{err}");
+}
+
+/// The pool gives candle's `mean_keepdim(3)` then `mean_keepdim(2)` of the NCHW maps, value for
+/// value, for rows narrower than 32 pixels.
+#[test]
+fn mean_of_row_means_matches_candles_means() {
+    for (seed, shape) in [
+        [1, 1280, 7, 7],
+        [2, 5, 3, 9],
+        [1, 16, 1, 31],
+        [3, 24, 30, 2],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let x = values(&shape, seed as u64 + 40);
+        let want = x
+            .mean_keepdim(3)
+            .unwrap()
+            .mean_keepdim(2)
+            .unwrap()
+            .flatten_from(1)
+            .unwrap();
+        let got = NhwcMaps::from_nchw(&x)
+            .unwrap()
+            .mean_of_row_means()
+            .unwrap();
+        assert_same(&got, &want, &format!("{shape:?}"));
+    }
+}
+
+/// Depthwise and dense chunks split the rows evenly over the threads: equal chunks, as many per
+/// thread, or one per thread.
+#[test]
+fn chunks_split_rows_evenly() {
+    for threads in [1, 2, 3, 4] {
+        for rows in 1..300 {
+            for row_values in [1, 700, 6720, 1 << 15] {
+                let chunk = kernels::chunk_rows(rows, row_values, threads);
+                let chunks = rows.div_ceil(chunk);
+                let even = rows.is_multiple_of(chunk) && chunks.is_multiple_of(threads);
+                assert!(
+                    chunk >= 1 && (even || chunks <= threads),
+                    "{rows} rows of {row_values} on {threads} threads: chunks of {chunk}"
+                );
+            }
+        }
+    }
 }

@@ -126,7 +126,6 @@ pub(crate) fn dims4(x: &Tensor, op: &str) -> Result<(usize, usize, usize, usize)
     })
 }
 
-/// Mean over every element, returned as a 0-d tensor.
 /// The f32 data of a contiguous CPU tensor, as the custom kernels read it; `what` names the op and the
 /// input in the error.
 pub(crate) fn contiguous_f32<'a>(
@@ -144,6 +143,7 @@ pub(crate) fn contiguous_f32<'a>(
     }
 }
 
+/// Mean over every element, returned as a 0-d tensor.
 pub(crate) fn mean_all(x: &Tensor) -> Result<Tensor> {
     let n = x.elem_count().max(1);
     Ok((x.flatten_all()?.sum(D::Minus1)? / n as f64)?)
