@@ -45,6 +45,7 @@ fn depthwise_matches_the_nchw_path() {
         (1, 16, 1, 1, 3, 1, 1, true),
         (1, 9, 2, 3, 3, 2, 1, false),
         (1, 96, 28, 28, 3, 2, 1, true),
+        (1, 20, 6, 11, 3, 1, 1, false),
     ];
     for (seed, &(n, c, h, w, k, stride, dilation, tf_same)) in cases.iter().enumerate() {
         let seed = seed as u64;
