@@ -425,9 +425,11 @@ mod x86 {
                 (12, _) => block_avx512_rows::<12, true, false, false>(p, b, out),
                 (8, _) => block_avx512_rows::<8, true, false, false>(p, b, out),
                 (4, _) => block_avx512_rows::<4, true, false, false>(p, b, out),
-                // A short tail block (the 49 pixels of a 7x7 map end in one row) computes only the
-                // rows it needs, rounded up to 4 or 8.
-                (1..=3, _) => block_avx512_rows::<4, false, true, false>(p, b, out),
+                // A short tail block computes only the rows it needs, rounded up to 4 or 8; a single
+                // row (the 49 pixels of a 7x7 map end in one) alone, at a quarter of a 4-row block's
+                // multiply-adds.
+                (1, _) => block_avx512_rows::<1, false, true, false>(p, b, out),
+                (2..=3, _) => block_avx512_rows::<4, false, true, false>(p, b, out),
                 (5..=7, _) => block_avx512_rows::<8, false, true, false>(p, b, out),
                 _ => block_avx512_rows::<12, false, true, false>(p, b, out),
             }
