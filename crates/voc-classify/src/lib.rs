@@ -49,3 +49,34 @@ pub use weights::FromWeights;
 /// or check that it ran, so that they do not see each other's switch.
 #[cfg(test)]
 pub(crate) static NHWC_SWITCH: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Seeded constant values for every variable of `varmap` (running variances and batch-norm weights
+/// positive, everything else in [-0.5, 0.5)): unit tests build a network in a `VarMap`, then the same
+/// network again from these with `VarBuilder::from_tensors` to get one of constant weights.
+#[cfg(test)]
+pub(crate) fn seeded_constants(
+    varmap: &candle_nn::VarMap,
+    seed: u64,
+) -> std::collections::HashMap<String, candle_core::Tensor> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let data = varmap.data().lock().unwrap();
+    let mut names: Vec<_> = data.keys().cloned().collect();
+    names.sort();
+    let mut tensors = std::collections::HashMap::new();
+    for name in names {
+        let t = data[&name].as_tensor();
+        let positive = name.ends_with("running_var") || name.ends_with("normalization.weight");
+        let values: Vec<f32> = (0..t.elem_count())
+            .map(|_| if positive { 0.5 + next() } else { next() - 0.5 })
+            .collect();
+        let tensor = candle_core::Tensor::from_vec(values, t.dims(), t.device()).unwrap();
+        tensors.insert(name, tensor);
+    }
+    tensors
+}

@@ -494,28 +494,7 @@ mod tests {
         let varmap = candle_nn::VarMap::new();
         let vb = VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
         MobileNetV2::new(vb, config).unwrap();
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32
-        };
-        let mut tensors = std::collections::HashMap::new();
-        let data = varmap.data().lock().unwrap();
-        let mut names: Vec<_> = data.keys().cloned().collect();
-        names.sort();
-        for name in names {
-            let t = data[&name].as_tensor();
-            let positive = name.ends_with("running_var") || name.ends_with("normalization.weight");
-            let values: Vec<f32> = (0..t.elem_count())
-                .map(|_| if positive { 0.5 + next() } else { next() - 0.5 })
-                .collect();
-            tensors.insert(
-                name,
-                Tensor::from_vec(values, t.dims(), &Device::Cpu).unwrap(),
-            );
-        }
+        let tensors = crate::seeded_constants(&varmap, seed);
         let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
         MobileNetV2::new(vb, config).unwrap()
     }

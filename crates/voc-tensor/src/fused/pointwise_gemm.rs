@@ -781,6 +781,23 @@ mod tests {
 
     type Planner = fn(&PointwiseProblem, (usize, usize), usize) -> Vec<Tile>;
 
+    /// A problem of these sizes without data, for the tile planners.
+    fn sizes_only(n: usize, c_in: usize, c_out: usize, hw: usize) -> PointwiseProblem<'static> {
+        PointwiseProblem {
+            x: &[],
+            weight: &[],
+            shift: None,
+            residual: None,
+            act: Act::Identity,
+            shift_per_col: false,
+            x_panel: 0,
+            n,
+            c_in,
+            c_out,
+            hw,
+        }
+    }
+
     /// The tiles (both orientations' planners) cover every output once, for batch sizes, thread counts and shapes around the split
     /// rules (a tile left out or written twice would leave a value unset or race).
     #[test]
@@ -798,19 +815,7 @@ mod tests {
             (1, 160, 49, 960),
             (1, 24, 3136, 144),
         ] {
-            let p = PointwiseProblem {
-                x: &[],
-                weight: &[],
-                shift: None,
-                residual: None,
-                act: Act::Identity,
-                shift_per_col: false,
-                x_panel: 0,
-                n,
-                c_in,
-                c_out,
-                hw,
-            };
+            let p = sizes_only(n, c_in, c_out, hw);
             for threads in [1, 2, 3, 8] {
                 for (block, planner) in [(12, 32), (6, 16), (4, 16)]
                     .into_iter()
@@ -839,17 +844,9 @@ mod tests {
     fn row_tiles_halves_are_even() {
         for pixels in [784, 196, 3136, 1000, 98] {
             let p = PointwiseProblem {
-                x: &[],
-                weight: &[],
-                shift: None,
-                residual: None,
-                act: Act::Identity,
                 shift_per_col: true,
                 x_panel: 32,
-                n: 1,
-                c_in: 96,
-                c_out: pixels,
-                hw: 576,
+                ..sizes_only(1, 96, pixels, 576)
             };
             let tiles = row_tiles(&p, (12, 32), 2);
             let (first, second) = tiles.split_at(tiles.len() / 2);

@@ -331,10 +331,7 @@ unsafe fn vector_3x3<L: Lanes>(
                     }
                 }
             }
-            let o = out.add(ox * c + c0);
-            for (j, acc) in acc.into_iter().enumerate() {
-                L::finish(o.add(j * c), m, acc, shift, a.act);
-            }
+            finish_4::<L>(out.add(ox * c + c0), c, m, acc, shift, a.act);
             ox += 4;
         }
         while ox + 4 <= hi {
@@ -349,10 +346,7 @@ unsafe fn vector_3x3<L: Lanes>(
                     }
                 }
             }
-            let o = out.add(ox * c + c0);
-            for (j, acc) in acc.into_iter().enumerate() {
-                L::finish(o.add(j * c), m, acc, shift, a.act);
-            }
+            finish_4::<L>(out.add(ox * c + c0), c, m, acc, shift, a.act);
             ox += 4;
         }
         while ox < hi {
@@ -367,6 +361,19 @@ unsafe fn vector_3x3<L: Lanes>(
             L::finish(out.add(ox * c + c0), m, acc, shift, a.act);
             ox += 1;
         }
+    }
+}
+
+/// Four consecutive output pixels' sums (`c` values apart from `o`): plus the shift, the activation,
+/// stored to the lanes of `m`.
+///
+/// # Safety
+/// The CPU supports `L`'s instructions; the lanes of `m` at `o + j * c` (j < 4) are inside the output.
+#[inline(always)]
+unsafe fn finish_4<L: Lanes>(o: *mut f32, c: usize, m: L::Mask, acc: [L; 4], shift: L, act: Act) {
+    for (j, acc) in acc.into_iter().enumerate() {
+        // SAFETY: the caller's.
+        unsafe { L::finish(o.add(j * c), m, acc, shift, act) };
     }
 }
 
