@@ -10,7 +10,7 @@ use crate::backbone::Backbone;
 use crate::efficientnet::{EfficientNetLite, EfficientNetLiteConfig, LITE_HEAD_CHANNELS};
 use crate::error::{ClassifyError, Result};
 use crate::head::{Head, HeadKind};
-use crate::layers::{self, Activation, ConvNormAct, ConvSpec, NormAct};
+use crate::layers::{self, Activation, ConvNormAct, ConvPadding, ConvSpec, NormAct};
 use crate::mobilenet_v2::{MobileNetV2, MobileNetV2Config};
 use crate::resnet::{ResNet, ResNetConfig, ResNetVariant};
 use crate::vgg::{Vgg16, VggConfig, VggPreLogits, VGG_FEATURES};
@@ -273,7 +273,7 @@ impl ImageClassifier {
     ///
     /// In eval mode on a backbone whose inference runs in NHWC (MobileNetV2), the widening
     /// convolution and the pool run on its NHWC maps too: the same values, without turning 62 720
-    /// values per image back to NCHW and pooling them through candle's reductions (together a fifth
+    /// values per image back to NCHW and pooling them through candle's reductions (together a tenth
     /// of a batch-1 inference).
     pub fn pooled_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let features = if train {
@@ -302,7 +302,12 @@ impl ImageClassifier {
             *state = NhwcNeck::Unavailable;
             if let Neck::Conv(conv) = &self.neck {
                 let spec = conv.spec();
-                if spec.kernel == 1 && spec.stride == 1 && spec.groups == 1 {
+                // A 1x1 convolution without padding (TF "SAME" pads a 1x1 kernel by nothing).
+                let unpadded = matches!(
+                    spec.padding,
+                    ConvPadding::TfSame | ConvPadding::Symmetric(0)
+                );
+                if spec.kernel == 1 && spec.stride == 1 && spec.groups == 1 && unpadded {
                     if let Some((w, shift)) = conv.constant_folded()? {
                         let act = spec.activation.fused();
                         *state = NhwcNeck::Ready(Arc::new(PointwiseConv::new(&w, &shift, act)?));
