@@ -1,7 +1,5 @@
 //! Backbone + 1x1 widening convolution + global average pool + linear layer: the ImageNet classifiers,
 //! and the same network with a new head for VOC's 20 labels.
-use std::sync::{Arc, Mutex};
-
 use candle_core::{ModuleT, Tensor};
 use candle_nn::VarBuilder;
 use voc_tensor::nhwc::PointwiseConv;
@@ -10,7 +8,7 @@ use crate::backbone::Backbone;
 use crate::efficientnet::{EfficientNetLite, EfficientNetLiteConfig, LITE_HEAD_CHANNELS};
 use crate::error::{ClassifyError, Result};
 use crate::head::{Head, HeadKind};
-use crate::layers::{self, Activation, ConvNormAct, ConvPadding, ConvSpec, NormAct};
+use crate::layers::{self, Activation, BuiltOnce, ConvNormAct, ConvSpec, NormAct};
 use crate::mobilenet_v2::{MobileNetV2, MobileNetV2Config};
 use crate::resnet::{ResNet, ResNetConfig, ResNetVariant};
 use crate::vgg::{Vgg16, VggConfig, VggPreLogits, VGG_FEATURES};
@@ -157,18 +155,9 @@ pub struct ImageClassifier {
     num_features: usize,
     head: Head,
     config: ClassifierConfig,
-    /// The widening convolution's NHWC form; shared by clones.
-    neck_nhwc: Arc<Mutex<NhwcNeck>>,
-}
-
-/// Whether the widening convolution's NHWC form was built, found impossible (no widening
-/// convolution, or variable weights), or not tried yet.
-#[derive(Debug, Default)]
-enum NhwcNeck {
-    #[default]
-    Unbuilt,
-    Unavailable,
-    Ready(Arc<PointwiseConv>),
+    /// The widening convolution's NHWC form (none without a widening 1x1 convolution of constant
+    /// weights).
+    neck_nhwc: BuiltOnce<PointwiseConv>,
 }
 
 /// Feature maps at least this wide pool through candle (whose sums over such rows run in vector
@@ -248,7 +237,7 @@ impl ImageClassifier {
             num_features: features,
             head,
             config,
-            neck_nhwc: Arc::default(),
+            neck_nhwc: BuiltOnce::default(),
         })
     }
 
@@ -278,10 +267,14 @@ impl ImageClassifier {
     pub fn pooled_t(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let features = if train {
             // A training forward moves the batch-norm statistics the NHWC form was folded from.
-            *layers::lock(&self.neck_nhwc) = NhwcNeck::Unbuilt;
+            self.neck_nhwc.reset();
             self.backbone.last_features_t(x, true)?
         } else if let Some(maps) = self.backbone.last_features_nhwc(x)? {
-            match self.neck_nhwc()? {
+            let neck = self.neck_nhwc.get_or_build(|| match &self.neck {
+                Neck::Conv(conv) => conv.nhwc_pointwise(),
+                _ => Ok(None),
+            })?;
+            match neck {
                 Some(neck) if maps.dims().2 <= NHWC_POOL_MAX_WIDTH => {
                     return Ok(neck.forward(&maps, None)?.mean_of_row_means()?);
                 }
@@ -292,33 +285,6 @@ impl ImageClassifier {
         };
         let h = self.neck.forward_t(&features, train)?;
         Ok(layers::global_avg_pool(&h)?.flatten_from(1)?)
-    }
-
-    /// The widening convolution's NHWC form, built on the first call; `None` without a widening
-    /// 1x1 convolution of constant weights.
-    fn neck_nhwc(&self) -> Result<Option<Arc<PointwiseConv>>> {
-        let mut state = layers::lock(&self.neck_nhwc);
-        if let NhwcNeck::Unbuilt = *state {
-            *state = NhwcNeck::Unavailable;
-            if let Neck::Conv(conv) = &self.neck {
-                let spec = conv.spec();
-                // A 1x1 convolution without padding (TF "SAME" pads a 1x1 kernel by nothing).
-                let unpadded = matches!(
-                    spec.padding,
-                    ConvPadding::TfSame | ConvPadding::Symmetric(0)
-                );
-                if spec.kernel == 1 && spec.stride == 1 && spec.groups == 1 && unpadded {
-                    if let Some((w, shift)) = conv.constant_folded()? {
-                        let act = spec.activation.fused();
-                        *state = NhwcNeck::Ready(Arc::new(PointwiseConv::new(&w, &shift, act)?));
-                    }
-                }
-            }
-        }
-        Ok(match &*state {
-            NhwcNeck::Ready(neck) => Some(neck.clone()),
-            _ => None,
-        })
     }
 
     /// The head on the pooled features.
@@ -414,6 +380,7 @@ mod tests {
     use candle_core::{DType, Device};
 
     use super::*;
+    use crate::layers::BuildState;
 
     /// A MobileNetV2 classifier whose tensors are all constants (seeded; running variances and
     /// batch-norm weights positive).
@@ -444,7 +411,7 @@ mod tests {
         for (h, w) in [(64, 64), (45, 37), (224, 224)] {
             let x = Tensor::rand(-1f32, 1f32, (2, 3, h, w), &Device::Cpu).unwrap();
             let pooled = net.pooled_t(&x, false).unwrap();
-            assert!(matches!(*layers::lock(&net.neck_nhwc), NhwcNeck::Ready(_)));
+            assert!(matches!(*net.neck_nhwc.state(), BuildState::Ready(_)));
             let features = net.backbone.last_features_t(&x, false).unwrap();
             let widened = net.neck.forward_t(&features, false).unwrap();
             let want = layers::global_avg_pool(&widened)
@@ -466,6 +433,6 @@ mod tests {
             true,
         )
         .unwrap();
-        assert!(matches!(*layers::lock(&net.neck_nhwc), NhwcNeck::Unbuilt));
+        assert!(matches!(*net.neck_nhwc.state(), BuildState::Unbuilt));
     }
 }

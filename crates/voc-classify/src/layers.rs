@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{Module, Tensor};
 use candle_nn::{Init, VarBuilder};
 use voc_tensor::fused::{self, Act, ConvKind};
+use voc_tensor::nhwc::PointwiseConv;
 use voc_tensor::nn::BatchNorm2d;
 use voc_tensor::ops::{self, Padding};
 
@@ -456,6 +457,24 @@ impl ConvNormAct {
         }
     }
 
+    /// This layer as voc-tensor's NHWC 1x1 convolution, when it is an unpadded 1x1 convolution of
+    /// stride 1 whose weights and batch norm are all constants; `None` otherwise.
+    pub(crate) fn nhwc_pointwise(&self) -> Result<Option<PointwiseConv>> {
+        let spec = &self.spec;
+        // TF "SAME" pads a 1x1 kernel of stride 1 by nothing.
+        let unpadded = matches!(
+            spec.padding,
+            ConvPadding::TfSame | ConvPadding::Symmetric(0)
+        );
+        if spec.kernel != 1 || spec.stride != 1 || spec.groups != 1 || !unpadded {
+            return Ok(None);
+        }
+        Ok(match self.constant_folded()? {
+            Some((w, shift)) => Some(PointwiseConv::new(&w, &shift, spec.activation.fused())?),
+            None => None,
+        })
+    }
+
     /// Forgets what eval mode cached from the running statistics (a training forward moves them).
     fn drop_folded(&self) {
         *lock(&self.folded) = None;
@@ -520,6 +539,65 @@ impl NormAct {
             &shift,
             self.activation.fused(),
         )?)
+    }
+}
+
+/// An eval-mode form of constant layers (a network's NHWC layers), built on the first call that can
+/// use it and kept until a training forward moves the batch-norm statistics it was folded from;
+/// shared by clones, as the weights are.
+#[derive(Debug)]
+pub(crate) struct BuiltOnce<T>(Arc<Mutex<BuildState<T>>>);
+
+/// Whether a [`BuiltOnce`] was built, found impossible (a layer has variable weights), or not tried
+/// yet.
+#[derive(Debug)]
+pub(crate) enum BuildState<T> {
+    Unbuilt,
+    Unavailable,
+    Ready(Arc<T>),
+}
+
+impl<T> Clone for BuiltOnce<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T> Default for BuiltOnce<T> {
+    fn default() -> Self {
+        Self(Arc::new(Mutex::new(BuildState::Unbuilt)))
+    }
+}
+
+impl<T> BuiltOnce<T> {
+    /// The built form, from `build` on the first call; `None` from `build` marks it unavailable (not
+    /// tried again), an error leaves it to be tried on the next call.
+    pub(crate) fn get_or_build(
+        &self,
+        build: impl FnOnce() -> Result<Option<T>>,
+    ) -> Result<Option<Arc<T>>> {
+        let mut state = lock(&self.0);
+        if let BuildState::Unbuilt = *state {
+            *state = match build()? {
+                Some(built) => BuildState::Ready(Arc::new(built)),
+                None => BuildState::Unavailable,
+            };
+        }
+        Ok(match &*state {
+            BuildState::Ready(built) => Some(built.clone()),
+            _ => None,
+        })
+    }
+
+    /// Forgets the built form (a training forward moved what it was folded from).
+    pub(crate) fn reset(&self) {
+        *lock(&self.0) = BuildState::Unbuilt;
+    }
+
+    /// The state, for tests.
+    #[cfg(test)]
+    pub(crate) fn state(&self) -> std::sync::MutexGuard<'_, BuildState<T>> {
+        lock(&self.0)
     }
 }
 

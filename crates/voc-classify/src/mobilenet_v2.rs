@@ -6,17 +6,17 @@
 //! stride below 32 is reached as transformers does it: once the running stride equals the target, later
 //! blocks keep stride 1 and the blocks after a skipped stride-2 block dilate their depthwise convolution by
 //! the product of the skipped strides.
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use candle_core::{DType, ModuleT, Tensor};
 use candle_nn::VarBuilder;
-use voc_tensor::nhwc::{self, DenseConv, DepthwiseConv, NhwcMaps, PointwiseConv};
+use voc_tensor::nhwc::{self, DenseConv, DepthwiseConv, NhwcMaps};
 
 type NhwcBlock = nhwc::InvertedResidual;
 
 use crate::backbone::{stride_schedule, BackboneFeatures, FeatureChannels};
 use crate::error::{ClassifyError, Result};
-use crate::layers::{lock, Activation, ConvNormAct, ConvPadding, ConvSpec, NormSpec};
+use crate::layers::{Activation, BuiltOnce, ConvNormAct, ConvPadding, ConvSpec, NormSpec};
 
 /// Output channels of the stem and of the 16 inverted-residual blocks, before the depth multiplier.
 const CHANNELS: [usize; 17] = [
@@ -122,18 +122,8 @@ impl InvertedResidual {
 
     /// The block's layers for the NHWC path, or `None` when one of them is not all constants.
     fn nhwc_layers(&self) -> Result<Option<NhwcBlock>> {
-        let pointwise = |layer: &ConvNormAct| -> Result<Option<PointwiseConv>> {
-            Ok(match layer.constant_folded()? {
-                Some((w, shift)) => Some(PointwiseConv::new(
-                    &w,
-                    &shift,
-                    layer.spec().activation.fused(),
-                )?),
-                None => None,
-            })
-        };
         let expand = match &self.expand {
-            Some(e) => match pointwise(e)? {
+            Some(e) => match e.nhwc_pointwise()? {
                 Some(p) => Some(p),
                 None => return Ok(None),
             },
@@ -143,7 +133,7 @@ impl InvertedResidual {
             return Ok(None);
         };
         let depthwise = DepthwiseConv::new(&w, &shift, self.depthwise.spec().activation.fused())?;
-        let Some(project) = pointwise(&self.project)? else {
+        let Some(project) = self.project.nhwc_pointwise()? else {
             return Ok(None);
         };
         Ok(Some(NhwcBlock {
@@ -171,16 +161,6 @@ struct NhwcLayers {
     blocks: Vec<NhwcBlock>,
 }
 
-/// Whether the NHWC layers of a network were built, found impossible (a layer has variable weights),
-/// or not tried yet.
-#[derive(Debug, Default)]
-enum NhwcState {
-    #[default]
-    Unbuilt,
-    Unavailable,
-    Ready(Arc<NhwcLayers>),
-}
-
 /// The MobileNetV2 feature extractor: `conv_stem` and `layer.0..15` (no `conv_1x1`, which belongs to the
 /// classification head).
 ///
@@ -205,7 +185,7 @@ pub struct MobileNetV2 {
     config: MobileNetV2Config,
     /// The blocks' layers for inference in NHWC, built on the first eval-mode call; shared by clones
     /// (as the weights are).
-    nhwc: Arc<Mutex<NhwcState>>,
+    nhwc: BuiltOnce<NhwcLayers>,
 }
 
 impl MobileNetV2 {
@@ -267,7 +247,7 @@ impl MobileNetV2 {
             stem_block,
             blocks,
             config,
-            nhwc: Arc::default(),
+            nhwc: BuiltOnce::default(),
         })
     }
 
@@ -315,7 +295,7 @@ impl MobileNetV2 {
     pub fn features_t(&self, x: &Tensor, train: bool) -> Result<BackboneFeatures> {
         if train {
             // A training forward moves the batch-norm statistics the NHWC layers were folded from.
-            *lock(&self.nhwc) = NhwcState::Unbuilt;
+            self.nhwc.reset();
         } else if let Some(layers) = self.nhwc_layers(x)? {
             let (mut taps, last) = self.taps_nhwc(x, &layers, true)?;
             taps.push(last.to_nchw()?);
@@ -341,17 +321,7 @@ impl MobileNetV2 {
         if !nhwc::enabled() || !x.device().is_cpu() || x.dtype() != DType::F32 || x.track_op() {
             return Ok(None);
         }
-        let mut state = lock(&self.nhwc);
-        if let NhwcState::Unbuilt = *state {
-            *state = match self.build_nhwc_layers()? {
-                Some(layers) => NhwcState::Ready(Arc::new(layers)),
-                None => NhwcState::Unavailable,
-            };
-        }
-        Ok(match &*state {
-            NhwcState::Ready(layers) => Some(layers.clone()),
-            _ => None,
-        })
+        self.nhwc.get_or_build(|| self.build_nhwc_layers())
     }
 
     /// Every layer's NHWC form, or `None` when one of them is not all constants.
@@ -431,6 +401,7 @@ impl ModuleT for MobileNetV2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layers::BuildState;
 
     #[test]
     fn make_divisible_matches_tensorflow_rounding() {
@@ -512,7 +483,7 @@ mod tests {
             let nchw = net.features_t(&x, false).unwrap();
             voc_tensor::nhwc::set_enabled(true);
             let nhwc = net.features_t(&x, false).unwrap();
-            assert!(matches!(*lock(&net.nhwc), NhwcState::Ready(_)));
+            assert!(matches!(*net.nhwc.state(), BuildState::Ready(_)));
             let last = net.last_features_t(&x, false).unwrap();
             let max_diff = voc_tensor::testing::max_abs_diff(&last, &nhwc.stride32).unwrap();
             assert_eq!(max_diff, 0.0, "stride {stride}: the last map alone differs");
@@ -543,7 +514,7 @@ mod tests {
         }
         // A training forward drops the layers (its batch statistics move the folded shifts).
         net.features_t(&x, true).unwrap();
-        assert!(matches!(*lock(&net.nhwc), NhwcState::Unbuilt));
+        assert!(matches!(*net.nhwc.state(), BuildState::Unbuilt));
     }
 
     /// Variable weights (training, fine-tuning) keep the NCHW path.
@@ -555,6 +526,6 @@ mod tests {
         let net = MobileNetV2::new(vb, MobileNetV2Config::default()).unwrap();
         let x = Tensor::zeros((1, 3, 32, 32), DType::F32, &candle_core::Device::Cpu).unwrap();
         net.features_t(&x, false).unwrap();
-        assert!(matches!(*lock(&net.nhwc), NhwcState::Unavailable));
+        assert!(matches!(*net.nhwc.state(), BuildState::Unavailable));
     }
 }

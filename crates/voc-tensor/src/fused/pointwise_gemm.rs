@@ -411,10 +411,9 @@ mod x86 {
         // SAFETY: the caller's guarantees; the quad variants get blocks of exactly their rows.
         unsafe {
             // A block of 16 columns or fewer (an NHWC output of 16 channels) runs one vector per
-            // row instead of multiplying a masked-off second one.
-            // One of 24 or fewer (an NHWC output of 24 channels) multiplies its second vector
-            // in 256-bit halves: the masked-off lanes cost nothing (a Zen 4 core runs two 256-bit
-            // multiply-adds per cycle, one 512-bit).
+            // row instead of multiplying a masked-off second one; one of 17 to 24 (an NHWC output
+            // of 24 channels) multiplies its second vector in 256-bit halves, so the masked-off
+            // lanes cost nothing (a Zen 4 core runs two 256-bit multiply-adds per cycle, one 512-bit).
             match (b.rows, b.cols) {
                 (12, 25..) => block_avx512_rows::<12, true, true, false>(p, b, out),
                 (8, 25..) => block_avx512_rows::<8, true, true, false>(p, b, out),
@@ -798,8 +797,9 @@ mod tests {
         }
     }
 
-    /// The tiles (both orientations' planners) cover every output once, for batch sizes, thread counts and shapes around the split
-    /// rules (a tile left out or written twice would leave a value unset or race).
+    /// The tiles (both orientations' planners) cover every output once, for batch sizes, thread
+    /// counts and shapes around the split rules (a tile left out or written twice would leave a value
+    /// unset or race).
     #[test]
     fn tiles_cover_the_output_once() {
         for &(n, c_in, c_out, hw) in &[

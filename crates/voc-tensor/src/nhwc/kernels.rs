@@ -105,27 +105,45 @@ pub(super) fn depthwise_forward(
         x.len() >= n * g.h * g.w * g.c && taps.len() >= g.kh * g.kw * g.c && shift.len() >= g.c,
         "depthwise NHWC: buffers shorter than the geometry"
     );
-    let row = g.ow * g.c;
-    let rows = n * g.oh;
-    if row * rows == 0 {
+    let kernel = Isa::detect();
+    let image_len = g.h * g.w * g.c;
+    let fill_row = |image: usize, oy: usize, out_row: &mut [MaybeUninit<f32>]| {
+        let image_x = &x[image * image_len..(image + 1) * image_len];
+        let mut rows = [(0, std::ptr::null()); MAX_KH];
+        let n_rows = g.tap_rows(oy, |iy| image_x[iy * g.w * g.c..].as_ptr(), &mut rows);
+        // SAFETY: each row pointer starts an input row of w x c values inside `image_x`.
+        unsafe { kernel.depthwise_row(g, &rows[..n_rows], taps, shift, act, out_row) };
+    };
+    // SAFETY: the row kernel writes every value of its row.
+    unsafe { rows_in_parallel((n, g.oh), g.ow * g.c, fill_row) }
+}
+
+/// The output rows of `n` images of `oh` rows, `row_values` values each, in parallel chunks of
+/// [`chunk_rows`]: row `oy` of image `image` written by `fill_row(image, oy, row)`.
+///
+/// # Safety
+/// `fill_row` writes every value of the row it is given.
+unsafe fn rows_in_parallel(
+    (n, oh): (usize, usize),
+    row_values: usize,
+    fill_row: impl Fn(usize, usize, &mut [MaybeUninit<f32>]) + Sync + Send,
+) -> Vec<f32> {
+    let rows = n * oh;
+    if rows * row_values == 0 {
         return Vec::new();
     }
-    let rows_per_chunk = chunk_rows(rows, row, rayon::current_num_threads());
-    let kernel = Isa::detect();
+    let rows_per_chunk = chunk_rows(rows, row_values, rayon::current_num_threads());
     let fill = |_: &mut (), chunk: usize, out: &mut [MaybeUninit<f32>]| {
-        for (i, out_row) in out.chunks_exact_mut(row).enumerate() {
+        for (i, out_row) in out.chunks_exact_mut(row_values).enumerate() {
             let global = chunk * rows_per_chunk + i;
-            let (image, oy) = (global / g.oh, global % g.oh);
-            let image_x = &x[image * g.h * g.w * g.c..(image + 1) * g.h * g.w * g.c];
-            let mut rows = [(0, std::ptr::null()); MAX_KH];
-            let n_rows = g.tap_rows(oy, |iy| image_x[iy * g.w * g.c..].as_ptr(), &mut rows);
-            // SAFETY: each row pointer starts an input row of w x c values inside `image_x`.
-            unsafe { kernel.depthwise_row(g, &rows[..n_rows], taps, shift, act, out_row) };
+            fill_row(global / oh, global % oh, out_row);
         }
     };
-    // SAFETY: each chunk holds whole output rows (the last one fewer), and `row` writes every value of
-    // each.
-    unsafe { crate::ops::planes_uninit(rows * row, rows_per_chunk * row, || (), fill) }
+    // SAFETY: each chunk holds whole output rows (the last one fewer), and the caller's `fill_row`
+    // writes every value of each.
+    unsafe {
+        crate::ops::planes_uninit(rows * row_values, rows_per_chunk * row_values, || (), fill)
+    }
 }
 
 /// The row kernels, each with its instruction set's lanes.
@@ -440,42 +458,32 @@ pub(super) fn dense_forward(
             && shift.len() >= c_out,
         "dense NHWC: buffers shorter than the geometry"
     );
-    let row = g.ow * c_out;
-    let rows = n * g.oh;
-    if row * rows == 0 {
-        return Vec::new();
-    }
-    let rows_per_chunk = chunk_rows(rows, row, rayon::current_num_threads());
     let kernel = Isa::detect();
-    let fill = |_: &mut (), chunk: usize, out: &mut [MaybeUninit<f32>]| {
-        for (i, out_row) in out.chunks_exact_mut(row).enumerate() {
-            let global = chunk * rows_per_chunk + i;
-            let (image, oy) = (global / g.oh, global % g.oh);
-            let args = DenseRowArgs {
-                g,
-                c_out,
-                x: &x[image * g.c * plane..(image + 1) * g.c * plane],
-                weight_t,
-                shift,
-                act,
-                oy,
-            };
-            let out = out_row.as_mut_ptr().cast::<f32>();
-            match kernel {
-                // SAFETY: the CPU supports AVX-512F (Isa::detect); `out` holds ow x c_out
-                // values, the image and weights are as long as the geometry says (asserted above).
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe { x86::dense_row_avx512(&args, out) },
-                // SAFETY: as above for AVX2 and FMA.
-                #[cfg(target_arch = "x86_64")]
-                Isa::Avx2 => unsafe { x86::dense_row_avx2(&args, out) },
-                // SAFETY: the portable lanes run on any CPU; buffers as above.
-                Isa::Portable => unsafe { dense_row_generic::<Portable, 4>(&args, out) },
-            }
+    let fill_row = |image: usize, oy: usize, out_row: &mut [MaybeUninit<f32>]| {
+        let args = DenseRowArgs {
+            g,
+            c_out,
+            x: &x[image * g.c * plane..(image + 1) * g.c * plane],
+            weight_t,
+            shift,
+            act,
+            oy,
+        };
+        let out = out_row.as_mut_ptr().cast::<f32>();
+        match kernel {
+            // SAFETY: the CPU supports AVX-512F (Isa::detect); `out` holds ow x c_out values, the
+            // image and weights are as long as the geometry says (asserted above).
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => unsafe { x86::dense_row_avx512(&args, out) },
+            // SAFETY: as above for AVX2 and FMA.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => unsafe { x86::dense_row_avx2(&args, out) },
+            // SAFETY: the portable lanes run on any CPU; buffers as above.
+            Isa::Portable => unsafe { dense_row_generic::<Portable, 4>(&args, out) },
         }
     };
-    // SAFETY: each chunk holds whole output rows, and the row kernel writes every value of each.
-    unsafe { crate::ops::planes_uninit(rows * row, rows_per_chunk * row, || (), fill) }
+    // SAFETY: the row kernel writes every value of its row.
+    unsafe { rows_in_parallel((n, g.oh), g.ow * c_out, fill_row) }
 }
 
 /// One output row of a dense convolution: the border columns one at a time with every tap checked,
